@@ -1,0 +1,103 @@
+//! Command-line flags of a broker node, shared by `imsg-broker` and by
+//! `imsg-gateway --embedded-broker`. Every flag can also be set through an
+//! `IMSG_*` environment variable.
+
+use std::{path::PathBuf, time::Duration};
+
+use crate::config::{BrokerConfig, FsyncMode, Limits};
+
+/// Storage, durability and limits of a broker node.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BrokerArgs {
+    /// Directory of the node's sled database (created if missing).
+    #[arg(long, env = "IMSG_DATA_DIR", default_value = "./imsg-data")]
+    pub data_dir: PathBuf,
+    /// Partition count P; fixed when the data directory is created.
+    #[arg(long, env = "IMSG_PARTITIONS", default_value_t = 64)]
+    pub partitions: u32,
+    /// `always`: acknowledge after fdatasync (group commit). `interval:<ms>`:
+    /// acknowledge at once, sync every interval (may lose that much on power loss).
+    #[arg(long, env = "IMSG_FSYNC", default_value = "always")]
+    pub fsync: FsyncMode,
+    /// sled page cache, in MiB.
+    #[arg(long, env = "IMSG_CACHE_MB", default_value_t = 256)]
+    pub cache_mb: u64,
+    /// Largest text message, in bytes.
+    #[arg(long, env = "IMSG_MAX_TEXT_BYTES", default_value_t = 16 * 1024)]
+    pub max_text_bytes: usize,
+    /// Largest group, counting every member.
+    #[arg(long, env = "IMSG_MAX_GROUP_MEMBERS", default_value_t = 250)]
+    pub max_group_members: usize,
+    /// Events buffered per device before it is dropped as a slow consumer.
+    #[arg(long, env = "IMSG_SESSION_QUEUE", default_value_t = 1024)]
+    pub session_queue: usize,
+    /// Update-log entries retained per partition; older cursors must resync.
+    #[arg(long, env = "IMSG_UPDATE_LOG_RETENTION", default_value_t = 250_000)]
+    pub update_log_retention: usize,
+    /// Live sessions one user may hold.
+    #[arg(long, env = "IMSG_MAX_SESSIONS_PER_USER", default_value_t = 16)]
+    pub max_sessions_per_user: usize,
+    /// How long a typing signal lasts without renewal, in milliseconds.
+    #[arg(long, env = "IMSG_TYPING_TTL_MS", default_value_t = 6000)]
+    pub typing_ttl_ms: u64,
+    /// How long a gateway's sessions survive without a lease renewal, in ms.
+    #[arg(long, env = "IMSG_LEASE_TTL_MS", default_value_t = 10_000)]
+    pub lease_ttl_ms: u64,
+}
+
+impl BrokerArgs {
+    /// The validated configuration these flags describe.
+    pub fn config(&self) -> Result<BrokerConfig, String> {
+        let config = BrokerConfig {
+            data_dir: self.data_dir.clone(),
+            partitions: self.partitions,
+            fsync: self.fsync,
+            cache_capacity_bytes: self.cache_mb * 1024 * 1024,
+            limits: Limits {
+                max_text_bytes: self.max_text_bytes,
+                max_group_members: self.max_group_members,
+                session_queue: self.session_queue,
+                update_log_retention: self.update_log_retention,
+                max_sessions_per_user: self.max_sessions_per_user,
+                typing_ttl: Duration::from_millis(self.typing_ttl_ms),
+                lease_ttl: Duration::from_millis(self.lease_ttl_ms),
+                ..Limits::default()
+            },
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Logs through tracing: `RUST_LOG` filters; `IMSG_LOG_FORMAT=json` for JSON.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("IMSG_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

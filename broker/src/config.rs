@@ -1,0 +1,153 @@
+//! Broker configuration: storage location, durability mode, partition count
+//! and every limit the broker enforces (invariant 6: bounded everything).
+//!
+//! Values are validated once, at start, by [`BrokerConfig::validate`].
+
+use std::{path::PathBuf, str::FromStr, time::Duration};
+
+/// When an acknowledged write is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncMode {
+    /// Acknowledge only after sled's flush plus fdatasync of its files
+    /// (group commit: one sync covers every write that arrived meanwhile).
+    Always,
+    /// Acknowledge at once and sync every interval: an explicit operator
+    /// choice that trades the last interval of writes for latency.
+    Interval(Duration),
+}
+
+impl FromStr for FsyncMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "always" {
+            return Ok(Self::Always);
+        }
+        let millis = s
+            .strip_prefix("interval:")
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .ok_or_else(|| format!("expected `always` or `interval:<ms>` (ms > 0), got `{s}`"))?;
+        Ok(Self::Interval(Duration::from_millis(millis)))
+    }
+}
+
+/// Limits the broker enforces on every request, queue and stream.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest text message, in bytes (UTF-8).
+    pub max_text_bytes: usize,
+    /// Largest group, counting every member.
+    pub max_group_members: usize,
+    /// Longest group title, in bytes.
+    pub max_title_bytes: usize,
+    /// Events buffered per device session before it counts as a slow
+    /// consumer and is disconnected.
+    pub session_queue: usize,
+    /// Commands buffered per partition before callers are told to back off.
+    pub partition_queue: usize,
+    /// Commands a partition folds into one write batch.
+    pub max_batch: usize,
+    /// Recent client message ids remembered per conversation for dedup.
+    pub dedup_window: usize,
+    /// Update-log entries retained per partition; older cursors must resync.
+    pub update_log_retention: usize,
+    /// Live sessions one user may hold at once.
+    pub max_sessions_per_user: usize,
+    /// How long a typing signal lasts without being renewed.
+    pub typing_ttl: Duration,
+    /// How long a gateway's sessions live without a lease renewal.
+    pub lease_ttl: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_text_bytes: 16 * 1024,
+            max_group_members: 250,
+            max_title_bytes: 256,
+            session_queue: 1024,
+            partition_queue: 8192,
+            max_batch: 1024,
+            dedup_window: 1024,
+            update_log_retention: 250_000,
+            max_sessions_per_user: 16,
+            typing_ttl: Duration::from_secs(6),
+            lease_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything a broker node needs to start.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Directory holding the sled database.
+    pub data_dir: PathBuf,
+    /// Partition count P, fixed when the data directory is created.
+    pub partitions: u32,
+    pub fsync: FsyncMode,
+    /// sled page cache size in bytes.
+    pub cache_capacity_bytes: u64,
+    pub limits: Limits,
+}
+
+impl BrokerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            partitions: 64,
+            fsync: FsyncMode::Always,
+            cache_capacity_bytes: 256 * 1024 * 1024,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Checks the values once, at start, so a bad flag fails loudly instead
+    /// of surfacing later as odd behaviour.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        if self.partitions == 0 || self.partitions > 4096 {
+            return Err(format!("partitions must be 1..=4096, got {}", self.partitions));
+        }
+        // Values above sled's blob threshold (~128 KiB with 512 KiB segments)
+        // go to separate files; keep messages well inside the log.
+        if l.max_text_bytes == 0 || l.max_text_bytes > 64 * 1024 {
+            return Err(format!("max text bytes must be 1..=65536, got {}", l.max_text_bytes));
+        }
+        if l.max_group_members < 2 {
+            return Err("max group members must be at least 2".into());
+        }
+        for (name, value) in [
+            ("session queue", l.session_queue),
+            ("partition queue", l.partition_queue),
+            ("max batch", l.max_batch),
+            ("dedup window", l.dedup_window),
+            ("update log retention", l.update_log_retention),
+            ("max sessions per user", l.max_sessions_per_user),
+        ] {
+            if value == 0 {
+                return Err(format!("{name} must be positive"));
+            }
+        }
+        if l.typing_ttl.is_zero() || l.lease_ttl.is_zero() {
+            return Err("typing ttl and lease ttl must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsync_mode_parses_always_and_interval_and_rejects_the_rest() {
+        assert_eq!("always".parse::<FsyncMode>(), Ok(FsyncMode::Always));
+        assert_eq!(
+            "interval:5".parse::<FsyncMode>(),
+            Ok(FsyncMode::Interval(Duration::from_millis(5)))
+        );
+        assert!("interval:0".parse::<FsyncMode>().is_err());
+        assert!("never".parse::<FsyncMode>().is_err());
+    }
+}

@@ -1,0 +1,32 @@
+//! imsg broker: partitioned, durable per-conversation logs with realtime
+//! delivery, resume, receipts, presence and typing.
+//!
+//! Start with [`Broker`]: it owns the partitions ([`partition`]), each a
+//! single-writer task over its sled tree ([`storage`]). [`grpc`] serves the
+//! internal broker API to gateways; a gateway may instead embed a `Broker`.
+
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod grpc;
+pub mod ids;
+pub mod partition;
+pub mod router;
+pub mod session;
+pub mod storage;
+pub mod validate;
+
+pub use broker::Broker;
+pub use config::{BrokerConfig, FsyncMode, Limits};
+pub use error::{Error, Result};
+pub use session::SessionStream;
+
+/// Milliseconds since the Unix epoch, the unit of every server timestamp.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

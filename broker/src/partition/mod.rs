@@ -1,0 +1,444 @@
+//! A partition: one single-writer task that owns the conversations and the
+//! users hashed to it, and their sled tree.
+//!
+//! The task takes commands in order, changes its in-memory state, collects
+//! the writes of everything it took into one [`WriteBatch`], applies it, and
+//! hands the batch to the node's flusher. Replies and publications wait in
+//! `pending` until the flusher reports the batch durable; meanwhile the task
+//! keeps taking commands, so one sync covers many batches (group commit).
+//! Every reply waits behind the newest write of its partition, so nobody is
+//! ever shown data that could still be lost.
+//!
+//! The two roles of a partition live in their own modules:
+//! [`conversation`] (membership, sequencing, dedup, receipts, typing,
+//! history and the outbox that fans updates out) and [`user`] (settings,
+//! inbox membership, the per-user update log, sessions and presence).
+
+mod conversation;
+mod user;
+
+use std::{collections::VecDeque, sync::Arc, time::Duration};
+
+use imsg_proto::v1::{
+    Caller, ConversationSummary, CreateConversationResponse, ListMessagesRequest, ListMessagesResponse, Message,
+    OpenStreamResponse, Presence, SendMessageRequest, SendMessageResponse, Settings, UpdateSettingsRequest,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use self::user::OpenStep;
+use crate::{
+    config::Limits,
+    error::Result,
+    events::{Ephemeral, UpdateItem},
+    ids::PartitionId,
+    router::Router,
+    storage::{Durability, PartitionMeta, PartitionStore, UpdateEntry, WriteBatch},
+};
+
+/// Where a command's result goes.
+pub type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// A group conversation to create, or the peer of a direct one.
+#[derive(Debug)]
+pub enum NewConversation {
+    Direct { peer_user_id: String },
+    Group { title: String, member_ids: Vec<String> },
+}
+
+/// A membership change of a group.
+#[derive(Debug)]
+pub enum MembershipChange {
+    Add(Vec<String>),
+    /// Removes a member; when the caller removes themself, they leave.
+    Remove(String),
+    Title(String),
+}
+
+/// Which watermark a mark moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkKind {
+    Delivered,
+    Read,
+}
+
+/// The caller's identity plus the settings that shape what they may see.
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    pub user_id: String,
+    pub hide_read_receipts: bool,
+}
+
+/// A user's state other partitions need: settings and conversations.
+#[derive(Debug, Clone)]
+pub struct UserContext {
+    pub settings: Settings,
+    pub conversation_ids: Arc<[String]>,
+}
+
+/// A device session, as the user partition holds it.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    pub id: u64,
+    pub user_id: String,
+    pub device_id: String,
+    pub gateway_id: String,
+    pub frames: mpsc::Sender<OpenStreamResponse>,
+    /// Set before the partition drops the session, so its stream can tell
+    /// the device why it ends.
+    pub close_reason: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// Everything a partition does. Client commands arrive on the bounded
+/// queue; partition-to-partition traffic on the internal one.
+pub enum Command {
+    // ---- conversation role ----
+    CreateConversation { caller: Caller, conversation_id: String, spec: NewConversation, reply: Reply<CreateConversationResponse> },
+    GetConversation { viewer: Viewer, conversation_id: String, reply: Reply<imsg_proto::v1::Conversation> },
+    ChangeMembership { caller: Caller, conversation_id: String, change: MembershipChange, reply: Reply<imsg_proto::v1::Conversation> },
+    Send { caller: Caller, request: SendMessageRequest, reply: Reply<SendMessageResponse> },
+    ListMessages { caller: Caller, request: ListMessagesRequest, reply: Reply<ListMessagesResponse> },
+    Typing { caller: Caller, conversation_id: String, active: bool, reply: Reply<()> },
+    Mark { caller: Caller, conversation_id: String, seq: u64, kind: MarkKind, hide_read: bool, reply: Reply<()> },
+    /// Inbox rows for the viewer's conversations held here.
+    Summaries { viewer: Viewer, conversation_ids: Vec<String>, reply: Reply<Vec<ConversationSummary>> },
+    /// Message bodies for a replay (the user partition already checked
+    /// that these belong to the user's log).
+    Messages { conversation_id: String, seqs: Vec<u64>, reply: Reply<Vec<Message>> },
+    /// Current snapshots (watermarks zeroed) for a replay.
+    Snapshots { conversation_ids: Vec<String>, reply: Reply<Vec<imsg_proto::v1::Conversation>> },
+    /// A user's presence changed: tell the members of these conversations.
+    PresenceFanout { presence: Presence, conversation_ids: Vec<String> },
+    /// A user's read-receipt setting changed.
+    HideReadChanged { user_id: String, hide_read: bool, conversation_ids: Vec<String> },
+    /// Every target partition durably appended this outbox batch.
+    FanoutDone { batch: u64 },
+
+    // ---- user role ----
+    ApplyUpdates { items: Vec<UpdateItem>, done: oneshot::Sender<()> },
+    PushEphemeral { user_ids: Vec<String>, event: Ephemeral },
+    OpenSession { session: SessionHandle, after_cursor: u64, replayed: u64, page: usize, reply: Reply<OpenStep> },
+    CloseSession { user_id: String, session_id: u64 },
+    DropGateway { gateway_id: String },
+    UserContext { user_id: String, reply: Reply<UserContext> },
+    UpdateSettings { user_id: String, request: UpdateSettingsRequest, reply: Reply<Settings> },
+    /// Presence of `user_ids` as seen by someone in `viewer_conversations`.
+    PresenceQuery { user_ids: Vec<String>, viewer_conversations: Arc<[String]>, reply: Reply<Vec<Presence>> },
+
+    // ---- node ----
+    /// Make everything durable, reply, and stop.
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+impl Command {
+    /// Commands that read sled must see every earlier write applied.
+    fn reads_storage(&self) -> bool {
+        matches!(self, Self::ListMessages { .. } | Self::Messages { .. } | Self::OpenSession { .. })
+    }
+}
+
+/// Something to do once the batch it belongs to is durable.
+enum Deferred {
+    Run(Box<dyn FnOnce() + Send>),
+    /// Send an outbox batch to the members' partitions.
+    Fanout { batch: u64, items: Vec<UpdateItem> },
+    /// Push a logged event to a user's live sessions.
+    Push { user_id: String, frame: OpenStreamResponse },
+    /// Tell the source partition its updates are durable here.
+    Done(oneshot::Sender<()>),
+}
+
+/// The write batch being built plus what waits for it.
+#[derive(Default)]
+struct Batch {
+    writes: WriteBatch,
+    deferred: Vec<Deferred>,
+    outbox: Vec<crate::storage::OutboxItem>,
+    outbox_items: Vec<UpdateItem>,
+    updates: Vec<UpdateEntry>,
+    meta_dirty: bool,
+}
+
+/// The task's state.
+pub struct Partition {
+    id: PartitionId,
+    limits: Limits,
+    store: PartitionStore,
+    durability: Arc<Durability>,
+    durable: watch::Receiver<u64>,
+    router: Router,
+    meta: PartitionMeta,
+    batch: Batch,
+    /// Newest generation this partition wrote.
+    last_generation: u64,
+    /// Batches written but not yet durable, oldest first.
+    pending: VecDeque<(u64, Vec<Deferred>)>,
+    conversations: conversation::Conversations,
+    users: user::Users,
+}
+
+/// Queues of one partition.
+pub struct Mailbox {
+    pub commands: mpsc::Receiver<Command>,
+    pub internal: mpsc::UnboundedReceiver<Command>,
+}
+
+impl Partition {
+    /// Loads a partition's durable state: meta, user settings and inboxes,
+    /// the retained update log. Conversations load lazily on first use.
+    pub fn load(
+        id: PartitionId,
+        limits: Limits,
+        store: PartitionStore,
+        durability: Arc<Durability>,
+        router: Router,
+    ) -> Result<Self> {
+        let meta = store.meta()?;
+        let users = user::Users::load(&store, &meta)?;
+        Ok(Self {
+            id,
+            durable: durability.subscribe(),
+            limits,
+            meta,
+            batch: Batch::default(),
+            last_generation: 0,
+            pending: VecDeque::new(),
+            conversations: conversation::Conversations::default(),
+            users,
+            store,
+            durability,
+            router,
+        })
+    }
+
+    /// The single-writer loop.
+    pub async fn run(mut self, mut mailbox: Mailbox) {
+        let stopped = self.serve(&mut mailbox).await;
+        // Everything acknowledged-to-be must become durable before stopping.
+        while !self.pending.is_empty() {
+            if self.durable.changed().await.is_err() {
+                break;
+            }
+            self.run_durable();
+        }
+        self.users.close_all_sessions("server shutting down");
+        if let Some(reply) = stopped {
+            let _ = reply.send(());
+        }
+    }
+
+    async fn serve(&mut self, mailbox: &mut Mailbox) -> Option<oneshot::Sender<()>> {
+        // Whatever a crash interrupted between commit and fan-out goes first.
+        if let Err(error) = self.resend_outbox() {
+            tracing::error!(partition = self.id, %error, "re-sending outbox failed");
+        }
+        self.commit();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                changed = self.durable.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    self.run_durable();
+                }
+                command = mailbox.internal.recv() => {
+                    let command = command?;
+                    if let Some(stop) = self.take(command, mailbox) {
+                        return Some(stop);
+                    }
+                }
+                command = mailbox.commands.recv() => {
+                    let command = command?;
+                    if let Some(stop) = self.take(command, mailbox) {
+                        return Some(stop);
+                    }
+                }
+                _ = tick.tick() => {
+                    self.on_tick();
+                    self.commit();
+                }
+            }
+        }
+    }
+
+    /// Handles a command and everything else already queued (up to the batch
+    /// limit), then commits them as one batch. Returns the shutdown reply
+    /// when asked to stop.
+    fn take(&mut self, first: Command, mailbox: &mut Mailbox) -> Option<oneshot::Sender<()>> {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(command) = next.take() {
+            if let Command::Shutdown { reply } = command {
+                self.checkpoint_receipts();
+                self.commit();
+                return Some(reply);
+            }
+            self.handle(command);
+            taken += 1;
+            if taken < self.limits.max_batch {
+                next = mailbox.internal.try_recv().ok().or_else(|| mailbox.commands.try_recv().ok());
+            }
+        }
+        self.commit();
+        None
+    }
+
+    fn handle(&mut self, command: Command) {
+        if command.reads_storage() && !self.batch.writes.is_empty() {
+            self.commit();
+        }
+        match command {
+            Command::CreateConversation { caller, conversation_id, spec, reply } => {
+                let result = self.create_conversation(&caller, &conversation_id, spec);
+                self.reply(reply, result);
+            }
+            Command::GetConversation { viewer, conversation_id, reply } => {
+                let result = self.get_conversation(&viewer, &conversation_id);
+                self.reply(reply, result);
+            }
+            Command::ChangeMembership { caller, conversation_id, change, reply } => {
+                let result = self.change_membership(&caller, &conversation_id, change);
+                self.reply(reply, result);
+            }
+            Command::Send { caller, request, reply } => {
+                let result = self.send(&caller, request);
+                self.reply(reply, result);
+            }
+            Command::ListMessages { caller, request, reply } => {
+                let result = self.list_messages(&caller, &request);
+                self.reply(reply, result);
+            }
+            Command::Typing { caller, conversation_id, active, reply } => {
+                let result = self.typing(&caller, &conversation_id, active);
+                self.reply(reply, result);
+            }
+            Command::Mark { caller, conversation_id, seq, kind, hide_read, reply } => {
+                let result = self.mark(&caller, &conversation_id, seq, kind, hide_read);
+                self.reply(reply, result);
+            }
+            Command::Summaries { viewer, conversation_ids, reply } => {
+                let result = self.summaries(&viewer, &conversation_ids);
+                self.reply(reply, result);
+            }
+            Command::Messages { conversation_id, seqs, reply } => {
+                let result = self.messages_by_seq(&conversation_id, &seqs);
+                self.reply(reply, result);
+            }
+            Command::Snapshots { conversation_ids, reply } => {
+                let result = self.snapshots(&conversation_ids);
+                self.reply(reply, result);
+            }
+            Command::PresenceFanout { presence, conversation_ids } => self.presence_fanout(presence, &conversation_ids),
+            Command::HideReadChanged { user_id, hide_read, conversation_ids } => {
+                self.hide_read_changed(&user_id, hide_read, &conversation_ids);
+            }
+            Command::FanoutDone { batch } => self.fanout_done(batch),
+            Command::ApplyUpdates { items, done } => self.apply_updates(items, done),
+            Command::PushEphemeral { user_ids, event } => self.push_ephemeral(&user_ids, &event),
+            Command::OpenSession { session, after_cursor, replayed, page, reply } => {
+                let result = self.open_session(session, after_cursor, replayed, page);
+                self.reply(reply, result);
+            }
+            Command::CloseSession { user_id, session_id } => self.close_session(&user_id, session_id, None),
+            Command::DropGateway { gateway_id } => self.drop_gateway(&gateway_id),
+            Command::UserContext { user_id, reply } => {
+                let result = Ok(self.user_context(&user_id));
+                self.reply(reply, result);
+            }
+            Command::UpdateSettings { user_id, request, reply } => {
+                let result = self.update_settings(&user_id, &request);
+                self.reply(reply, result);
+            }
+            Command::PresenceQuery { user_ids, viewer_conversations, reply } => {
+                let result = Ok(self.presence_query(&user_ids, &viewer_conversations));
+                self.reply(reply, result);
+            }
+            Command::Shutdown { .. } => unreachable!("handled by take"),
+        }
+    }
+
+    /// Replies once everything written so far is durable. A refusal changed
+    /// nothing, but it still waits: it may have been decided on state that
+    /// is not durable yet.
+    fn reply<T: Send + 'static>(&mut self, reply: Reply<T>, result: Result<T>) {
+        self.batch.deferred.push(Deferred::Run(Box::new(move || {
+            let _ = reply.send(result);
+        })));
+    }
+
+    fn defer(&mut self, deferred: Deferred) {
+        self.batch.deferred.push(deferred);
+    }
+
+    /// Applies the batch being built and queues what waits for it.
+    fn commit(&mut self) {
+        let mut batch = std::mem::take(&mut self.batch);
+        if !batch.outbox.is_empty() {
+            let number = self.meta.next_outbox;
+            self.meta.next_outbox += 1;
+            batch.writes.put_outbox(number, &crate::storage::OutboxRecord { items: std::mem::take(&mut batch.outbox) });
+            batch.deferred.push(Deferred::Fanout { batch: number, items: std::mem::take(&mut batch.outbox_items) });
+            batch.meta_dirty = true;
+        }
+        if !batch.updates.is_empty() {
+            let first = batch.updates[0].cursor;
+            let record = crate::storage::UpdateBatchRecord { entries: std::mem::take(&mut batch.updates) };
+            batch.writes.put_update_batch(first, &record);
+            self.users.note_batch(first, record.entries.len());
+            batch.meta_dirty = true;
+        }
+        if batch.meta_dirty {
+            batch.writes.put_meta(&self.meta);
+        }
+        if !batch.writes.is_empty() {
+            if let Err(error) = self.store.apply(batch.writes) {
+                // State in memory is ahead of storage now; continuing could
+                // acknowledge what is not stored. Stop the node.
+                tracing::error!(partition = self.id, %error, "applying a write batch failed; aborting");
+                std::process::abort();
+            }
+            self.last_generation = self.durability.mark_written();
+        }
+        if batch.deferred.is_empty() {
+            return;
+        }
+        let wait_for = self.durability.ack_after(self.last_generation);
+        if wait_for <= *self.durable.borrow() && self.pending.is_empty() {
+            self.run_deferred(batch.deferred);
+        } else {
+            self.pending.push_back((wait_for, batch.deferred));
+        }
+    }
+
+    fn run_durable(&mut self) {
+        let durable = *self.durable.borrow_and_update();
+        while self.pending.front().is_some_and(|(generation, _)| *generation <= durable) {
+            if let Some((_, deferred)) = self.pending.pop_front() {
+                self.run_deferred(deferred);
+            }
+        }
+        // Running deferred work can produce writes (trimming, receipts).
+        self.commit();
+    }
+
+    fn run_deferred(&mut self, deferred: Vec<Deferred>) {
+        for item in deferred {
+            match item {
+                Deferred::Run(run) => run(),
+                Deferred::Fanout { batch, items } => self.fan_out(batch, items),
+                Deferred::Push { user_id, frame } => self.push_to_sessions(&user_id, &frame),
+                Deferred::Done(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.expire_typing();
+        self.checkpoint_receipts();
+        self.trim_update_log();
+    }
+}

@@ -1,0 +1,428 @@
+//! The user role of a partition: settings, inbox membership, the per-user
+//! update log (invariant 4), live device sessions and presence.
+//!
+//! The update log of all users of a partition is one sequence of batches;
+//! an entry's cursor is its position in that sequence, so a user's cursors
+//! increase monotonically (with gaps where other users' entries sit). Which
+//! cursors belong to which user is an in-memory index, rebuilt from the
+//! retained batches at start.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
+};
+
+use imsg_proto::v1::{
+    ConversationUpdate, Event, OpenStreamResponse, Presence, PresenceUpdate, Ready, ReceiptUpdate, Settings,
+    TypingUpdate, UpdateSettingsRequest, event, open_stream_response,
+};
+use tokio::sync::{mpsc::error::TrySendError, oneshot};
+
+use super::{Command, Deferred, Partition, SessionHandle, UserContext};
+use crate::{
+    error::{Error, Result},
+    events::{Ephemeral, LoggedEvent, UpdateItem},
+    ids::PartitionId,
+    now_ms,
+    storage::{PartitionMeta, PartitionStore, ReceiptEvent, SettingsRecord, UpdateEntry, UpdateKind},
+};
+
+/// One step of opening a session: a page of missed entries, or live.
+#[derive(Debug)]
+pub enum OpenStep {
+    /// The cursor is older than what is retained (or unknown): reload state
+    /// and reconnect with `cursor`.
+    Resync { cursor: u64 },
+    /// Entries after the requested cursor; ask again after the last one.
+    Page { entries: Vec<UpdateEntry> },
+    /// Caught up: the session is registered and `Ready` is queued on it.
+    Live,
+}
+
+#[derive(Default)]
+struct UserState {
+    settings: SettingsRecord,
+    conversations: BTreeSet<String>,
+    /// This user's retained cursors, ascending.
+    log: VecDeque<u64>,
+    /// Highest cursor of this user's that retention removed.
+    trimmed_through: u64,
+    /// Newest message seq appended per conversation: a re-sent outbox batch
+    /// must not log a message twice.
+    appended_seq: HashMap<String, u64>,
+    sessions: Vec<SessionHandle>,
+    last_active_ms: i64,
+}
+
+/// The users of one partition.
+#[derive(Default)]
+pub(super) struct Users {
+    map: HashMap<String, UserState>,
+    /// Retained update-log batches: (first cursor, entries), oldest first.
+    batches: VecDeque<(u64, usize)>,
+    retained: usize,
+}
+
+impl Users {
+    pub(super) fn load(store: &PartitionStore, _meta: &PartitionMeta) -> Result<Self> {
+        let mut users = Self::default();
+        for (user, settings) in store.all_settings()? {
+            users.map.entry(user).or_default().settings = settings;
+        }
+        for (user, conversation) in store.all_inbox_entries()? {
+            users.map.entry(user).or_default().conversations.insert(conversation);
+        }
+        for batch in store.update_batches() {
+            let (first, record) = batch?;
+            for entry in &record.entries {
+                let state = users.map.entry(entry.user_id.clone()).or_default();
+                state.log.push_back(entry.cursor);
+                if let Some(UpdateKind::MessageSeq(seq)) = entry.kind {
+                    let appended = state.appended_seq.entry(entry.conversation_id.clone()).or_default();
+                    *appended = (*appended).max(seq);
+                }
+            }
+            users.note_batch(first, record.entries.len());
+        }
+        Ok(users)
+    }
+
+    pub(super) fn note_batch(&mut self, first_cursor: u64, entries: usize) {
+        self.batches.push_back((first_cursor, entries));
+        self.retained += entries;
+    }
+
+    pub(super) fn close_all_sessions(&mut self, reason: &str) {
+        for state in self.map.values_mut() {
+            for session in state.sessions.drain(..) {
+                close(&session, reason);
+            }
+        }
+    }
+}
+
+/// Drops a session, leaving the reason for its stream to report.
+fn close(session: &SessionHandle, reason: &str) {
+    *session.close_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
+}
+
+fn event_frame(cursor: u64, kind: event::Kind) -> OpenStreamResponse {
+    OpenStreamResponse { frame: Some(open_stream_response::Frame::Event(Event { cursor, kind: Some(kind) })) }
+}
+
+fn settings_view(record: &SettingsRecord) -> Settings {
+    Settings { hide_read_receipts: record.hide_read_receipts, hide_activity_status: record.hide_activity_status }
+}
+
+impl Partition {
+    /// Appends fanned-out events to the recipients' update logs; they are
+    /// pushed live and confirmed to the source once durable.
+    pub(super) fn apply_updates(&mut self, items: Vec<UpdateItem>, done: oneshot::Sender<()>) {
+        for item in items {
+            for user in &item.user_ids {
+                let state = self.users.map.entry(user.clone()).or_default();
+                let conversation_id = item.event.conversation_id().to_owned();
+                let (kind, frame_kind) = match &*item.event {
+                    LoggedEvent::Message(message) => {
+                        let appended = state.appended_seq.entry(conversation_id.clone()).or_default();
+                        if *appended >= message.seq {
+                            continue; // a re-sent batch: already logged
+                        }
+                        *appended = message.seq;
+                        (UpdateKind::MessageSeq(message.seq), event::Kind::Message((**message).clone()))
+                    }
+                    LoggedEvent::Receipt { user_id, delivered_seq, read_seq, hide_read, .. } => {
+                        // Hidden either way (the reader's or this user's setting).
+                        let hidden = user != user_id && (*hide_read || state.settings.hide_read_receipts);
+                        let read_seq = if hidden { 0 } else { *read_seq };
+                        (
+                            UpdateKind::Receipt(ReceiptEvent {
+                                user_id: user_id.clone(),
+                                delivered_seq: *delivered_seq,
+                                read_seq,
+                                hide_read: false,
+                            }),
+                            event::Kind::Receipt(ReceiptUpdate {
+                                conversation_id: conversation_id.clone(),
+                                user_id: user_id.clone(),
+                                delivered_seq: *delivered_seq,
+                                read_seq,
+                            }),
+                        )
+                    }
+                    LoggedEvent::Changed { conversation, removed_user_ids } => {
+                        let removed = removed_user_ids.contains(user);
+                        if removed {
+                            if state.conversations.remove(&conversation_id) {
+                                self.batch.writes.remove_inbox_entry(user, &conversation_id);
+                            }
+                        } else if state.conversations.insert(conversation_id.clone()) {
+                            self.batch.writes.put_inbox_entry(user, &conversation_id);
+                        }
+                        let conversation = if removed {
+                            imsg_proto::v1::Conversation { conversation_id: conversation_id.clone(), ..Default::default() }
+                        } else {
+                            (**conversation).clone()
+                        };
+                        (
+                            UpdateKind::ConversationRemoved(removed),
+                            event::Kind::Conversation(ConversationUpdate { conversation: Some(conversation), removed }),
+                        )
+                    }
+                };
+                let cursor = self.meta.next_cursor;
+                self.meta.next_cursor += 1;
+                state.log.push_back(cursor);
+                self.batch.updates.push(UpdateEntry { cursor, user_id: user.clone(), conversation_id, kind: Some(kind) });
+                self.batch.deferred.push(Deferred::Push { user_id: user.clone(), frame: event_frame(cursor, frame_kind) });
+            }
+        }
+        self.batch.meta_dirty = true;
+        self.defer(Deferred::Done(done));
+    }
+
+    /// Writes a frame to every live session of a user. A session whose
+    /// queue is full is a slow consumer: it is dropped with a reason rather
+    /// than allowed to grow memory (invariant 6).
+    pub(super) fn push_to_sessions(&mut self, user: &str, frame: &OpenStreamResponse) {
+        let Some(state) = self.users.map.get_mut(user) else { return };
+        if state.sessions.is_empty() {
+            return;
+        }
+        let before = state.sessions.len();
+        state.sessions.retain(|session| match session.frames.try_send(frame.clone()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                close(session, "slow consumer: too many undelivered events");
+                false
+            }
+            Err(TrySendError::Closed(_)) => false,
+        });
+        if before > 0 && state.sessions.is_empty() {
+            state.last_active_ms = now_ms();
+            self.presence_changed(user);
+        }
+    }
+
+    pub(super) fn push_ephemeral(&mut self, users: &[String], event: &Ephemeral) {
+        for user in users {
+            let Some(state) = self.users.map.get(user) else { continue };
+            if state.sessions.is_empty() {
+                continue;
+            }
+            let kind = match event {
+                Ephemeral::Typing { conversation_id, user_id, active } => event::Kind::Typing(TypingUpdate {
+                    conversation_id: conversation_id.clone(),
+                    user_id: user_id.clone(),
+                    active: *active,
+                }),
+                Ephemeral::Presence(presence) => {
+                    // Reciprocal: who hides their activity sees nobody's.
+                    if state.settings.hide_activity_status {
+                        continue;
+                    }
+                    event::Kind::Presence(PresenceUpdate { presence: Some(presence.clone()) })
+                }
+            };
+            self.push_to_sessions(user, &event_frame(0, kind));
+        }
+    }
+
+    /// One step of opening a session after `after_cursor`.
+    pub(super) fn open_session(
+        &mut self,
+        session: SessionHandle,
+        after_cursor: u64,
+        replayed: u64,
+        page: usize,
+    ) -> Result<OpenStep> {
+        let head = self.meta.next_cursor - 1;
+        let max_sessions = self.limits.max_sessions_per_user;
+        let state = self.users.map.entry(session.user_id.clone()).or_default();
+        if after_cursor > head || after_cursor < state.trimmed_through {
+            return Ok(OpenStep::Resync { cursor: head });
+        }
+        let start = state.log.partition_point(|c| *c <= after_cursor);
+        if start < state.log.len() {
+            let wanted: HashSet<u64> = state.log.range(start..).take(page).copied().collect();
+            let first = state.log[start];
+            let mut entries = Vec::with_capacity(wanted.len());
+            for batch in self.store.update_batches_from(first) {
+                let (_, record) = batch?;
+                entries.extend(
+                    record.entries.into_iter().filter(|e| e.user_id == session.user_id && wanted.contains(&e.cursor)),
+                );
+                if entries.len() >= wanted.len() {
+                    break;
+                }
+            }
+            return Ok(OpenStep::Page { entries });
+        }
+        // The stream went away while replaying: do not register a ghost.
+        if session.frames.is_closed() {
+            return Err(Error::Unavailable("session closed while opening".into()));
+        }
+        if state.sessions.len() >= max_sessions {
+            return Err(Error::ResourceExhausted(format!("at most {max_sessions} live sessions per user")));
+        }
+        let ready = OpenStreamResponse {
+            frame: Some(open_stream_response::Frame::Ready(Ready { cursor: after_cursor, replayed })),
+        };
+        session
+            .frames
+            .try_send(ready)
+            .map_err(|_| Error::ResourceExhausted("session queue full while opening".into()))?;
+        let first_session = state.sessions.is_empty();
+        state.sessions.push(session.clone());
+        state.last_active_ms = now_ms();
+        if first_session {
+            self.presence_changed(&session.user_id);
+        }
+        Ok(OpenStep::Live)
+    }
+
+    pub(super) fn close_session(&mut self, user: &str, session_id: u64, reason: Option<&str>) {
+        let Some(state) = self.users.map.get_mut(user) else { return };
+        let before = state.sessions.len();
+        state.sessions.retain(|s| {
+            let keep = s.id != session_id;
+            if !keep && let Some(reason) = reason {
+                close(s, reason);
+            }
+            keep
+        });
+        if before > 0 && state.sessions.is_empty() {
+            state.last_active_ms = now_ms();
+            self.presence_changed(user);
+        }
+    }
+
+    /// A gateway's lease ran out: its sessions are gone.
+    pub(super) fn drop_gateway(&mut self, gateway_id: &str) {
+        let mut went_offline = Vec::new();
+        for (user, state) in &mut self.users.map {
+            let before = state.sessions.len();
+            state.sessions.retain(|s| {
+                let keep = s.gateway_id != gateway_id;
+                if !keep {
+                    close(s, "gateway lease expired");
+                }
+                keep
+            });
+            if before > 0 && state.sessions.is_empty() {
+                state.last_active_ms = now_ms();
+                went_offline.push(user.clone());
+            }
+        }
+        for user in went_offline {
+            self.presence_changed(&user);
+        }
+    }
+
+    fn visible_presence(&self, user: &str) -> Presence {
+        let state = self.users.map.get(user);
+        match state {
+            Some(s) if !s.settings.hide_activity_status => Presence {
+                user_id: user.to_owned(),
+                online: !s.sessions.is_empty(),
+                last_active_ms: s.last_active_ms,
+            },
+            _ => Presence { user_id: user.to_owned(), online: false, last_active_ms: 0 },
+        }
+    }
+
+    /// Tells the user's contacts, through the partitions of the user's
+    /// conversations, what they may now see of the user's presence.
+    fn presence_changed(&mut self, user: &str) {
+        let Some(state) = self.users.map.get(user) else { return };
+        let presence = self.visible_presence(user);
+        let mut by_partition: HashMap<PartitionId, Vec<String>> = HashMap::new();
+        for conversation in &state.conversations {
+            by_partition.entry(self.router.partition_of(conversation)).or_default().push(conversation.clone());
+        }
+        for (partition, conversation_ids) in by_partition {
+            self.router.internal(partition, Command::PresenceFanout { presence: presence.clone(), conversation_ids });
+        }
+    }
+
+    pub(super) fn user_context(&mut self, user: &str) -> UserContext {
+        let state = self.users.map.get(user);
+        UserContext {
+            settings: state.map(|s| settings_view(&s.settings)).unwrap_or_default(),
+            conversation_ids: state.map(|s| s.conversations.iter().cloned().collect()).unwrap_or_default(),
+        }
+    }
+
+    pub(super) fn update_settings(&mut self, user: &str, request: &UpdateSettingsRequest) -> Result<Settings> {
+        let state = self.users.map.entry(user.to_owned()).or_default();
+        let before = state.settings;
+        if let Some(hide) = request.hide_read_receipts {
+            state.settings.hide_read_receipts = hide;
+        }
+        if let Some(hide) = request.hide_activity_status {
+            state.settings.hide_activity_status = hide;
+        }
+        let after = state.settings;
+        if after == before {
+            return Ok(settings_view(&after));
+        }
+        self.batch.writes.put_settings(user, &after);
+        if after.hide_read_receipts != before.hide_read_receipts {
+            let mut by_partition: HashMap<PartitionId, Vec<String>> = HashMap::new();
+            for conversation in &state.conversations {
+                by_partition.entry(self.router.partition_of(conversation)).or_default().push(conversation.clone());
+            }
+            for (partition, conversation_ids) in by_partition {
+                self.router.internal(
+                    partition,
+                    Command::HideReadChanged { user_id: user.to_owned(), hide_read: after.hide_read_receipts, conversation_ids },
+                );
+            }
+        }
+        if after.hide_activity_status != before.hide_activity_status {
+            self.presence_changed(user);
+        }
+        Ok(settings_view(&after))
+    }
+
+    /// Presence of this partition's `users` for a viewer whose
+    /// conversations are `viewer_conversations`: only users who share one
+    /// and do not hide their activity.
+    pub(super) fn presence_query(&mut self, users: &[String], viewer_conversations: &[String]) -> Vec<Presence> {
+        let viewer: HashSet<&str> = viewer_conversations.iter().map(String::as_str).collect();
+        users
+            .iter()
+            .filter(|user| {
+                self.users.map.get(*user).is_some_and(|s| {
+                    !s.settings.hide_activity_status && s.conversations.iter().any(|c| viewer.contains(c.as_str()))
+                })
+            })
+            .map(|user| self.visible_presence(user))
+            .collect()
+    }
+
+    /// Drops the oldest update-log batches beyond the retention limit. A
+    /// user whose entries were dropped gets "resync required" for older
+    /// cursors, never a silent gap.
+    pub(super) fn trim_update_log(&mut self) {
+        while self.users.retained > self.limits.update_log_retention {
+            let Some((first, count)) = self.users.batches.pop_front() else { break };
+            let record = match self.store.update_batches_from(first).next() {
+                Some(Ok((key, record))) if key == first => record,
+                _ => {
+                    tracing::error!(partition = self.id, first, "update batch missing while trimming");
+                    break;
+                }
+            };
+            for entry in &record.entries {
+                if let Some(state) = self.users.map.get_mut(&entry.user_id) {
+                    if state.log.front() == Some(&entry.cursor) {
+                        state.log.pop_front();
+                    }
+                    state.trimmed_through = state.trimmed_through.max(entry.cursor);
+                }
+            }
+            self.batch.writes.remove_update_batch(first);
+            self.users.retained -= count;
+        }
+    }
+}

@@ -1,0 +1,502 @@
+//! Storage: the only module that touches sled.
+//!
+//! One sled database per node, one tree per partition. The partition logic
+//! sees typed reads and a typed [`WriteBatch`]; keys and encodings live here.
+//!
+//! ## Layout (rows per message)
+//! sled rows cost ~6.5 us of CPU each, so a send writes exactly one row, the
+//! message itself. Everything else is coalesced per write batch (one outbox
+//! row, one update-log row per user partition, one meta row) or derived in
+//! memory at load: a conversation's last seq is its last message key, the
+//! dedup window is rebuilt from the tail of its messages.
+//!
+//! | key                       | value                  |
+//! |---------------------------|------------------------|
+//! | `c` conv                  | [`ConversationRecord`] |
+//! | `m` conv `/` seq (BE u64) | `imsg.v1.Message`      |
+//! | `r` conv `/` user         | [`ReceiptRecord`]      |
+//! | `o` batch (BE u64)        | [`OutboxRecord`]       |
+//! | `u` first cursor (BE u64) | [`UpdateBatchRecord`]  |
+//! | `s` user                  | [`SettingsRecord`]     |
+//! | `i` user `/` conv         | (empty): inbox member  |
+//! | `M`                       | [`PartitionMeta`]      |
+//!
+//! Ids never contain `/` (see `validate::id`) and conversation ids have a
+//! fixed length, so prefix scans cannot run into a neighbour's keys.
+//!
+//! ## Durability (invariant 1)
+//! sled 0.34's `flush` ends in `sync_file_range`, which does not flush the
+//! drive's write cache. [`Durability`] runs the node's single flusher thread:
+//! it calls `flush`, then `fdatasync` on sled's log file and on any new blob
+//! file. One sync covers every batch applied before it started (group
+//! commit). Only one thread ever flushes, which also avoids the concurrent
+//! `flush_async` deadlock of sled 0.34 (spacejam/sled#1308).
+
+pub mod records;
+
+use std::{
+    collections::HashSet,
+    fs::File,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+};
+
+use imsg_proto::v1::Message;
+use prost::Message as _;
+use tokio::sync::watch;
+
+pub use self::records::*;
+use crate::{
+    config::{BrokerConfig, FsyncMode},
+    error::{Error, Result},
+    ids::PartitionId,
+};
+
+/// The node's sled database and its durability machinery.
+pub struct Store {
+    db: sled::Db,
+    dir: PathBuf,
+    durability: Arc<Durability>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Store {
+    /// Opens (or creates) the database under `config.data_dir` and starts the
+    /// flusher thread. Refuses a directory created with another partition
+    /// count: placement would silently change.
+    pub fn open(config: &BrokerConfig) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| Error::Internal(format!("creating {}: {e}", config.data_dir.display())))?;
+        let db = sled::Config::new()
+            .path(&config.data_dir)
+            .cache_capacity(config.cache_capacity_bytes)
+            .mode(sled::Mode::HighThroughput)
+            // Our flusher is the only one (see the module docs).
+            .flush_every_ms(None)
+            .open()?;
+        let partitions_key = b"partitions";
+        match db.get(partitions_key)? {
+            Some(stored) => {
+                let stored = u32::from_be_bytes(
+                    stored.as_ref().try_into().map_err(|_| Error::Internal("bad partition count".into()))?,
+                );
+                if stored != config.partitions {
+                    return Err(Error::FailedPrecondition(format!(
+                        "data dir was created with {stored} partitions, not {}",
+                        config.partitions
+                    )));
+                }
+            }
+            None => {
+                db.insert(partitions_key, &config.partitions.to_be_bytes())?;
+            }
+        }
+        let durability = Arc::new(Durability::new(config.fsync));
+        let flusher = {
+            let db = db.clone();
+            let durability = durability.clone();
+            let dir = config.data_dir.clone();
+            std::thread::Builder::new()
+                .name("imsg-flusher".into())
+                .spawn(move || durability.run_flusher(&db, &dir))
+                .map_err(|e| Error::Internal(format!("spawning flusher: {e}")))?
+        };
+        // Make the partition count itself durable before anything else.
+        let store = Arc::new(Self { db, dir: config.data_dir.clone(), durability, flusher: Mutex::new(Some(flusher)) });
+        store.sync_now()?;
+        Ok(store)
+    }
+
+    /// The tree of one partition.
+    pub fn partition(&self, id: PartitionId) -> Result<PartitionStore> {
+        Ok(PartitionStore { tree: self.db.open_tree(format!("p{id:05}"))? })
+    }
+
+    pub fn durability(&self) -> &Arc<Durability> {
+        &self.durability
+    }
+
+    /// Flushes and syncs on the caller's thread (start and shutdown).
+    pub fn sync_now(&self) -> Result<()> {
+        self.db.flush()?;
+        SledFiles::new(&self.dir).sync()
+    }
+
+    /// Stops the flusher after a last flush and sync. Idempotent.
+    pub fn close(&self) -> Result<()> {
+        self.durability.stop();
+        if let Some(handle) = self.flusher.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = handle.join();
+        }
+        self.sync_now()
+    }
+}
+
+/// Group commit: partitions announce writes, one flusher thread makes them
+/// durable, and partitions learn through a watch channel how far durability
+/// has reached.
+pub struct Durability {
+    mode: FsyncMode,
+    /// Generation of the newest batch applied to sled.
+    written: AtomicU64,
+    wake: Mutex<()>,
+    wake_signal: Condvar,
+    stopping: AtomicBool,
+    durable_tx: watch::Sender<u64>,
+}
+
+impl Durability {
+    fn new(mode: FsyncMode) -> Self {
+        Self {
+            mode,
+            written: AtomicU64::new(0),
+            wake: Mutex::new(()),
+            wake_signal: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            durable_tx: watch::channel(0).0,
+        }
+    }
+
+    /// Call right after a batch was applied to sled: returns the generation
+    /// the batch belongs to. Every sync that starts later covers it.
+    pub fn mark_written(&self) -> u64 {
+        let generation = self.written.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.mode == FsyncMode::Always {
+            let _guard = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake_signal.notify_one();
+        }
+        generation
+    }
+
+    /// The generation an acknowledgement must wait for: in `always` mode the
+    /// batch's own; in `interval` mode nothing (the operator chose that).
+    pub fn ack_after(&self, generation: u64) -> u64 {
+        match self.mode {
+            FsyncMode::Always => generation,
+            FsyncMode::Interval(_) => 0,
+        }
+    }
+
+    /// Watches the newest durable generation.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.durable_tx.subscribe()
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _guard = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        self.wake_signal.notify_all();
+    }
+
+    fn run_flusher(&self, db: &sled::Db, dir: &Path) {
+        let mut files = SledFiles::new(dir);
+        loop {
+            let stopping = self.wait_for_work();
+            let target = self.written.load(Ordering::SeqCst);
+            if target > *self.durable_tx.borrow() {
+                // A failed sync leaves the page cache in an unknown state
+                // (the "fsyncgate" lesson): never retry and pretend, stop.
+                if let Err(error) = db.flush().map_err(Error::from).and_then(|_| files.sync()) {
+                    tracing::error!(%error, "making writes durable failed; aborting to protect acknowledged data");
+                    std::process::abort();
+                }
+                self.durable_tx.send_replace(target);
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// Blocks until there is something to sync (always mode) or the interval
+    /// passed (interval mode). Returns whether the store is stopping.
+    fn wait_for_work(&self) -> bool {
+        let guard = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        match self.mode {
+            FsyncMode::Always => {
+                let _guard = self
+                    .wake_signal
+                    .wait_while(guard, |_| {
+                        !self.stopping.load(Ordering::SeqCst)
+                            && self.written.load(Ordering::SeqCst) <= *self.durable_tx.borrow()
+                    })
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            FsyncMode::Interval(every) => {
+                let _ = self.wake_signal.wait_timeout(guard, every).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+/// sled's files that must be fdatasync'ed after `flush`: the log (`db`) and
+/// blob files (values over ~128 KiB, written without any sync by sled).
+struct SledFiles {
+    dir: PathBuf,
+    log: Option<File>,
+    synced_blobs: HashSet<PathBuf>,
+}
+
+impl SledFiles {
+    fn new(dir: &Path) -> Self {
+        Self { dir: dir.to_path_buf(), log: None, synced_blobs: HashSet::new() }
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        let io = |what: &str, e: std::io::Error| Error::Internal(format!("{what}: {e}"));
+        if self.log.is_none() {
+            self.log = Some(File::open(self.dir.join("db")).map_err(|e| io("opening sled log", e))?);
+        }
+        if let Some(log) = &self.log {
+            log.sync_data().map_err(|e| io("fdatasync of sled log", e))?;
+        }
+        let blobs = self.dir.join("blobs");
+        let mut new_blob = false;
+        if let Ok(entries) = std::fs::read_dir(&blobs) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if !self.synced_blobs.contains(&path) {
+                    File::open(&path).and_then(|f| f.sync_data()).map_err(|e| io("fdatasync of blob", e))?;
+                    self.synced_blobs.insert(path);
+                    new_blob = true;
+                }
+            }
+        }
+        if new_blob {
+            File::open(&blobs).and_then(|d| d.sync_all()).map_err(|e| io("fsync of blob dir", e))?;
+        }
+        Ok(())
+    }
+}
+
+// ---- keys ----
+
+fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let len = 1 + parts.iter().map(|p| p.len() + 1).sum::<usize>();
+    let mut key = Vec::with_capacity(len);
+    key.push(tag);
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            key.push(b'/');
+        }
+        key.extend_from_slice(part);
+    }
+    key
+}
+
+fn message_key(conversation: &str, seq: u64) -> Vec<u8> {
+    key(b'm', &[conversation.as_bytes(), &seq.to_be_bytes()])
+}
+
+fn be_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.get(bytes.len().checked_sub(8)?..)?.try_into().ok()?))
+}
+
+fn decode<T: prost::Message + Default>(bytes: &[u8]) -> Result<T> {
+    Ok(T::decode(bytes)?)
+}
+
+fn text_after<'a>(key: &'a [u8], prefix_len: usize) -> Result<&'a str> {
+    std::str::from_utf8(&key[prefix_len..]).map_err(|_| Error::Internal("non-utf8 key".into()))
+}
+
+/// Typed access to one partition's tree.
+#[derive(Clone)]
+pub struct PartitionStore {
+    tree: sled::Tree,
+}
+
+impl PartitionStore {
+    pub fn meta(&self) -> Result<PartitionMeta> {
+        Ok(match self.tree.get(b"M")? {
+            Some(bytes) => decode(&bytes)?,
+            None => PartitionMeta { epoch: 1, next_outbox: 1, outbox_done: 1, next_cursor: 1 },
+        })
+    }
+
+    pub fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>> {
+        self.tree.get(key(b'c', &[id.as_bytes()]))?.map(|b| decode(&b)).transpose()
+    }
+
+    /// Seq of the newest message of a conversation, 0 when it has none.
+    pub fn last_message_seq(&self, conversation: &str) -> Result<u64> {
+        let prefix = key(b'm', &[conversation.as_bytes(), b""]);
+        match self.tree.scan_prefix(prefix).next_back() {
+            Some(row) => Ok(be_u64(&row?.0).unwrap_or(0)),
+            None => Ok(0),
+        }
+    }
+
+    /// Messages with `from <= seq <= to`, at most `limit`, newest first when
+    /// `newest_first`; always returned in ascending order.
+    pub fn messages(&self, conversation: &str, from: u64, to: u64, limit: usize, newest_first: bool) -> Result<Vec<Message>> {
+        if from > to || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let range = self.tree.range(message_key(conversation, from)..=message_key(conversation, to));
+        let rows: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+            if newest_first { Box::new(range.rev()) } else { Box::new(range) };
+        let mut messages = rows
+            .take(limit)
+            .map(|row| row.map_err(Error::from).and_then(|(_, v)| decode::<Message>(&v)))
+            .collect::<Result<Vec<_>>>()?;
+        if newest_first {
+            messages.reverse();
+        }
+        Ok(messages)
+    }
+
+    pub fn message(&self, conversation: &str, seq: u64) -> Result<Option<Message>> {
+        self.tree.get(message_key(conversation, seq))?.map(|b| decode(&b)).transpose()
+    }
+
+    pub fn receipts(&self, conversation: &str) -> Result<Vec<(String, ReceiptRecord)>> {
+        let prefix = key(b'r', &[conversation.as_bytes(), b""]);
+        self.tree
+            .scan_prefix(&prefix)
+            .map(|row| {
+                let (k, v) = row?;
+                Ok((text_after(&k, prefix.len())?.to_owned(), decode(&v)?))
+            })
+            .collect()
+    }
+
+    /// Outbox batches at or after `from`, in order.
+    pub fn outbox_from(&self, from: u64) -> Result<Vec<(u64, OutboxRecord)>> {
+        self.tree
+            .range(key(b'o', &[&from.to_be_bytes()])..key(b'o', &[&u64::MAX.to_be_bytes()]))
+            .map(|row| {
+                let (k, v) = row?;
+                Ok((be_u64(&k).unwrap_or(0), decode(&v)?))
+            })
+            .collect()
+    }
+
+    /// Every retained update-log batch, oldest first: `(first cursor, batch)`.
+    pub fn update_batches(&self) -> impl Iterator<Item = Result<(u64, UpdateBatchRecord)>> + '_ {
+        self.update_batches_from(0)
+    }
+
+    /// Update-log batches that may hold cursors `>= cursor`, oldest first.
+    pub fn update_batches_from(&self, cursor: u64) -> impl Iterator<Item = Result<(u64, UpdateBatchRecord)>> + '_ {
+        // The batch holding `cursor` may start before it.
+        let start = self
+            .tree
+            .range(key(b'u', &[&0u64.to_be_bytes()])..=key(b'u', &[&cursor.to_be_bytes()]))
+            .next_back()
+            .and_then(|row| row.ok())
+            .and_then(|(k, _)| be_u64(&k))
+            .unwrap_or(cursor);
+        self.tree.range(key(b'u', &[&start.to_be_bytes()])..=key(b'u', &[&u64::MAX.to_be_bytes()])).map(|row| {
+            let (k, v) = row?;
+            Ok((be_u64(&k).unwrap_or(0), decode(&v)?))
+        })
+    }
+
+    pub fn all_settings(&self) -> Result<Vec<(String, SettingsRecord)>> {
+        self.tree
+            .scan_prefix(b"s")
+            .map(|row| {
+                let (k, v) = row?;
+                Ok((text_after(&k, 1)?.to_owned(), decode(&v)?))
+            })
+            .collect()
+    }
+
+    /// Every (user, conversation) inbox membership of this partition's users.
+    pub fn all_inbox_entries(&self) -> Result<Vec<(String, String)>> {
+        self.tree
+            .scan_prefix(b"i")
+            .map(|row| {
+                let (k, _) = row?;
+                let text = text_after(&k, 1)?;
+                let (user, conversation) =
+                    text.split_once('/').ok_or_else(|| Error::Internal("bad inbox key".into()))?;
+                Ok((user.to_owned(), conversation.to_owned()))
+            })
+            .collect()
+    }
+
+    /// Applies a batch atomically (not yet durable: see [`Durability`]).
+    pub fn apply(&self, batch: WriteBatch) -> Result<()> {
+        self.tree.apply_batch(batch.inner)?;
+        Ok(())
+    }
+}
+
+/// Writes of one partition batch, applied atomically.
+#[derive(Default)]
+pub struct WriteBatch {
+    inner: sled::Batch,
+    rows: usize,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Rows written or removed: what the commit path costs.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.inner.insert(key, value);
+        self.rows += 1;
+    }
+
+    fn remove(&mut self, key: Vec<u8>) {
+        self.inner.remove(key);
+        self.rows += 1;
+    }
+
+    pub fn put_conversation(&mut self, record: &ConversationRecord) {
+        self.put(key(b'c', &[record.id.as_bytes()]), record.encode_to_vec());
+    }
+
+    pub fn put_message(&mut self, message: &Message) {
+        self.put(message_key(&message.conversation_id, message.seq), message.encode_to_vec());
+    }
+
+    pub fn put_receipt(&mut self, conversation: &str, user: &str, record: &ReceiptRecord) {
+        self.put(key(b'r', &[conversation.as_bytes(), user.as_bytes()]), record.encode_to_vec());
+    }
+
+    pub fn put_outbox(&mut self, batch: u64, record: &OutboxRecord) {
+        self.put(key(b'o', &[&batch.to_be_bytes()]), record.encode_to_vec());
+    }
+
+    pub fn remove_outbox(&mut self, batch: u64) {
+        self.remove(key(b'o', &[&batch.to_be_bytes()]));
+    }
+
+    pub fn put_update_batch(&mut self, first_cursor: u64, record: &UpdateBatchRecord) {
+        self.put(key(b'u', &[&first_cursor.to_be_bytes()]), record.encode_to_vec());
+    }
+
+    pub fn remove_update_batch(&mut self, first_cursor: u64) {
+        self.remove(key(b'u', &[&first_cursor.to_be_bytes()]));
+    }
+
+    pub fn put_settings(&mut self, user: &str, record: &SettingsRecord) {
+        self.put(key(b's', &[user.as_bytes()]), record.encode_to_vec());
+    }
+
+    pub fn put_inbox_entry(&mut self, user: &str, conversation: &str) {
+        self.put(key(b'i', &[user.as_bytes(), conversation.as_bytes()]), Vec::new());
+    }
+
+    pub fn remove_inbox_entry(&mut self, user: &str, conversation: &str) {
+        self.remove(key(b'i', &[user.as_bytes(), conversation.as_bytes()]));
+    }
+
+    pub fn put_meta(&mut self, meta: &PartitionMeta) {
+        self.put(b"M".to_vec(), meta.encode_to_vec());
+    }
+}

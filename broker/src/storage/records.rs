@@ -1,0 +1,153 @@
+//! On-disk record types, encoded with prost so the format is compact,
+//! versionable (new fields get new tags) and independent of Rust layout.
+//! Messages themselves are stored as the public `imsg.v1.Message`.
+
+/// A conversation's durable metadata (members, title). Written only when
+/// membership or the title changes, never per message.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConversationRecord {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    /// `imsg.v1.ConversationKind`.
+    #[prost(int32, tag = "2")]
+    pub kind: i32,
+    #[prost(string, tag = "3")]
+    pub title: String,
+    #[prost(int64, tag = "4")]
+    pub create_time_ms: i64,
+    #[prost(message, repeated, tag = "5")]
+    pub members: Vec<MemberRecord>,
+    #[prost(string, tag = "6")]
+    pub creator: String,
+    #[prost(int64, tag = "7")]
+    pub change_time_ms: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemberRecord {
+    #[prost(string, tag = "1")]
+    pub user_id: String,
+    /// `imsg.v1.MemberRole`.
+    #[prost(int32, tag = "2")]
+    pub role: i32,
+    #[prost(uint64, tag = "3")]
+    pub joined_after_seq: u64,
+}
+
+/// One member's receipt watermarks in one conversation.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub struct ReceiptRecord {
+    #[prost(uint64, tag = "1")]
+    pub delivered_seq: u64,
+    #[prost(uint64, tag = "2")]
+    pub read_seq: u64,
+    /// The member's hide-read-receipts setting as of their last mark.
+    #[prost(bool, tag = "3")]
+    pub hide_read: bool,
+}
+
+/// What a conversation partition must fan out to members' update logs after
+/// one write batch: the transactional outbox. Kept until every target
+/// partition has durably appended it, re-sent after a crash.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OutboxRecord {
+    #[prost(message, repeated, tag = "1")]
+    pub items: Vec<OutboxItem>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OutboxItem {
+    #[prost(string, tag = "1")]
+    pub conversation_id: String,
+    #[prost(oneof = "OutboxEvent", tags = "2, 3, 4")]
+    pub event: Option<OutboxEvent>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum OutboxEvent {
+    /// A message; recipients are the members at re-send time.
+    #[prost(uint64, tag = "2")]
+    MessageSeq(u64),
+    #[prost(message, tag = "3")]
+    Receipt(ReceiptEvent),
+    #[prost(message, tag = "4")]
+    Changed(ChangedEvent),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReceiptEvent {
+    #[prost(string, tag = "1")]
+    pub user_id: String,
+    #[prost(uint64, tag = "2")]
+    pub delivered_seq: u64,
+    #[prost(uint64, tag = "3")]
+    pub read_seq: u64,
+    #[prost(bool, tag = "4")]
+    pub hide_read: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ChangedEvent {
+    /// Members who were removed (or left) by this change: they are told too.
+    #[prost(string, repeated, tag = "1")]
+    pub removed_user_ids: Vec<String>,
+}
+
+/// One batch of a user partition's update log: the entries of every user of
+/// the partition appended in one write, keyed by the first entry's cursor.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UpdateBatchRecord {
+    #[prost(message, repeated, tag = "1")]
+    pub entries: Vec<UpdateEntry>,
+}
+
+/// One entry of a user's update log.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UpdateEntry {
+    #[prost(uint64, tag = "1")]
+    pub cursor: u64,
+    #[prost(string, tag = "2")]
+    pub user_id: String,
+    #[prost(string, tag = "3")]
+    pub conversation_id: String,
+    #[prost(oneof = "UpdateKind", tags = "4, 5, 6")]
+    pub kind: Option<UpdateKind>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum UpdateKind {
+    #[prost(uint64, tag = "4")]
+    MessageSeq(u64),
+    /// Already filtered for this user (read hidden = 0).
+    #[prost(message, tag = "5")]
+    Receipt(ReceiptEvent),
+    /// The conversation changed; `true` when this user was removed.
+    #[prost(bool, tag = "6")]
+    ConversationRemoved(bool),
+}
+
+/// A user's privacy settings.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub struct SettingsRecord {
+    #[prost(bool, tag = "1")]
+    pub hide_read_receipts: bool,
+    #[prost(bool, tag = "2")]
+    pub hide_activity_status: bool,
+}
+
+/// Per-partition bookkeeping, rewritten with each batch that changes it.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub struct PartitionMeta {
+    /// Ownership epoch (invariant 8); bumped on every ownership change.
+    #[prost(uint64, tag = "1")]
+    pub epoch: u64,
+    /// Next outbox batch number to assign.
+    #[prost(uint64, tag = "2")]
+    pub next_outbox: u64,
+    /// Every outbox batch below this is fanned out and deleted.
+    #[prost(uint64, tag = "3")]
+    pub outbox_done: u64,
+    /// Next update-log cursor to assign (cursors start at 1).
+    #[prost(uint64, tag = "4")]
+    pub next_cursor: u64,
+}

@@ -1,0 +1,25 @@
+//! Generates the imsg.v1 types and gRPC stubs from `imsg/v1/*.proto` with
+//! protox (a pure-Rust protobuf compiler), so building needs no `protoc`.
+//! The encoded descriptor set is written to OUT_DIR for gRPC reflection.
+
+use std::{env, fs, path::PathBuf};
+
+use prost::Message as _;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["imsg/v1/messaging.proto", "imsg/v1/broker.proto"];
+    for file in &files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptors = protox::compile(files, ["."])?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(
+        out_dir.join("imsg_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}
