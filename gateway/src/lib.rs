@@ -1,1 +1,13 @@
+//! imsg gateway: the stateless front door. Terminates client connections,
+//! authenticates (JWT), validates, rate-limits, holds one stream per device,
+//! and routes every command to the broker. Killing a gateway loses nothing:
+//! its devices reconnect to any gateway and resume from their cursor.
 
+pub mod auth;
+pub mod backend;
+pub mod ratelimit;
+pub mod server;
+pub mod service;
+pub mod stream;
+
+pub use server::{BrokerTarget, GatewayConfig, RunningGateway};

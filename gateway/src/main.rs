@@ -1,1 +1,98 @@
-fn main(){}
+//! `imsg-gateway`: serve the public API, or print a local token.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use imsg_broker::cli::{BrokerArgs, init_logging, shutdown_signal};
+use imsg_gateway::{BrokerTarget, GatewayConfig, RunningGateway, auth::Authenticator};
+
+/// The imsg gateway: public gRPC API in front of the broker.
+#[derive(Parser, Debug)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Tool>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Tool {
+    /// Print a token signed with the configured secret (for local use).
+    Token {
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = "default")]
+        device: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl_secs: u64,
+        #[arg(long, env = "IMSG_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: String,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address of the public API (and health, reflection).
+    #[arg(long, env = "IMSG_LISTEN", default_value = "127.0.0.1:7000")]
+    listen: SocketAddr,
+    /// Run a broker inside this process: a complete single-node server.
+    #[arg(long, env = "IMSG_EMBEDDED_BROKER", conflicts_with = "broker")]
+    embedded_broker: bool,
+    /// URL of the broker node (`http://host:port`).
+    #[arg(long, env = "IMSG_BROKER")]
+    broker: Option<String>,
+    /// HS256 secret that verifies client tokens (at least 16 bytes).
+    #[arg(long, env = "IMSG_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Names this gateway's lease on brokers (default: random).
+    #[arg(long, env = "IMSG_GATEWAY_ID")]
+    gateway_id: Option<String>,
+    /// Most concurrent device streams.
+    #[arg(long, env = "IMSG_MAX_STREAMS", default_value_t = 100_000)]
+    max_streams: usize,
+    /// Unary requests per second per user.
+    #[arg(long, env = "IMSG_USER_RPS", default_value_t = 1000.0)]
+    user_rps: f64,
+    /// Milliseconds shutdown waits for streams and calls to finish.
+    #[arg(long, env = "IMSG_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    shutdown_grace_ms: u64,
+    #[command(flatten)]
+    broker_args: BrokerArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Tool::Token { user, device, ttl_secs, jwt_secret }) = cli.command {
+        let auth = Authenticator::new(&jwt_secret).map_err(anyhow::Error::msg)?;
+        println!("{}", auth.issue(&user, &device, ttl_secs).map_err(anyhow::Error::msg)?);
+        return Ok(());
+    }
+    init_logging();
+    let args = cli.serve;
+    let secret = args.jwt_secret.context("--jwt-secret (or IMSG_JWT_SECRET) is required")?;
+    let target = match (args.embedded_broker, args.broker) {
+        (true, _) => BrokerTarget::Embedded(args.broker_args.config().map_err(anyhow::Error::msg)?),
+        (false, Some(url)) => BrokerTarget::Remote(url),
+        (false, None) => anyhow::bail!("choose --embedded-broker or --broker <url>"),
+    };
+    let mut config = GatewayConfig::new(args.listen, target, secret);
+    if let Some(id) = args.gateway_id {
+        config.gateway_id = id;
+    }
+    config.streams.max_streams = args.max_streams;
+    config.user_requests_per_second = args.user_rps;
+    config.user_request_burst = (args.user_rps * 2.0).max(1.0) as u32;
+    config.shutdown_grace = std::time::Duration::from_millis(args.shutdown_grace_ms);
+    let gateway = RunningGateway::start(config).await?;
+    // Machine-readable for scripts and tests that start us on port 0.
+    println!("imsg-gateway listening on {}", gateway.addr);
+    shutdown_signal().await;
+    tracing::info!("stopping: draining streams, syncing storage");
+    gateway.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! Bearer-token authentication (invariant 5: authority comes from the token).
+//!
+//! Tokens are JWTs signed with HS256: `sub` is the user, `device` the
+//! device, `exp` is required. Identity never comes from a request field.
+
+use imsg_broker::validate;
+use imsg_proto::v1::Caller;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use tonic::{Status, metadata::MetadataMap};
+
+/// Shortest accepted HS256 secret, in bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    device: String,
+    exp: u64,
+    iat: u64,
+}
+
+/// Verifies (and, for local use, issues) tokens with one shared secret.
+#[derive(Clone)]
+pub struct Authenticator {
+    decoding: DecodingKey,
+    encoding: EncodingKey,
+    validation: Validation,
+}
+
+impl Authenticator {
+    pub fn new(secret: &str) -> Result<Self, String> {
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(format!("the JWT secret must be at least {MIN_SECRET_BYTES} bytes"));
+        }
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 5;
+        Ok(Self {
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            encoding: EncodingKey::from_secret(secret.as_bytes()),
+            validation,
+        })
+    }
+
+    /// A token for `user` on `device`, valid for `ttl_secs`.
+    pub fn issue(&self, user: &str, device: &str, ttl_secs: u64) -> Result<String, String> {
+        validate::id("user", user).map_err(|e| e.to_string())?;
+        validate::id("device", device).map_err(|e| e.to_string())?;
+        let now = unix_now();
+        let claims = Claims { sub: user.to_owned(), device: device.to_owned(), iat: now, exp: now + ttl_secs };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|e| e.to_string())
+    }
+
+    /// The caller a request's `authorization: Bearer <jwt>` names.
+    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+        let header = metadata
+            .get("authorization")
+            .ok_or_else(|| Status::unauthenticated("missing authorization metadata (Bearer token)"))?
+            .to_str()
+            .map_err(|_| Status::unauthenticated("authorization metadata is not text"))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => Status::unauthenticated("token expired"),
+                ErrorKind::InvalidSignature => Status::unauthenticated("token signature invalid"),
+                _ => Status::unauthenticated(format!("token invalid: {e}")),
+            }
+        })?;
+        let claims = data.claims;
+        validate::id("sub", &claims.sub).map_err(|e| Status::unauthenticated(format!("token claim {e}")))?;
+        validate::id("device", &claims.device).map_err(|e| Status::unauthenticated(format!("token claim {e}")))?;
+        Ok(Caller { user_id: claims.sub, device_id: claims.device })
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata(token: &str) -> MetadataMap {
+        let mut map = MetadataMap::new();
+        map.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        map
+    }
+
+    #[test]
+    fn issued_tokens_authenticate_as_their_user_and_device() {
+        let auth = Authenticator::new("0123456789abcdef0123").unwrap();
+        let token = auth.issue("alice", "phone", 60).unwrap();
+        let caller = auth.authenticate(&metadata(&token)).unwrap();
+        assert_eq!((caller.user_id.as_str(), caller.device_id.as_str()), ("alice", "phone"));
+    }
+
+    #[test]
+    fn wrong_secret_expired_and_missing_tokens_are_unauthenticated() {
+        let auth = Authenticator::new("0123456789abcdef0123").unwrap();
+        let other = Authenticator::new("another-secret-of-enough-length").unwrap();
+        let forged = other.issue("alice", "phone", 60).unwrap();
+        assert_eq!(auth.authenticate(&metadata(&forged)).unwrap_err().code(), tonic::Code::Unauthenticated);
+        let expired = {
+            let claims = Claims { sub: "alice".into(), device: "phone".into(), iat: 1, exp: 2 };
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &auth.encoding).unwrap()
+        };
+        let status = auth.authenticate(&metadata(&expired)).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert!(status.message().contains("expired"));
+        assert_eq!(auth.authenticate(&MetadataMap::new()).unwrap_err().code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert!(Authenticator::new("short").is_err());
+    }
+}

@@ -1,0 +1,153 @@
+//! Assembling and running a gateway: the public API, gRPC health and
+//! reflection on the client port, graceful shutdown.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use imsg_broker::{Broker, BrokerConfig, Limits};
+use imsg_proto::v1::messaging_service_server::MessagingServiceServer;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::Authenticator,
+    backend::{Backend, RemoteBroker},
+    ratelimit::PerUserLimiter,
+    service::{Gateway, MessagingApi},
+    stream::{StreamSettings, Streams},
+};
+
+/// Which broker the gateway uses.
+#[derive(Debug, Clone)]
+pub enum BrokerTarget {
+    /// A broker inside this process: a complete single-node server.
+    Embedded(BrokerConfig),
+    /// A broker node at this URL (`http://host:port`).
+    Remote(String),
+}
+
+/// Everything a gateway needs to start.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub broker: BrokerTarget,
+    pub jwt_secret: String,
+    /// Names this gateway's lease on broker nodes.
+    pub gateway_id: String,
+    pub streams: StreamSettings,
+    /// Unary requests per second per user, and the burst allowed.
+    pub user_requests_per_second: f64,
+    pub user_request_burst: u32,
+    /// How long shutdown waits for streams and calls to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl GatewayConfig {
+    pub fn new(listen: SocketAddr, broker: BrokerTarget, jwt_secret: impl Into<String>) -> Self {
+        Self {
+            listen,
+            broker,
+            jwt_secret: jwt_secret.into(),
+            gateway_id: format!("gw-{:016x}", rand::random::<u64>()),
+            streams: StreamSettings::default(),
+            user_requests_per_second: 1000.0,
+            user_request_burst: 2000,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A gateway serving on a socket.
+pub struct RunningGateway {
+    pub addr: SocketAddr,
+    gateway: Arc<Gateway>,
+    broker: Option<Broker>,
+    stop: CancellationToken,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    grace: Duration,
+}
+
+impl RunningGateway {
+    /// Binds, starts the backend and serves until [`Self::shutdown`].
+    pub async fn start(config: GatewayConfig) -> anyhow::Result<Self> {
+        let auth = Authenticator::new(&config.jwt_secret).map_err(anyhow::Error::msg)?;
+        let stop = CancellationToken::new();
+        let (backend, broker, limits) = match &config.broker {
+            BrokerTarget::Embedded(broker_config) => {
+                let broker = Broker::open(broker_config.clone()).await?;
+                let limits = broker.config().limits.clone();
+                (Backend::Embedded(broker.clone()), Some(broker), limits)
+            }
+            BrokerTarget::Remote(url) => {
+                let remote =
+                    RemoteBroker::connect(url, config.gateway_id.clone(), stop.clone()).map_err(anyhow::Error::msg)?;
+                (Backend::Remote(remote), None, Limits::default())
+            }
+        };
+        let gateway = Arc::new(Gateway {
+            auth,
+            backend,
+            limits,
+            unary_limiter: PerUserLimiter::new(config.user_request_burst, config.user_requests_per_second),
+            streams: Streams::default(),
+            stream_settings: config.streams.clone(),
+        });
+        tokio::spawn(forget_idle_users(gateway.clone(), stop.clone()));
+        let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter.set_serving::<MessagingServiceServer<MessagingApi>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(imsg_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let api = MessagingServiceServer::new(MessagingApi::new(gateway.clone())).max_decoding_message_size(256 * 1024);
+        let server_stop = stop.clone();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                // Find devices that vanished without closing their connection.
+                .http2_keepalive_interval(Some(Duration::from_secs(20)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                .add_service(health)
+                .add_service(reflection)
+                .add_service(api)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    server_stop.cancelled().await;
+                    health_reporter.set_not_serving::<MessagingServiceServer<MessagingApi>>().await;
+                }),
+        );
+        tracing::info!(%addr, broker = ?config.broker, "gateway serving");
+        Ok(Self { addr, gateway, broker, stop, server, grace: config.shutdown_grace })
+    }
+
+    /// Device streams currently open.
+    pub fn open_streams(&self) -> usize {
+        self.gateway.streams.open_count()
+    }
+
+    /// Stops accepting, tells every device stream goodbye, waits up to the
+    /// grace period for calls to finish, then makes storage durable.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.gateway.streams.shutdown.cancel();
+        self.stop.cancel();
+        match tokio::time::timeout(self.grace, self.server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "server ended with an error"),
+            Ok(Err(error)) => tracing::warn!(%error, "server task failed"),
+            Err(_) => tracing::warn!("grace period over; closing remaining connections"),
+        }
+        if let Some(broker) = self.broker {
+            broker.shutdown().await?;
+        }
+        Ok(())
+    }
+}
+
+async fn forget_idle_users(gateway: Arc<Gateway>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(30)) => gateway.unary_limiter.forget_idle(),
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The public `MessagingService`: authenticate, rate-limit, validate, route.
+//!
+//! Every unary RPC has the same shape, so one macro writes them: the
+//! request becomes an `ExecuteRequest` command run as the token's caller,
+//! and the matching result variant is the response.
+
+use std::sync::Arc;
+
+use imsg_broker::{Limits, validate};
+use imsg_proto::v1::{
+    AddConversationMembersRequest, AddConversationMembersResponse, Caller, CreateConversationRequest,
+    CreateConversationResponse, GetConversationRequest, GetConversationResponse, GetPresenceRequest,
+    GetPresenceResponse, GetSettingsRequest, GetSettingsResponse, LeaveConversationRequest,
+    LeaveConversationResponse, ListConversationsRequest, ListConversationsResponse, ListMessagesRequest,
+    ListMessagesResponse, OpenStreamRequest, RemoveConversationMemberRequest, RemoveConversationMemberResponse,
+    SendMessageRequest, SendMessageResponse, UpdateConversationRequest, UpdateConversationResponse,
+    UpdateSettingsRequest, UpdateSettingsResponse, execute_request::Command, execute_response::Result as Outcome,
+    messaging_service_server::MessagingService,
+};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{
+    auth::Authenticator,
+    backend::Backend,
+    ratelimit::PerUserLimiter,
+    stream::{DeviceStream, StreamSettings, Streams},
+};
+
+/// What every handler needs; shared by all connections.
+pub struct Gateway {
+    pub auth: Authenticator,
+    pub backend: Backend,
+    pub limits: Limits,
+    pub unary_limiter: PerUserLimiter,
+    pub streams: Streams,
+    pub stream_settings: StreamSettings,
+}
+
+/// The tonic service over a shared [`Gateway`].
+#[derive(Clone)]
+pub struct MessagingApi {
+    gateway: Arc<Gateway>,
+}
+
+impl MessagingApi {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self { gateway }
+    }
+
+    /// Authenticates, rate-limits and validates; returns the caller.
+    fn admit(&self, metadata: &tonic::metadata::MetadataMap, command: &Command) -> Result<Caller, Status> {
+        let caller = self.gateway.auth.authenticate(metadata)?;
+        if !self.gateway.unary_limiter.try_take(&caller.user_id) {
+            return Err(Status::resource_exhausted("request rate limit reached for this user; slow down"));
+        }
+        validate::command(&self.gateway.limits, &caller, command)?;
+        Ok(caller)
+    }
+
+    async fn run(&self, metadata: &tonic::metadata::MetadataMap, command: Command) -> Result<Outcome, Status> {
+        let caller = self.admit(metadata, &command)?;
+        self.gateway.backend.execute(caller, command).await
+    }
+}
+
+/// Writes the service impl: one unary method per (method, request,
+/// response, command variant), plus the streaming method given verbatim.
+macro_rules! messaging_service {
+    ($(($method:ident, $request:ty, $response:ty, $variant:ident)),* $(,)?; $($streaming:tt)*) => {
+        #[tonic::async_trait]
+        impl MessagingService for MessagingApi {
+            $(
+                async fn $method(&self, request: Request<$request>) -> Result<Response<$response>, Status> {
+                    let (metadata, _, body) = request.into_parts();
+                    match self.run(&metadata, Command::$variant(body)).await? {
+                        Outcome::$variant(response) => Ok(Response::new(response)),
+                        _ => Err(Status::internal("broker answered with the wrong result kind")),
+                    }
+                }
+            )*
+            $($streaming)*
+        }
+    };
+}
+
+messaging_service! {
+    (create_conversation, CreateConversationRequest, CreateConversationResponse, CreateConversation),
+    (get_conversation, GetConversationRequest, GetConversationResponse, GetConversation),
+    (list_conversations, ListConversationsRequest, ListConversationsResponse, ListConversations),
+    (update_conversation, UpdateConversationRequest, UpdateConversationResponse, UpdateConversation),
+    (add_conversation_members, AddConversationMembersRequest, AddConversationMembersResponse, AddConversationMembers),
+    (remove_conversation_member, RemoveConversationMemberRequest, RemoveConversationMemberResponse, RemoveConversationMember),
+    (leave_conversation, LeaveConversationRequest, LeaveConversationResponse, LeaveConversation),
+    (send_message, SendMessageRequest, SendMessageResponse, SendMessage),
+    (list_messages, ListMessagesRequest, ListMessagesResponse, ListMessages),
+    (get_settings, GetSettingsRequest, GetSettingsResponse, GetSettings),
+    (update_settings, UpdateSettingsRequest, UpdateSettingsResponse, UpdateSettings),
+    (get_presence, GetPresenceRequest, GetPresenceResponse, GetPresence);
+
+    type OpenStreamStream = DeviceStream;
+
+    async fn open_stream(
+        &self,
+        request: Request<Streaming<OpenStreamRequest>>,
+    ) -> Result<Response<Self::OpenStreamStream>, Status> {
+        let caller = self.gateway.auth.authenticate(request.metadata())?;
+        let stream = crate::stream::open(self.gateway.clone(), caller, request.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
+}

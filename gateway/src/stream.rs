@@ -1,0 +1,212 @@
+//! Device streams: one bidirectional `OpenStream` per device.
+//!
+//! Down: the broker session's frames (replay, `Ready`, live events). Up:
+//! typing, delivery and read marks, pings. Each upstream frame is
+//! rate-limited, validated and run as the token's caller; a refused frame
+//! gets a `StreamError` and the stream stays open. The gateway holds no
+//! buffer of its own beyond a small output queue: when the device does not
+//! read, the broker's session queue fills and the broker drops the session
+//! as a slow consumer (invariant 6).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use imsg_broker::validate;
+use imsg_proto::v1::{
+    Caller, Goodbye, OpenStreamRequest, OpenStreamResponse, Pong, StreamError, execute_request::Command,
+    open_stream_request::Frame as Up, open_stream_response::Frame as Down,
+};
+use tokio::sync::mpsc;
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+
+use crate::{backend::Frames, ratelimit::TokenBucket, service::Gateway};
+
+/// The response stream tonic sends to the device.
+pub type DeviceStream = ReceiverStream<Result<OpenStreamResponse, Status>>;
+
+/// Limits of device streams.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// How long a new stream may take to send `hello`.
+    pub hello_timeout: Duration,
+    /// Most concurrent device streams on this gateway.
+    pub max_streams: usize,
+    /// Upstream frames per second per stream, and the burst allowed.
+    pub frames_per_second: f64,
+    pub frame_burst: u32,
+    /// Typing signals per second per stream, and the burst allowed.
+    pub typing_per_second: f64,
+    pub typing_burst: u32,
+    /// Frames queued toward the device inside the gateway.
+    pub output_queue: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            hello_timeout: Duration::from_secs(10),
+            max_streams: 100_000,
+            frames_per_second: 50.0,
+            frame_burst: 100,
+            typing_per_second: 1.0,
+            typing_burst: 5,
+            output_queue: 64,
+        }
+    }
+}
+
+/// Gateway-wide stream bookkeeping: the count limit and the shutdown signal.
+#[derive(Default)]
+pub struct Streams {
+    open: Arc<AtomicUsize>,
+    pub shutdown: CancellationToken,
+}
+
+impl Streams {
+    pub fn open_count(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a stream until dropped.
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn frame(down: Down) -> Result<OpenStreamResponse, Status> {
+    Ok(OpenStreamResponse { frame: Some(down) })
+}
+
+fn goodbye(reason: &str) -> Result<OpenStreamResponse, Status> {
+    frame(Down::Goodbye(Goodbye { reason: reason.to_owned() }))
+}
+
+/// Admits a device stream: waits for `hello`, opens the broker session and
+/// starts relaying.
+pub async fn open(
+    gateway: Arc<Gateway>,
+    caller: Caller,
+    mut upstream: Streaming<OpenStreamRequest>,
+) -> Result<DeviceStream, Status> {
+    let settings = &gateway.stream_settings;
+    if gateway.streams.shutdown.is_cancelled() {
+        return Err(Status::unavailable("gateway is shutting down; reconnect elsewhere"));
+    }
+    let previous = gateway.streams.open.fetch_add(1, Ordering::SeqCst);
+    let slot = StreamSlot(gateway.streams.open.clone());
+    if previous >= settings.max_streams {
+        return Err(Status::resource_exhausted(format!("this gateway holds at most {} streams", settings.max_streams)));
+    }
+    let first = tokio::time::timeout(settings.hello_timeout, upstream.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no hello frame in time"))??;
+    let cursor = match first.and_then(|f| f.frame) {
+        Some(Up::Hello(hello)) => hello.cursor,
+        _ => return Err(Status::invalid_argument("frame: the first frame must be `hello`")),
+    };
+    let frames = gateway.backend.open_session(caller.clone(), cursor).await?;
+    let (out, device) = mpsc::channel(settings.output_queue);
+    tokio::spawn(relay(gateway, caller, upstream, frames, out, slot));
+    Ok(ReceiverStream::new(device))
+}
+
+async fn relay(
+    gateway: Arc<Gateway>,
+    caller: Caller,
+    mut upstream: Streaming<OpenStreamRequest>,
+    mut frames: Frames,
+    out: mpsc::Sender<Result<OpenStreamResponse, Status>>,
+    _slot: StreamSlot,
+) {
+    let settings = gateway.stream_settings.clone();
+    let mut frame_budget = TokenBucket::new(settings.frame_burst, settings.frames_per_second);
+    let mut typing_budget = TokenBucket::new(settings.typing_burst, settings.typing_per_second);
+    let shutdown = gateway.streams.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = out.send(goodbye("server shutting down; reconnect with your last cursor")).await;
+                return;
+            }
+            down = frames.next() => match down {
+                Some(Ok(down)) => {
+                    let last = matches!(down.frame, Some(Down::Goodbye(_)));
+                    if out.send(Ok(down)).await.is_err() || last {
+                        return;
+                    }
+                }
+                Some(Err(status)) => {
+                    let _ = out.send(Err(status)).await;
+                    return;
+                }
+                None => {
+                    let _ = out.send(goodbye("session ended; reconnect with your last cursor")).await;
+                    return;
+                }
+            },
+            up = upstream.next() => match up {
+                Some(Ok(request)) => {
+                    let now = Instant::now();
+                    let answer = if frame_budget.try_take(now) {
+                        upstream_frame(&gateway, &caller, request, &mut typing_budget, now).await
+                    } else {
+                        Some(stream_error(Status::resource_exhausted("too many frames; slow down")))
+                    };
+                    if let Some(answer) = answer
+                        && out.send(answer).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                // The device closed its side, or the connection broke.
+                Some(Err(_)) | None => return,
+            },
+            _ = out.closed() => return,
+        }
+    }
+}
+
+fn stream_error(status: Status) -> Result<OpenStreamResponse, Status> {
+    frame(Down::Error(StreamError { code: status.code() as i32, message: status.message().to_owned() }))
+}
+
+/// Runs one upstream frame; returns what to tell the device, if anything.
+async fn upstream_frame(
+    gateway: &Gateway,
+    caller: &Caller,
+    request: OpenStreamRequest,
+    typing_budget: &mut TokenBucket,
+    now: Instant,
+) -> Option<Result<OpenStreamResponse, Status>> {
+    let command = match request.frame {
+        Some(Up::Ping(ping)) => return Some(frame(Down::Pong(Pong { nonce: ping.nonce }))),
+        Some(Up::Hello(_)) => return Some(stream_error(Status::invalid_argument("hello: already sent on this stream"))),
+        None => return Some(stream_error(Status::invalid_argument("frame: must be set"))),
+        Some(Up::Typing(typing)) => {
+            if typing.active && !typing_budget.try_take(now) {
+                return Some(stream_error(Status::resource_exhausted("typing: rate limit reached")));
+            }
+            Command::Typing(typing)
+        }
+        Some(Up::MarkDelivered(mark)) => Command::MarkDelivered(mark),
+        Some(Up::MarkRead(mark)) => Command::MarkRead(mark),
+    };
+    if let Err(error) = validate::command(&gateway.limits, caller, &command) {
+        return Some(stream_error(error.into()));
+    }
+    match gateway.backend.execute(caller.clone(), command).await {
+        Ok(_) => None,
+        Err(status) => Some(stream_error(status)),
+    }
+}

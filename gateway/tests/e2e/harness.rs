@@ -1,0 +1,375 @@
+//! Shared by every end-to-end test: real servers on 127.0.0.1:0 (in this
+//! process, or as child processes of the built binaries), and real gRPC
+//! clients that authenticate with tokens like any app would.
+
+#![allow(dead_code)]
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use imsg_broker::{BrokerConfig, Limits};
+use imsg_gateway::{BrokerTarget, GatewayConfig, RunningGateway, auth::Authenticator};
+use imsg_proto::v1::{
+    CreateConversationRequest, DirectConversationSpec, Event, GroupConversationSpec, Hello, ListMessagesRequest,
+    Message, OpenStreamRequest, OpenStreamResponse, SendMessageRequest, SendMessageResponse, TextContent,
+    create_conversation_request, event, messaging_service_client::MessagingServiceClient, open_stream_request,
+    open_stream_response, send_message_request,
+};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+};
+use tonic::{
+    Request, Status,
+    metadata::MetadataValue,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+/// How long a test waits for something that should happen promptly.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub fn tokens() -> Authenticator {
+    Authenticator::new(SECRET).unwrap()
+}
+
+/// A single-node server (gateway with an embedded broker) in this process.
+pub struct TestServer {
+    pub gateway: Option<RunningGateway>,
+    pub addr: SocketAddr,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tune: impl FnOnce(&mut Limits)) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut broker = BrokerConfig::new(data_dir.path());
+        broker.partitions = 8;
+        broker.cache_capacity_bytes = 16 * 1024 * 1024;
+        tune(&mut broker.limits);
+        let config = GatewayConfig::new("127.0.0.1:0".parse().unwrap(), BrokerTarget::Embedded(broker), SECRET);
+        let gateway = RunningGateway::start(config).await.unwrap();
+        let addr = gateway.addr;
+        Self { gateway: Some(gateway), addr, data_dir }
+    }
+
+    pub async fn client(&self, user: &str, device: &str) -> Client {
+        Client::connect(self.addr, user, device).await
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown().await.unwrap();
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+pub type Api = MessagingServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// One device of one user, talking to a gateway.
+#[derive(Clone)]
+pub struct Client {
+    pub user: String,
+    pub device: String,
+    pub api: Api,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, user: &str, device: &str) -> Self {
+        let token = tokens().issue(user, device, 3600).unwrap();
+        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let bearer = Bearer(format!("Bearer {token}").parse().unwrap());
+        Self { user: user.into(), device: device.into(), api: MessagingServiceClient::with_interceptor(channel, bearer) }
+    }
+
+    pub async fn direct_with(&self, peer: &str) -> String {
+        let request = CreateConversationRequest {
+            request_id: String::new(),
+            kind: Some(create_conversation_request::Kind::Direct(DirectConversationSpec { peer_user_id: peer.into() })),
+        };
+        let response = self.api.clone().create_conversation(request).await.unwrap().into_inner();
+        response.conversation.unwrap().conversation_id
+    }
+
+    pub async fn group(&self, title: &str, members: &[&str]) -> String {
+        let request = CreateConversationRequest {
+            request_id: format!("req-{}", rand::random::<u64>()),
+            kind: Some(create_conversation_request::Kind::Group(GroupConversationSpec {
+                title: title.into(),
+                member_ids: members.iter().map(|m| m.to_string()).collect(),
+            })),
+        };
+        let response = self.api.clone().create_conversation(request).await.unwrap().into_inner();
+        response.conversation.unwrap().conversation_id
+    }
+
+    pub async fn try_send(&self, conversation: &str, client_id: &str, text: &str) -> Result<SendMessageResponse, Status> {
+        let request = SendMessageRequest {
+            conversation_id: conversation.into(),
+            client_message_id: client_id.into(),
+            reply_to_seq: 0,
+            content: Some(send_message_request::Content::Text(TextContent { text: text.into() })),
+        };
+        self.api.clone().send_message(request).await.map(|r| r.into_inner())
+    }
+
+    pub async fn send(&self, conversation: &str, text: &str) -> u64 {
+        let id = format!("c-{}", rand::random::<u64>());
+        self.try_send(conversation, &id, text).await.unwrap().seq
+    }
+
+    /// Every message of a conversation, oldest first, paging forwards.
+    pub async fn history(&self, conversation: &str) -> Vec<Message> {
+        let mut all = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .api
+                .clone()
+                .list_messages(ListMessagesRequest {
+                    conversation_id: conversation.into(),
+                    page_size: 200,
+                    page_token: page_token.clone(),
+                    after_seq: Some(0),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            all.extend(page.messages);
+            if page.next_page_token.is_empty() {
+                return all;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// Opens the device stream after `cursor`.
+    pub async fn open(&self, cursor: u64) -> Device {
+        let (up, up_rx) = mpsc::channel(64);
+        up.send(OpenStreamRequest { frame: Some(open_stream_request::Frame::Hello(Hello { cursor })) }).await.unwrap();
+        let stream = self
+            .api
+            .clone()
+            .open_stream(tokio_stream::wrappers::ReceiverStream::new(up_rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let (frames_tx, frames) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            let mut stream = stream;
+            loop {
+                match stream.message().await {
+                    Ok(Some(frame)) => {
+                        if frames_tx.send(Ok(frame)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(status) => {
+                        let _ = frames_tx.send(Err(status));
+                        return;
+                    }
+                }
+            }
+        });
+        Device { up, frames, reader, cursor }
+    }
+}
+
+/// An open device stream that records what arrives.
+pub struct Device {
+    pub up: mpsc::Sender<OpenStreamRequest>,
+    frames: mpsc::UnboundedReceiver<Result<OpenStreamResponse, Status>>,
+    reader: tokio::task::JoinHandle<()>,
+    /// Cursor of the newest logged event received.
+    pub cursor: u64,
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Device {
+    /// The next frame, or None when the stream ended or PATIENCE passed.
+    pub async fn frame_within(&mut self, wait: Duration) -> Option<Result<open_stream_response::Frame, Status>> {
+        match tokio::time::timeout(wait, self.frames.recv()).await {
+            Ok(Some(Ok(frame))) => {
+                let frame = frame.frame?;
+                if let open_stream_response::Frame::Event(Event { cursor, .. }) = &frame
+                    && *cursor > 0
+                {
+                    self.cursor = *cursor;
+                }
+                Some(Ok(frame))
+            }
+            Ok(Some(Err(status))) => Some(Err(status)),
+            Ok(None) | Err(_) => None,
+        }
+    }
+
+    pub async fn frame(&mut self) -> Option<open_stream_response::Frame> {
+        match self.frame_within(PATIENCE).await {
+            Some(Ok(frame)) => Some(frame),
+            _ => None,
+        }
+    }
+
+    /// Waits for `Ready`, returning the events replayed before it.
+    pub async fn ready(&mut self) -> Vec<event::Kind> {
+        let mut replayed = Vec::new();
+        loop {
+            match self.frame().await {
+                Some(open_stream_response::Frame::Ready(_)) => return replayed,
+                Some(open_stream_response::Frame::Event(e)) => replayed.extend(e.kind),
+                other => panic!("expected replay then ready, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next event that matches, skipping others; panics after PATIENCE.
+    pub async fn event_where(&mut self, what: &str, mut matches: impl FnMut(&event::Kind) -> bool) -> event::Kind {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.frame_within(left).await {
+                Some(Ok(open_stream_response::Frame::Event(Event { kind: Some(kind), .. }))) if matches(&kind) => {
+                    return kind;
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(status)) => panic!("stream failed waiting for {what}: {status}"),
+                None => panic!("no {what} within {PATIENCE:?}"),
+            }
+        }
+    }
+
+    pub async fn message(&mut self) -> Message {
+        match self.event_where("a message", |k| matches!(k, event::Kind::Message(_))).await {
+            event::Kind::Message(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    /// True if no frame matching arrives within `wait`.
+    pub async fn quiet_for(&mut self, wait: Duration, mut matches: impl FnMut(&open_stream_response::Frame) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.frame_within(left).await {
+                Some(Ok(frame)) if matches(&frame) => return false,
+                Some(Ok(_)) => continue,
+                _ => return true,
+            }
+        }
+    }
+
+    pub async fn send_frame(&self, frame: open_stream_request::Frame) {
+        self.up.send(OpenStreamRequest { frame: Some(frame) }).await.unwrap();
+    }
+}
+
+// ---- child processes ----
+
+/// Path of a binary built next to this test's `imsg-gateway`.
+pub fn binary(name: &str) -> PathBuf {
+    let gateway = PathBuf::from(env!("CARGO_BIN_EXE_imsg-gateway"));
+    let path = gateway.with_file_name(name);
+    assert!(path.exists(), "{} is not built; run the workspace tests (cargo test --workspace)", path.display());
+    path
+}
+
+/// A server process; killed with SIGKILL when dropped.
+pub struct Process {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Process {
+    /// Starts `binary args...` and waits for its "listening on ADDR" line.
+    pub async fn spawn(binary: &Path, args: &[String]) -> Self {
+        let mut child = Command::new(binary)
+            .args(args)
+            .env("IMSG_JWT_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(PATIENCE, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    return addr.trim().parse::<SocketAddr>().unwrap();
+                }
+            }
+            panic!("{} exited before listening", binary.display());
+        })
+        .await
+        .expect("server did not start listening in time");
+        Self { child, addr }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().unwrap() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY-free: libc::kill with our own child's pid.
+        assert_eq!(unsafe_kill(self.pid(), signal), 0, "kill({}, {signal}) failed", self.pid());
+    }
+
+    pub async fn sigkill(mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait().await;
+    }
+}
+
+#[allow(unsafe_code)]
+fn unsafe_kill(pid: i32, signal: i32) -> i32 {
+    // SAFETY: kill(2) has no memory-safety preconditions; pid is our child.
+    unsafe { libc::kill(pid, signal) }
+}
+
+/// Flags for a broker process on `listen` with `data_dir`.
+pub fn broker_args(data_dir: &Path, listen: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--listen".into(),
+        listen.into(),
+        "--partitions".into(),
+        "8".into(),
+        "--cache-mb".into(),
+        "16".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Flags for a gateway process in front of `broker`.
+pub fn gateway_args(broker: SocketAddr) -> Vec<String> {
+    vec!["--broker".into(), format!("http://{broker}"), "--listen".into(), "127.0.0.1:0".into()]
+}
