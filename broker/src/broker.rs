@@ -17,9 +17,8 @@ use std::{
 use dashmap::DashMap;
 use imsg_proto::v1::{
     AddConversationMembersResponse, Caller, GetConversationResponse, GetPresenceResponse, GetSettingsResponse,
-    LeaveConversationResponse, ListConversationsResponse, RemoveConversationMemberResponse,
-    UpdateConversationResponse, UpdateSettingsResponse, create_conversation_request, execute_request,
-    execute_response,
+    LeaveConversationResponse, ListConversationsResponse, RemoveConversationMemberResponse, UpdateConversationResponse,
+    UpdateSettingsResponse, create_conversation_request, execute_request, execute_response,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -28,7 +27,7 @@ use crate::{
     config::BrokerConfig,
     error::{Error, Result},
     ids::{PartitionId, direct_conversation_id, group_conversation_id},
-    partition::{Command, MarkKind, MembershipChange, NewConversation, Partition, Mailbox, Reply, UserContext, Viewer},
+    partition::{Command, Mailbox, MarkKind, MembershipChange, NewConversation, Partition, Reply, UserContext, Viewer},
     router::{PartitionQueues, Router},
     session::{SessionFields, SessionStream},
     storage::Store,
@@ -122,7 +121,11 @@ impl Broker {
     }
 
     /// Runs one client command as `caller` (already authenticated).
-    pub async fn execute(&self, caller: &Caller, command: execute_request::Command) -> Result<execute_response::Result> {
+    pub async fn execute(
+        &self,
+        caller: &Caller,
+        command: execute_request::Command,
+    ) -> Result<execute_response::Result> {
         use execute_request::Command as C;
         use execute_response::Result as R;
         validate::command(&self.inner.config.limits, caller, &command)?;
@@ -238,7 +241,8 @@ impl Broker {
         let page_size = validate::page_size(request.page_size)?;
         let offset = validate::page_token(&request.page_token)?.unwrap_or(0) as usize;
         let context = self.user_context(&caller.user_id).await?;
-        let viewer = Viewer { user_id: caller.user_id.clone(), hide_read_receipts: context.settings.hide_read_receipts };
+        let viewer =
+            Viewer { user_id: caller.user_id.clone(), hide_read_receipts: context.settings.hide_read_receipts };
         let mut by_partition: BTreeMap<PartitionId, Vec<String>> = BTreeMap::new();
         for id in context.conversation_ids.iter() {
             by_partition.entry(self.partition_of(id)).or_default().push(id.clone());
@@ -246,7 +250,8 @@ impl Broker {
         let mut summaries = Vec::new();
         for (partition, conversation_ids) in by_partition {
             let viewer = viewer.clone();
-            summaries.extend(self.call(partition, |reply| Command::Summaries { viewer, conversation_ids, reply }).await?);
+            summaries
+                .extend(self.call(partition, |reply| Command::Summaries { viewer, conversation_ids, reply }).await?);
         }
         let activity = |s: &imsg_proto::v1::ConversationSummary| {
             s.conversation.as_ref().map(|c| (c.last_activity_ms, c.conversation_id.clone())).unwrap_or_default()

@@ -143,10 +143,7 @@ mod tests {
     #[test]
     fn fsync_mode_parses_always_and_interval_and_rejects_the_rest() {
         assert_eq!("always".parse::<FsyncMode>(), Ok(FsyncMode::Always));
-        assert_eq!(
-            "interval:5".parse::<FsyncMode>(),
-            Ok(FsyncMode::Interval(Duration::from_millis(5)))
-        );
+        assert_eq!("interval:5".parse::<FsyncMode>(), Ok(FsyncMode::Interval(Duration::from_millis(5))));
         assert!("interval:0".parse::<FsyncMode>().is_err());
         assert!("never".parse::<FsyncMode>().is_err());
     }

@@ -28,20 +28,21 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = args.broker.config().map_err(anyhow::Error::msg).context("invalid configuration")?;
     let broker = Broker::open(config).await.context("opening the broker")?;
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let local = listener.local_addr()?;
     // Machine-readable for scripts and tests that start us on port 0.
     println!("imsg-broker listening on {local}");
     tracing::info!(%local, "serving the broker API");
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<BrokerServiceServer<BrokerGrpc>>().await;
-    let service = BrokerServiceServer::new(BrokerGrpc::new(broker.clone()))
-        .max_decoding_message_size(1024 * 1024);
+    let service = BrokerServiceServer::new(BrokerGrpc::new(broker.clone())).max_decoding_message_size(1024 * 1024);
     let stop = tokio_util::sync::CancellationToken::new();
-    let server = tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(service)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stop.clone().cancelled_owned());
+    let server =
+        tonic::transport::Server::builder().add_service(health).add_service(service).serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stop.clone().cancelled_owned(),
+        );
     let server = tokio::spawn(server);
     shutdown_signal().await;
     tracing::info!("stopping: ending sessions, syncing storage");

@@ -48,7 +48,9 @@ impl Router {
     pub fn submit(&self, partition: PartitionId, command: Command) -> Result<()> {
         let queues = self.queues(partition)?;
         queues.commands.try_send(command).map_err(|error| match error {
-            TrySendError::Full(_) => Error::ResourceExhausted(format!("partition {partition} is overloaded; retry later")),
+            TrySendError::Full(_) => {
+                Error::ResourceExhausted(format!("partition {partition} is overloaded; retry later"))
+            }
             TrySendError::Closed(_) => Error::Unavailable(format!("partition {partition} is stopped")),
         })
     }

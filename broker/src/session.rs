@@ -111,11 +111,16 @@ impl tokio_stream::Stream for SessionStream {
 impl Drop for SessionStream {
     fn drop(&mut self) {
         let partition = self.router.partition_of(&self.user_id);
-        self.router.internal(partition, Command::CloseSession { user_id: self.user_id.clone(), session_id: self.session_id });
+        self.router
+            .internal(partition, Command::CloseSession { user_id: self.user_id.clone(), session_id: self.session_id });
     }
 }
 
-async fn ask<T>(router: &Router, partition: u32, make: impl FnOnce(crate::partition::Reply<T>) -> Command) -> Result<T> {
+async fn ask<T>(
+    router: &Router,
+    partition: u32,
+    make: impl FnOnce(crate::partition::Reply<T>) -> Command,
+) -> Result<T> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     if !router.internal(partition, make(reply)) {
         return Err(crate::error::Error::Unavailable(format!("partition {partition} is stopped")));
@@ -183,7 +188,9 @@ async fn materialize(router: &Router, entries: Vec<UpdateEntry>) -> Result<Vec<O
     let mut wanted_snapshots: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     for entry in &entries {
         match entry.kind {
-            Some(UpdateKind::MessageSeq(seq)) => wanted_messages.entry(entry.conversation_id.clone()).or_default().push(seq),
+            Some(UpdateKind::MessageSeq(seq)) => {
+                wanted_messages.entry(entry.conversation_id.clone()).or_default().push(seq)
+            }
             Some(UpdateKind::ConversationRemoved(false)) => wanted_snapshots
                 .entry(router.partition_of(&entry.conversation_id))
                 .or_default()
@@ -232,7 +239,10 @@ async fn materialize(router: &Router, entries: Vec<UpdateEntry>) -> Result<Vec<O
             None => continue,
         };
         frames.push(OpenStreamResponse {
-            frame: Some(open_stream_response::Frame::Event(imsg_proto::v1::Event { cursor: entry.cursor, kind: Some(kind) })),
+            frame: Some(open_stream_response::Frame::Event(imsg_proto::v1::Event {
+                cursor: entry.cursor,
+                kind: Some(kind),
+            })),
         });
     }
     Ok(frames)

@@ -89,10 +89,7 @@ pub fn page_token(value: &str) -> Result<Option<u64>> {
     if value.is_empty() {
         return Ok(None);
     }
-    value
-        .parse::<u64>()
-        .map(Some)
-        .map_err(|_| Error::invalid("page_token", "not a token this server issued"))
+    value.parse::<u64>().map(Some).map_err(|_| Error::invalid("page_token", "not a token this server issued"))
 }
 
 /// Validates a whole client command: every id, size and shape, so that a
@@ -102,33 +99,31 @@ pub fn command(limits: &Limits, caller: &Caller, command: &execute_request::Comm
     id("caller.user_id", &caller.user_id)?;
     id("caller.device_id", &caller.device_id)?;
     match command {
-        C::CreateConversation(request) => {
-            match &request.kind {
-                Some(create_conversation_request::Kind::Direct(direct)) => {
-                    id("direct.peer_user_id", &direct.peer_user_id)?;
-                    if direct.peer_user_id == caller.user_id {
-                        return Err(Error::invalid("direct.peer_user_id", "a direct conversation needs another user"));
-                    }
-                    if !request.request_id.is_empty() {
-                        id("request_id", &request.request_id)?;
-                    }
+        C::CreateConversation(request) => match &request.kind {
+            Some(create_conversation_request::Kind::Direct(direct)) => {
+                id("direct.peer_user_id", &direct.peer_user_id)?;
+                if direct.peer_user_id == caller.user_id {
+                    return Err(Error::invalid("direct.peer_user_id", "a direct conversation needs another user"));
                 }
-                Some(create_conversation_request::Kind::Group(group)) => {
+                if !request.request_id.is_empty() {
                     id("request_id", &request.request_id)?;
-                    title(limits, &group.title)?;
-                    if group.member_ids.len() >= limits.max_group_members {
-                        return Err(Error::ResourceExhausted(format!(
-                            "a group has at most {} members",
-                            limits.max_group_members
-                        )));
-                    }
-                    for member in &group.member_ids {
-                        id("group.member_ids", member)?;
-                    }
                 }
-                None => return Err(Error::invalid("kind", "set `direct` or `group`")),
             }
-        }
+            Some(create_conversation_request::Kind::Group(group)) => {
+                id("request_id", &request.request_id)?;
+                title(limits, &group.title)?;
+                if group.member_ids.len() >= limits.max_group_members {
+                    return Err(Error::ResourceExhausted(format!(
+                        "a group has at most {} members",
+                        limits.max_group_members
+                    )));
+                }
+                for member in &group.member_ids {
+                    id("group.member_ids", member)?;
+                }
+            }
+            None => return Err(Error::invalid("kind", "set `direct` or `group`")),
+        },
         C::GetConversation(r) => conversation_id("conversation_id", &r.conversation_id)?,
         C::ListConversations(r) => {
             page_size(r.page_size)?;
@@ -144,7 +139,10 @@ pub fn command(limits: &Limits, caller: &Caller, command: &execute_request::Comm
                 return Err(Error::invalid("user_ids", "must not be empty"));
             }
             if r.user_ids.len() >= limits.max_group_members {
-                return Err(Error::ResourceExhausted(format!("a group has at most {} members", limits.max_group_members)));
+                return Err(Error::ResourceExhausted(format!(
+                    "a group has at most {} members",
+                    limits.max_group_members
+                )));
             }
             for user in &r.user_ids {
                 id("user_ids", user)?;

@@ -40,8 +40,7 @@ impl RemoteBroker {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        let client = BrokerServiceClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(4 * 1024 * 1024);
+        let client = BrokerServiceClient::new(endpoint.connect_lazy()).max_decoding_message_size(4 * 1024 * 1024);
         let broker = Self { client, gateway_id };
         tokio::spawn(broker.clone().renew_lease(stop));
         Ok(broker)
@@ -90,7 +89,8 @@ impl Backend {
         match self {
             Self::Embedded(broker) => Ok(Box::pin(broker.open_session(&caller, "", cursor)?.map(Ok))),
             Self::Remote(remote) => {
-                let request = OpenSessionRequest { caller: Some(caller), gateway_id: remote.gateway_id.clone(), cursor };
+                let request =
+                    OpenSessionRequest { caller: Some(caller), gateway_id: remote.gateway_id.clone(), cursor };
                 let frames = remote.client.clone().open_session(request).await?.into_inner();
                 Ok(Box::pin(frames.filter_map(|frame| match frame {
                     Ok(frame) => frame.frame.map(Ok),

@@ -10,12 +10,11 @@ use imsg_broker::{Limits, validate};
 use imsg_proto::v1::{
     AddConversationMembersRequest, AddConversationMembersResponse, Caller, CreateConversationRequest,
     CreateConversationResponse, GetConversationRequest, GetConversationResponse, GetPresenceRequest,
-    GetPresenceResponse, GetSettingsRequest, GetSettingsResponse, LeaveConversationRequest,
-    LeaveConversationResponse, ListConversationsRequest, ListConversationsResponse, ListMessagesRequest,
-    ListMessagesResponse, OpenStreamRequest, RemoveConversationMemberRequest, RemoveConversationMemberResponse,
-    SendMessageRequest, SendMessageResponse, UpdateConversationRequest, UpdateConversationResponse,
-    UpdateSettingsRequest, UpdateSettingsResponse, execute_request::Command, execute_response::Result as Outcome,
-    messaging_service_server::MessagingService,
+    GetPresenceResponse, GetSettingsRequest, GetSettingsResponse, LeaveConversationRequest, LeaveConversationResponse,
+    ListConversationsRequest, ListConversationsResponse, ListMessagesRequest, ListMessagesResponse, OpenStreamRequest,
+    RemoveConversationMemberRequest, RemoveConversationMemberResponse, SendMessageRequest, SendMessageResponse,
+    UpdateConversationRequest, UpdateConversationResponse, UpdateSettingsRequest, UpdateSettingsResponse,
+    execute_request::Command, execute_response::Result as Outcome, messaging_service_server::MessagingService,
 };
 use tonic::{Request, Response, Status, Streaming};
 

@@ -191,7 +191,9 @@ async fn upstream_frame(
 ) -> Option<Result<OpenStreamResponse, Status>> {
     let command = match request.frame {
         Some(Up::Ping(ping)) => return Some(frame(Down::Pong(Pong { nonce: ping.nonce }))),
-        Some(Up::Hello(_)) => return Some(stream_error(Status::invalid_argument("hello: already sent on this stream"))),
+        Some(Up::Hello(_)) => {
+            return Some(stream_error(Status::invalid_argument("hello: already sent on this stream")));
+        }
         None => return Some(stream_error(Status::invalid_argument("frame: must be set"))),
         Some(Up::Typing(typing)) => {
             if typing.active && !typing_budget.try_take(now) {

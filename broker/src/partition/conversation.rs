@@ -83,7 +83,15 @@ impl ConversationState {
         let last_activity_ms =
             last_message.as_ref().map_or(record.change_time_ms, |m| m.server_time_ms.max(record.change_time_ms));
         let receipts = store.receipts(id)?.into_iter().collect();
-        Ok(Some(Self { record, last_seq, last_activity_ms, last_message, receipts, dedup: None, typing: HashMap::new() }))
+        Ok(Some(Self {
+            record,
+            last_seq,
+            last_activity_ms,
+            last_message,
+            receipts,
+            dedup: None,
+            typing: HashMap::new(),
+        }))
     }
 
     fn member(&self, user: &str) -> Option<&MemberRecord> {
@@ -117,7 +125,13 @@ impl ConversationState {
                     Some(v) if v.hide_read_receipts || receipt.hide_read => (receipt.delivered_seq, 0),
                     Some(_) => (receipt.delivered_seq, receipt.read_seq),
                 };
-                Member { user_id: m.user_id.clone(), role: m.role, delivered_seq, read_seq, joined_after_seq: m.joined_after_seq }
+                Member {
+                    user_id: m.user_id.clone(),
+                    role: m.role,
+                    delivered_seq,
+                    read_seq,
+                    joined_after_seq: m.joined_after_seq,
+                }
             })
             .collect();
         Conversation {
@@ -199,14 +213,21 @@ impl Partition {
             if !allowed {
                 return Err(Error::FailedPrecondition(format!("conversation {id} already exists")));
             }
-            return Ok(CreateConversationResponse { conversation: Some(state.snapshot(Some(&viewer))), created: false });
+            return Ok(CreateConversationResponse {
+                conversation: Some(state.snapshot(Some(&viewer))),
+                created: false,
+            });
         }
         let now = now_ms();
         let (kind, title, members) = match spec {
             NewConversation::Direct { peer_user_id } => {
                 let mut members = vec![caller.user_id.clone(), peer_user_id];
                 members.sort();
-                (ConversationKind::Direct, String::new(), members.into_iter().map(|u| (u, MemberRole::Member)).collect())
+                (
+                    ConversationKind::Direct,
+                    String::new(),
+                    members.into_iter().map(|u| (u, MemberRole::Member)).collect(),
+                )
             }
             NewConversation::Group { title, member_ids } => {
                 let mut members: Vec<(String, MemberRole)> = vec![(caller.user_id.clone(), MemberRole::Admin)];
@@ -260,7 +281,12 @@ impl Partition {
         Ok(state.snapshot(Some(viewer)))
     }
 
-    pub(super) fn change_membership(&mut self, caller: &Caller, id: &str, change: MembershipChange) -> Result<Conversation> {
+    pub(super) fn change_membership(
+        &mut self,
+        caller: &Caller,
+        id: &str,
+        change: MembershipChange,
+    ) -> Result<Conversation> {
         let max_members = self.limits.max_group_members;
         let state = self.conversation(id)?;
         let me = state.require_member(&caller.user_id)?.clone();
@@ -282,15 +308,19 @@ impl Partition {
                     .filter(|u| state.member(u).is_none())
                     .collect();
                 if new.is_empty() {
-                    return Ok(state.snapshot(Some(&Viewer { user_id: caller.user_id.clone(), hide_read_receipts: false })));
+                    return Ok(
+                        state.snapshot(Some(&Viewer { user_id: caller.user_id.clone(), hide_read_receipts: false }))
+                    );
                 }
                 if state.record.members.len() + new.len() > max_members {
                     return Err(Error::ResourceExhausted(format!("a group has at most {max_members} members")));
                 }
                 let joined_after_seq = state.last_seq;
-                state.record.members.extend(
-                    new.into_iter().map(|user_id| MemberRecord { user_id, role: MemberRole::Member as i32, joined_after_seq }),
-                );
+                state.record.members.extend(new.into_iter().map(|user_id| MemberRecord {
+                    user_id,
+                    role: MemberRole::Member as i32,
+                    joined_after_seq,
+                }));
             }
             MembershipChange::Remove(user) => {
                 if state.member(&user).is_none() {
@@ -347,7 +377,10 @@ impl Partition {
             return Ok(SendMessageResponse { seq: *seq, server_time_ms: *server_time_ms, duplicate: true });
         }
         if request.reply_to_seq > state.last_seq {
-            return Err(Error::invalid("reply_to_seq", format!("no message {} in this conversation", request.reply_to_seq)));
+            return Err(Error::invalid(
+                "reply_to_seq",
+                format!("no message {} in this conversation", request.reply_to_seq),
+            ));
         }
         let seq = state.last_seq + 1;
         // Server time never goes backwards within a conversation.
@@ -389,7 +422,11 @@ impl Partition {
         Ok(SendMessageResponse { seq, server_time_ms, duplicate: false })
     }
 
-    pub(super) fn list_messages(&mut self, caller: &Caller, request: &ListMessagesRequest) -> Result<ListMessagesResponse> {
+    pub(super) fn list_messages(
+        &mut self,
+        caller: &Caller,
+        request: &ListMessagesRequest,
+    ) -> Result<ListMessagesResponse> {
         let page_size = validate::page_size(request.page_size)?;
         let token = validate::page_token(&request.page_token)?;
         let state = self.conversation(&request.conversation_id)?;
@@ -445,7 +482,11 @@ impl Partition {
             state.typing.retain(|user, until| {
                 let keep = *until > now;
                 if !keep {
-                    expired.push((id.clone(), user.clone(), state.record.members.iter().map(|m| m.user_id.clone()).collect::<Vec<_>>()));
+                    expired.push((
+                        id.clone(),
+                        user.clone(),
+                        state.record.members.iter().map(|m| m.user_id.clone()).collect::<Vec<_>>(),
+                    ));
                 }
                 keep
             });
@@ -635,7 +676,10 @@ impl Partition {
                 match item.event {
                     Some(OutboxEvent::MessageSeq(seq)) => {
                         if let Some(message) = self.store.message(&id, seq)? {
-                            items.push(UpdateItem { user_ids: members, event: Arc::new(LoggedEvent::Message(Arc::new(message))) });
+                            items.push(UpdateItem {
+                                user_ids: members,
+                                event: Arc::new(LoggedEvent::Message(Arc::new(message))),
+                            });
                         }
                     }
                     Some(OutboxEvent::Receipt(r)) => items.push(UpdateItem {

@@ -92,41 +92,125 @@ pub struct SessionHandle {
 /// queue; partition-to-partition traffic on the internal one.
 pub enum Command {
     // ---- conversation role ----
-    CreateConversation { caller: Caller, conversation_id: String, spec: NewConversation, reply: Reply<CreateConversationResponse> },
-    GetConversation { viewer: Viewer, conversation_id: String, reply: Reply<imsg_proto::v1::Conversation> },
-    ChangeMembership { caller: Caller, conversation_id: String, change: MembershipChange, reply: Reply<imsg_proto::v1::Conversation> },
-    Send { caller: Caller, request: SendMessageRequest, reply: Reply<SendMessageResponse> },
-    ListMessages { caller: Caller, request: ListMessagesRequest, reply: Reply<ListMessagesResponse> },
-    Typing { caller: Caller, conversation_id: String, active: bool, reply: Reply<()> },
-    Mark { caller: Caller, conversation_id: String, seq: u64, kind: MarkKind, hide_read: bool, reply: Reply<()> },
+    CreateConversation {
+        caller: Caller,
+        conversation_id: String,
+        spec: NewConversation,
+        reply: Reply<CreateConversationResponse>,
+    },
+    GetConversation {
+        viewer: Viewer,
+        conversation_id: String,
+        reply: Reply<imsg_proto::v1::Conversation>,
+    },
+    ChangeMembership {
+        caller: Caller,
+        conversation_id: String,
+        change: MembershipChange,
+        reply: Reply<imsg_proto::v1::Conversation>,
+    },
+    Send {
+        caller: Caller,
+        request: SendMessageRequest,
+        reply: Reply<SendMessageResponse>,
+    },
+    ListMessages {
+        caller: Caller,
+        request: ListMessagesRequest,
+        reply: Reply<ListMessagesResponse>,
+    },
+    Typing {
+        caller: Caller,
+        conversation_id: String,
+        active: bool,
+        reply: Reply<()>,
+    },
+    Mark {
+        caller: Caller,
+        conversation_id: String,
+        seq: u64,
+        kind: MarkKind,
+        hide_read: bool,
+        reply: Reply<()>,
+    },
     /// Inbox rows for the viewer's conversations held here.
-    Summaries { viewer: Viewer, conversation_ids: Vec<String>, reply: Reply<Vec<ConversationSummary>> },
+    Summaries {
+        viewer: Viewer,
+        conversation_ids: Vec<String>,
+        reply: Reply<Vec<ConversationSummary>>,
+    },
     /// Message bodies for a replay (the user partition already checked
     /// that these belong to the user's log).
-    Messages { conversation_id: String, seqs: Vec<u64>, reply: Reply<Vec<Message>> },
+    Messages {
+        conversation_id: String,
+        seqs: Vec<u64>,
+        reply: Reply<Vec<Message>>,
+    },
     /// Current snapshots (watermarks zeroed) for a replay.
-    Snapshots { conversation_ids: Vec<String>, reply: Reply<Vec<imsg_proto::v1::Conversation>> },
+    Snapshots {
+        conversation_ids: Vec<String>,
+        reply: Reply<Vec<imsg_proto::v1::Conversation>>,
+    },
     /// A user's presence changed: tell the members of these conversations.
-    PresenceFanout { presence: Presence, conversation_ids: Vec<String> },
+    PresenceFanout {
+        presence: Presence,
+        conversation_ids: Vec<String>,
+    },
     /// A user's read-receipt setting changed.
-    HideReadChanged { user_id: String, hide_read: bool, conversation_ids: Vec<String> },
+    HideReadChanged {
+        user_id: String,
+        hide_read: bool,
+        conversation_ids: Vec<String>,
+    },
     /// Every target partition durably appended this outbox batch.
-    FanoutDone { batch: u64 },
+    FanoutDone {
+        batch: u64,
+    },
 
     // ---- user role ----
-    ApplyUpdates { items: Vec<UpdateItem>, done: oneshot::Sender<()> },
-    PushEphemeral { user_ids: Vec<String>, event: Ephemeral },
-    OpenSession { session: SessionHandle, after_cursor: u64, replayed: u64, page: usize, reply: Reply<OpenStep> },
-    CloseSession { user_id: String, session_id: u64 },
-    DropGateway { gateway_id: String },
-    UserContext { user_id: String, reply: Reply<UserContext> },
-    UpdateSettings { user_id: String, request: UpdateSettingsRequest, reply: Reply<Settings> },
+    ApplyUpdates {
+        items: Vec<UpdateItem>,
+        done: oneshot::Sender<()>,
+    },
+    PushEphemeral {
+        user_ids: Vec<String>,
+        event: Ephemeral,
+    },
+    OpenSession {
+        session: SessionHandle,
+        after_cursor: u64,
+        replayed: u64,
+        page: usize,
+        reply: Reply<OpenStep>,
+    },
+    CloseSession {
+        user_id: String,
+        session_id: u64,
+    },
+    DropGateway {
+        gateway_id: String,
+    },
+    UserContext {
+        user_id: String,
+        reply: Reply<UserContext>,
+    },
+    UpdateSettings {
+        user_id: String,
+        request: UpdateSettingsRequest,
+        reply: Reply<Settings>,
+    },
     /// Presence of `user_ids` as seen by someone in `viewer_conversations`.
-    PresenceQuery { user_ids: Vec<String>, viewer_conversations: Arc<[String]>, reply: Reply<Vec<Presence>> },
+    PresenceQuery {
+        user_ids: Vec<String>,
+        viewer_conversations: Arc<[String]>,
+        reply: Reply<Vec<Presence>>,
+    },
 
     // ---- node ----
     /// Make everything durable, reply, and stop.
-    Shutdown { reply: oneshot::Sender<()> },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 impl Command {
@@ -140,9 +224,15 @@ impl Command {
 enum Deferred {
     Run(Box<dyn FnOnce() + Send>),
     /// Send an outbox batch to the members' partitions.
-    Fanout { batch: u64, items: Vec<UpdateItem> },
+    Fanout {
+        batch: u64,
+        items: Vec<UpdateItem>,
+    },
     /// Push a logged event to a user's live sessions.
-    Push { user_id: String, frame: OpenStreamResponse },
+    Push {
+        user_id: String,
+        frame: OpenStreamResponse,
+    },
     /// Tell the source partition its updates are durable here.
     Done(oneshot::Sender<()>),
 }

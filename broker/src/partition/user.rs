@@ -7,9 +7,7 @@
 //! cursors belong to which user is an in-memory index, rebuilt from the
 //! retained batches at start.
 
-use std::{
-    collections::{BTreeSet, HashMap, HashSet, VecDeque},
-};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use imsg_proto::v1::{
     ConversationUpdate, Event, OpenStreamResponse, Presence, PresenceUpdate, Ready, ReceiptUpdate, Settings,
@@ -159,7 +157,10 @@ impl Partition {
                             self.batch.writes.put_inbox_entry(user, &conversation_id);
                         }
                         let conversation = if removed {
-                            imsg_proto::v1::Conversation { conversation_id: conversation_id.clone(), ..Default::default() }
+                            imsg_proto::v1::Conversation {
+                                conversation_id: conversation_id.clone(),
+                                ..Default::default()
+                            }
                         } else {
                             (**conversation).clone()
                         };
@@ -172,8 +173,15 @@ impl Partition {
                 let cursor = self.meta.next_cursor;
                 self.meta.next_cursor += 1;
                 state.log.push_back(cursor);
-                self.batch.updates.push(UpdateEntry { cursor, user_id: user.clone(), conversation_id, kind: Some(kind) });
-                self.batch.deferred.push(Deferred::Push { user_id: user.clone(), frame: event_frame(cursor, frame_kind) });
+                self.batch.updates.push(UpdateEntry {
+                    cursor,
+                    user_id: user.clone(),
+                    conversation_id,
+                    kind: Some(kind),
+                });
+                self.batch
+                    .deferred
+                    .push(Deferred::Push { user_id: user.clone(), frame: event_frame(cursor, frame_kind) });
             }
         }
         self.batch.meta_dirty = true;
@@ -321,11 +329,9 @@ impl Partition {
     fn visible_presence(&self, user: &str) -> Presence {
         let state = self.users.map.get(user);
         match state {
-            Some(s) if !s.settings.hide_activity_status => Presence {
-                user_id: user.to_owned(),
-                online: !s.sessions.is_empty(),
-                last_active_ms: s.last_active_ms,
-            },
+            Some(s) if !s.settings.hide_activity_status => {
+                Presence { user_id: user.to_owned(), online: !s.sessions.is_empty(), last_active_ms: s.last_active_ms }
+            }
             _ => Presence { user_id: user.to_owned(), online: false, last_active_ms: 0 },
         }
     }
@@ -374,7 +380,11 @@ impl Partition {
             for (partition, conversation_ids) in by_partition {
                 self.router.internal(
                     partition,
-                    Command::HideReadChanged { user_id: user.to_owned(), hide_read: after.hide_read_receipts, conversation_ids },
+                    Command::HideReadChanged {
+                        user_id: user.to_owned(),
+                        hide_read: after.hide_read_receipts,
+                        conversation_ids,
+                    },
                 );
             }
         }

@@ -334,7 +334,14 @@ impl PartitionStore {
 
     /// Messages with `from <= seq <= to`, at most `limit`, newest first when
     /// `newest_first`; always returned in ascending order.
-    pub fn messages(&self, conversation: &str, from: u64, to: u64, limit: usize, newest_first: bool) -> Result<Vec<Message>> {
+    pub fn messages(
+        &self,
+        conversation: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<Vec<Message>> {
         if from > to || limit == 0 {
             return Ok(Vec::new());
         }

@@ -99,7 +99,11 @@ impl Client {
         let token = tokens().issue(user, device, 3600).unwrap();
         let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
         let bearer = Bearer(format!("Bearer {token}").parse().unwrap());
-        Self { user: user.into(), device: device.into(), api: MessagingServiceClient::with_interceptor(channel, bearer) }
+        Self {
+            user: user.into(),
+            device: device.into(),
+            api: MessagingServiceClient::with_interceptor(channel, bearer),
+        }
     }
 
     pub async fn direct_with(&self, peer: &str) -> String {
@@ -123,7 +127,12 @@ impl Client {
         response.conversation.unwrap().conversation_id
     }
 
-    pub async fn try_send(&self, conversation: &str, client_id: &str, text: &str) -> Result<SendMessageResponse, Status> {
+    pub async fn try_send(
+        &self,
+        conversation: &str,
+        client_id: &str,
+        text: &str,
+    ) -> Result<SendMessageResponse, Status> {
         let request = SendMessageRequest {
             conversation_id: conversation.into(),
             client_message_id: client_id.into(),
@@ -272,7 +281,11 @@ impl Device {
     }
 
     /// True if no frame matching arrives within `wait`.
-    pub async fn quiet_for(&mut self, wait: Duration, mut matches: impl FnMut(&open_stream_response::Frame) -> bool) -> bool {
+    pub async fn quiet_for(
+        &mut self,
+        wait: Duration,
+        mut matches: impl FnMut(&open_stream_response::Frame) -> bool,
+    ) -> bool {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());

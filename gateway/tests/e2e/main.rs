@@ -1,5 +1,12 @@
 //! End-to-end tests: real servers, real sockets, real gRPC clients. Each
 //! test names the behaviour or invariant (docs/ARCHITECTURE.md) it proves.
 
+mod crash;
+mod errors;
 mod harness;
 mod messaging;
+mod ops;
+mod presence;
+mod receipts;
+mod resume;
+mod typing;

@@ -1,0 +1,85 @@
+//! Typing: ephemeral, expires on the server, cleared by a message,
+//! rate-limited.
+
+use std::time::{Duration, Instant};
+
+use imsg_proto::v1::{TypingSignal, event, open_stream_request::Frame as Up, open_stream_response::Frame as Down};
+
+use crate::harness::{Device, TestServer};
+
+async fn typing_event(device: &mut Device, active: bool) {
+    device
+        .event_where(
+            &format!("typing active={active}"),
+            |k| matches!(k, event::Kind::Typing(t) if t.user_id == "alice" && t.active == active),
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn typing_expires_on_the_server_after_the_ttl() {
+    let server = TestServer::start_with(|limits| limits.typing_ttl = Duration::from_millis(800)).await;
+    let alice = server.client("alice", "phone").await;
+    let bob = server.client("bob", "phone").await;
+    let conversation = alice.direct_with("bob").await;
+    let mut bob_phone = bob.open(0).await;
+    bob_phone.ready().await;
+    let alice_phone = alice.open(0).await;
+    alice_phone.send_frame(Up::Typing(TypingSignal { conversation_id: conversation.clone(), active: true })).await;
+    typing_event(&mut bob_phone, true).await;
+    let started = Instant::now();
+    typing_event(&mut bob_phone, false).await;
+    let after = started.elapsed();
+    assert!(after >= Duration::from_millis(500), "expired too early: {after:?}");
+}
+
+#[tokio::test]
+async fn typing_is_cleared_when_that_users_message_arrives() {
+    let server = TestServer::start().await; // default TTL: 6 s
+    let alice = server.client("alice", "phone").await;
+    let bob = server.client("bob", "phone").await;
+    let conversation = alice.direct_with("bob").await;
+    let mut bob_phone = bob.open(0).await;
+    bob_phone.ready().await;
+    let alice_phone = alice.open(0).await;
+    alice_phone.send_frame(Up::Typing(TypingSignal { conversation_id: conversation.clone(), active: true })).await;
+    typing_event(&mut bob_phone, true).await;
+    let started = Instant::now();
+    alice.send(&conversation, "done typing").await;
+    typing_event(&mut bob_phone, false).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "cleared by the message, not by the 6 s expiry");
+}
+
+#[tokio::test]
+async fn typing_signals_are_rate_limited_per_stream() {
+    let server = TestServer::start().await;
+    let alice = server.client("alice", "phone").await;
+    let conversation = alice.direct_with("bob").await;
+    let mut phone = alice.open(0).await;
+    phone.ready().await;
+    for _ in 0..10 {
+        phone.send_frame(Up::Typing(TypingSignal { conversation_id: conversation.clone(), active: true })).await;
+    }
+    loop {
+        match phone.frame().await {
+            Some(Down::Error(error)) => {
+                assert_eq!(error.code, tonic::Code::ResourceExhausted as i32);
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("typing was not rate limited"),
+        }
+    }
+    // The stream stays usable.
+    phone.send_frame(Up::Ping(imsg_proto::v1::Ping { nonce: 7 })).await;
+    loop {
+        match phone.frame().await {
+            Some(Down::Pong(pong)) => {
+                assert_eq!(pong.nonce, 7);
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("no pong"),
+        }
+    }
+}
