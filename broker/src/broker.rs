@@ -99,6 +99,11 @@ impl Broker {
         &self.inner.config
     }
 
+    /// Storage rows written since start (see [`Store::rows_written`]).
+    pub fn rows_written(&self) -> u64 {
+        self.inner.store.rows_written()
+    }
+
     fn partition_of(&self, key: &str) -> PartitionId {
         self.inner.router.partition_of(key)
     }
@@ -318,7 +323,7 @@ impl Broker {
 
     /// Stops every partition after making their work durable, then syncs
     /// and closes storage. Live sessions end with a goodbye.
-    pub async fn shutdown(&self) -> Result<()> {
+    pub async fn shutdown(self) -> Result<()> {
         self.inner.stop.cancel();
         let mut stopped = Vec::new();
         for partition in 0..self.inner.router.partition_count() {

@@ -74,9 +74,12 @@ async fn main() -> anyhow::Result<()> {
     init_logging();
     let args = cli.serve;
     let secret = args.jwt_secret.context("--jwt-secret (or IMSG_JWT_SECRET) is required")?;
+    // The same flags configure an embedded broker and, for a remote one,
+    // the limits the gateway checks before forwarding.
+    let broker_config = args.broker_args.config().map_err(anyhow::Error::msg)?;
     let target = match (args.embedded_broker, args.broker) {
-        (true, _) => BrokerTarget::Embedded(args.broker_args.config().map_err(anyhow::Error::msg)?),
-        (false, Some(url)) => BrokerTarget::Remote(url),
+        (true, _) => BrokerTarget::Embedded(broker_config),
+        (false, Some(url)) => BrokerTarget::Remote { url, limits: broker_config.limits },
         (false, None) => anyhow::bail!("choose --embedded-broker or --broker <url>"),
     };
     let mut config = GatewayConfig::new(args.listen, target, secret);

@@ -22,8 +22,9 @@ use crate::{
 pub enum BrokerTarget {
     /// A broker inside this process: a complete single-node server.
     Embedded(BrokerConfig),
-    /// A broker node at this URL (`http://host:port`).
-    Remote(String),
+    /// A broker node at this URL (`http://host:port`); the gateway checks
+    /// input against `limits`, which should match the brokers' flags.
+    Remote { url: String, limits: Limits },
 }
 
 /// Everything a gateway needs to start.
@@ -78,10 +79,10 @@ impl RunningGateway {
                 let limits = broker.config().limits.clone();
                 (Backend::Embedded(broker.clone()), Some(broker), limits)
             }
-            BrokerTarget::Remote(url) => {
+            BrokerTarget::Remote { url, limits } => {
                 let remote =
                     RemoteBroker::connect(url, config.gateway_id.clone(), stop.clone()).map_err(anyhow::Error::msg)?;
-                (Backend::Remote(remote), None, Limits::default())
+                (Backend::Remote(remote), None, limits.clone())
             }
         };
         let gateway = Arc::new(Gateway {

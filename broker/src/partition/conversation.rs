@@ -330,10 +330,10 @@ impl Partition {
                 state.receipts.remove(&user);
                 state.typing.remove(&user);
                 // A group never stays without an admin: promote the longest member.
-                if !state.record.members.iter().any(|m| m.role == MemberRole::Admin as i32) {
-                    if let Some(first) = state.record.members.first_mut() {
-                        first.role = MemberRole::Admin as i32;
-                    }
+                if !state.record.members.iter().any(|m| m.role == MemberRole::Admin as i32)
+                    && let Some(first) = state.record.members.first_mut()
+                {
+                    first.role = MemberRole::Admin as i32;
                 }
                 removed.push(user);
             }

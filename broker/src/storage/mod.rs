@@ -60,6 +60,7 @@ use crate::{
 pub struct Store {
     db: sled::Db,
     dir: PathBuf,
+    rows_written: Arc<AtomicU64>,
     durability: Arc<Durability>,
     flusher: Mutex<Option<JoinHandle<()>>>,
 }
@@ -106,14 +107,26 @@ impl Store {
                 .map_err(|e| Error::Internal(format!("spawning flusher: {e}")))?
         };
         // Make the partition count itself durable before anything else.
-        let store = Arc::new(Self { db, dir: config.data_dir.clone(), durability, flusher: Mutex::new(Some(flusher)) });
+        let store = Arc::new(Self {
+            db,
+            dir: config.data_dir.clone(),
+            rows_written: Arc::new(AtomicU64::new(0)),
+            durability,
+            flusher: Mutex::new(Some(flusher)),
+        });
         store.sync_now()?;
         Ok(store)
     }
 
     /// The tree of one partition.
     pub fn partition(&self, id: PartitionId) -> Result<PartitionStore> {
-        Ok(PartitionStore { tree: self.db.open_tree(format!("p{id:05}"))? })
+        Ok(PartitionStore { tree: self.db.open_tree(format!("p{id:05}"))?, rows_written: self.rows_written.clone() })
+    }
+
+    /// Rows written or removed since start, by every partition: what the
+    /// commit path has cost (and proof that ephemeral signals cost none).
+    pub fn rows_written(&self) -> u64 {
+        self.rows_written.load(Ordering::Relaxed)
     }
 
     pub fn durability(&self) -> &Arc<Durability> {
@@ -301,7 +314,7 @@ fn decode<T: prost::Message + Default>(bytes: &[u8]) -> Result<T> {
     Ok(T::decode(bytes)?)
 }
 
-fn text_after<'a>(key: &'a [u8], prefix_len: usize) -> Result<&'a str> {
+fn text_after(key: &[u8], prefix_len: usize) -> Result<&str> {
     std::str::from_utf8(&key[prefix_len..]).map_err(|_| Error::Internal("non-utf8 key".into()))
 }
 
@@ -309,6 +322,7 @@ fn text_after<'a>(key: &'a [u8], prefix_len: usize) -> Result<&'a str> {
 #[derive(Clone)]
 pub struct PartitionStore {
     tree: sled::Tree,
+    rows_written: Arc<AtomicU64>,
 }
 
 impl PartitionStore {
@@ -431,6 +445,7 @@ impl PartitionStore {
 
     /// Applies a batch atomically (not yet durable: see [`Durability`]).
     pub fn apply(&self, batch: WriteBatch) -> Result<()> {
+        self.rows_written.fetch_add(batch.rows as u64, Ordering::Relaxed);
         self.tree.apply_batch(batch.inner)?;
         Ok(())
     }

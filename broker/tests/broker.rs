@@ -1,0 +1,136 @@
+//! Broker behaviour through its library API, without a gateway in between.
+
+use std::time::Duration;
+
+use imsg_broker::{Broker, BrokerConfig, Error, FsyncMode};
+use imsg_proto::v1::{
+    Caller, CreateConversationRequest, DirectConversationSpec, MarkRead, SendMessageRequest, TextContent, TypingSignal,
+    create_conversation_request, execute_request::Command, execute_response::Result as Outcome,
+    open_stream_response::Frame, send_message_request,
+};
+use tokio_stream::StreamExt;
+
+fn caller(user: &str) -> Caller {
+    Caller { user_id: user.into(), device_id: "phone".into() }
+}
+
+fn config(dir: &std::path::Path) -> BrokerConfig {
+    let mut config = BrokerConfig::new(dir);
+    config.partitions = 4;
+    config.cache_capacity_bytes = 8 * 1024 * 1024;
+    config
+}
+
+async fn direct(broker: &Broker, user: &str, peer: &str) -> String {
+    let request = CreateConversationRequest {
+        request_id: String::new(),
+        kind: Some(create_conversation_request::Kind::Direct(DirectConversationSpec { peer_user_id: peer.into() })),
+    };
+    match broker.execute(&caller(user), Command::CreateConversation(request)).await.unwrap() {
+        Outcome::CreateConversation(response) => response.conversation.unwrap().conversation_id,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn send(broker: &Broker, user: &str, conversation: &str, id: &str) -> u64 {
+    let request = SendMessageRequest {
+        conversation_id: conversation.into(),
+        client_message_id: id.into(),
+        reply_to_seq: 0,
+        content: Some(send_message_request::Content::Text(TextContent { text: "hello".into() })),
+    };
+    match broker.execute(&caller(user), Command::SendMessage(request)).await.unwrap() {
+        Outcome::SendMessage(response) => response.seq,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_disconnected_with_a_reason_instead_of_growing_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.limits.session_queue = 8;
+    let broker = Broker::open(config).await.unwrap();
+    let conversation = direct(&broker, "alice", "bob").await;
+    // Bob's device opens a session and then never reads.
+    let mut session = broker.open_session(&caller("bob"), "", 0).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for n in 0..40 {
+        send(&broker, "alice", &conversation, &format!("m{n}")).await;
+    }
+    let mut frames = Vec::new();
+    while let Ok(Some(frame)) = tokio::time::timeout(Duration::from_secs(5), session.next()).await {
+        frames.push(frame.frame.unwrap());
+    }
+    let Some(Frame::Goodbye(goodbye)) = frames.last() else { panic!("expected a goodbye, got {frames:?}") };
+    assert!(goodbye.reason.contains("slow consumer"), "{}", goodbye.reason);
+    assert!(frames.len() <= 8 + 1, "no more than the queue was buffered: {}", frames.len());
+    // Alice was not disturbed, and bob can reconnect and resume.
+    assert_eq!(send(&broker, "alice", &conversation, "after").await, 41);
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn typing_and_presence_are_never_written_to_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(config(dir.path())).await.unwrap();
+    let conversation = direct(&broker, "alice", "bob").await;
+    send(&broker, "alice", &conversation, "m1").await;
+    // Let receipt checkpoints and outbox confirmations settle.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let before = broker.rows_written();
+    for round in 0..10 {
+        let session = broker.open_session(&caller("bob"), "", 0).unwrap();
+        let typing = TypingSignal { conversation_id: conversation.clone(), active: round % 2 == 0 };
+        broker.execute(&caller("alice"), Command::Typing(typing)).await.unwrap();
+        drop(session);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(broker.rows_written(), before, "typing and presence changed storage");
+    // A real change does write, so the counter can fail this test.
+    let mark = MarkRead { conversation_id: conversation.clone(), seq: 1 };
+    broker.execute(&caller("bob"), Command::MarkRead(mark)).await.unwrap();
+    assert!(broker.rows_written() > before);
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_partition_count_is_fixed_when_the_data_dir_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    Broker::open(config(dir.path())).await.unwrap().shutdown().await.unwrap();
+    let mut other = config(dir.path());
+    other.partitions = 8;
+    match Broker::open(other).await {
+        Err(Error::FailedPrecondition(message)) => assert!(message.contains("4 partitions"), "{message}"),
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("opened a data dir with a different partition count"),
+    }
+}
+
+#[tokio::test]
+async fn messages_survive_a_clean_restart_and_seq_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(config(dir.path())).await.unwrap();
+    let conversation = direct(&broker, "alice", "bob").await;
+    for n in 1..=3 {
+        assert_eq!(send(&broker, "alice", &conversation, &format!("m{n}")).await, n);
+    }
+    broker.shutdown().await.unwrap();
+    let broker = Broker::open(config(dir.path())).await.unwrap();
+    assert_eq!(send(&broker, "alice", &conversation, "m2").await, 2, "dedup window rebuilt from the log");
+    assert_eq!(send(&broker, "bob", &conversation, "m4").await, 4);
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn relaxed_fsync_mode_acknowledges_without_waiting_for_a_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    // A sync once an hour: acks that waited for one would time out below.
+    config.fsync = FsyncMode::Interval(Duration::from_secs(3600));
+    let broker = Broker::open(config).await.unwrap();
+    let conversation = direct(&broker, "alice", "bob").await;
+    let acked = tokio::time::timeout(Duration::from_secs(5), send(&broker, "alice", &conversation, "m1")).await;
+    assert_eq!(acked.unwrap(), 1);
+    broker.shutdown().await.unwrap();
+}
