@@ -6,7 +6,6 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use imsg_broker::{Broker, BrokerConfig, Limits};
 use imsg_proto::v1::messaging_service_server::MessagingServiceServer;
 use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -105,14 +104,13 @@ impl RunningGateway {
         let server_stop = stop.clone();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 // Find devices that vanished without closing their connection.
                 .http2_keepalive_interval(Some(Duration::from_secs(20)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                 .add_service(health)
                 .add_service(reflection)
                 .add_service(api)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(incoming(listener), async move {
                     server_stop.cancelled().await;
                     health_reporter.set_not_serving::<MessagingServiceServer<MessagingApi>>().await;
                 }),
@@ -142,6 +140,13 @@ impl RunningGateway {
         }
         Ok(())
     }
+}
+
+/// Accepted connections with Nagle off: events are small frames that must
+/// not wait for the peer's delayed ACK (a 40 ms stall otherwise). tonic's
+/// `tcp_nodelay` only applies to sockets it binds itself.
+pub fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 async fn forget_idle_users(gateway: Arc<Gateway>, stop: CancellationToken) {

@@ -650,8 +650,15 @@ impl Partition {
         });
     }
 
+    /// Every target confirmed an outbox batch. The record is removed at the
+    /// next tick, in one lazy batch with the others (nothing waits for it).
     pub(super) fn fanout_done(&mut self, batch: u64) {
         self.conversations.outbox_in_flight.remove(&batch);
+    }
+
+    /// Removes confirmed outbox records and remembers how far confirmation
+    /// reached, so a restart re-sends only what may not have arrived.
+    pub(super) fn persist_outbox_progress(&mut self) {
         let done = self.conversations.outbox_in_flight.first().copied().unwrap_or(self.meta.next_outbox);
         if done > self.meta.outbox_done {
             for old in self.meta.outbox_done..done {

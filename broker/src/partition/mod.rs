@@ -23,7 +23,7 @@ use imsg_proto::v1::{
     Caller, ConversationSummary, CreateConversationResponse, ListMessagesRequest, ListMessagesResponse, Message,
     OpenStreamResponse, Presence, SendMessageRequest, SendMessageResponse, Settings, UpdateSettingsRequest,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use self::user::OpenStep;
 use crate::{
@@ -254,7 +254,8 @@ pub struct Partition {
     limits: Limits,
     store: PartitionStore,
     durability: Arc<Durability>,
-    durable: watch::Receiver<u64>,
+    /// Woken by the flusher when the oldest pending batch is durable.
+    durable_wake: Arc<Notify>,
     router: Router,
     meta: PartitionMeta,
     batch: Batch,
@@ -282,11 +283,14 @@ impl Partition {
         durability: Arc<Durability>,
         router: Router,
     ) -> Result<Self> {
-        let meta = store.meta()?;
+        let mut meta = store.meta()?;
+        let (next_outbox, next_cursor) = store.next_numbers_in_logs()?;
+        meta.next_outbox = meta.next_outbox.max(next_outbox);
+        meta.next_cursor = meta.next_cursor.max(next_cursor);
         let users = user::Users::load(&store, &meta)?;
         Ok(Self {
             id,
-            durable: durability.subscribe(),
+            durable_wake: Arc::new(Notify::new()),
             limits,
             meta,
             batch: Batch::default(),
@@ -305,9 +309,7 @@ impl Partition {
         let stopped = self.serve(&mut mailbox).await;
         // Everything acknowledged-to-be must become durable before stopping.
         while !self.pending.is_empty() {
-            if self.durable.changed().await.is_err() {
-                break;
-            }
+            self.durable_wake.notified().await;
             self.run_durable();
         }
         self.users.close_all_sessions("server shutting down");
@@ -327,12 +329,7 @@ impl Partition {
         loop {
             tokio::select! {
                 biased;
-                changed = self.durable.changed() => {
-                    if changed.is_err() {
-                        return None;
-                    }
-                    self.run_durable();
-                }
+                _ = self.durable_wake.notified(), if !self.pending.is_empty() => self.run_durable(),
                 command = mailbox.internal.recv() => {
                     let command = command?;
                     if let Some(stop) = self.take(command, mailbox) {
@@ -462,7 +459,8 @@ impl Partition {
         self.batch.deferred.push(deferred);
     }
 
-    /// Applies the batch being built and queues what waits for it.
+    /// Applies the batch being built and queues what waits for it. A batch
+    /// that nobody waits for is written lazily (see [`Durability`]).
     fn commit(&mut self) {
         let mut batch = std::mem::take(&mut self.batch);
         if !batch.outbox.is_empty() {
@@ -470,18 +468,17 @@ impl Partition {
             self.meta.next_outbox += 1;
             batch.writes.put_outbox(number, &crate::storage::OutboxRecord { items: std::mem::take(&mut batch.outbox) });
             batch.deferred.push(Deferred::Fanout { batch: number, items: std::mem::take(&mut batch.outbox_items) });
-            batch.meta_dirty = true;
         }
         if !batch.updates.is_empty() {
             let first = batch.updates[0].cursor;
             let record = crate::storage::UpdateBatchRecord { entries: std::mem::take(&mut batch.updates) };
             batch.writes.put_update_batch(first, &record);
             self.users.note_batch(first, record.entries.len());
-            batch.meta_dirty = true;
         }
         if batch.meta_dirty {
             batch.writes.put_meta(&self.meta);
         }
+        let urgent = !batch.deferred.is_empty();
         if !batch.writes.is_empty() {
             if let Err(error) = self.store.apply(batch.writes) {
                 // State in memory is ahead of storage now; continuing could
@@ -489,21 +486,25 @@ impl Partition {
                 tracing::error!(partition = self.id, %error, "applying a write batch failed; aborting");
                 std::process::abort();
             }
-            self.last_generation = self.durability.mark_written();
+            let generation = self.durability.mark_written(urgent);
+            if urgent {
+                self.last_generation = generation;
+            }
         }
         if batch.deferred.is_empty() {
             return;
         }
         let wait_for = self.durability.ack_after(self.last_generation);
-        if wait_for <= *self.durable.borrow() && self.pending.is_empty() {
+        if wait_for <= self.durability.durable() && self.pending.is_empty() {
             self.run_deferred(batch.deferred);
         } else {
+            self.durability.notify_when_durable(wait_for, &self.durable_wake);
             self.pending.push_back((wait_for, batch.deferred));
         }
     }
 
     fn run_durable(&mut self) {
-        let durable = *self.durable.borrow_and_update();
+        let durable = self.durability.durable();
         while self.pending.front().is_some_and(|(generation, _)| *generation <= durable) {
             if let Some((_, deferred)) = self.pending.pop_front() {
                 self.run_deferred(deferred);
@@ -529,6 +530,7 @@ impl Partition {
     fn on_tick(&mut self) {
         self.expire_typing();
         self.checkpoint_receipts();
+        self.persist_outbox_progress();
         self.trim_update_log();
     }
 }

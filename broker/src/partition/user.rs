@@ -184,7 +184,6 @@ impl Partition {
                     .push(Deferred::Push { user_id: user.clone(), frame: event_frame(cursor, frame_kind) });
             }
         }
-        self.batch.meta_dirty = true;
         self.defer(Deferred::Done(done));
     }
 
@@ -433,6 +432,8 @@ impl Partition {
             }
             self.batch.writes.remove_update_batch(first);
             self.users.retained -= count;
+            // The newest cursor may now live only in the meta row.
+            self.batch.meta_dirty = true;
         }
     }
 }

@@ -47,7 +47,7 @@ use std::{
 
 use imsg_proto::v1::Message;
 use prost::Message as _;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 pub use self::records::*;
 use crate::{
@@ -150,16 +150,24 @@ impl Store {
 }
 
 /// Group commit: partitions announce writes, one flusher thread makes them
-/// durable, and partitions learn through a watch channel how far durability
-/// has reached.
+/// durable, and tells the partitions that wait for a round (and only those).
+///
+/// A write is *urgent* when something waits for it (an ack, a delivery) and
+/// *lazy* when nothing does (bookkeeping that a crash would redo): lazy
+/// writes never start a round, they ride along with the next one.
 pub struct Durability {
     mode: FsyncMode,
     /// Generation of the newest batch applied to sled.
     written: AtomicU64,
+    /// Generation of the newest urgent batch.
+    urgent: AtomicU64,
+    /// Everything up to this generation is durable.
+    durable: AtomicU64,
     wake: Mutex<()>,
     wake_signal: Condvar,
     stopping: AtomicBool,
-    durable_tx: watch::Sender<u64>,
+    /// Partitions waiting for a generation to become durable.
+    waiters: Mutex<Vec<(u64, Arc<Notify>)>>,
 }
 
 impl Durability {
@@ -167,20 +175,26 @@ impl Durability {
         Self {
             mode,
             written: AtomicU64::new(0),
+            urgent: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
             wake: Mutex::new(()),
             wake_signal: Condvar::new(),
             stopping: AtomicBool::new(false),
-            durable_tx: watch::channel(0).0,
+            waiters: Mutex::new(Vec::new()),
         }
     }
 
     /// Call right after a batch was applied to sled: returns the generation
-    /// the batch belongs to. Every sync that starts later covers it.
-    pub fn mark_written(&self) -> u64 {
+    /// the batch belongs to. Every sync that starts later covers it. Only an
+    /// urgent batch starts a sync round.
+    pub fn mark_written(&self, urgent: bool) -> u64 {
         let generation = self.written.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.mode == FsyncMode::Always {
-            let _guard = self.wake.lock().unwrap_or_else(|e| e.into_inner());
-            self.wake_signal.notify_one();
+        if urgent {
+            self.urgent.fetch_max(generation, Ordering::SeqCst);
+            if self.mode == FsyncMode::Always {
+                let _guard = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+                self.wake_signal.notify_one();
+            }
         }
         generation
     }
@@ -194,9 +208,32 @@ impl Durability {
         }
     }
 
-    /// Watches the newest durable generation.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.durable_tx.subscribe()
+    /// The newest durable generation.
+    pub fn durable(&self) -> u64 {
+        self.durable.load(Ordering::SeqCst)
+    }
+
+    /// Notifies `waker` once `generation` is durable (at once if it is).
+    pub fn notify_when_durable(&self, generation: u64, waker: &Arc<Notify>) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked under the lock the flusher takes to publish: no lost wakeup.
+        if generation <= self.durable() {
+            waker.notify_one();
+        } else {
+            waiters.push((generation, waker.clone()));
+        }
+    }
+
+    fn publish(&self, target: u64) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        self.durable.store(target, Ordering::SeqCst);
+        waiters.retain(|(generation, waker)| {
+            let waiting = *generation > target;
+            if !waiting {
+                waker.notify_one();
+            }
+            waiting
+        });
     }
 
     fn stop(&self) {
@@ -210,14 +247,14 @@ impl Durability {
         loop {
             let stopping = self.wait_for_work();
             let target = self.written.load(Ordering::SeqCst);
-            if target > *self.durable_tx.borrow() {
+            if target > self.durable() {
                 // A failed sync leaves the page cache in an unknown state
                 // (the "fsyncgate" lesson): never retry and pretend, stop.
                 if let Err(error) = db.flush().map_err(Error::from).and_then(|_| files.sync()) {
                     tracing::error!(%error, "making writes durable failed; aborting to protect acknowledged data");
                     std::process::abort();
                 }
-                self.durable_tx.send_replace(target);
+                self.publish(target);
             }
             if stopping {
                 return;
@@ -225,8 +262,8 @@ impl Durability {
         }
     }
 
-    /// Blocks until there is something to sync (always mode) or the interval
-    /// passed (interval mode). Returns whether the store is stopping.
+    /// Blocks until an urgent write needs a sync (always mode) or the
+    /// interval passed (interval mode). Returns whether the store is stopping.
     fn wait_for_work(&self) -> bool {
         let guard = self.wake.lock().unwrap_or_else(|e| e.into_inner());
         match self.mode {
@@ -234,8 +271,7 @@ impl Durability {
                 let _guard = self
                     .wake_signal
                     .wait_while(guard, |_| {
-                        !self.stopping.load(Ordering::SeqCst)
-                            && self.written.load(Ordering::SeqCst) <= *self.durable_tx.borrow()
+                        !self.stopping.load(Ordering::SeqCst) && self.urgent.load(Ordering::SeqCst) <= self.durable()
                     })
                     .unwrap_or_else(|e| e.into_inner());
             }
@@ -331,6 +367,25 @@ impl PartitionStore {
             Some(bytes) => decode(&bytes)?,
             None => PartitionMeta { epoch: 1, next_outbox: 1, outbox_done: 1, next_cursor: 1 },
         })
+    }
+
+    /// The next outbox batch number and update-log cursor implied by the
+    /// rows themselves: urgent batches do not rewrite the meta row, so the
+    /// newest outbox and update-log keys are the truth about what was used.
+    pub fn next_numbers_in_logs(&self) -> Result<(u64, u64)> {
+        let next_outbox = match self.tree.scan_prefix(b"o").next_back() {
+            Some(row) => be_u64(&row?.0).unwrap_or(0) + 1,
+            None => 0,
+        };
+        let next_cursor = match self.tree.scan_prefix(b"u").next_back() {
+            Some(row) => {
+                let (_, value) = row?;
+                let record: UpdateBatchRecord = decode(&value)?;
+                record.entries.last().map_or(0, |e| e.cursor + 1)
+            }
+            None => 0,
+        };
+        Ok((next_outbox, next_cursor))
     }
 
     pub fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>> {

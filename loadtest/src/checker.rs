@@ -1,0 +1,198 @@
+//! The correctness checker: every acknowledged message must reach every
+//! online member device exactly once and in seq order, and be in history.
+//!
+//! It only sees a trace (acks, deliveries, history reads), so it can be fed
+//! a crafted trace in tests to prove it catches each kind of fault.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+
+/// A device's view of one conversation.
+#[derive(Debug, Default, Clone)]
+pub struct DeliveryLog {
+    last_seq: u64,
+    seen: HashSet<u64>,
+    pub duplicates: u64,
+    pub reordered: u64,
+}
+
+impl DeliveryLog {
+    /// Records one delivery of `seq`.
+    pub fn record(&mut self, seq: u64) {
+        if !self.seen.insert(seq) {
+            self.duplicates += 1;
+        } else if seq < self.last_seq {
+            self.reordered += 1;
+        }
+        self.last_seq = self.last_seq.max(seq);
+    }
+
+    fn has(&self, seq: u64) -> bool {
+        self.seen.contains(&seq)
+    }
+}
+
+/// What went wrong, counted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// (acked message, member device) pairs never delivered, plus acked
+    /// messages missing from (or wrong in) history.
+    pub lost: u64,
+    /// Deliveries of a seq the device had already received.
+    pub duplicates: u64,
+    /// Deliveries that arrived after a higher seq of the same conversation,
+    /// plus history that is not gap-free ascending.
+    pub reordered: u64,
+}
+
+impl Verdict {
+    pub fn is_clean(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Collects the trace of a run and judges it.
+#[derive(Debug, Default)]
+pub struct Checker {
+    /// conversation -> seq -> client message id
+    acked: HashMap<String, BTreeMap<u64, String>>,
+    /// conversation -> devices that must receive all of it
+    audience: HashMap<String, Vec<String>>,
+    /// (device, conversation) -> deliveries
+    deliveries: HashMap<(String, String), DeliveryLog>,
+    /// conversation -> (seq, client id) as read back
+    history: HashMap<String, Vec<(u64, String)>>,
+}
+
+impl Checker {
+    pub fn expect_audience(&mut self, conversation: &str, devices: Vec<String>) {
+        self.audience.insert(conversation.to_owned(), devices);
+    }
+
+    pub fn acked(&mut self, conversation: &str, seq: u64, client_id: &str) {
+        self.acked.entry(conversation.to_owned()).or_default().insert(seq, client_id.to_owned());
+    }
+
+    pub fn delivered(&mut self, device: &str, conversation: &str, seq: u64) {
+        self.deliveries.entry((device.to_owned(), conversation.to_owned())).or_default().record(seq);
+    }
+
+    /// Adds a log a device kept by itself during the run.
+    pub fn add_log(&mut self, device: &str, conversation: &str, log: DeliveryLog) {
+        self.deliveries.insert((device.to_owned(), conversation.to_owned()), log);
+    }
+
+    pub fn history(&mut self, conversation: &str, messages: Vec<(u64, String)>) {
+        self.history.insert(conversation.to_owned(), messages);
+    }
+
+    /// Acknowledged messages in all conversations.
+    pub fn acked_count(&self) -> u64 {
+        self.acked.values().map(|a| a.len() as u64).sum()
+    }
+
+    /// Deliveries the acknowledged messages call for.
+    pub fn expected_deliveries(&self) -> u64 {
+        self.acked.iter().map(|(c, a)| a.len() as u64 * self.audience.get(c).map_or(0, |d| d.len() as u64)).sum()
+    }
+
+    pub fn verdict(&self) -> Verdict {
+        let mut verdict = Verdict::default();
+        for log in self.deliveries.values() {
+            verdict.duplicates += log.duplicates;
+            verdict.reordered += log.reordered;
+        }
+        let empty = DeliveryLog::default();
+        for (conversation, acked) in &self.acked {
+            for device in self.audience.get(conversation).into_iter().flatten() {
+                let log = self.deliveries.get(&(device.clone(), conversation.clone())).unwrap_or(&empty);
+                verdict.lost += acked.keys().filter(|seq| !log.has(**seq)).count() as u64;
+            }
+            if let Some(history) = self.history.get(conversation) {
+                let stored: HashMap<u64, &String> = history.iter().map(|(s, id)| (*s, id)).collect();
+                verdict.lost += acked.iter().filter(|(seq, id)| stored.get(seq) != Some(id)).count() as u64;
+                let gap_free = history.iter().enumerate().all(|(i, (seq, _))| *seq == i as u64 + 1);
+                if !gap_free {
+                    verdict.reordered += 1;
+                }
+            }
+        }
+        verdict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A conversation with two devices and three acked messages, all
+    /// delivered and stored correctly.
+    fn clean() -> Checker {
+        let mut checker = Checker::default();
+        checker.expect_audience("c", vec!["a".into(), "b".into()]);
+        for seq in 1..=3 {
+            checker.acked("c", seq, &format!("m{seq}"));
+        }
+        checker.history("c", (1..=3).map(|s| (s, format!("m{s}"))).collect());
+        checker
+    }
+
+    #[test]
+    fn a_clean_trace_passes() {
+        let mut checker = clean();
+        for device in ["a", "b"] {
+            for seq in 1..=3 {
+                checker.delivered(device, "c", seq);
+            }
+        }
+        assert!(checker.verdict().is_clean(), "{:?}", checker.verdict());
+        assert_eq!(checker.expected_deliveries(), 6);
+    }
+
+    #[test]
+    fn the_checker_catches_a_lost_message() {
+        let mut checker = clean();
+        for seq in 1..=3 {
+            checker.delivered("a", "c", seq);
+        }
+        checker.delivered("b", "c", 1);
+        checker.delivered("b", "c", 3);
+        assert_eq!(checker.verdict(), Verdict { lost: 1, duplicates: 0, reordered: 0 });
+    }
+
+    #[test]
+    fn the_checker_catches_a_message_missing_from_history() {
+        let mut checker = clean();
+        for device in ["a", "b"] {
+            for seq in 1..=3 {
+                checker.delivered(device, "c", seq);
+            }
+        }
+        checker.history("c", vec![(1, "m1".into()), (2, "m2".into())]);
+        assert_eq!(checker.verdict().lost, 1);
+    }
+
+    #[test]
+    fn the_checker_catches_a_duplicated_message() {
+        let mut checker = clean();
+        for device in ["a", "b"] {
+            for seq in [1, 2, 2, 3] {
+                checker.delivered(device, "c", seq);
+            }
+        }
+        assert_eq!(checker.verdict(), Verdict { lost: 0, duplicates: 2, reordered: 0 });
+    }
+
+    #[test]
+    fn the_checker_catches_a_reordered_message() {
+        let mut checker = clean();
+        for seq in [1, 3, 2] {
+            checker.delivered("a", "c", seq);
+        }
+        for seq in 1..=3 {
+            checker.delivered("b", "c", seq);
+        }
+        assert_eq!(checker.verdict(), Verdict { lost: 0, duplicates: 0, reordered: 1 });
+    }
+}

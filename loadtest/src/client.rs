@@ -1,0 +1,266 @@
+//! Simulated users and devices: many of them multiplexed over a few gRPC
+//! connections, each device with its own stream and its own delivery logs.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use imsg_gateway::auth::Authenticator;
+use imsg_proto::v1::{
+    Hello, MarkRead, OpenStreamRequest, TypingSignal, event, messaging_service_client::MessagingServiceClient,
+    open_stream_request, open_stream_response::Frame,
+};
+use tokio::sync::{mpsc, watch};
+use tonic::{
+    Request, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+use crate::{checker::DeliveryLog, metrics::Counters, metrics::LatencyRecorder};
+
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+pub type Api = MessagingServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Opens `count` HTTP/2 connections spread over the gateways.
+pub async fn connect(targets: &[SocketAddr], count: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(count);
+    for i in 0..count {
+        let target = targets[i % targets.len()];
+        let channel = Channel::from_shared(format!("http://{target}"))?
+            .tcp_nodelay(true)
+            .initial_connection_window_size(Some(8 * 1024 * 1024))
+            .initial_stream_window_size(Some(1024 * 1024))
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {target}"))?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+/// A simulated user with one device.
+#[derive(Clone)]
+pub struct User {
+    pub id: String,
+    pub api: Api,
+}
+
+impl User {
+    pub fn new(id: String, channel: Channel, auth: &Authenticator) -> anyhow::Result<Self> {
+        let token = auth.issue(&id, "d0", 24 * 3600).map_err(anyhow::Error::msg)?;
+        let bearer = Bearer(format!("Bearer {token}").parse()?);
+        Ok(Self { id, api: MessagingServiceClient::with_interceptor(channel, bearer) })
+    }
+
+    pub fn device_id(&self) -> String {
+        format!("{}/d0", self.id)
+    }
+}
+
+/// The payload every generated message carries: when it was meant to be
+/// sent, in microseconds since the run's start, then padding.
+pub fn payload(intended_us: u64, bytes: usize) -> String {
+    let mut text = format!("{intended_us};");
+    while text.len() < bytes {
+        text.push('x');
+    }
+    text
+}
+
+fn intended_us(text: &str) -> Option<u64> {
+    text.split(';').next()?.parse().ok()
+}
+
+/// What a device task hands back when it stops: its logs always, so a
+/// failure is judged on what actually arrived, and the failure if any.
+pub struct DeviceReport {
+    pub device: String,
+    pub logs: HashMap<String, DeliveryLog>,
+    pub error: Option<String>,
+}
+
+/// Commands to a running device.
+pub enum DeviceCommand {
+    Typing(String),
+    MarkRead(String, u64),
+}
+
+/// A device's control handles.
+pub struct DeviceHandle {
+    pub commands: mpsc::Sender<DeviceCommand>,
+    pub task: tokio::task::JoinHandle<DeviceReport>,
+}
+
+/// What a device task shares with the run.
+#[derive(Clone)]
+pub struct DeviceContext {
+    pub start: Instant,
+    pub counters: Arc<Counters>,
+    pub deliver_latency: Arc<LatencyRecorder>,
+    pub stop: watch::Receiver<bool>,
+    /// Mean seconds between forced reconnects; None: never.
+    pub reconnect_every: Option<Duration>,
+}
+
+/// Opens the device's stream, waits for `Ready`, and keeps receiving
+/// (reconnecting when told to) until `stop`.
+pub async fn start_device(user: User, context: DeviceContext) -> anyhow::Result<DeviceHandle> {
+    let (commands, mut commands_rx) = mpsc::channel(16);
+    let device = user.device_id();
+    let mut session = Session::open(&user, 0).await?;
+    session.until_ready(&context, &mut HashMap::new()).await?;
+    let task = tokio::spawn(async move {
+        let mut logs: HashMap<String, DeliveryLog> = HashMap::new();
+        let error = run_device(&user, &context, &mut session, &mut commands_rx, &mut logs).await.err();
+        DeviceReport { device, logs, error: error.map(|e| format!("{e:#}")) }
+    });
+    Ok(DeviceHandle { commands, task })
+}
+
+/// Receives until `stop`; drops and resumes the stream when the scenario
+/// says so, retrying a failed resume like a real client would.
+async fn run_device(
+    user: &User,
+    context: &DeviceContext,
+    session: &mut Session,
+    commands: &mut mpsc::Receiver<DeviceCommand>,
+    logs: &mut HashMap<String, DeliveryLog>,
+) -> anyhow::Result<()> {
+    let mut stop = context.stop.clone();
+    loop {
+        let reconnect_at =
+            context.reconnect_every.map(|mean| tokio::time::Instant::now() + mean.mul_f64(rand::random::<f64>() * 2.0));
+        let reconnect = async {
+            match reconnect_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(reconnect);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return Ok(()),
+                _ = &mut reconnect => break,
+                command = commands.recv() => if let Some(command) = command {
+                    session.command(command).await;
+                },
+                frame = session.frames.message() => match frame {
+                    Ok(Some(frame)) => session.handle(frame.frame, context, logs),
+                    Ok(None) => anyhow::bail!("{}: stream ended", user.id),
+                    Err(status) => anyhow::bail!("{}: stream failed: {status}", user.id),
+                },
+            }
+        }
+        context.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+        let cursor = session.cursor;
+        let mut attempt = 0;
+        *session = loop {
+            let resumed = async {
+                let mut resumed = Session::open(user, cursor).await?;
+                resumed.until_ready(context, logs).await?;
+                Ok::<_, anyhow::Error>(resumed)
+            };
+            match resumed.await {
+                Ok(resumed) => break resumed,
+                Err(error) if attempt < 5 => {
+                    attempt += 1;
+                    eprintln!("{}: resume attempt {attempt} failed: {error:#}; retrying", user.id);
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+                Err(error) => return Err(error.context("resuming after a reconnect")),
+            }
+        };
+    }
+}
+
+struct Session {
+    up: mpsc::Sender<OpenStreamRequest>,
+    frames: tonic::Streaming<imsg_proto::v1::OpenStreamResponse>,
+    cursor: u64,
+}
+
+impl Session {
+    async fn open(user: &User, cursor: u64) -> anyhow::Result<Self> {
+        let (up, up_rx) = mpsc::channel(16);
+        up.send(OpenStreamRequest { frame: Some(open_stream_request::Frame::Hello(Hello { cursor })) }).await?;
+        let frames = user
+            .api
+            .clone()
+            .open_stream(tokio_stream::wrappers::ReceiverStream::new(up_rx))
+            .await
+            .with_context(|| format!("opening the stream of {}", user.id))?
+            .into_inner();
+        Ok(Self { up, frames, cursor })
+    }
+
+    async fn until_ready(
+        &mut self,
+        context: &DeviceContext,
+        logs: &mut HashMap<String, DeliveryLog>,
+    ) -> anyhow::Result<()> {
+        loop {
+            match self.frames.message().await? {
+                Some(frame) => match frame.frame {
+                    Some(Frame::Ready(_)) => return Ok(()),
+                    Some(Frame::ResyncRequired(_)) => {
+                        anyhow::bail!("resync required: retention too small for this run")
+                    }
+                    other => self.handle(other, context, logs),
+                },
+                None => anyhow::bail!("stream ended before ready"),
+            }
+        }
+    }
+
+    fn handle(&mut self, frame: Option<Frame>, context: &DeviceContext, logs: &mut HashMap<String, DeliveryLog>) {
+        match frame {
+            Some(Frame::Event(event)) => {
+                if event.cursor > 0 {
+                    self.cursor = event.cursor;
+                }
+                if let Some(event::Kind::Message(message)) = event.kind {
+                    logs.entry(message.conversation_id.clone()).or_default().record(message.seq);
+                    context.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    if let Some(imsg_proto::v1::message::Content::Text(text)) = &message.content
+                        && let Some(intended) = intended_us(&text.text)
+                    {
+                        let now = context.start.elapsed().as_micros() as u64;
+                        let second = (intended / 1_000_000) as usize;
+                        context.deliver_latency.record(second, now.saturating_sub(intended));
+                    }
+                }
+            }
+            Some(Frame::Error(_)) => {
+                context.counters.stream_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    async fn command(&mut self, command: DeviceCommand) {
+        let frame = match command {
+            DeviceCommand::Typing(conversation_id) => {
+                open_stream_request::Frame::Typing(TypingSignal { conversation_id, active: true })
+            }
+            DeviceCommand::MarkRead(conversation_id, seq) => {
+                open_stream_request::Frame::MarkRead(MarkRead { conversation_id, seq })
+            }
+        };
+        let _ = self.up.send(OpenStreamRequest { frame: Some(frame) }).await;
+    }
+}

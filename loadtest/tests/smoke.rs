@@ -1,0 +1,56 @@
+//! A short run of the real tool against a deployment it spawns itself: the
+//! tool works end to end and the system passes its correctness checks.
+
+use std::process::Command;
+
+fn run(scenario: &str, extra: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let html = dir.path().join("out.html");
+    let output = Command::new(env!("CARGO_BIN_EXE_imsg-loadtest"))
+        .args(["--spawn", "--scenario", scenario, "--partitions", "8", "--users", "60", "--connections", "2"])
+        .args(["--rate", "150", "--duration", "3s", "--drain", "10s", "--quiet"])
+        .args(extra)
+        .arg("--json")
+        .arg(&json)
+        .arg("--html")
+        .arg(&html)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "imsg-loadtest failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("correctness  lost 0  duplicates 0  reordered 0"), "{stdout}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg") && page.contains("Latency by percentile"));
+    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+}
+
+fn assert_clean(report: &serde_json::Value) {
+    for field in ["lost", "duplicates", "reordered", "send_errors"] {
+        assert_eq!(report[field], 0, "{field} in {report}");
+    }
+    assert_eq!(report["sent"], report["acked"]);
+    assert_eq!(report["delivered"], report["expected_deliveries"]);
+    assert!(report["acked"].as_u64().unwrap() >= 400, "{report}");
+    for field in
+        ["offered_rate", "ingest_rate", "delivery_rate", "connections", "server_cpu_s_per_1k", "server_peak_rss_bytes"]
+    {
+        assert!(report[field].as_f64().is_some_and(|v| v > 0.0), "{field} in {report}");
+    }
+    for field in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(report["ack_ms"][field].as_f64().is_some_and(|v| v > 0.0), "ack_ms.{field}");
+        assert!(report["deliver_ms"][field].as_f64().is_some_and(|v| v > 0.0), "deliver_ms.{field}");
+    }
+}
+
+#[test]
+fn dm_smoke_run_delivers_everything_exactly_once() {
+    assert_clean(&run("dm", &[]));
+}
+
+#[test]
+fn devices_that_drop_and_resume_during_traffic_miss_nothing() {
+    let report = run("reconnect", &[]);
+    assert_clean(&report);
+    assert!(report["reconnects"].as_u64().unwrap() > 0, "no device reconnected: {report}");
+}
