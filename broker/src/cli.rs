@@ -22,6 +22,9 @@ pub struct BrokerArgs {
     /// sled page cache, in MiB.
     #[arg(long, env = "IMSG_CACHE_MB", default_value_t = 256)]
     pub cache_mb: u64,
+    /// How often sled is checkpointed and the write-ahead log truncated, in ms.
+    #[arg(long, env = "IMSG_CHECKPOINT_INTERVAL_MS", default_value_t = 5000)]
+    pub checkpoint_interval_ms: u64,
     /// Largest text message, in bytes.
     #[arg(long, env = "IMSG_MAX_TEXT_BYTES", default_value_t = 16 * 1024)]
     pub max_text_bytes: usize,
@@ -53,6 +56,7 @@ impl BrokerArgs {
             partitions: self.partitions,
             fsync: self.fsync,
             cache_capacity_bytes: self.cache_mb * 1024 * 1024,
+            checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms),
             limits: Limits {
                 max_text_bytes: self.max_text_bytes,
                 max_group_members: self.max_group_members,

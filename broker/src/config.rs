@@ -88,6 +88,9 @@ pub struct BrokerConfig {
     pub fsync: FsyncMode,
     /// sled page cache size in bytes.
     pub cache_capacity_bytes: u64,
+    /// How often sled is checkpointed and the write-ahead log truncated;
+    /// bounds how much a restart replays.
+    pub checkpoint_interval: Duration,
     pub limits: Limits,
 }
 
@@ -98,6 +101,7 @@ impl BrokerConfig {
             partitions: 64,
             fsync: FsyncMode::Always,
             cache_capacity_bytes: 256 * 1024 * 1024,
+            checkpoint_interval: Duration::from_secs(5),
             limits: Limits::default(),
         }
     }
@@ -128,6 +132,9 @@ impl BrokerConfig {
             if value == 0 {
                 return Err(format!("{name} must be positive"));
             }
+        }
+        if self.checkpoint_interval.is_zero() {
+            return Err("checkpoint interval must be positive".into());
         }
         if l.typing_ttl.is_zero() || l.lease_ttl.is_zero() {
             return Err("typing ttl and lease ttl must be positive".into());

@@ -480,15 +480,15 @@ impl Partition {
         }
         let urgent = !batch.deferred.is_empty();
         if !batch.writes.is_empty() {
-            if let Err(error) = self.store.apply(batch.writes) {
-                // State in memory is ahead of storage now; continuing could
-                // acknowledge what is not stored. Stop the node.
-                tracing::error!(partition = self.id, %error, "applying a write batch failed; aborting");
-                std::process::abort();
-            }
-            let generation = self.durability.mark_written(urgent);
-            if urgent {
-                self.last_generation = generation;
+            match self.store.apply(batch.writes, urgent) {
+                Ok(generation) if urgent => self.last_generation = generation,
+                Ok(_) => {}
+                Err(error) => {
+                    // State in memory is ahead of storage now; continuing
+                    // could acknowledge what is not stored. Stop the node.
+                    tracing::error!(partition = self.id, %error, "applying a write batch failed; aborting");
+                    std::process::abort();
+                }
             }
         }
         if batch.deferred.is_empty() {

@@ -25,17 +25,21 @@
 //! fixed length, so prefix scans cannot run into a neighbour's keys.
 //!
 //! ## Durability (invariant 1)
-//! sled 0.34's `flush` ends in `sync_file_range`, which does not flush the
-//! drive's write cache. [`Durability`] runs the node's single flusher thread:
-//! it calls `flush`, then `fdatasync` on sled's log file and on any new blob
-//! file. One sync covers every batch applied before it started (group
-//! commit). Only one thread ever flushes, which also avoids the concurrent
-//! `flush_async` deadlock of sled 0.34 (spacejam/sled#1308).
+//! A batch is durable once its operations are in the write-ahead log
+//! ([`wal`]): the flusher thread appends everything written since the last
+//! round with one `write` and one `fdatasync` (group commit), for all
+//! partitions at once. sled itself is flushed only at checkpoints, by the
+//! checkpointer thread: `flush`, then `fdatasync` of sled's log and of any
+//! new blob file (sled's `sync_file_range` does not flush the drive cache),
+//! then the segments the checkpoint covers are deleted. Only that thread
+//! ever flushes sled, which also avoids the concurrent `flush_async`
+//! deadlock of sled 0.34 (spacejam/sled#1308).
 
 pub mod records;
+pub mod wal;
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     fs::File,
     path::{Path, PathBuf},
     sync::{
@@ -43,6 +47,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use imsg_proto::v1::Message;
@@ -62,13 +67,14 @@ pub struct Store {
     dir: PathBuf,
     rows_written: Arc<AtomicU64>,
     durability: Arc<Durability>,
-    flusher: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Store {
-    /// Opens (or creates) the database under `config.data_dir` and starts the
-    /// flusher thread. Refuses a directory created with another partition
-    /// count: placement would silently change.
+    /// Opens (or creates) the database under `config.data_dir`, replays the
+    /// write-ahead log, and starts the flusher and checkpointer threads.
+    /// Refuses a directory created with another partition count: placement
+    /// would silently change.
     pub fn open(config: &BrokerConfig) -> Result<Arc<Self>> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| Error::Internal(format!("creating {}: {e}", config.data_dir.display())))?;
@@ -76,7 +82,7 @@ impl Store {
             .path(&config.data_dir)
             .cache_capacity(config.cache_capacity_bytes)
             .mode(sled::Mode::HighThroughput)
-            // Our flusher is the only one (see the module docs).
+            // Durability comes from the WAL; sled flushes at checkpoints only.
             .flush_every_ms(None)
             .open()?;
         let partitions_key = b"partitions";
@@ -96,31 +102,55 @@ impl Store {
                 db.insert(partitions_key, &config.partitions.to_be_bytes())?;
             }
         }
+        let segments = wal::Segments::new(&config.data_dir);
+        let replayed = replay(&db, &segments)?;
+        // Make the partition count and the replayed state durable in sled,
+        // then start an empty log.
+        db.flush()?;
+        SledFiles::new(&config.data_dir).sync()?;
+        let old = segments.list()?;
+        let next_segment = old.last().map_or(1, |n| n + 1);
+        segments.remove(&old)?;
+        if replayed > 0 {
+            tracing::info!(operations = replayed, segments = old.len(), "replayed the write-ahead log");
+        }
+        let segment = segments.create(next_segment)?;
         let durability = Arc::new(Durability::new(config.fsync));
         let flusher = {
-            let db = db.clone();
             let durability = durability.clone();
             let dir = config.data_dir.clone();
+            let every = config.checkpoint_interval;
             std::thread::Builder::new()
                 .name("imsg-flusher".into())
-                .spawn(move || durability.run_flusher(&db, &dir))
+                .spawn(move || durability.run_flusher(&dir, segment, next_segment, every))
                 .map_err(|e| Error::Internal(format!("spawning flusher: {e}")))?
         };
-        // Make the partition count itself durable before anything else.
-        let store = Arc::new(Self {
+        let checkpointer = {
+            let durability = durability.clone();
+            let db = db.clone();
+            let dir = config.data_dir.clone();
+            std::thread::Builder::new()
+                .name("imsg-checkpoint".into())
+                .spawn(move || durability.run_checkpointer(&db, &dir))
+                .map_err(|e| Error::Internal(format!("spawning checkpointer: {e}")))?
+        };
+        Ok(Arc::new(Self {
             db,
             dir: config.data_dir.clone(),
             rows_written: Arc::new(AtomicU64::new(0)),
             durability,
-            flusher: Mutex::new(Some(flusher)),
-        });
-        store.sync_now()?;
-        Ok(store)
+            threads: Mutex::new(vec![flusher, checkpointer]),
+        }))
     }
 
     /// The tree of one partition.
     pub fn partition(&self, id: PartitionId) -> Result<PartitionStore> {
-        Ok(PartitionStore { tree: self.db.open_tree(format!("p{id:05}"))?, rows_written: self.rows_written.clone() })
+        Ok(PartitionStore {
+            id,
+            tree: self.db.open_tree(tree_name(id))?,
+            rows_written: self.rows_written.clone(),
+            durability: self.durability.clone(),
+        })
     }
 
     /// Rows written or removed since start, by every partition: what the
@@ -133,31 +163,64 @@ impl Store {
         &self.durability
     }
 
-    /// Flushes and syncs on the caller's thread (start and shutdown).
-    pub fn sync_now(&self) -> Result<()> {
-        self.db.flush()?;
-        SledFiles::new(&self.dir).sync()
-    }
-
-    /// Stops the flusher after a last flush and sync. Idempotent.
+    /// Stops the threads after a last durable round, then checkpoints so the
+    /// next start has nothing to replay. Idempotent.
     pub fn close(&self) -> Result<()> {
         self.durability.stop();
-        if let Some(handle) = self.flusher.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        for handle in std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner())) {
             let _ = handle.join();
         }
-        self.sync_now()
+        self.db.flush()?;
+        SledFiles::new(&self.dir).sync()?;
+        let segments = wal::Segments::new(&self.dir);
+        let all = segments.list()?;
+        // Keep the newest (empty after the last round) so numbering goes on.
+        segments.remove(&all[..all.len().saturating_sub(1)])
     }
 }
 
-/// Group commit: partitions announce writes, one flusher thread makes them
-/// durable, and tells the partitions that wait for a round (and only those).
+fn tree_name(id: PartitionId) -> String {
+    format!("p{id:05}")
+}
+
+/// Re-applies every logged operation to sled, in log order. Returns how
+/// many there were.
+fn replay(db: &sled::Db, segments: &wal::Segments) -> Result<usize> {
+    let mut replayed = 0;
+    let numbers = segments.list()?;
+    for (i, number) in numbers.iter().enumerate() {
+        let (ops, complete) = wal::decode_segment(&segments.read(*number)?);
+        if !complete && i + 1 < numbers.len() {
+            return Err(Error::Internal(format!("WAL segment {number} is damaged before its end")));
+        }
+        let mut batches: BTreeMap<u32, sled::Batch> = BTreeMap::new();
+        for (tree, op) in ops {
+            let batch = batches.entry(tree).or_default();
+            match op {
+                wal::Op::Put { key, value } => batch.insert(key, value),
+                wal::Op::Remove { key } => batch.remove(key),
+            }
+            replayed += 1;
+        }
+        for (tree, batch) in batches {
+            db.open_tree(tree_name(tree))?.apply_batch(batch)?;
+        }
+    }
+    Ok(replayed)
+}
+
+/// Group commit: partitions append their batches to the log buffer, one
+/// flusher thread writes and syncs it, and tells the partitions that wait
+/// for a round (and only those).
 ///
 /// A write is *urgent* when something waits for it (an ack, a delivery) and
 /// *lazy* when nothing does (bookkeeping that a crash would redo): lazy
 /// writes never start a round, they ride along with the next one.
 pub struct Durability {
     mode: FsyncMode,
-    /// Generation of the newest batch applied to sled.
+    /// Encoded records not yet written, and the newest generation in them.
+    log: Mutex<(Vec<u8>, u64)>,
+    /// Generation of the newest batch appended.
     written: AtomicU64,
     /// Generation of the newest urgent batch.
     urgent: AtomicU64,
@@ -168,12 +231,16 @@ pub struct Durability {
     stopping: AtomicBool,
     /// Partitions waiting for a generation to become durable.
     waiters: Mutex<Vec<(u64, Arc<Notify>)>>,
+    /// Closed segments waiting for a checkpoint.
+    closed: Mutex<Vec<u64>>,
+    closed_signal: Condvar,
 }
 
 impl Durability {
     fn new(mode: FsyncMode) -> Self {
         Self {
             mode,
+            log: Mutex::new((Vec::with_capacity(1 << 20), 0)),
             written: AtomicU64::new(0),
             urgent: AtomicU64::new(0),
             durable: AtomicU64::new(0),
@@ -181,14 +248,21 @@ impl Durability {
             wake_signal: Condvar::new(),
             stopping: AtomicBool::new(false),
             waiters: Mutex::new(Vec::new()),
+            closed: Mutex::new(Vec::new()),
+            closed_signal: Condvar::new(),
         }
     }
 
-    /// Call right after a batch was applied to sled: returns the generation
-    /// the batch belongs to. Every sync that starts later covers it. Only an
-    /// urgent batch starts a sync round.
-    pub fn mark_written(&self, urgent: bool) -> u64 {
-        let generation = self.written.fetch_add(1, Ordering::SeqCst) + 1;
+    /// Logs a batch already applied to sled; returns its generation. Every
+    /// round that starts later covers it. Only an urgent batch starts one.
+    fn append(&self, tree: u32, ops: &[wal::Op], urgent: bool) -> u64 {
+        let generation = {
+            let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            wal::encode_record(&mut log.0, tree, ops);
+            let generation = self.written.fetch_add(1, Ordering::SeqCst) + 1;
+            log.1 = generation;
+            generation
+        };
         if urgent {
             self.urgent.fetch_max(generation, Ordering::SeqCst);
             if self.mode == FsyncMode::Always {
@@ -240,24 +314,80 @@ impl Durability {
         self.stopping.store(true, Ordering::SeqCst);
         let _guard = self.wake.lock().unwrap_or_else(|e| e.into_inner());
         self.wake_signal.notify_all();
+        drop(_guard);
+        let _closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        self.closed_signal.notify_all();
     }
 
-    fn run_flusher(&self, db: &sled::Db, dir: &Path) {
-        let mut files = SledFiles::new(dir);
+    /// Writes and syncs the log every round; closes the segment (handing it
+    /// to the checkpointer) every `checkpoint_every`.
+    fn run_flusher(&self, dir: &Path, mut segment: File, mut number: u64, checkpoint_every: Duration) {
+        let segments = wal::Segments::new(dir);
+        let mut segment_bytes = 0usize;
+        let mut opened = Instant::now();
         loop {
             let stopping = self.wait_for_work();
-            let target = self.written.load(Ordering::SeqCst);
-            if target > self.durable() {
+            let (bytes, target) = {
+                let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+                let target = log.1;
+                (std::mem::replace(&mut log.0, Vec::with_capacity(1 << 20)), target)
+            };
+            if !bytes.is_empty() {
                 // A failed sync leaves the page cache in an unknown state
                 // (the "fsyncgate" lesson): never retry and pretend, stop.
-                if let Err(error) = db.flush().map_err(Error::from).and_then(|_| files.sync()) {
+                if let Err(error) = wal::append_durably(&mut segment, &bytes) {
                     tracing::error!(%error, "making writes durable failed; aborting to protect acknowledged data");
                     std::process::abort();
                 }
+                segment_bytes += bytes.len();
+            }
+            if target > self.durable() {
                 self.publish(target);
             }
             if stopping {
                 return;
+            }
+            if segment_bytes > 0 && (opened.elapsed() >= checkpoint_every || segment_bytes >= MAX_SEGMENT_BYTES) {
+                match segments.create(number + 1) {
+                    Ok(next) => {
+                        segment = next;
+                        let mut closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+                        closed.push(number);
+                        self.closed_signal.notify_one();
+                        number += 1;
+                        segment_bytes = 0;
+                        opened = Instant::now();
+                    }
+                    Err(error) => tracing::warn!(%error, "could not start a new WAL segment; keeping the current one"),
+                }
+            }
+        }
+    }
+
+    /// Makes closed segments redundant: flushes sled and syncs its files,
+    /// then deletes them.
+    fn run_checkpointer(&self, db: &sled::Db, dir: &Path) {
+        let segments = wal::Segments::new(dir);
+        let mut files = SledFiles::new(dir);
+        loop {
+            let closed = {
+                let guard = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+                let mut guard = self
+                    .closed_signal
+                    .wait_while(guard, |closed| closed.is_empty() && !self.stopping.load(Ordering::SeqCst))
+                    .unwrap_or_else(|e| e.into_inner());
+                std::mem::take(&mut *guard)
+            };
+            if closed.is_empty() {
+                return; // stopping; the store's close does the last checkpoint
+            }
+            let flushed = db.flush().map_err(Error::from).and_then(|_| files.sync());
+            match flushed.and_then(|_| segments.remove(&closed)) {
+                Ok(()) => tracing::debug!(segments = ?closed, "checkpoint"),
+                Err(error) => {
+                    tracing::error!(%error, "checkpoint failed; aborting (the WAL still holds everything)");
+                    std::process::abort();
+                }
             }
         }
     }
@@ -271,7 +401,8 @@ impl Durability {
                 let _guard = self
                     .wake_signal
                     .wait_while(guard, |_| {
-                        !self.stopping.load(Ordering::SeqCst) && self.urgent.load(Ordering::SeqCst) <= self.durable()
+                        !self.stopping.load(Ordering::SeqCst)
+                            && self.urgent.load(Ordering::SeqCst) <= self.durable()
                     })
                     .unwrap_or_else(|e| e.into_inner());
             }
@@ -282,6 +413,10 @@ impl Durability {
         self.stopping.load(Ordering::SeqCst)
     }
 }
+
+/// A segment is closed for checkpointing at this size even before the
+/// checkpoint interval, bounding replay time.
+const MAX_SEGMENT_BYTES: usize = 64 * 1024 * 1024;
 
 /// sled's files that must be fdatasync'ed after `flush`: the log (`db`) and
 /// blob files (values over ~128 KiB, written without any sync by sled).
@@ -357,8 +492,10 @@ fn text_after(key: &[u8], prefix_len: usize) -> Result<&str> {
 /// Typed access to one partition's tree.
 #[derive(Clone)]
 pub struct PartitionStore {
+    id: PartitionId,
     tree: sled::Tree,
     rows_written: Arc<AtomicU64>,
+    durability: Arc<Durability>,
 }
 
 impl PartitionStore {
@@ -498,39 +635,45 @@ impl PartitionStore {
             .collect()
     }
 
-    /// Applies a batch atomically (not yet durable: see [`Durability`]).
-    pub fn apply(&self, batch: WriteBatch) -> Result<()> {
-        self.rows_written.fetch_add(batch.rows as u64, Ordering::Relaxed);
-        self.tree.apply_batch(batch.inner)?;
-        Ok(())
+    /// Applies a batch atomically to sled, then logs it; returns the
+    /// generation to wait for (see [`Durability`]). Applying first is what
+    /// lets a checkpoint trust that a closed log segment is all in sled.
+    pub fn apply(&self, batch: WriteBatch, urgent: bool) -> Result<u64> {
+        self.rows_written.fetch_add(batch.ops.len() as u64, Ordering::Relaxed);
+        let mut sled_batch = sled::Batch::default();
+        for op in &batch.ops {
+            match op {
+                wal::Op::Put { key, value } => sled_batch.insert(key.as_slice(), value.as_slice()),
+                wal::Op::Remove { key } => sled_batch.remove(key.as_slice()),
+            }
+        }
+        self.tree.apply_batch(sled_batch)?;
+        Ok(self.durability.append(self.id, &batch.ops, urgent))
     }
 }
 
 /// Writes of one partition batch, applied atomically.
 #[derive(Default)]
 pub struct WriteBatch {
-    inner: sled::Batch,
-    rows: usize,
+    ops: Vec<wal::Op>,
 }
 
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
-        self.rows == 0
+        self.ops.is_empty()
     }
 
     /// Rows written or removed: what the commit path costs.
     pub fn rows(&self) -> usize {
-        self.rows
+        self.ops.len()
     }
 
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.inner.insert(key, value);
-        self.rows += 1;
+        self.ops.push(wal::Op::Put { key, value });
     }
 
     fn remove(&mut self, key: Vec<u8>) {
-        self.inner.remove(key);
-        self.rows += 1;
+        self.ops.push(wal::Op::Remove { key });
     }
 
     pub fn put_conversation(&mut self, record: &ConversationRecord) {

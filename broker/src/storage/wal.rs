@@ -1,0 +1,237 @@
+//! The write-ahead log that makes batches durable.
+//!
+//! sled 0.34 makes writes durable through `flush`, which seals a log buffer,
+//! hands it to sled's I/O thread pool (waking every idle pool thread) and
+//! waits on `sync_file_range` per buffer. Doing that for every group commit
+//! cost more CPU than everything else the broker does (docs/benchmarks.md).
+//! So a batch is made durable here instead: its key/value operations are
+//! appended to a segment file with one `write` and one `fdatasync` per round
+//! for all partitions, and sled is only flushed at checkpoints.
+//!
+//! ## Why this is equivalent
+//! - Every batch is applied to sled *before* it is appended here, under one
+//!   lock, so when a segment is closed every batch in it is already in sled.
+//! - A checkpoint flushes sled and fdatasyncs its files, then deletes the
+//!   closed segments: their batches are now durable in sled itself.
+//! - Recovery opens sled (which recovers some state at least as new as the
+//!   last checkpoint) and replays every remaining segment in order. Replay is
+//!   idempotent: each record holds absolute puts and removes, every change
+//!   since the checkpoint is in the log, and per key the last one wins.
+//! - A record carries its length and a CRC32; replay stops at the first torn
+//!   or corrupt record, which can only be the tail of the newest segment
+//!   (no acknowledgement ever depended on it).
+//!
+//! ## Format
+//! Segment files `wal-<number>.log`. Record: `len: u32 LE`, `crc32: u32 LE`
+//! of the payload, payload. Payload: `count: u32`, then per operation
+//! `tree: u32`, `kind: u8` (1 put, 2 remove), `key_len: u32`, key, and for a
+//! put `value_len: u32`, value.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{Read, Write},
+    path::{Path, PathBuf},
+};
+
+use crate::error::{Error, Result};
+
+/// One operation of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Remove { key: Vec<u8> },
+}
+
+/// Appends one record (the operations of one partition batch on `tree`).
+pub fn encode_record(out: &mut Vec<u8>, tree: u32, ops: &[Op]) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 8]); // length and crc, filled in below
+    out.extend_from_slice(&(ops.len() as u32).to_le_bytes());
+    for op in ops {
+        out.extend_from_slice(&tree.to_le_bytes());
+        match op {
+            Op::Put { key, value } => {
+                out.push(1);
+                out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+                out.extend_from_slice(key);
+                out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+                out.extend_from_slice(value);
+            }
+            Op::Remove { key } => {
+                out.push(2);
+                out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+                out.extend_from_slice(key);
+            }
+        }
+    }
+    let payload_len = (out.len() - start - 8) as u32;
+    let crc = crc32fast::hash(&out[start + 8..]);
+    out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Reads records from the bytes of a segment, stopping at the first torn or
+/// corrupt one. Yields `(tree, op)` in log order.
+pub fn decode_segment(bytes: &[u8]) -> (Vec<(u32, Op)>, bool) {
+    let mut ops = Vec::new();
+    let mut at = 0usize;
+    let u32_at = |bytes: &[u8], at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+    };
+    while at < bytes.len() {
+        let (Some(len), Some(crc)) = (u32_at(bytes, at), u32_at(bytes, at + 4)) else { return (ops, false) };
+        let Some(payload) = bytes.get(at + 8..at + 8 + len as usize) else { return (ops, false) };
+        if crc32fast::hash(payload) != crc {
+            return (ops, false);
+        }
+        match decode_payload(payload) {
+            Some(record) => ops.extend(record),
+            None => return (ops, false),
+        }
+        at += 8 + len as usize;
+    }
+    (ops, true)
+}
+
+fn decode_payload(payload: &[u8]) -> Option<Vec<(u32, Op)>> {
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let slice = payload.get(at..at + n)?;
+        at += n;
+        Some(slice)
+    };
+    let read_u32 = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or([0; 4]));
+    let count = read_u32(take(4)?);
+    let mut ops = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let tree = read_u32(take(4)?);
+        let kind = take(1)?[0];
+        let key_len = read_u32(take(4)?) as usize;
+        let key = take(key_len)?.to_vec();
+        let op = match kind {
+            1 => {
+                let value_len = read_u32(take(4)?) as usize;
+                Op::Put { key, value: take(value_len)?.to_vec() }
+            }
+            2 => Op::Remove { key },
+            _ => return None,
+        };
+        ops.push((tree, op));
+    }
+    Some(ops)
+}
+
+/// The segment files of a data directory.
+pub struct Segments {
+    dir: PathBuf,
+}
+
+impl Segments {
+    pub fn new(dir: &Path) -> Self {
+        Self { dir: dir.to_path_buf() }
+    }
+
+    fn path(&self, number: u64) -> PathBuf {
+        self.dir.join(format!("wal-{number:012}.log"))
+    }
+
+    /// Existing segment numbers, oldest first.
+    pub fn list(&self) -> Result<Vec<u64>> {
+        let mut numbers = Vec::new();
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| io("listing the WAL", e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(number) = name.strip_prefix("wal-").and_then(|n| n.strip_suffix(".log")) {
+                if let Ok(number) = number.parse() {
+                    numbers.push(number);
+                }
+            }
+        }
+        numbers.sort_unstable();
+        Ok(numbers)
+    }
+
+    pub fn read(&self, number: u64) -> Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        File::open(self.path(number))
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(|e| io("reading a WAL segment", e))?;
+        Ok(bytes)
+    }
+
+    /// Creates a new, empty segment and makes its directory entry durable.
+    pub fn create(&self, number: u64) -> Result<File> {
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(self.path(number))
+            .map_err(|e| io("creating a WAL segment", e))?;
+        self.sync_dir()?;
+        Ok(file)
+    }
+
+    /// Deletes segments (after a checkpoint made them redundant).
+    pub fn remove(&self, numbers: &[u64]) -> Result<()> {
+        for number in numbers {
+            std::fs::remove_file(self.path(*number)).map_err(|e| io("removing a WAL segment", e))?;
+        }
+        if !numbers.is_empty() {
+            self.sync_dir()?;
+        }
+        Ok(())
+    }
+
+    fn sync_dir(&self) -> Result<()> {
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync of the data directory", e))
+    }
+}
+
+/// Appends `bytes` and makes them durable.
+pub fn append_durably(file: &mut File, bytes: &[u8]) -> Result<()> {
+    file.write_all(bytes).map_err(|e| io("writing the WAL", e))?;
+    file.sync_data().map_err(|e| io("fdatasync of the WAL", e))
+}
+
+fn io(what: &str, error: std::io::Error) -> Error {
+    Error::Internal(format!("{what}: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ops() -> Vec<Op> {
+        vec![Op::Put { key: b"k1".to_vec(), value: b"v1".to_vec() }, Op::Remove { key: b"k2".to_vec() }]
+    }
+
+    #[test]
+    fn records_round_trip_in_order() {
+        let mut bytes = Vec::new();
+        encode_record(&mut bytes, 3, &ops());
+        encode_record(&mut bytes, 7, &ops()[..1]);
+        let (decoded, complete) = decode_segment(&bytes);
+        assert!(complete);
+        let expected: Vec<(u32, Op)> =
+            ops().into_iter().map(|op| (3, op)).chain(std::iter::once((7, ops()[0].clone()))).collect();
+        assert_eq!(decoded, expected);
+    }
+
+    #[test]
+    fn replay_stops_at_a_torn_or_corrupt_tail() {
+        let mut bytes = Vec::new();
+        encode_record(&mut bytes, 1, &ops());
+        let first_len = bytes.len();
+        encode_record(&mut bytes, 2, &ops());
+        // Torn: the second record is cut short.
+        let (decoded, complete) = decode_segment(&bytes[..bytes.len() - 3]);
+        assert!(!complete);
+        assert_eq!(decoded.len(), 2, "only the first record survives");
+        // Corrupt: a flipped byte in the second record's payload.
+        let mut corrupt = bytes.clone();
+        corrupt[first_len + 12] ^= 0xff;
+        let (decoded, complete) = decode_segment(&corrupt);
+        assert!(!complete);
+        assert_eq!(decoded.len(), 2);
+    }
+}
