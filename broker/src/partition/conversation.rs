@@ -46,6 +46,9 @@ pub(super) struct Conversations {
 struct ConversationState {
     record: ConversationRecord,
     last_seq: u64,
+    /// Messages up to this seq are in sled (published): history reads
+    /// stop here.
+    published_seq: u64,
     last_activity_ms: i64,
     last_message: Option<Arc<Message>>,
     receipts: HashMap<String, ReceiptRecord>,
@@ -86,6 +89,7 @@ impl ConversationState {
         Ok(Some(Self {
             record,
             last_seq,
+            published_seq: last_seq,
             last_activity_ms,
             last_message,
             receipts,
@@ -263,6 +267,7 @@ impl Partition {
         let state = ConversationState {
             record,
             last_seq: 0,
+            published_seq: 0,
             last_activity_ms: now,
             last_message: None,
             receipts: HashMap::new(),
@@ -411,6 +416,7 @@ impl Partition {
         let members = state.member_ids();
         self.conversations.dirty_receipts.insert((id.clone(), caller.user_id.clone()));
         self.batch.writes.put_message(&message);
+        self.defer(Deferred::MessagePublished { conversation_id: id.clone(), seq });
         if was_typing {
             let others: Vec<String> = members.iter().filter(|u| **u != caller.user_id).cloned().collect();
             self.push_ephemeral_to(
@@ -431,7 +437,8 @@ impl Partition {
         let token = validate::page_token(&request.page_token)?;
         let state = self.conversation(&request.conversation_id)?;
         let first_visible = state.require_member(&caller.user_id)?.joined_after_seq + 1;
-        let last_seq = state.last_seq;
+        // Newer messages are not in sled yet, and not acknowledged either.
+        let last_seq = state.published_seq;
         let (messages, next) = match request.after_seq {
             Some(after) => {
                 let from = token.unwrap_or(after.saturating_add(1)).max(first_visible);
@@ -453,6 +460,12 @@ impl Partition {
             }
         };
         Ok(ListMessagesResponse { messages, next_page_token: next.map(|n| n.to_string()).unwrap_or_default() })
+    }
+
+    pub(super) fn message_published(&mut self, id: &str, seq: u64) {
+        if let Some(state) = self.conversations.map.get_mut(id) {
+            state.published_seq = state.published_seq.max(seq);
+        }
     }
 
     pub(super) fn typing(&mut self, caller: &Caller, id: &str, active: bool) -> Result<()> {

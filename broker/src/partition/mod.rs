@@ -7,7 +7,11 @@
 //! `pending` until the flusher reports the batch durable; meanwhile the task
 //! keeps taking commands, so one sync covers many batches (group commit).
 //! Every reply waits behind the newest write of its partition, so nobody is
-//! ever shown data that could still be lost.
+//! ever shown data that could still be lost. The writer applies a batch to
+//! sled only once it is logged, so the few reads of sled that could meet
+//! recent data (history, replay pages, trimming) are clamped to what has
+//! been published: a conversation's published seq, a partition's published
+//! cursor.
 //!
 //! The two roles of a partition live in their own modules:
 //! [`conversation`] (membership, sequencing, dedup, receipts, typing,
@@ -228,10 +232,16 @@ enum Deferred {
         batch: u64,
         items: Vec<UpdateItem>,
     },
-    /// Push a logged event to a user's live sessions.
+    /// Push a logged event to a user's live sessions (it is published).
     Push {
         user_id: String,
+        cursor: u64,
         frame: OpenStreamResponse,
+    },
+    /// A message is published: history reads may now include it.
+    MessagePublished {
+        conversation_id: String,
+        seq: u64,
     },
     /// Tell the source partition its updates are durable here.
     Done(oneshot::Sender<()>),
@@ -480,21 +490,15 @@ impl Partition {
         }
         let urgent = !batch.deferred.is_empty();
         if !batch.writes.is_empty() {
-            match self.store.apply(batch.writes, urgent) {
-                Ok(generation) if urgent => self.last_generation = generation,
-                Ok(_) => {}
-                Err(error) => {
-                    // State in memory is ahead of storage now; continuing
-                    // could acknowledge what is not stored. Stop the node.
-                    tracing::error!(partition = self.id, %error, "applying a write batch failed; aborting");
-                    std::process::abort();
-                }
+            let generation = self.store.apply(batch.writes, urgent);
+            if urgent {
+                self.last_generation = generation;
             }
         }
         if batch.deferred.is_empty() {
             return;
         }
-        let wait_for = self.durability.ack_after(self.last_generation);
+        let wait_for = self.last_generation;
         if wait_for <= self.durability.durable() && self.pending.is_empty() {
             self.run_deferred(batch.deferred);
         } else {
@@ -519,7 +523,11 @@ impl Partition {
             match item {
                 Deferred::Run(run) => run(),
                 Deferred::Fanout { batch, items } => self.fan_out(batch, items),
-                Deferred::Push { user_id, frame } => self.push_to_sessions(&user_id, &frame),
+                Deferred::Push { user_id, cursor, frame } => {
+                    self.users.published_cursor(cursor);
+                    self.push_to_sessions(&user_id, &frame);
+                }
+                Deferred::MessagePublished { conversation_id, seq } => self.message_published(&conversation_id, seq),
                 Deferred::Done(done) => {
                     let _ = done.send(());
                 }

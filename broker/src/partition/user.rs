@@ -58,11 +58,14 @@ pub(super) struct Users {
     /// Retained update-log batches: (first cursor, entries), oldest first.
     batches: VecDeque<(u64, usize)>,
     retained: usize,
+    /// Entries up to this cursor are in sled (published); newer ones are
+    /// only in memory and reach live sessions when published.
+    published: u64,
 }
 
 impl Users {
-    pub(super) fn load(store: &PartitionStore, _meta: &PartitionMeta) -> Result<Self> {
-        let mut users = Self::default();
+    pub(super) fn load(store: &PartitionStore, meta: &PartitionMeta) -> Result<Self> {
+        let mut users = Self { published: meta.next_cursor.saturating_sub(1), ..Self::default() };
         for (user, settings) in store.all_settings()? {
             users.map.entry(user).or_default().settings = settings;
         }
@@ -82,6 +85,10 @@ impl Users {
             users.note_batch(first, record.entries.len());
         }
         Ok(users)
+    }
+
+    pub(super) fn published_cursor(&mut self, cursor: u64) {
+        self.published = self.published.max(cursor);
     }
 
     pub(super) fn note_batch(&mut self, first_cursor: u64, entries: usize) {
@@ -179,9 +186,11 @@ impl Partition {
                     conversation_id,
                     kind: Some(kind),
                 });
-                self.batch
-                    .deferred
-                    .push(Deferred::Push { user_id: user.clone(), frame: event_frame(cursor, frame_kind) });
+                self.batch.deferred.push(Deferred::Push {
+                    user_id: user.clone(),
+                    cursor,
+                    frame: event_frame(cursor, frame_kind),
+                });
             }
         }
         self.defer(Deferred::Done(done));
@@ -248,9 +257,13 @@ impl Partition {
         if after_cursor > head || after_cursor < state.trimmed_through {
             return Ok(OpenStep::Resync { cursor: head });
         }
+        // Entries newer than the published cursor are not in sled yet; they
+        // reach the session live once published, so replay stops before them.
+        let published = self.users.published;
         let start = state.log.partition_point(|c| *c <= after_cursor);
-        if start < state.log.len() {
-            let wanted: HashSet<u64> = state.log.range(start..).take(page).copied().collect();
+        if start < state.log.len() && state.log[start] <= published {
+            let wanted: HashSet<u64> =
+                state.log.range(start..).take_while(|c| **c <= published).take(page).copied().collect();
             let first = state.log[start];
             let mut entries = Vec::with_capacity(wanted.len());
             for batch in self.store.update_batches_from(first) {
@@ -414,7 +427,12 @@ impl Partition {
     /// cursors, never a silent gap.
     pub(super) fn trim_update_log(&mut self) {
         while self.users.retained > self.limits.update_log_retention {
-            let Some((first, count)) = self.users.batches.pop_front() else { break };
+            // Only published batches are in sled to be trimmed.
+            let Some(&(first, count)) = self.users.batches.front() else { break };
+            if first + count as u64 - 1 > self.users.published {
+                break;
+            }
+            self.users.batches.pop_front();
             let record = match self.store.update_batches_from(first).next() {
                 Some(Ok((key, record))) if key == first => record,
                 _ => {

@@ -26,9 +26,17 @@
 //!
 //! ## Durability (invariant 1)
 //! A batch is durable once its operations are in the write-ahead log
-//! ([`wal`]): the flusher thread appends everything written since the last
+//! ([`wal`]): the writer thread appends everything written since the last
 //! round with one `write` and one `fdatasync` (group commit), for all
-//! partitions at once. sled itself is flushed only at checkpoints, by the
+//! partitions at once, and only *then* applies the operations to sled, with
+//! plain inserts and removes. sled's own batches are not used on this path:
+//! each `apply_batch` seals sled's log buffer and writes it out (a `pwrite`,
+//! a `sync_file_range` and a wake-up of every sled I/O thread), which cost
+//! more than everything else the broker did. Applying after the sync means
+//! sled never holds a change the WAL does not, so recovery (sled's state,
+//! then the WAL replayed) never resurrects half of an unacknowledged batch.
+//! Partitions therefore read sled only for what has been published (see
+//! `partition`). sled itself is flushed only at checkpoints, by the
 //! checkpointer thread: `flush`, then `fdatasync` of sled's log and of any
 //! new blob file (sled's `sync_file_range` does not flush the drive cache),
 //! then the segments the checkpoint covers are deleted. Only that thread
@@ -209,22 +217,23 @@ fn replay(db: &sled::Db, segments: &wal::Segments) -> Result<usize> {
     Ok(replayed)
 }
 
-/// Group commit: partitions append their batches to the log buffer, one
-/// flusher thread writes and syncs it, and tells the partitions that wait
-/// for a round (and only those).
+/// Group commit: partitions hand their batches over, one writer thread
+/// logs and syncs them, applies them to sled, and tells the partitions that
+/// wait for that round (and only those) that their batches are published.
 ///
 /// A write is *urgent* when something waits for it (an ack, a delivery) and
 /// *lazy* when nothing does (bookkeeping that a crash would redo): lazy
 /// writes never start a round, they ride along with the next one.
 pub struct Durability {
     mode: FsyncMode,
-    /// Encoded records not yet written, and the newest generation in them.
-    log: Mutex<(Vec<u8>, u64)>,
+    /// Batches handed over but not yet written.
+    log: Mutex<Pending>,
     /// Generation of the newest batch appended.
     written: AtomicU64,
     /// Generation of the newest urgent batch.
     urgent: AtomicU64,
-    /// Everything up to this generation is durable.
+    /// Everything up to this generation is logged (and synced, in `always`
+    /// mode) and applied to sled: the published watermark.
     durable: AtomicU64,
     wake: Mutex<()>,
     wake_signal: Condvar,
@@ -240,7 +249,7 @@ impl Durability {
     fn new(mode: FsyncMode) -> Self {
         Self {
             mode,
-            log: Mutex::new((Vec::with_capacity(1 << 20), 0)),
+            log: Mutex::new(Pending::default()),
             written: AtomicU64::new(0),
             urgent: AtomicU64::new(0),
             durable: AtomicU64::new(0),
@@ -253,33 +262,23 @@ impl Durability {
         }
     }
 
-    /// Logs a batch already applied to sled; returns its generation. Every
-    /// round that starts later covers it. Only an urgent batch starts one.
-    fn append(&self, tree: u32, ops: &[wal::Op], urgent: bool) -> u64 {
+    /// Hands a batch over; returns its generation. Every round that starts
+    /// later covers it. Only an urgent batch starts one.
+    fn append(&self, tree: &sled::Tree, tree_id: u32, ops: Vec<wal::Op>, urgent: bool) -> u64 {
         let generation = {
             let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-            wal::encode_record(&mut log.0, tree, ops);
+            wal::encode_record(&mut log.bytes, tree_id, &ops);
+            log.ops.push((tree.clone(), ops));
             let generation = self.written.fetch_add(1, Ordering::SeqCst) + 1;
-            log.1 = generation;
+            log.last = generation;
             generation
         };
         if urgent {
             self.urgent.fetch_max(generation, Ordering::SeqCst);
-            if self.mode == FsyncMode::Always {
-                let _guard = self.wake.lock().unwrap_or_else(|e| e.into_inner());
-                self.wake_signal.notify_one();
-            }
+            let _guard = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake_signal.notify_one();
         }
         generation
-    }
-
-    /// The generation an acknowledgement must wait for: in `always` mode the
-    /// batch's own; in `interval` mode nothing (the operator chose that).
-    pub fn ack_after(&self, generation: u64) -> u64 {
-        match self.mode {
-            FsyncMode::Always => generation,
-            FsyncMode::Interval(_) => 0,
-        }
     }
 
     /// The newest durable generation.
@@ -319,35 +318,49 @@ impl Durability {
         self.closed_signal.notify_all();
     }
 
-    /// Writes and syncs the log every round; closes the segment (handing it
-    /// to the checkpointer) every `checkpoint_every`.
+    /// Every round: writes the log, syncs it (always mode, or when the
+    /// interval passed), applies the batches to sled, publishes. Closes the
+    /// segment (handing it to the checkpointer) every `checkpoint_every`.
     fn run_flusher(&self, dir: &Path, mut segment: File, mut number: u64, checkpoint_every: Duration) {
         let segments = wal::Segments::new(dir);
         let mut segment_bytes = 0usize;
         let mut opened = Instant::now();
+        let mut synced = Instant::now();
+        let mut unsynced = false;
         loop {
             let stopping = self.wait_for_work();
-            let (bytes, target) = {
-                let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-                let target = log.1;
-                (std::mem::replace(&mut log.0, Vec::with_capacity(1 << 20)), target)
-            };
-            if !bytes.is_empty() {
-                // A failed sync leaves the page cache in an unknown state
-                // (the "fsyncgate" lesson): never retry and pretend, stop.
-                if let Err(error) = wal::append_durably(&mut segment, &bytes) {
-                    tracing::error!(%error, "making writes durable failed; aborting to protect acknowledged data");
-                    std::process::abort();
-                }
-                segment_bytes += bytes.len();
+            let pending = std::mem::take(&mut *self.log.lock().unwrap_or_else(|e| e.into_inner()));
+            unsynced |= !pending.bytes.is_empty();
+            let sync = unsynced
+                && match self.mode {
+                    FsyncMode::Always => true,
+                    FsyncMode::Interval(every) => stopping || synced.elapsed() >= every,
+                };
+            // A failed write or sync leaves the page cache in an unknown
+            // state (the "fsyncgate" lesson): never retry and pretend, stop.
+            let logged = wal::append(&mut segment, &pending.bytes)
+                .and_then(|_| if sync { wal::sync(&segment) } else { Ok(()) })
+                .and_then(|_| apply(&pending.ops));
+            if let Err(error) = logged {
+                tracing::error!(%error, "making writes durable failed; aborting to protect acknowledged data");
+                std::process::abort();
             }
-            if target > self.durable() {
-                self.publish(target);
+            if sync {
+                synced = Instant::now();
+                unsynced = false;
+            }
+            segment_bytes += pending.bytes.len();
+            if pending.last > self.durable() {
+                self.publish(pending.last);
             }
             if stopping {
                 return;
             }
-            if segment_bytes > 0 && (opened.elapsed() >= checkpoint_every || segment_bytes >= MAX_SEGMENT_BYTES) {
+            // Close the segment only when it is synced: a checkpoint deletes it.
+            if segment_bytes > 0
+                && !unsynced
+                && (opened.elapsed() >= checkpoint_every || segment_bytes >= MAX_SEGMENT_BYTES)
+            {
                 match segments.create(number + 1) {
                     Ok(next) => {
                         segment = next;
@@ -392,26 +405,51 @@ impl Durability {
         }
     }
 
-    /// Blocks until an urgent write needs a sync (always mode) or the
-    /// interval passed (interval mode). Returns whether the store is stopping.
+    /// Blocks until an urgent batch waits (or, in interval mode, the
+    /// interval passed). Returns whether the store is stopping.
     fn wait_for_work(&self) -> bool {
         let guard = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        let idle =
+            |_: &mut ()| !self.stopping.load(Ordering::SeqCst) && self.urgent.load(Ordering::SeqCst) <= self.durable();
         match self.mode {
             FsyncMode::Always => {
-                let _guard = self
-                    .wake_signal
-                    .wait_while(guard, |_| {
-                        !self.stopping.load(Ordering::SeqCst)
-                            && self.urgent.load(Ordering::SeqCst) <= self.durable()
-                    })
-                    .unwrap_or_else(|e| e.into_inner());
+                let _guard = self.wake_signal.wait_while(guard, idle).unwrap_or_else(|e| e.into_inner());
             }
             FsyncMode::Interval(every) => {
-                let _ = self.wake_signal.wait_timeout(guard, every).unwrap_or_else(|e| e.into_inner());
+                let _ = self.wake_signal.wait_timeout_while(guard, every, idle).unwrap_or_else(|e| e.into_inner());
             }
         }
         self.stopping.load(Ordering::SeqCst)
     }
+}
+
+/// Batches handed to the writer and not yet written.
+#[derive(Default)]
+struct Pending {
+    /// Their WAL records.
+    bytes: Vec<u8>,
+    /// Their operations, to apply to sled after the log.
+    ops: Vec<(sled::Tree, Vec<wal::Op>)>,
+    /// The newest generation among them.
+    last: u64,
+}
+
+/// Applies logged operations to sled, one by one: no sled batch, so no
+/// sealing of sled's log buffer (see the module docs).
+fn apply(batches: &[(sled::Tree, Vec<wal::Op>)]) -> Result<()> {
+    for (tree, ops) in batches {
+        for op in ops {
+            match op {
+                wal::Op::Put { key, value } => {
+                    tree.insert(key.as_slice(), value.as_slice())?;
+                }
+                wal::Op::Remove { key } => {
+                    tree.remove(key.as_slice())?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A segment is closed for checkpointing at this size even before the
@@ -635,24 +673,16 @@ impl PartitionStore {
             .collect()
     }
 
-    /// Applies a batch atomically to sled, then logs it; returns the
-    /// generation to wait for (see [`Durability`]). Applying first is what
-    /// lets a checkpoint trust that a closed log segment is all in sled.
-    pub fn apply(&self, batch: WriteBatch, urgent: bool) -> Result<u64> {
+    /// Hands a batch to the writer, which logs it, syncs, and applies it to
+    /// sled; returns the generation to wait for (see [`Durability`]). Until
+    /// that generation is published, reads of this tree do not see it.
+    pub fn apply(&self, batch: WriteBatch, urgent: bool) -> u64 {
         self.rows_written.fetch_add(batch.ops.len() as u64, Ordering::Relaxed);
-        let mut sled_batch = sled::Batch::default();
-        for op in &batch.ops {
-            match op {
-                wal::Op::Put { key, value } => sled_batch.insert(key.as_slice(), value.as_slice()),
-                wal::Op::Remove { key } => sled_batch.remove(key.as_slice()),
-            }
-        }
-        self.tree.apply_batch(sled_batch)?;
-        Ok(self.durability.append(self.id, &batch.ops, urgent))
+        self.durability.append(&self.tree, self.id, batch.ops, urgent)
     }
 }
 
-/// Writes of one partition batch, applied atomically.
+/// Writes of one partition batch, logged as one record (replayed whole).
 #[derive(Default)]
 pub struct WriteBatch {
     ops: Vec<wal::Op>,

@@ -9,8 +9,9 @@
 //! for all partitions, and sled is only flushed at checkpoints.
 //!
 //! ## Why this is equivalent
-//! - Every batch is applied to sled *before* it is appended here, under one
-//!   lock, so when a segment is closed every batch in it is already in sled.
+//! - The writer applies a round's batches to sled right after logging them,
+//!   and closes a segment only between rounds, so when a segment is closed
+//!   every batch in it is already in sled.
 //! - A checkpoint flushes sled and fdatasyncs its files, then deletes the
 //!   closed segments: their batches are now durable in sled itself.
 //! - Recovery opens sled (which recovers some state at least as new as the
@@ -75,9 +76,8 @@ pub fn encode_record(out: &mut Vec<u8>, tree: u32, ops: &[Op]) {
 pub fn decode_segment(bytes: &[u8]) -> (Vec<(u32, Op)>, bool) {
     let mut ops = Vec::new();
     let mut at = 0usize;
-    let u32_at = |bytes: &[u8], at: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
-    };
+    let u32_at =
+        |bytes: &[u8], at: usize| -> Option<u32> { Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?)) };
     while at < bytes.len() {
         let (Some(len), Some(crc)) = (u32_at(bytes, at), u32_at(bytes, at + 4)) else { return (ops, false) };
         let Some(payload) = bytes.get(at + 8..at + 8 + len as usize) else { return (ops, false) };
@@ -187,9 +187,16 @@ impl Segments {
     }
 }
 
-/// Appends `bytes` and makes them durable.
-pub fn append_durably(file: &mut File, bytes: &[u8]) -> Result<()> {
-    file.write_all(bytes).map_err(|e| io("writing the WAL", e))?;
+/// Appends `bytes` (not yet durable: see [`sync`]).
+pub fn append(file: &mut File, bytes: &[u8]) -> Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    file.write_all(bytes).map_err(|e| io("writing the WAL", e))
+}
+
+/// Makes everything appended so far durable.
+pub fn sync(file: &File) -> Result<()> {
     file.sync_data().map_err(|e| io("fdatasync of the WAL", e))
 }
 
