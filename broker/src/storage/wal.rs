@@ -142,10 +142,10 @@ impl Segments {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if let Some(number) = name.strip_prefix("wal-").and_then(|n| n.strip_suffix(".log")) {
-                if let Ok(number) = number.parse() {
-                    numbers.push(number);
-                }
+            if let Some(number) = name.strip_prefix("wal-").and_then(|n| n.strip_suffix(".log"))
+                && let Ok(number) = number.parse()
+            {
+                numbers.push(number);
             }
         }
         numbers.sort_unstable();
