@@ -32,7 +32,7 @@ const REPLAY_PAGE: usize = 256;
 
 /// The frames of one device session. Dropping it closes the session.
 pub struct SessionStream {
-    frames: mpsc::Receiver<OpenStreamResponse>,
+    frames: mpsc::Receiver<Box<OpenStreamResponse>>,
     close_reason: Arc<std::sync::Mutex<Option<String>>>,
     router: Router,
     user_id: String,
@@ -94,7 +94,7 @@ impl tokio_stream::Stream for SessionStream {
                         }
                         self.last_cursor = event.cursor;
                     }
-                    return Poll::Ready(Some(frame));
+                    return Poll::Ready(Some(*frame));
                 }
                 Poll::Ready(None) => {
                     self.finished = true;
@@ -154,11 +154,10 @@ async fn replay(router: Router, session: SessionHandle, mut cursor: u64) {
                 return;
             }
             Ok(OpenStep::Resync { cursor }) => {
-                let _ = frames
-                    .send(OpenStreamResponse {
-                        frame: Some(open_stream_response::Frame::ResyncRequired(ResyncRequired { cursor })),
-                    })
-                    .await;
+                let frame = OpenStreamResponse {
+                    frame: Some(open_stream_response::Frame::ResyncRequired(ResyncRequired { cursor })),
+                };
+                let _ = frames.send(Box::new(frame)).await;
                 return;
             }
             Err(error) => return finish_with(&session, &error.to_string()),
@@ -170,7 +169,7 @@ async fn replay(router: Router, session: SessionHandle, mut cursor: u64) {
         };
         for frame in frames_of_page {
             replayed += 1;
-            if frames.send(frame).await.is_err() {
+            if frames.send(Box::new(frame)).await.is_err() {
                 return; // the device went away
             }
         }

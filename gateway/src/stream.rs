@@ -29,7 +29,11 @@ use tonic::{Status, Streaming};
 use crate::{backend::Frames, ratelimit::TokenBucket, service::Gateway};
 
 /// The response stream tonic sends to the device.
-pub type DeviceStream = ReceiverStream<Result<OpenStreamResponse, Status>>;
+pub type DeviceStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<OpenStreamResponse, Status>> + Send>>;
+
+/// What the relay queues toward the device; boxed so an idle stream's
+/// queue holds pointers, not 152-byte frames (see `imsg_proto::codec`).
+type Outgoing = Box<Result<OpenStreamResponse, Status>>;
 
 /// Limits of device streams.
 #[derive(Debug, Clone)]
@@ -118,7 +122,7 @@ pub async fn open(
     let frames = gateway.backend.open_session(caller.clone(), cursor).await?;
     let (out, device) = mpsc::channel(settings.output_queue);
     tokio::spawn(relay(gateway, caller, upstream, frames, out, slot));
-    Ok(ReceiverStream::new(device))
+    Ok(Box::pin(ReceiverStream::new(device).map(|outgoing: Outgoing| *outgoing)))
 }
 
 async fn relay(
@@ -126,7 +130,7 @@ async fn relay(
     caller: Caller,
     mut upstream: Streaming<OpenStreamRequest>,
     mut frames: Frames,
-    out: mpsc::Sender<Result<OpenStreamResponse, Status>>,
+    out: mpsc::Sender<Outgoing>,
     _slot: StreamSlot,
 ) {
     let settings = gateway.stream_settings.clone();
@@ -136,22 +140,22 @@ async fn relay(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
-                let _ = out.send(goodbye("server shutting down; reconnect with your last cursor")).await;
+                let _ = out.send(Box::new(goodbye("server shutting down; reconnect with your last cursor"))).await;
                 return;
             }
             down = frames.next() => match down {
                 Some(Ok(down)) => {
                     let last = matches!(down.frame, Some(Down::Goodbye(_)));
-                    if out.send(Ok(down)).await.is_err() || last {
+                    if out.send(Box::new(Ok(down))).await.is_err() || last {
                         return;
                     }
                 }
                 Some(Err(status)) => {
-                    let _ = out.send(Err(status)).await;
+                    let _ = out.send(Box::new(Err(status))).await;
                     return;
                 }
                 None => {
-                    let _ = out.send(goodbye("session ended; reconnect with your last cursor")).await;
+                    let _ = out.send(Box::new(goodbye("session ended; reconnect with your last cursor"))).await;
                     return;
                 }
             },
@@ -164,7 +168,7 @@ async fn relay(
                         Some(stream_error(Status::resource_exhausted("too many frames; slow down")))
                     };
                     if let Some(answer) = answer
-                        && out.send(answer).await.is_err()
+                        && out.send(Box::new(answer)).await.is_err()
                     {
                         return;
                     }

@@ -9,5 +9,52 @@ pub mod v1 {
     tonic::include_proto!("imsg.v1");
 }
 
+pub mod codec {
+    //! The protobuf codec of every imsg service: prost's, with small initial
+    //! buffers. tonic starts each stream's encode and decode buffers at
+    //! 8 KiB; a gateway holds one of each per idle device stream, which was
+    //! two thirds of its memory per connection. Buffers still grow on
+    //! demand for large messages.
+
+    use std::marker::PhantomData;
+
+    use tonic::codec::{BufferSettings, Codec};
+    use tonic_prost::ProstCodec;
+
+    /// Initial buffer size per stream direction.
+    const INITIAL_BUFFER: usize = 1024;
+    /// How much is buffered before yielding to the transport (tonic's default).
+    const YIELD_THRESHOLD: usize = 32 * 1024;
+
+    /// prost encoding with [`INITIAL_BUFFER`]-sized buffers.
+    #[derive(Debug, Clone, Copy)]
+    pub struct CompactCodec<T, U>(PhantomData<(T, U)>);
+
+    impl<T, U> Default for CompactCodec<T, U> {
+        fn default() -> Self {
+            Self(PhantomData)
+        }
+    }
+
+    impl<T, U> Codec for CompactCodec<T, U>
+    where
+        T: prost::Message + Send + 'static,
+        U: prost::Message + Default + Send + 'static,
+    {
+        type Encode = T;
+        type Decode = U;
+        type Encoder = <ProstCodec<T, U> as Codec>::Encoder;
+        type Decoder = <ProstCodec<T, U> as Codec>::Decoder;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            ProstCodec::<T, U>::raw_encoder(BufferSettings::new(INITIAL_BUFFER, YIELD_THRESHOLD))
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            ProstCodec::<T, U>::raw_decoder(BufferSettings::new(INITIAL_BUFFER, YIELD_THRESHOLD))
+        }
+    }
+}
+
 /// Encoded `FileDescriptorSet` of imsg.v1, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/imsg_descriptor.bin"));

@@ -205,7 +205,7 @@ impl Partition {
             return;
         }
         let before = state.sessions.len();
-        state.sessions.retain(|session| match session.frames.try_send(frame.clone()) {
+        state.sessions.retain(|session| match session.frames.try_send(Box::new(frame.clone())) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 close(session, "slow consumer: too many undelivered events");
@@ -289,7 +289,7 @@ impl Partition {
         };
         session
             .frames
-            .try_send(ready)
+            .try_send(Box::new(ready))
             .map_err(|_| Error::ResourceExhausted("session queue full while opening".into()))?;
         let first_session = state.sessions.is_empty();
         state.sessions.push(session.clone());
