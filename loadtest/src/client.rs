@@ -192,7 +192,12 @@ struct Session {
     up: mpsc::Sender<OpenStreamRequest>,
     frames: tonic::Streaming<imsg_proto::v1::OpenStreamResponse>,
     cursor: u64,
+    /// Like a real client, a device signals typing at most every 3 s.
+    last_typing: Option<Instant>,
 }
+
+/// The least time between two typing signals of one device.
+const TYPING_EVERY: Duration = Duration::from_secs(3);
 
 impl Session {
     async fn open(user: &User, cursor: u64) -> anyhow::Result<Self> {
@@ -205,7 +210,7 @@ impl Session {
             .await
             .with_context(|| format!("opening the stream of {}", user.id))?
             .into_inner();
-        Ok(Self { up, frames, cursor })
+        Ok(Self { up, frames, cursor, last_typing: None })
     }
 
     async fn until_ready(
@@ -245,8 +250,11 @@ impl Session {
                     }
                 }
             }
-            Some(Frame::Error(_)) => {
-                context.counters.stream_errors.fetch_add(1, Ordering::Relaxed);
+            Some(Frame::Error(error)) => {
+                // The first few are shown: an operator needs to know why.
+                if context.counters.stream_errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                    eprintln!("stream error (code {}): {}", error.code, error.message);
+                }
             }
             _ => {}
         }
@@ -255,6 +263,10 @@ impl Session {
     async fn command(&mut self, command: DeviceCommand) {
         let frame = match command {
             DeviceCommand::Typing(conversation_id) => {
+                if self.last_typing.is_some_and(|at| at.elapsed() < TYPING_EVERY) {
+                    return;
+                }
+                self.last_typing = Some(Instant::now());
                 open_stream_request::Frame::Typing(TypingSignal { conversation_id, active: true })
             }
             DeviceCommand::MarkRead(conversation_id, seq) => {
