@@ -250,11 +250,9 @@ impl Session {
                     }
                 }
             }
-            Some(Frame::Error(error)) => {
-                // The first few are shown: an operator needs to know why.
-                if context.counters.stream_errors.fetch_add(1, Ordering::Relaxed) < 3 {
-                    eprintln!("stream error (code {}): {}", error.code, error.message);
-                }
+            // The first few are shown: an operator needs to know why.
+            Some(Frame::Error(error)) if context.counters.stream_errors.fetch_add(1, Ordering::Relaxed) < 3 => {
+                eprintln!("stream error (code {}): {}", error.code, error.message);
             }
             _ => {}
         }

@@ -278,6 +278,10 @@ pub struct Partition {
 /// position, which only affects unread counts of their own messages.
 const RECEIPT_CHECKPOINT_TICKS: u64 = 10;
 
+/// Entries per update-log row (~100 bytes each: well under sled's blob
+/// threshold).
+const UPDATE_ROW_ENTRIES: usize = 256;
+
 /// Queues of one partition.
 pub struct Mailbox {
     pub commands: mpsc::Receiver<Command>,
@@ -481,11 +485,16 @@ impl Partition {
             batch.writes.put_outbox(number, &crate::storage::OutboxRecord { items: std::mem::take(&mut batch.outbox) });
             batch.deferred.push(Deferred::Fanout { batch: number, items: std::mem::take(&mut batch.outbox_items) });
         }
-        if !batch.updates.is_empty() {
-            let first = batch.updates[0].cursor;
-            let record = crate::storage::UpdateBatchRecord { entries: std::mem::take(&mut batch.updates) };
-            batch.writes.put_update_batch(first, &record);
-            self.users.note_batch(first, record.entries.len());
+        // Rows of at most UPDATE_ROW_ENTRIES entries: a group fan-out batch
+        // would otherwise pass sled's blob threshold (~128 KiB), and every
+        // blob is a file of its own to write, sync and delete.
+        let mut updates = std::mem::take(&mut batch.updates).into_iter().peekable();
+        while updates.peek().is_some() {
+            let entries: Vec<_> = updates.by_ref().take(UPDATE_ROW_ENTRIES).collect();
+            let first = entries[0].cursor;
+            let count = entries.len();
+            batch.writes.put_update_batch(first, &crate::storage::UpdateBatchRecord { entries });
+            self.users.note_batch(first, count);
         }
         if batch.meta_dirty {
             batch.writes.put_meta(&self.meta);
