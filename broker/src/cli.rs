@@ -23,7 +23,7 @@ pub struct BrokerArgs {
     #[arg(long, env = "IMSG_CACHE_MB", default_value_t = 256)]
     pub cache_mb: u64,
     /// How often sled is checkpointed and the write-ahead log truncated, in ms.
-    #[arg(long, env = "IMSG_CHECKPOINT_INTERVAL_MS", default_value_t = 5000)]
+    #[arg(long, env = "IMSG_CHECKPOINT_INTERVAL_MS", default_value_t = 1000)]
     pub checkpoint_interval_ms: u64,
     /// Largest text message, in bytes.
     #[arg(long, env = "IMSG_MAX_TEXT_BYTES", default_value_t = 16 * 1024)]

@@ -101,7 +101,7 @@ impl BrokerConfig {
             partitions: 64,
             fsync: FsyncMode::Always,
             cache_capacity_bytes: 256 * 1024 * 1024,
-            checkpoint_interval: Duration::from_secs(5),
+            checkpoint_interval: Duration::from_secs(1),
             limits: Limits::default(),
         }
     }
