@@ -255,7 +255,10 @@ impl Partition {
         let max_sessions = self.limits.max_sessions_per_user;
         let state = self.users.map.entry(session.user_id.clone()).or_default();
         if after_cursor > head || after_cursor < state.trimmed_through {
-            return Ok(OpenStep::Resync { cursor: head });
+            // The published cursor, not the head: entries after it are not
+            // in sled yet, so a state reload may not reflect them; replaying
+            // them after the reload is harmless, skipping them is not.
+            return Ok(OpenStep::Resync { cursor: self.users.published });
         }
         // Entries newer than the published cursor are not in sled yet; they
         // reach the session live once published, so replay stops before them.

@@ -172,6 +172,12 @@ impl Client {
         }
     }
 
+    /// The first page of the inbox.
+    pub async fn inbox(&self) -> imsg_proto::v1::ListConversationsResponse {
+        let request = imsg_proto::v1::ListConversationsRequest::default();
+        self.api.clone().list_conversations(request).await.unwrap().into_inner()
+    }
+
     /// Opens the device stream after `cursor`.
     pub async fn open(&self, cursor: u64) -> Device {
         let (up, up_rx) = mpsc::channel(64);

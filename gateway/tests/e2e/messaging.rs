@@ -122,13 +122,7 @@ async fn inbox_is_ordered_by_last_activity_with_unread_counts() {
     bob.send(&with_bob, "2").await;
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     carol.send(&with_carol, "3").await;
-    let inbox = alice
-        .api
-        .clone()
-        .list_conversations(imsg_proto::v1::ListConversationsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let inbox = alice.inbox().await;
     let rows: Vec<(String, u64)> = inbox
         .conversations
         .iter()
@@ -137,14 +131,7 @@ async fn inbox_is_ordered_by_last_activity_with_unread_counts() {
     assert_eq!(rows, vec![(with_carol.clone(), 1), (with_bob.clone(), 2)]);
     assert_eq!(inbox.conversations[0].last_message.as_ref().unwrap().seq, 1);
     // Sending counts as having read: bob has nothing unread in his own chat.
-    let bobs = bob
-        .api
-        .clone()
-        .list_conversations(imsg_proto::v1::ListConversationsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(bobs.conversations[0].unread_count, 0);
+    assert_eq!(bob.inbox().await.conversations[0].unread_count, 0);
 }
 
 #[tokio::test]

@@ -27,18 +27,25 @@ async fn presence_of(client: &Client, users: &[&str]) -> Vec<(String, bool)> {
     response.presences.into_iter().map(|p| (p.user_id, p.online)).collect()
 }
 
-#[tokio::test]
-async fn presence_is_visible_only_to_people_who_share_a_conversation() {
-    let server = TestServer::start().await;
-    let alice = server.client("alice", "phone").await;
-    let bob = server.client("bob", "phone").await;
-    let stranger = server.client("stranger", "phone").await;
+/// Alice and bob share a conversation and come online (bob first, so his
+/// phone sees alice arrive). Returns bob's phone, then alice's.
+async fn both_online(alice: &Client, bob: &Client) -> (Device, Device) {
     alice.direct_with("bob").await;
     let mut bob_phone = bob.open(0).await;
     bob_phone.ready().await;
     let mut alice_phone = alice.open(0).await;
     alice_phone.ready().await;
     presence_event(&mut bob_phone, "alice", true).await;
+    (bob_phone, alice_phone)
+}
+
+#[tokio::test]
+async fn presence_is_visible_only_to_people_who_share_a_conversation() {
+    let server = TestServer::start().await;
+    let alice = server.client("alice", "phone").await;
+    let bob = server.client("bob", "phone").await;
+    let stranger = server.client("stranger", "phone").await;
+    let (mut bob_phone, alice_phone) = both_online(&alice, &bob).await;
     assert_eq!(presence_of(&bob, &["alice"]).await, vec![("alice".to_string(), true)]);
     assert!(presence_of(&stranger, &["alice"]).await.is_empty(), "a stranger learns nothing");
     drop(alice_phone);
@@ -91,12 +98,7 @@ async fn gateway_death_takes_alice_offline(how: i32, lease_ttl_ms: &str) {
     let gateway_b = Process::spawn(&binary("imsg-gateway"), &gateway_args(broker.addr)).await;
     let alice = Client::connect(gateway_a.addr, "alice", "phone").await;
     let bob = Client::connect(gateway_b.addr, "bob", "phone").await;
-    alice.direct_with("bob").await;
-    let mut bob_phone = bob.open(0).await;
-    bob_phone.ready().await;
-    let mut alice_phone = alice.open(0).await;
-    alice_phone.ready().await;
-    presence_event(&mut bob_phone, "alice", true).await;
+    let (mut bob_phone, _alice_phone) = both_online(&alice, &bob).await;
     gateway_a.signal(how);
     presence_event(&mut bob_phone, "alice", false).await;
     assert_eq!(presence_of(&bob, &["alice"]).await, vec![("alice".to_string(), false)]);

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use imsg_proto::v1::{TypingSignal, event, open_stream_request::Frame as Up, open_stream_response::Frame as Down};
 
-use crate::harness::{Device, TestServer};
+use crate::harness::{Client, Device, TestServer};
 
 async fn typing_event(device: &mut Device, active: bool) {
     device
@@ -16,9 +16,9 @@ async fn typing_event(device: &mut Device, active: bool) {
         .await;
 }
 
-#[tokio::test]
-async fn typing_expires_on_the_server_after_the_ttl() {
-    let server = TestServer::start_with(|limits| limits.typing_ttl = Duration::from_millis(800)).await;
+/// Alice starts typing to bob, and bob's phone sees it. Returns alice's
+/// client, the conversation, and bob's phone (alice's stream stays open).
+async fn alice_typing_to_bob(server: &TestServer) -> (Client, String, Device, Device) {
     let alice = server.client("alice", "phone").await;
     let bob = server.client("bob", "phone").await;
     let conversation = alice.direct_with("bob").await;
@@ -27,6 +27,13 @@ async fn typing_expires_on_the_server_after_the_ttl() {
     let alice_phone = alice.open(0).await;
     alice_phone.send_frame(Up::Typing(TypingSignal { conversation_id: conversation.clone(), active: true })).await;
     typing_event(&mut bob_phone, true).await;
+    (alice, conversation, bob_phone, alice_phone)
+}
+
+#[tokio::test]
+async fn typing_expires_on_the_server_after_the_ttl() {
+    let server = TestServer::start_with(|limits| limits.typing_ttl = Duration::from_millis(800)).await;
+    let (_alice, _conversation, mut bob_phone, _alice_phone) = alice_typing_to_bob(&server).await;
     let started = Instant::now();
     typing_event(&mut bob_phone, false).await;
     let after = started.elapsed();
@@ -36,14 +43,7 @@ async fn typing_expires_on_the_server_after_the_ttl() {
 #[tokio::test]
 async fn typing_is_cleared_when_that_users_message_arrives() {
     let server = TestServer::start().await; // default TTL: 6 s
-    let alice = server.client("alice", "phone").await;
-    let bob = server.client("bob", "phone").await;
-    let conversation = alice.direct_with("bob").await;
-    let mut bob_phone = bob.open(0).await;
-    bob_phone.ready().await;
-    let alice_phone = alice.open(0).await;
-    alice_phone.send_frame(Up::Typing(TypingSignal { conversation_id: conversation.clone(), active: true })).await;
-    typing_event(&mut bob_phone, true).await;
+    let (alice, conversation, mut bob_phone, _alice_phone) = alice_typing_to_bob(&server).await;
     let started = Instant::now();
     alice.send(&conversation, "done typing").await;
     typing_event(&mut bob_phone, false).await;
