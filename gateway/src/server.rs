@@ -89,6 +89,7 @@ impl RunningGateway {
             backend,
             limits,
             unary_limiter: PerUserLimiter::new(config.user_request_burst, config.user_requests_per_second),
+            typing_limiter: PerUserLimiter::new(config.streams.typing_burst, config.streams.typing_per_second),
             streams: Streams::default(),
             stream_settings: config.streams.clone(),
         });
@@ -153,7 +154,10 @@ async fn forget_idle_users(gateway: Arc<Gateway>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(30)) => gateway.unary_limiter.forget_idle(),
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                gateway.unary_limiter.forget_idle();
+                gateway.typing_limiter.forget_idle();
+            }
         }
     }
 }

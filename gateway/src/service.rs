@@ -31,6 +31,8 @@ pub struct Gateway {
     pub backend: Backend,
     pub limits: Limits,
     pub unary_limiter: PerUserLimiter,
+    /// Typing signals per user, across all of the user's streams here.
+    pub typing_limiter: PerUserLimiter,
     pub streams: Streams,
     pub stream_settings: StreamSettings,
 }

@@ -2,7 +2,8 @@
 //!
 //! Down: the broker session's frames (replay, `Ready`, live events). Up:
 //! typing, delivery and read marks, pings. Each upstream frame is
-//! rate-limited, validated and run as the token's caller; a refused frame
+//! rate-limited (frames per stream, typing per user), validated and run as
+//! the token's caller; a refused frame
 //! gets a `StreamError` and the stream stays open. The gateway holds no
 //! buffer of its own beyond a small output queue: when the device does not
 //! read, the broker's session queue fills and the broker drops the session
@@ -45,7 +46,8 @@ pub struct StreamSettings {
     /// Upstream frames per second per stream, and the burst allowed.
     pub frames_per_second: f64,
     pub frame_burst: u32,
-    /// Typing signals per second per stream, and the burst allowed.
+    /// Typing signals per second per user (all of a user's streams on this
+    /// gateway together), and the burst allowed.
     pub typing_per_second: f64,
     pub typing_burst: u32,
     /// Frames queued toward the device inside the gateway.
@@ -135,7 +137,6 @@ async fn relay(
 ) {
     let settings = gateway.stream_settings.clone();
     let mut frame_budget = TokenBucket::new(settings.frame_burst, settings.frames_per_second);
-    let mut typing_budget = TokenBucket::new(settings.typing_burst, settings.typing_per_second);
     let shutdown = gateway.streams.shutdown.clone();
     loop {
         tokio::select! {
@@ -163,7 +164,7 @@ async fn relay(
                 Some(Ok(request)) => {
                     let now = Instant::now();
                     let answer = if frame_budget.try_take(now) {
-                        upstream_frame(&gateway, &caller, request, &mut typing_budget, now).await
+                        upstream_frame(&gateway, &caller, request).await
                     } else {
                         Some(stream_error(Status::resource_exhausted("too many frames; slow down")))
                     };
@@ -190,8 +191,6 @@ async fn upstream_frame(
     gateway: &Gateway,
     caller: &Caller,
     request: OpenStreamRequest,
-    typing_budget: &mut TokenBucket,
-    now: Instant,
 ) -> Option<Result<OpenStreamResponse, Status>> {
     let command = match request.frame {
         Some(Up::Ping(ping)) => return Some(frame(Down::Pong(Pong { nonce: ping.nonce }))),
@@ -200,7 +199,7 @@ async fn upstream_frame(
         }
         None => return Some(stream_error(Status::invalid_argument("frame: must be set"))),
         Some(Up::Typing(typing)) => {
-            if typing.active && !typing_budget.try_take(now) {
+            if typing.active && !gateway.typing_limiter.try_take(&caller.user_id) {
                 return Some(stream_error(Status::resource_exhausted("typing: rate limit reached")));
             }
             Command::Typing(typing)

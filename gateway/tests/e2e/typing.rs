@@ -51,15 +51,19 @@ async fn typing_is_cleared_when_that_users_message_arrives() {
 }
 
 #[tokio::test]
-async fn typing_signals_are_rate_limited_per_stream() {
+async fn typing_signals_are_rate_limited_per_user_across_devices() {
     let server = TestServer::start().await;
     let alice = server.client("alice", "phone").await;
+    let laptop = server.client("alice", "laptop").await.open(0).await;
     let conversation = alice.direct_with("bob").await;
     let mut phone = alice.open(0).await;
     phone.ready().await;
-    for _ in 0..10 {
-        phone.send_frame(Up::Typing(TypingSignal { conversation_id: conversation.clone(), active: true })).await;
+    // The laptop spends alice's whole burst; the phone's next signal is refused.
+    for _ in 0..5 {
+        laptop.send_frame(Up::Typing(TypingSignal { conversation_id: conversation.clone(), active: true })).await;
     }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    phone.send_frame(Up::Typing(TypingSignal { conversation_id: conversation.clone(), active: true })).await;
     loop {
         match phone.frame().await {
             Some(Down::Error(error)) => {
