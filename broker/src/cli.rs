@@ -15,8 +15,9 @@ pub struct BrokerArgs {
     /// Partition count P; fixed when the data directory is created.
     #[arg(long, env = "IMSG_PARTITIONS", default_value_t = 64)]
     pub partitions: u32,
-    /// `always`: acknowledge after fdatasync (group commit). `interval:<ms>`:
-    /// acknowledge at once, sync every interval (may lose that much on power loss).
+    /// `always`: acknowledge after the write-ahead log is fdatasync'ed (group
+    /// commit). `interval:<ms>`: acknowledge once logged, sync every interval
+    /// (a power loss may lose up to that much).
     #[arg(long, env = "IMSG_FSYNC", default_value = "always")]
     pub fsync: FsyncMode,
     /// sled page cache, in MiB.

@@ -8,11 +8,12 @@ use std::{path::PathBuf, str::FromStr, time::Duration};
 /// When an acknowledged write is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncMode {
-    /// Acknowledge only after sled's flush plus fdatasync of its files
-    /// (group commit: one sync covers every write that arrived meanwhile).
+    /// Acknowledge only after the write-ahead log is fdatasync'ed (group
+    /// commit: one sync covers every write that arrived meanwhile).
     Always,
-    /// Acknowledge at once and sync every interval: an explicit operator
-    /// choice that trades the last interval of writes for latency.
+    /// Acknowledge once logged (written, not synced) and sync every
+    /// interval: an explicit operator choice that trades up to the last
+    /// interval of writes, on power loss, for latency.
     Interval(Duration),
 }
 

@@ -2,10 +2,11 @@
 //! users hashed to it, and their sled tree.
 //!
 //! The task takes commands in order, changes its in-memory state, collects
-//! the writes of everything it took into one [`WriteBatch`], applies it, and
-//! hands the batch to the node's flusher. Replies and publications wait in
-//! `pending` until the flusher reports the batch durable; meanwhile the task
-//! keeps taking commands, so one sync covers many batches (group commit).
+//! the writes of everything it took into one [`WriteBatch`], and hands the
+//! batch to the node's writer thread. Replies and publications wait in
+//! `pending` until the writer reports the batch published (logged, synced,
+//! applied); meanwhile the task keeps taking commands, so one sync covers
+//! many batches of many partitions (group commit).
 //! Every reply waits behind the newest write of its partition, so nobody is
 //! ever shown data that could still be lost. The writer applies a batch to
 //! sled only once it is logged, so the few reads of sled that could meet
@@ -259,7 +260,7 @@ pub struct Partition {
     limits: Limits,
     store: PartitionStore,
     durability: Arc<Durability>,
-    /// Woken by the flusher when the oldest pending batch is durable.
+    /// Woken by the writer when the oldest pending batch is published.
     durable_wake: Arc<Notify>,
     router: Router,
     meta: PartitionMeta,

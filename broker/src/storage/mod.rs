@@ -80,7 +80,7 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the database under `config.data_dir`, replays the
-    /// write-ahead log, and starts the flusher and checkpointer threads.
+    /// write-ahead log, and starts the writer and checkpointer threads.
     /// Refuses a directory created with another partition count: placement
     /// would silently change.
     pub fn open(config: &BrokerConfig) -> Result<Arc<Self>> {
@@ -124,14 +124,14 @@ impl Store {
         }
         let segment = segments.create(next_segment)?;
         let durability = Arc::new(Durability::new(config.fsync));
-        let flusher = {
+        let writer = {
             let durability = durability.clone();
             let dir = config.data_dir.clone();
             let every = config.checkpoint_interval;
             std::thread::Builder::new()
-                .name("imsg-flusher".into())
-                .spawn(move || durability.run_flusher(&dir, segment, next_segment, every))
-                .map_err(|e| Error::Internal(format!("spawning flusher: {e}")))?
+                .name("imsg-writer".into())
+                .spawn(move || durability.run_writer(&dir, segment, next_segment, every))
+                .map_err(|e| Error::Internal(format!("spawning the writer: {e}")))?
         };
         let checkpointer = {
             let durability = durability.clone();
@@ -147,7 +147,7 @@ impl Store {
             dir: config.data_dir.clone(),
             rows_written: Arc::new(AtomicU64::new(0)),
             durability,
-            threads: Mutex::new(vec![flusher, checkpointer]),
+            threads: Mutex::new(vec![writer, checkpointer]),
         }))
     }
 
@@ -289,7 +289,7 @@ impl Durability {
     /// Notifies `waker` once `generation` is durable (at once if it is).
     pub fn notify_when_durable(&self, generation: u64, waker: &Arc<Notify>) {
         let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        // Checked under the lock the flusher takes to publish: no lost wakeup.
+        // Checked under the lock the writer takes to publish: no lost wakeup.
         if generation <= self.durable() {
             waker.notify_one();
         } else {
@@ -321,7 +321,7 @@ impl Durability {
     /// Every round: writes the log, syncs it (always mode, or when the
     /// interval passed), applies the batches to sled, publishes. Closes the
     /// segment (handing it to the checkpointer) every `checkpoint_every`.
-    fn run_flusher(&self, dir: &Path, mut segment: File, mut number: u64, checkpoint_every: Duration) {
+    fn run_writer(&self, dir: &Path, mut segment: File, mut number: u64, checkpoint_every: Duration) {
         let segments = wal::Segments::new(dir);
         let mut segment_bytes = 0usize;
         let mut opened = Instant::now();
