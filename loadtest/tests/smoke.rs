@@ -54,3 +54,10 @@ fn devices_that_drop_and_resume_during_traffic_miss_nothing() {
     assert_clean(&report);
     assert!(report["reconnects"].as_u64().unwrap() > 0, "no device reconnected: {report}");
 }
+
+#[test]
+fn two_process_deployment_with_two_gateways_delivers_everything_exactly_once() {
+    // Users spread over two gateways in front of one broker process.
+    let report = run("dm", &["--brokers", "1", "--gateways", "2"]);
+    assert_clean(&report);
+}
