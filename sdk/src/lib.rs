@@ -1,0 +1,385 @@
+//! Rust client SDK for imsg.
+//!
+//! A [`Client`] holds one device's connection: a typed event stream
+//! ([`Client::next_event`]) that survives disconnects, and calls for the
+//! rest. Behind the stream a task keeps the device's realtime stream open:
+//! when it breaks, it reconnects with jittered exponential backoff and
+//! resumes from the last cursor it delivered, so the application sees every
+//! logged event once, in order, across reconnects (events are also
+//! deduplicated by `(conversation, seq)` in case a replay overlaps what was
+//! already seen). Sends are retried with the same client message id until
+//! acknowledged, which the server deduplicates.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), imsg_client::Error> {
+//! use imsg_client::{Client, ClientConfig, Event};
+//!
+//! let token = std::env::var("IMSG_TOKEN").unwrap(); // e.g. from `imsg-gateway token`
+//! let mut client = Client::connect(ClientConfig::new("http://127.0.0.1:7000", token)).await?;
+//! let conversation = client.direct_with("bob").await?;
+//! client.send_text(&conversation, "hi bob").await?;
+//! while let Some(event) = client.next_event().await {
+//!     if let Event::Message(message) = event {
+//!         println!("{}: {:?}", message.sender_id, message.content);
+//!         client.mark_read(&conversation, message.seq).await;
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use imsg_proto::v1::{
+    ConversationUpdate, CreateConversationRequest, DirectConversationSpec, Hello, ListMessagesRequest,
+    ListMessagesResponse, MarkRead, Message, OpenStreamRequest, Presence, ReceiptUpdate, SendMessageRequest,
+    SendMessageResponse, TextContent, TypingSignal, TypingUpdate, create_conversation_request, event,
+    messaging_service_client::MessagingServiceClient, open_stream_request, open_stream_response::Frame,
+    send_message_request,
+};
+use tokio::sync::mpsc;
+use tonic::{
+    Code, Request, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+/// What the SDK reports.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Rpc(#[from] Status),
+}
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The gateway, e.g. `http://127.0.0.1:7000`.
+    pub endpoint: String,
+    /// A bearer token (JWT) naming the user and device.
+    pub token: String,
+    /// The last cursor this device processed (0 for a new device).
+    pub cursor: u64,
+    /// First and largest wait between reconnect attempts.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(endpoint: impl Into<String>, token: impl Into<String>) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            token: token.into(),
+            cursor: 0,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One event for the application.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Message(Message),
+    Receipt(ReceiptUpdate),
+    Typing(TypingUpdate),
+    Presence(Presence),
+    Conversation(ConversationUpdate),
+    /// The stream is (re)connected and caught up; live events follow.
+    Connected {
+        cursor: u64,
+        replayed: u64,
+    },
+    /// The stream broke; the SDK is reconnecting.
+    Disconnected {
+        reason: String,
+    },
+    /// The server no longer has what this device missed: reload state
+    /// (inbox, history). The SDK continues from `cursor`.
+    ResyncRequired {
+        cursor: u64,
+    },
+}
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// The generated gRPC client, authenticated.
+pub type Api = MessagingServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// The least time between two typing signals for one conversation.
+const TYPING_EVERY: Duration = Duration::from_secs(3);
+
+/// One device's connection to imsg.
+pub struct Client {
+    api: Api,
+    events: mpsc::Receiver<Event>,
+    marks: mpsc::UnboundedSender<open_stream_request::Frame>,
+    cursor: Arc<AtomicU64>,
+    typing_sent: Mutex<HashMap<String, Instant>>,
+    config: ClientConfig,
+}
+
+impl Client {
+    /// Starts the device: the connection is made lazily and kept open.
+    pub async fn connect(config: ClientConfig) -> Result<Self, Error> {
+        let channel = Channel::from_shared(config.endpoint.clone())
+            .map_err(|e| Error::Config(format!("endpoint: {e}")))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let bearer =
+            Bearer(format!("Bearer {}", config.token).parse().map_err(|_| Error::Config("token: not ASCII".into()))?);
+        let api = MessagingServiceClient::with_interceptor(channel, bearer);
+        let (events_tx, events) = mpsc::channel(1024);
+        let (marks, marks_rx) = mpsc::unbounded_channel();
+        let cursor = Arc::new(AtomicU64::new(config.cursor));
+        tokio::spawn(keep_streaming(api.clone(), config.clone(), cursor.clone(), events_tx, marks_rx));
+        Ok(Self { api, events, marks, cursor, typing_sent: Mutex::new(HashMap::new()), config })
+    }
+
+    /// The next event; `None` once the client is dropped.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// The cursor of the newest logged event delivered to the application:
+    /// persist it to resume after a restart (`ClientConfig::cursor`).
+    pub fn cursor(&self) -> u64 {
+        self.cursor.load(Ordering::SeqCst)
+    }
+
+    /// The raw API, for calls this SDK does not wrap.
+    pub fn api(&self) -> Api {
+        self.api.clone()
+    }
+
+    /// The direct conversation with `peer` (created on first use).
+    pub async fn direct_with(&self, peer: &str) -> Result<String, Error> {
+        let request = CreateConversationRequest {
+            request_id: String::new(),
+            kind: Some(create_conversation_request::Kind::Direct(DirectConversationSpec { peer_user_id: peer.into() })),
+        };
+        let response = self.api.clone().create_conversation(request).await?.into_inner();
+        response.conversation.map(|c| c.conversation_id).ok_or_else(|| Status::internal("no conversation").into())
+    }
+
+    /// Sends a text; retried with the same client message id, while the
+    /// error is retryable, until acknowledged.
+    pub async fn send_text(&self, conversation: &str, text: &str) -> Result<SendMessageResponse, Error> {
+        let client_message_id = format!("sdk-{:016x}", rand::random::<u64>());
+        let request = SendMessageRequest {
+            conversation_id: conversation.into(),
+            client_message_id,
+            reply_to_seq: 0,
+            content: Some(send_message_request::Content::Text(TextContent { text: text.into() })),
+        };
+        let mut backoff = Backoff::new(&self.config);
+        loop {
+            match self.api.clone().send_message(request.clone()).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if retryable(&status) => backoff.wait().await,
+                Err(status) => return Err(status.into()),
+            }
+        }
+    }
+
+    /// Tells the other members this user is typing; at most one signal per
+    /// conversation every 3 s reaches the server.
+    pub async fn typing(&self, conversation: &str) {
+        {
+            let mut sent = self.typing_sent.lock().unwrap_or_else(|e| e.into_inner());
+            if sent.get(conversation).is_some_and(|at| at.elapsed() < TYPING_EVERY) {
+                return;
+            }
+            sent.insert(conversation.to_owned(), Instant::now());
+        }
+        let frame =
+            open_stream_request::Frame::Typing(TypingSignal { conversation_id: conversation.into(), active: true });
+        let _ = self.marks.send(frame);
+    }
+
+    /// Marks everything up to `seq` read (sent on the realtime stream; kept
+    /// and re-sent after a reconnect).
+    pub async fn mark_read(&self, conversation: &str, seq: u64) {
+        let _ = self
+            .marks
+            .send(open_stream_request::Frame::MarkRead(MarkRead { conversation_id: conversation.into(), seq }));
+    }
+
+    /// A page of history walking backwards: the newest `page_size` messages
+    /// (first call, empty token), then older pages with the returned
+    /// `next_page_token`. Each page is in ascending seq order.
+    pub async fn history(
+        &self,
+        conversation: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<ListMessagesResponse, Error> {
+        let request = ListMessagesRequest {
+            conversation_id: conversation.into(),
+            page_size,
+            page_token: page_token.into(),
+            after_seq: None,
+        };
+        Ok(self.api.clone().list_messages(request).await?.into_inner())
+    }
+}
+
+fn retryable(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded)
+        || (status.code() == Code::ResourceExhausted && status.message().contains("retry"))
+}
+
+/// Jittered exponential backoff.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(config: &ClientConfig) -> Self {
+        Self { next: config.backoff_min, max: config.backoff_max }
+    }
+
+    async fn wait(&mut self) {
+        let jittered = self.next.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+        tokio::time::sleep(jittered).await;
+        self.next = (self.next * 2).min(self.max);
+    }
+}
+
+/// Keeps the realtime stream open until the client is dropped.
+async fn keep_streaming(
+    api: Api,
+    config: ClientConfig,
+    cursor: Arc<AtomicU64>,
+    events: mpsc::Sender<Event>,
+    mut marks: mpsc::UnboundedReceiver<open_stream_request::Frame>,
+) {
+    // Newest message seq seen per conversation: drops overlap on resume.
+    let mut newest: HashMap<String, u64> = HashMap::new();
+    // Latest read mark per conversation, re-sent after a reconnect.
+    let mut read_marks: HashMap<String, u64> = HashMap::new();
+    let mut backoff = Backoff::new(&config);
+    loop {
+        let reason =
+            match stream_once(&api, &cursor, &events, &mut marks, &mut newest, &mut read_marks, &mut backoff).await {
+                Ok(()) => return, // the application dropped the client
+                Err(reason) => reason,
+            };
+        if events.send(Event::Disconnected { reason }).await.is_err() {
+            return;
+        }
+        backoff.wait().await;
+    }
+}
+
+/// One connection: hello, replay, live, until it ends. `Ok` only when the
+/// application is gone.
+async fn stream_once(
+    api: &Api,
+    cursor: &AtomicU64,
+    events: &mpsc::Sender<Event>,
+    marks: &mut mpsc::UnboundedReceiver<open_stream_request::Frame>,
+    newest: &mut HashMap<String, u64>,
+    read_marks: &mut HashMap<String, u64>,
+    backoff: &mut Backoff,
+) -> Result<(), String> {
+    let (up, up_rx) = mpsc::channel(64);
+    let hello = open_stream_request::Frame::Hello(Hello { cursor: cursor.load(Ordering::SeqCst) });
+    let _ = up.send(OpenStreamRequest { frame: Some(hello) }).await;
+    for (conversation_id, seq) in read_marks.iter() {
+        let mark = MarkRead { conversation_id: conversation_id.clone(), seq: *seq };
+        let _ = up.send(OpenStreamRequest { frame: Some(open_stream_request::Frame::MarkRead(mark)) }).await;
+    }
+    let mut frames = api
+        .clone()
+        .open_stream(tokio_stream::wrappers::ReceiverStream::new(up_rx))
+        .await
+        .map_err(|status| status.to_string())?
+        .into_inner();
+    loop {
+        tokio::select! {
+            mark = marks.recv() => {
+                let Some(mark) = mark else { return Ok(()) };
+                if let open_stream_request::Frame::MarkRead(read) = &mark {
+                    let seq = read_marks.entry(read.conversation_id.clone()).or_default();
+                    *seq = (*seq).max(read.seq);
+                }
+                let _ = up.send(OpenStreamRequest { frame: Some(mark) }).await;
+            }
+            frame = frames.message() => {
+                let frame = match frame {
+                    Ok(Some(frame)) => frame.frame,
+                    Ok(None) => return Err("stream ended".into()),
+                    Err(status) => return Err(status.to_string()),
+                };
+                let event = match frame {
+                    Some(Frame::Ready(ready)) => {
+                        *backoff = Backoff { next: backoff.next.min(Duration::from_millis(100)), max: backoff.max };
+                        Event::Connected { cursor: ready.cursor, replayed: ready.replayed }
+                    }
+                    Some(Frame::ResyncRequired(resync)) => {
+                        cursor.store(resync.cursor, Ordering::SeqCst);
+                        newest.clear();
+                        if events.send(Event::ResyncRequired { cursor: resync.cursor }).await.is_err() {
+                            return Ok(());
+                        }
+                        return Err("resync required".into());
+                    }
+                    Some(Frame::Goodbye(goodbye)) => return Err(goodbye.reason),
+                    Some(Frame::Event(e)) => {
+                        let logged = e.cursor;
+                        let event = match e.kind {
+                            Some(event::Kind::Message(message)) => {
+                                let seen = newest.entry(message.conversation_id.clone()).or_default();
+                                if message.seq <= *seen {
+                                    None // already delivered before a reconnect
+                                } else {
+                                    *seen = message.seq;
+                                    Some(Event::Message(message))
+                                }
+                            }
+                            Some(event::Kind::Receipt(receipt)) => Some(Event::Receipt(receipt)),
+                            Some(event::Kind::Typing(typing)) => Some(Event::Typing(typing)),
+                            Some(event::Kind::Presence(update)) => update.presence.map(Event::Presence),
+                            Some(event::Kind::Conversation(update)) => Some(Event::Conversation(update)),
+                            None => None,
+                        };
+                        if let Some(event) = event && events.send(event).await.is_err() {
+                            return Ok(());
+                        }
+                        // Only once the application has the event does the
+                        // cursor move past it.
+                        if logged > 0 {
+                            cursor.fetch_max(logged, Ordering::SeqCst);
+                        }
+                        continue;
+                    }
+                    Some(Frame::Pong(_)) | Some(Frame::Error(_)) | None => continue,
+                };
+                if events.send(event).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

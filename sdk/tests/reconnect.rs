@@ -1,0 +1,161 @@
+//! The SDK's promise: when the server side drops the connection in the
+//! middle of a conversation, the client reconnects by itself and resumes
+//! from its cursor, and the application sees every message once, in order.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use imsg_broker::BrokerConfig;
+use imsg_client::{Client, ClientConfig, Event};
+use imsg_gateway::{BrokerTarget, GatewayConfig, RunningGateway, auth::Authenticator};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+
+const SECRET: &str = "sdk-test-secret-0123456789";
+
+/// A TCP proxy whose connections the test can cut, as a failing network
+/// or a gateway restart would.
+struct Proxy {
+    addr: SocketAddr,
+    cut: watch::Sender<u64>,
+    /// While true, new connections are closed at once (the server is "down").
+    down: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, cuts) = watch::channel(0u64);
+        let down = Arc::new(AtomicBool::new(false));
+        let refusing = down.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if refusing.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is reset
+                }
+                let mut cuts = cuts.clone();
+                cuts.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        // Dropping both sockets resets the connection.
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, cut, down }
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+        if down {
+            self.cut_all();
+        }
+    }
+
+    fn cut_all(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+async fn client(endpoint: SocketAddr, user: &str) -> Client {
+    let token = Authenticator::new(SECRET).unwrap().issue(user, "phone", 600).unwrap();
+    let mut config = ClientConfig::new(format!("http://{endpoint}"), token);
+    config.backoff_min = Duration::from_millis(20);
+    config.backoff_max = Duration::from_millis(200);
+    Client::connect(config).await.unwrap()
+}
+
+async fn server(data: &std::path::Path) -> RunningGateway {
+    let mut broker = BrokerConfig::new(data);
+    broker.partitions = 8;
+    let config = GatewayConfig::new("127.0.0.1:0".parse().unwrap(), BrokerTarget::Embedded(broker), SECRET);
+    RunningGateway::start(config).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_resumed_with_no_gap_and_no_duplicate() {
+    let data = tempfile::tempdir().unwrap();
+    let server = server(data.path()).await;
+    let proxy = Proxy::start(server.addr).await;
+    let alice = client(server.addr, "alice").await;
+    let mut bob = client(proxy.addr, "bob").await;
+    let conversation = alice.direct_with("bob").await.unwrap();
+
+    let total = 200u64;
+    let sender = tokio::spawn(async move {
+        for n in 1..=total {
+            alice.send_text(&conversation, &format!("message {n}")).await.unwrap();
+            if n % 20 == 0 {
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        }
+    });
+
+    let mut seqs = Vec::new();
+    let mut disconnects = 0;
+    let mut cuts = 0;
+    while (seqs.len() as u64) < total {
+        let event = tokio::time::timeout(Duration::from_secs(15), bob.next_event()).await;
+        match event.expect("no event for 15 s").expect("client closed") {
+            Event::Message(message) => {
+                seqs.push(message.seq);
+                // Cut the network twice in the middle of the conversation.
+                if (seqs.len() == 50 && cuts == 0) || (seqs.len() == 130 && cuts == 1) {
+                    proxy.cut_all();
+                    cuts += 1;
+                }
+            }
+            Event::Disconnected { .. } => disconnects += 1,
+            _ => {}
+        }
+    }
+    sender.await.unwrap();
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>(), "every message once, in order");
+    assert!(disconnects >= 2, "the connection was cut twice, seen {disconnects} disconnects");
+    assert!(bob.cursor() > 0);
+    // Nothing more arrives: no late duplicates after the last message.
+    let late = tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            if let Some(Event::Message(message)) = bob.next_event().await {
+                return message.seq;
+            }
+        }
+    })
+    .await;
+    assert!(late.is_err(), "a duplicate arrived after the last message: {late:?}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_send_during_an_outage_is_retried_until_acknowledged_and_stored_once() {
+    let data = tempfile::tempdir().unwrap();
+    let server = server(data.path()).await;
+    let proxy = Proxy::start(server.addr).await;
+    let alice = client(proxy.addr, "alice").await;
+    let conversation = alice.direct_with("bob").await.unwrap();
+    proxy.set_down(true);
+    let sending = tokio::spawn(async move {
+        let ack = alice.send_text(&conversation, "sent while down").await.unwrap();
+        (alice, conversation, ack)
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!sending.is_finished(), "the send cannot succeed while the server is unreachable");
+    proxy.set_down(false);
+    let (alice, conversation, ack) = tokio::time::timeout(Duration::from_secs(10), sending).await.unwrap().unwrap();
+    assert_eq!(ack.seq, 1);
+    let history = alice.history(&conversation, 50, "").await.unwrap().messages;
+    assert_eq!(history.len(), 1, "stored exactly once");
+    server.shutdown().await.unwrap();
+}
