@@ -1,0 +1,315 @@
+//! `imsg`: try imsg from a terminal.
+//!
+//! `imsg token` mints a local token; `send`, `inbox` and `history` are one
+//! call each; `chat` is an interactive session showing messages, who is
+//! typing, read state and presence as they change. A conversation is named
+//! by its id or, for a 1:1, by `@user`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use crossterm::{
+    event::{Event as Key, KeyCode, KeyEvent, KeyEventKind, KeyModifiers},
+    terminal,
+};
+use imsg_client::{Client, ClientConfig, Event};
+use imsg_gateway::auth::Authenticator;
+use imsg_proto::v1::{ListConversationsRequest, Message, message::Content};
+use tokio::sync::mpsc;
+
+/// A terminal client for imsg.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// The gateway.
+    #[arg(long, env = "IMSG_SERVER", default_value = "http://127.0.0.1:7000", global = true)]
+    server: String,
+    /// A bearer token; without one, `--user` and IMSG_JWT_SECRET mint one.
+    #[arg(long, env = "IMSG_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Who to be when minting a token locally.
+    #[arg(long, env = "IMSG_USER", global = true)]
+    user: Option<String>,
+    #[arg(long, env = "IMSG_DEVICE", default_value = "cli", global = true)]
+    device: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a token signed with IMSG_JWT_SECRET (local use).
+    Token {
+        #[arg(long, default_value_t = 86_400)]
+        ttl_secs: u64,
+    },
+    /// Send one message.
+    Send { conversation: String, text: String },
+    /// List conversations, newest first, with unread counts.
+    Inbox,
+    /// Print the newest messages of a conversation.
+    History {
+        conversation: String,
+        #[arg(long, default_value_t = 20)]
+        limit: i32,
+    },
+    /// Chat interactively (Enter sends, Ctrl-C leaves).
+    Chat { conversation: String },
+}
+
+fn local_token(user: Option<&str>, device: &str, ttl_secs: u64) -> anyhow::Result<String> {
+    let user = user.context("--user (or IMSG_USER) is needed to mint a token")?;
+    let secret = std::env::var("IMSG_JWT_SECRET").context("IMSG_JWT_SECRET is needed to mint a token")?;
+    let auth = Authenticator::new(&secret).map_err(anyhow::Error::msg)?;
+    auth.issue(user, device, ttl_secs).map_err(anyhow::Error::msg)
+}
+
+/// The user id a token names (its `sub`), for display only.
+fn token_user(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64_url_decode(payload)?;
+    let text = String::from_utf8(bytes).ok()?;
+    let start = text.find("\"sub\":\"")? + 7;
+    Some(text[start..].split('"').next()?.to_owned())
+}
+
+fn base64_url_decode(input: &str) -> Option<Vec<u8>> {
+    let mut bits = 0u32;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for c in input.bytes() {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            b'=' => continue,
+            _ => return None,
+        };
+        bits = (bits << 6) | u32::from(value);
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+        }
+    }
+    Some(out)
+}
+
+async fn resolve(client: &Client, conversation: &str) -> anyhow::Result<String> {
+    match conversation.strip_prefix('@') {
+        Some(peer) => Ok(client.direct_with(peer).await?),
+        None => Ok(conversation.to_owned()),
+    }
+}
+
+fn text_of(message: &Message) -> String {
+    match &message.content {
+        Some(Content::Text(text)) => text.text.clone(),
+        None => "(unsupported content)".into(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Command::Token { ttl_secs } = cli.command {
+        println!("{}", local_token(cli.user.as_deref(), &cli.device, ttl_secs)?);
+        return Ok(());
+    }
+    let token = match cli.token {
+        Some(token) => token,
+        None => local_token(cli.user.as_deref(), &cli.device, 86_400)?,
+    };
+    let me = token_user(&token).unwrap_or_default();
+    let client = Client::connect(ClientConfig::new(cli.server.clone(), token)).await?;
+    match cli.command {
+        Command::Token { .. } => unreachable!("handled above"),
+        Command::Send { conversation, text } => {
+            let conversation = resolve(&client, &conversation).await?;
+            let ack = client.send_text(&conversation, &text).await?;
+            println!("sent to {conversation} as seq {}", ack.seq);
+        }
+        Command::Inbox => {
+            let inbox = client.api().list_conversations(ListConversationsRequest::default()).await?.into_inner();
+            for row in inbox.conversations {
+                let Some(conversation) = row.conversation else { continue };
+                let others: Vec<_> =
+                    conversation.members.iter().map(|m| m.user_id.as_str()).filter(|u| *u != me).collect();
+                let name = if conversation.title.is_empty() { others.join(", ") } else { conversation.title };
+                let last =
+                    row.last_message.as_ref().map(|m| format!("{}: {}", m.sender_id, text_of(m))).unwrap_or_default();
+                println!("{}  {:<24} unread {:>3}  {}", conversation.conversation_id, name, row.unread_count, last);
+            }
+        }
+        Command::History { conversation, limit } => {
+            let conversation = resolve(&client, &conversation).await?;
+            for message in client.history(&conversation, limit, "").await?.messages {
+                println!("[{}] {}: {}", message.seq, message.sender_id, text_of(&message));
+            }
+        }
+        Command::Chat { conversation } => chat(client, &me, &conversation).await?,
+    }
+    Ok(())
+}
+
+/// Keys from the terminal, read on a blocking thread.
+fn keys() -> mpsc::UnboundedReceiver<KeyEvent> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        while let Ok(event) = crossterm::event::read() {
+            if let Key::Key(key) = event
+                && key.kind != KeyEventKind::Release
+                && tx.send(key).is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The interactive screen: lines scroll above a prompt holding the input.
+struct Screen {
+    prompt: String,
+    input: String,
+}
+
+impl Screen {
+    /// Prints a line above the prompt (raw mode: explicit `\r\n`).
+    fn line(&self, text: &str) {
+        print!("\r\x1b[2K{text}\r\n{}{}", self.prompt, self.input);
+        flush();
+    }
+
+    fn redraw(&self) {
+        print!("\r\x1b[2K{}{}", self.prompt, self.input);
+        flush();
+    }
+}
+
+fn flush() {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
+/// Leaves raw mode even on an early return.
+struct RawMode;
+
+impl RawMode {
+    fn enable() -> anyhow::Result<Self> {
+        terminal::enable_raw_mode().context("this command needs a terminal")?;
+        Ok(Self)
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = terminal::disable_raw_mode();
+    }
+}
+
+async fn chat(mut client: Client, me: &str, conversation: &str) -> anyhow::Result<()> {
+    let conversation = resolve(&client, conversation).await?;
+    let history = client.history(&conversation, 20, "").await?.messages;
+    // Newest seq on screen, and newest of mine (read receipts refer to it).
+    let mut shown = history.last().map_or(0, |m| m.seq);
+    let mut newest_mine = 0;
+    let _raw = RawMode::enable()?;
+    let mut screen = Screen { prompt: format!("{me}> "), input: String::new() };
+    screen.line(&format!("-- chatting in {conversation} as {me}; Enter sends, Ctrl-C leaves --"));
+    for message in &history {
+        screen.line(&format!("[{}] {}: {}", message.seq, message.sender_id, text_of(message)));
+        if message.sender_id == me {
+            newest_mine = message.seq;
+        }
+    }
+    if let Some(last) = history.last() {
+        client.mark_read(&conversation, last.seq).await;
+    }
+    let mut keys = keys();
+    loop {
+        tokio::select! {
+            key = keys.recv() => {
+                let Some(key) = key else { break };
+                match key.code {
+                    KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => break,
+                    KeyCode::Enter => {
+                        let text = std::mem::take(&mut screen.input);
+                        screen.redraw();
+                        if text == "/quit" {
+                            break;
+                        }
+                        if !text.trim().is_empty() {
+                            match client.send_text(&conversation, &text).await {
+                                Ok(ack) => newest_mine = newest_mine.max(ack.seq),
+                                Err(error) => screen.line(&format!("!! not sent: {error}")),
+                            }
+                        }
+                    }
+                    KeyCode::Backspace => {
+                        screen.input.pop();
+                        screen.redraw();
+                    }
+                    KeyCode::Char(c) => {
+                        screen.input.push(c);
+                        screen.redraw();
+                        client.typing(&conversation).await;
+                    }
+                    _ => {}
+                }
+            }
+            event = client.next_event() => {
+                let Some(event) = event else { break };
+                match event {
+                    Event::Message(message) if message.conversation_id == conversation && message.seq > shown => {
+                        shown = message.seq;
+                        if message.sender_id == me {
+                            newest_mine = newest_mine.max(message.seq);
+                        } else {
+                            // On screen means read.
+                            client.mark_read(&conversation, message.seq).await;
+                        }
+                        screen.line(&format!("[{}] {}: {}", message.seq, message.sender_id, text_of(&message)));
+                    }
+                    Event::Typing(typing) if typing.conversation_id == conversation => {
+                        let state = if typing.active { "is typing..." } else { "stopped typing" };
+                        screen.line(&format!("   {} {state}", typing.user_id));
+                    }
+                    // Shown once they have read my newest message.
+                    Event::Receipt(receipt)
+                        if receipt.conversation_id == conversation
+                            && receipt.user_id != me
+                            && newest_mine > 0
+                            && receipt.read_seq >= newest_mine =>
+                    {
+                        screen.line(&format!("   read by {} (up to {})", receipt.user_id, receipt.read_seq));
+                    }
+                    Event::Presence(presence) => {
+                        let state = if presence.online { "online" } else { "offline" };
+                        screen.line(&format!("   {} is {state}", presence.user_id));
+                    }
+                    Event::Disconnected { reason } => screen.line(&format!("!! disconnected ({reason}); reconnecting")),
+                    Event::ResyncRequired { .. } => screen.line("!! missed too much; restart the chat to reload"),
+                    _ => {}
+                }
+            }
+        }
+    }
+    print!("\r\n");
+    flush();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_user_is_read_from_a_token() {
+        let auth = Authenticator::new("0123456789abcdef0123").unwrap();
+        let token = auth.issue("alice", "cli", 60).unwrap();
+        assert_eq!(token_user(&token).as_deref(), Some("alice"));
+        assert_eq!(token_user("not-a-token"), None);
+    }
+}
