@@ -1,0 +1,186 @@
+"""The asyncio client. The Rust SDK (sdk/src/lib.rs) behaves the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Optional
+
+import grpc
+
+from .v1 import messaging_pb2 as pb
+from .v1 import messaging_pb2_grpc as pb_grpc
+
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+@dataclass
+class Event:
+    """One event for the application.
+
+    kind is one of: "message", "receipt", "typing", "presence",
+    "conversation", "connected", "disconnected", "resync_required".
+    """
+
+    kind: str
+    payload: Any
+
+
+class Backoff:
+    """Jittered exponential backoff."""
+
+    def __init__(self, first: float, most: float) -> None:
+        self.first, self.most, self.next = first, most, first
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self.next * (0.5 + random.random() / 2))
+        self.next = min(self.next * 2, self.most)
+
+    def reset(self) -> None:
+        self.next = self.first
+
+
+class Client:
+    """One device's connection to imsg."""
+
+    def __init__(
+        self,
+        target: str,
+        token: str,
+        cursor: int = 0,
+        backoff_first: float = 0.05,
+        backoff_most: float = 5.0,
+    ) -> None:
+        self.target = target
+        self.cursor = cursor
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._backoff = (backoff_first, backoff_most)
+        self._events: asyncio.Queue[Event] = asyncio.Queue(maxsize=1024)
+        self._up: Optional[asyncio.Queue] = None
+        self._newest: dict[str, int] = {}
+        self._read_marks: dict[str, int] = {}
+        self._channel: Optional[grpc.aio.Channel] = None
+        self._stub: Optional[pb_grpc.MessagingServiceStub] = None
+        self._task: Optional[asyncio.Task] = None
+
+    async def start(self) -> "Client":
+        self._channel = grpc.aio.insecure_channel(self.target)
+        self._stub = pb_grpc.MessagingServiceStub(self._channel)
+        self._task = asyncio.create_task(self._keep_streaming())
+        return self
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._channel:
+            await self._channel.close()
+
+    async def next_event(self, timeout: Optional[float] = None) -> Event:
+        return await asyncio.wait_for(self._events.get(), timeout)
+
+    async def events(self) -> AsyncIterator[Event]:
+        while True:
+            yield await self._events.get()
+
+    # ---- calls ----
+
+    async def direct_with(self, peer: str) -> str:
+        request = pb.CreateConversationRequest(direct=pb.DirectConversationSpec(peer_user_id=peer))
+        response = await self._stub.CreateConversation(request, metadata=self._metadata)
+        return response.conversation.conversation_id
+
+    async def send_text(self, conversation: str, text: str) -> pb.SendMessageResponse:
+        """Sends; retried with the same client message id while the error
+        is retryable, until acknowledged."""
+        request = pb.SendMessageRequest(
+            conversation_id=conversation,
+            client_message_id=f"py-{uuid.uuid4().hex[:24]}",
+            text=pb.TextContent(text=text),
+        )
+        backoff = Backoff(*self._backoff)
+        while True:
+            try:
+                return await self._stub.SendMessage(request, metadata=self._metadata)
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RETRYABLE:
+                    raise
+                await backoff.wait()
+
+    async def history(self, conversation: str, page_size: int = 50, page_token: str = "") -> pb.ListMessagesResponse:
+        request = pb.ListMessagesRequest(conversation_id=conversation, page_size=page_size, page_token=page_token)
+        return await self._stub.ListMessages(request, metadata=self._metadata)
+
+    async def mark_read(self, conversation: str, seq: int) -> None:
+        """Marks everything up to seq read; re-sent after a reconnect."""
+        self._read_marks[conversation] = max(seq, self._read_marks.get(conversation, 0))
+        if self._up is not None:
+            await self._up.put(pb.OpenStreamRequest(mark_read=pb.MarkRead(conversation_id=conversation, seq=seq)))
+
+    # ---- the stream ----
+
+    async def _keep_streaming(self) -> None:
+        backoff = Backoff(*self._backoff)
+        while True:
+            try:
+                await self._stream_once(backoff)
+                reason = "stream ended"
+            except grpc.aio.AioRpcError as error:
+                reason = f"{error.code().name}: {error.details()}"
+            self._up = None
+            await self._events.put(Event("disconnected", reason))
+            await backoff.wait()
+
+    async def _stream_once(self, backoff: Backoff) -> None:
+        up: asyncio.Queue = asyncio.Queue()
+        await up.put(pb.OpenStreamRequest(hello=pb.Hello(cursor=self.cursor)))
+        for conversation, seq in self._read_marks.items():
+            await up.put(pb.OpenStreamRequest(mark_read=pb.MarkRead(conversation_id=conversation, seq=seq)))
+        self._up = up
+
+        async def requests():
+            while True:
+                yield await up.get()
+
+        call = self._stub.OpenStream(requests(), metadata=self._metadata)
+        async for frame in call:
+            which = frame.WhichOneof("frame")
+            if which == "ready":
+                backoff.reset()
+                await self._events.put(Event("connected", frame.ready))
+            elif which == "resync_required":
+                self.cursor = frame.resync_required.cursor
+                self._newest.clear()
+                await self._events.put(Event("resync_required", frame.resync_required))
+                return
+            elif which == "goodbye":
+                return
+            elif which == "event":
+                await self._deliver(frame.event)
+
+    async def _deliver(self, event: pb.Event) -> None:
+        kind = event.WhichOneof("kind")
+        payload = getattr(event, kind) if kind else None
+        if kind == "message":
+            newest = self._newest.get(payload.conversation_id, 0)
+            if payload.seq <= newest:
+                kind = None  # already delivered before a reconnect
+            else:
+                self._newest[payload.conversation_id] = payload.seq
+        elif kind == "presence":
+            payload = payload.presence
+        if kind:
+            await self._events.put(Event(kind, payload))
+        # The cursor moves past an event only once the application has it.
+        if event.cursor > self.cursor:
+            self.cursor = event.cursor

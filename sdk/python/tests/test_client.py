@@ -1,0 +1,115 @@
+"""The Python SDK against a real server: chatting, and resuming with no gap
+and no duplicate after the connection is cut mid-conversation."""
+
+import asyncio
+
+from conftest import token
+from imsg import Client
+
+
+async def wait_for(client, kind, timeout=10.0):
+    while True:
+        event = await client.next_event(timeout)
+        if event.kind == kind:
+            return event
+
+
+def test_two_clients_chat(server):
+    async def scenario():
+        alice = await Client(server, token("alice")).start()
+        bob = await Client(server, token("bob")).start()
+        try:
+            conversation = await alice.direct_with("bob")
+            await wait_for(bob, "connected")
+            ack = await alice.send_text(conversation, "hello from python")
+            assert ack.seq == 1
+            message = (await wait_for(bob, "message")).payload
+            assert (message.sender_id, message.seq, message.text.text) == ("alice", 1, "hello from python")
+            await bob.mark_read(conversation, 1)
+            receipt = (await wait_for(alice, "receipt")).payload
+            while receipt.user_id != "bob" or receipt.read_seq != 1:
+                receipt = (await wait_for(alice, "receipt")).payload
+            history = await bob.history(conversation)
+            assert [m.seq for m in history.messages] == [1]
+        finally:
+            await alice.close()
+            await bob.close()
+
+    asyncio.run(scenario())
+
+
+class Proxy:
+    """A TCP proxy whose connections can be cut, as a failing network would."""
+
+    def __init__(self, target):
+        self.host, port = target.rsplit(":", 1)
+        self.port = int(port)
+        self.connections = set()
+
+    async def start(self):
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _handle(self, reader, writer):
+        upstream_reader, upstream_writer = await asyncio.open_connection(self.host, self.port)
+        self.connections.add((writer, upstream_writer))
+
+        async def pipe(source, sink):
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    def cut_all(self):
+        for downstream, upstream in self.connections:
+            downstream.transport.abort()
+            upstream.transport.abort()
+        self.connections.clear()
+
+    async def stop(self):
+        self.cut_all()
+        self.server.close()
+
+
+def test_a_cut_connection_resumes_with_no_gap_and_no_duplicate(server):
+    async def scenario():
+        proxy = Proxy(server)
+        proxied = await proxy.start()
+        alice = await Client(server, token("alice")).start()
+        bob = await Client(proxied, token("bob"), backoff_first=0.02, backoff_most=0.2).start()
+        try:
+            conversation = await alice.direct_with("bob")
+            await wait_for(bob, "connected")
+            total = 150
+
+            async def send_all():
+                for n in range(1, total + 1):
+                    await alice.send_text(conversation, f"message {n}")
+                    if n % 20 == 0:
+                        await asyncio.sleep(0.015)
+
+            sending = asyncio.create_task(send_all())
+            seqs, disconnects = [], 0
+            while len(seqs) < total:
+                event = await bob.next_event(15)
+                if event.kind == "message":
+                    seqs.append(event.payload.seq)
+                    if len(seqs) in (40, 100):
+                        proxy.cut_all()
+                elif event.kind == "disconnected":
+                    disconnects += 1
+            await sending
+            assert seqs == list(range(1, total + 1)), "every message once, in order"
+            assert disconnects >= 2, f"the connection was cut twice, saw {disconnects} disconnects"
+        finally:
+            await alice.close()
+            await bob.close()
+            await proxy.stop()
+
+    asyncio.run(scenario())
