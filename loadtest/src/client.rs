@@ -11,30 +11,14 @@ use std::{
 use anyhow::Context;
 use imsg_gateway::auth::Authenticator;
 use imsg_proto::v1::{
-    Hello, MarkRead, OpenStreamRequest, TypingSignal, event, messaging_service_client::MessagingServiceClient,
-    open_stream_request, open_stream_response::Frame,
+    Hello, MarkRead, OpenStreamRequest, TypingSignal, event, open_stream_request, open_stream_response::Frame,
 };
 use tokio::sync::{mpsc, watch};
-use tonic::{
-    Request, Status,
-    metadata::{Ascii, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
-    transport::Channel,
-};
+use tonic::transport::Channel;
 
 use crate::{checker::DeliveryLog, metrics::Counters, metrics::LatencyRecorder};
 
-#[derive(Clone)]
-pub struct Bearer(MetadataValue<Ascii>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-pub type Api = MessagingServiceClient<InterceptedService<Channel, Bearer>>;
+pub use imsg_client::Api;
 
 /// Opens `count` HTTP/2 connections spread over the gateways.
 pub async fn connect(targets: &[SocketAddr], count: usize) -> anyhow::Result<Vec<Channel>> {
@@ -63,8 +47,7 @@ pub struct User {
 impl User {
     pub fn new(id: String, channel: Channel, auth: &Authenticator) -> anyhow::Result<Self> {
         let token = auth.issue(&id, "d0", 24 * 3600).map_err(anyhow::Error::msg)?;
-        let bearer = Bearer(format!("Bearer {token}").parse()?);
-        Ok(Self { id, api: MessagingServiceClient::with_interceptor(channel, bearer) })
+        Ok(Self { id, api: imsg_client::api(channel, &token)? })
     }
 
     pub fn device_id(&self) -> String {

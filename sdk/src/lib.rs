@@ -114,6 +114,17 @@ pub enum Event {
 #[derive(Clone)]
 pub struct Bearer(MetadataValue<Ascii>);
 
+impl Bearer {
+    pub fn new(token: &str) -> Result<Self, Error> {
+        Ok(Self(format!("Bearer {token}").parse().map_err(|_| Error::Config("token: not ASCII".into()))?))
+    }
+}
+
+/// The API over any channel (many users may share one connection).
+pub fn api(channel: Channel, token: &str) -> Result<Api, Error> {
+    Ok(MessagingServiceClient::with_interceptor(channel, Bearer::new(token)?))
+}
+
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         request.metadata_mut().insert("authorization", self.0.clone());
@@ -145,9 +156,7 @@ impl Client {
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .connect_lazy();
-        let bearer =
-            Bearer(format!("Bearer {}", config.token).parse().map_err(|_| Error::Config("token: not ASCII".into()))?);
-        let api = MessagingServiceClient::with_interceptor(channel, bearer);
+        let api = api(channel, &config.token)?;
         let (events_tx, events) = mpsc::channel(1024);
         let (marks, marks_rx) = mpsc::unbounded_channel();
         let cursor = Arc::new(AtomicU64::new(config.cursor));
