@@ -6,7 +6,6 @@
 //! embedded single-node server and the two-process form run the same code.
 
 use std::{
-    collections::{BTreeMap, HashMap},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -248,12 +247,8 @@ impl Broker {
         let context = self.user_context(&caller.user_id).await?;
         let viewer =
             Viewer { user_id: caller.user_id.clone(), hide_read_receipts: context.settings.hide_read_receipts };
-        let mut by_partition: BTreeMap<PartitionId, Vec<String>> = BTreeMap::new();
-        for id in context.conversation_ids.iter() {
-            by_partition.entry(self.partition_of(id)).or_default().push(id.clone());
-        }
         let mut summaries = Vec::new();
-        for (partition, conversation_ids) in by_partition {
+        for (partition, conversation_ids) in self.inner.router.group_by_partition(context.conversation_ids.iter()) {
             let viewer = viewer.clone();
             summaries
                 .extend(self.call(partition, |reply| Command::Summaries { viewer, conversation_ids, reply }).await?);
@@ -277,12 +272,9 @@ impl Broker {
         if context.settings.hide_activity_status {
             return Ok(GetPresenceResponse { presences: Vec::new() });
         }
-        let mut by_partition: HashMap<PartitionId, Vec<String>> = HashMap::new();
-        for user in user_ids.into_iter().filter(|u| *u != caller.user_id) {
-            by_partition.entry(self.partition_of(&user)).or_default().push(user);
-        }
+        let others = user_ids.iter().filter(|u| **u != caller.user_id);
         let mut presences = Vec::new();
-        for (partition, user_ids) in by_partition {
+        for (partition, user_ids) in self.inner.router.group_by_partition(others) {
             let viewer_conversations = context.conversation_ids.clone();
             presences.extend(
                 self.call(partition, |reply| Command::PresenceQuery { user_ids, viewer_conversations, reply }).await?,
@@ -308,7 +300,6 @@ impl Broker {
         let fields = SessionFields {
             session_id: self.inner.next_session.fetch_add(1, Ordering::Relaxed),
             user_id: caller.user_id.clone(),
-            device_id: caller.device_id.clone(),
             gateway_id: gateway_id.to_owned(),
         };
         Ok(SessionStream::open(self.inner.router.clone(), fields, cursor, self.inner.config.limits.session_queue))

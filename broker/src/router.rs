@@ -9,7 +9,7 @@
 //! every internal message is caused by a bounded number of client commands
 //! (at most one per member of a bounded group).
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use tokio::sync::mpsc::{self, error::TrySendError};
 
@@ -42,6 +42,19 @@ impl Router {
 
     pub fn partition_of(&self, key: &str) -> PartitionId {
         partition_of(key, self.partition_count())
+    }
+
+    /// Groups keys (user or conversation ids) by the partition that owns
+    /// them, so each partition gets one command for all of its keys.
+    pub fn group_by_partition<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a String>,
+    ) -> BTreeMap<PartitionId, Vec<String>> {
+        let mut groups: BTreeMap<PartitionId, Vec<String>> = BTreeMap::new();
+        for key in keys {
+            groups.entry(self.partition_of(key)).or_default().push(key.clone());
+        }
+        groups
     }
 
     /// Queues a client command, refusing at once when the partition is full.

@@ -2,9 +2,9 @@
 //! (`--embedded-broker`) or broker nodes over the internal broker API.
 //! Either way the gateway keeps no durable state.
 
-use std::{pin::Pin, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
-use imsg_broker::Broker;
+use imsg_broker::{Broker, Limits, validate};
 use imsg_proto::v1::{
     Caller, ExecuteRequest, OpenSessionRequest, OpenStreamResponse, RenewLeaseRequest,
     broker_service_client::BrokerServiceClient, execute_request, execute_response,
@@ -28,12 +28,15 @@ pub enum Backend {
 pub struct RemoteBroker {
     client: BrokerServiceClient<Channel>,
     gateway_id: String,
+    /// The brokers' limits: bad input is refused here, before a network
+    /// hop. (An embedded broker validates in `Broker::execute`, once.)
+    limits: Arc<Limits>,
 }
 
 impl RemoteBroker {
     /// Connects lazily (the broker may start after the gateway) and keeps
     /// this gateway's lease renewed until `stop`.
-    pub fn connect(url: &str, gateway_id: String, stop: CancellationToken) -> Result<Self, String> {
+    pub fn connect(url: &str, gateway_id: String, limits: Limits, stop: CancellationToken) -> Result<Self, String> {
         let endpoint = Channel::from_shared(url.to_owned())
             .map_err(|e| format!("broker url {url}: {e}"))?
             .connect_timeout(Duration::from_secs(2))
@@ -41,7 +44,7 @@ impl RemoteBroker {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
         let client = BrokerServiceClient::new(endpoint.connect_lazy()).max_decoding_message_size(4 * 1024 * 1024);
-        let broker = Self { client, gateway_id };
+        let broker = Self { client, gateway_id, limits: Arc::new(limits) };
         tokio::spawn(broker.clone().renew_lease(stop));
         Ok(broker)
     }
@@ -74,14 +77,17 @@ impl Backend {
     ) -> Result<execute_response::Result, Status> {
         match self {
             Self::Embedded(broker) => Ok(broker.execute(&caller, command).await?),
-            Self::Remote(remote) => remote
-                .client
-                .clone()
-                .execute(ExecuteRequest { caller: Some(caller), command: Some(command) })
-                .await?
-                .into_inner()
-                .result
-                .ok_or_else(|| Status::internal("broker answered without a result")),
+            Self::Remote(remote) => {
+                validate::command(&remote.limits, &caller, &command)?;
+                remote
+                    .client
+                    .clone()
+                    .execute(ExecuteRequest { caller: Some(caller), command: Some(command) })
+                    .await?
+                    .into_inner()
+                    .result
+                    .ok_or_else(|| Status::internal("broker answered without a result"))
+            }
         }
     }
 

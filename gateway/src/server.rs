@@ -72,22 +72,20 @@ impl RunningGateway {
     pub async fn start(config: GatewayConfig) -> anyhow::Result<Self> {
         let auth = Authenticator::new(&config.jwt_secret).map_err(anyhow::Error::msg)?;
         let stop = CancellationToken::new();
-        let (backend, broker, limits) = match &config.broker {
+        let (backend, broker) = match &config.broker {
             BrokerTarget::Embedded(broker_config) => {
                 let broker = Broker::open(broker_config.clone()).await?;
-                let limits = broker.config().limits.clone();
-                (Backend::Embedded(broker.clone()), Some(broker), limits)
+                (Backend::Embedded(broker.clone()), Some(broker))
             }
             BrokerTarget::Remote { url, limits } => {
-                let remote =
-                    RemoteBroker::connect(url, config.gateway_id.clone(), stop.clone()).map_err(anyhow::Error::msg)?;
-                (Backend::Remote(remote), None, limits.clone())
+                let remote = RemoteBroker::connect(url, config.gateway_id.clone(), limits.clone(), stop.clone())
+                    .map_err(anyhow::Error::msg)?;
+                (Backend::Remote(remote), None)
             }
         };
         let gateway = Arc::new(Gateway {
             auth,
             backend,
-            limits,
             unary_limiter: PerUserLimiter::new(config.user_request_burst, config.user_requests_per_second),
             typing_limiter: PerUserLimiter::new(config.streams.typing_burst, config.streams.typing_per_second),
             streams: Streams::default(),

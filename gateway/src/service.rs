@@ -6,9 +6,8 @@
 
 use std::sync::Arc;
 
-use imsg_broker::{Limits, validate};
 use imsg_proto::v1::{
-    AddConversationMembersRequest, AddConversationMembersResponse, Caller, CreateConversationRequest,
+    AddConversationMembersRequest, AddConversationMembersResponse, CreateConversationRequest,
     CreateConversationResponse, GetConversationRequest, GetConversationResponse, GetPresenceRequest,
     GetPresenceResponse, GetSettingsRequest, GetSettingsResponse, LeaveConversationRequest, LeaveConversationResponse,
     ListConversationsRequest, ListConversationsResponse, ListMessagesRequest, ListMessagesResponse, OpenStreamRequest,
@@ -29,7 +28,6 @@ use crate::{
 pub struct Gateway {
     pub auth: Authenticator,
     pub backend: Backend,
-    pub limits: Limits,
     pub unary_limiter: PerUserLimiter,
     /// Typing signals per user, across all of the user's streams here.
     pub typing_limiter: PerUserLimiter,
@@ -48,18 +46,13 @@ impl MessagingApi {
         Self { gateway }
     }
 
-    /// Authenticates, rate-limits and validates; returns the caller.
-    fn admit(&self, metadata: &tonic::metadata::MetadataMap, command: &Command) -> Result<Caller, Status> {
+    /// Authenticates and rate-limits, then runs the command (the backend
+    /// validates it).
+    async fn run(&self, metadata: &tonic::metadata::MetadataMap, command: Command) -> Result<Outcome, Status> {
         let caller = self.gateway.auth.authenticate(metadata)?;
         if !self.gateway.unary_limiter.try_take(&caller.user_id) {
             return Err(Status::resource_exhausted("request rate limit reached for this user; slow down"));
         }
-        validate::command(&self.gateway.limits, &caller, command)?;
-        Ok(caller)
-    }
-
-    async fn run(&self, metadata: &tonic::metadata::MetadataMap, command: Command) -> Result<Outcome, Status> {
-        let caller = self.admit(metadata, &command)?;
         self.gateway.backend.execute(caller, command).await
     }
 }

@@ -22,7 +22,7 @@ pub struct Second {
 pub type CurvePoint = (f64, f64);
 
 /// The result of one run. Field names are the JSON contract.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     pub scenario: Scenario,
     pub offered_rate: f64,
@@ -52,41 +52,6 @@ pub struct Report {
     pub timeline: Vec<Second>,
     pub ack_histogram: Vec<CurvePoint>,
     pub deliver_histogram: Vec<CurvePoint>,
-}
-
-impl Default for Report {
-    fn default() -> Self {
-        Self {
-            scenario: Scenario::Dm,
-            offered_rate: 0.0,
-            duration_s: 0.0,
-            ingest_rate: 0.0,
-            delivery_rate: 0.0,
-            ack_ms: Percentiles::default(),
-            deliver_ms: Percentiles::default(),
-            sent: 0,
-            acked: 0,
-            delivered: 0,
-            expected_deliveries: 0,
-            lost: 0,
-            duplicates: 0,
-            reordered: 0,
-            send_errors: 0,
-            shed: 0,
-            stream_errors: 0,
-            reconnects: 0,
-            connections: 0,
-            users: 0,
-            conversations: 0,
-            server_cpu_s_per_1k: None,
-            server_peak_rss_bytes: None,
-            idle_streams: None,
-            server_bytes_per_stream: None,
-            timeline: Vec::new(),
-            ack_histogram: Vec::new(),
-            deliver_histogram: Vec::new(),
-        }
-    }
 }
 
 impl Report {

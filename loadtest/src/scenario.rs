@@ -32,10 +32,11 @@ use crate::{
 };
 
 /// What traffic to offer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scenario {
     /// 1:1 pairs.
+    #[default]
     Dm,
     /// Groups of `--group-size`: fan-out.
     Group,

@@ -41,6 +41,9 @@ pub(super) struct Conversations {
     dirty_receipts: HashSet<(String, String)>,
     /// Outbox batches sent but not yet confirmed by every target.
     outbox_in_flight: BTreeSet<u64>,
+    /// Conversations where someone may be typing: the expiry tick visits
+    /// these, not every loaded conversation.
+    typing_in: HashSet<String>,
 }
 
 struct ConversationState {
@@ -192,11 +195,7 @@ impl Partition {
     /// Sends an ephemeral signal to users' live sessions, wherever their
     /// partitions are. Never written (invariant 7).
     pub(super) fn push_ephemeral_to<'a>(&self, users: impl IntoIterator<Item = &'a String>, event: Ephemeral) {
-        let mut by_partition: HashMap<PartitionId, Vec<String>> = HashMap::new();
-        for user in users {
-            by_partition.entry(self.router.partition_of(user)).or_default().push(user.clone());
-        }
-        for (partition, user_ids) in by_partition {
+        for (partition, user_ids) in self.router.group_by_partition(users) {
             self.router.internal(partition, Command::PushEphemeral { user_ids, event: event.clone() });
         }
     }
@@ -293,6 +292,7 @@ impl Partition {
         change: MembershipChange,
     ) -> Result<Conversation> {
         let max_members = self.limits.max_group_members;
+        let viewer = Viewer { user_id: caller.user_id.clone(), hide_read_receipts: false };
         let state = self.conversation(id)?;
         let me = state.require_member(&caller.user_id)?.clone();
         if !state.is_group() {
@@ -313,9 +313,7 @@ impl Partition {
                     .filter(|u| state.member(u).is_none())
                     .collect();
                 if new.is_empty() {
-                    return Ok(
-                        state.snapshot(Some(&Viewer { user_id: caller.user_id.clone(), hide_read_receipts: false }))
-                    );
+                    return Ok(state.snapshot(Some(&viewer)));
                 }
                 if state.record.members.len() + new.len() > max_members {
                     return Err(Error::ResourceExhausted(format!("a group has at most {max_members} members")));
@@ -347,7 +345,7 @@ impl Partition {
         let now = now_ms();
         state.record.change_time_ms = now;
         state.last_activity_ms = state.last_activity_ms.max(now);
-        let snapshot = state.snapshot(Some(&Viewer { user_id: caller.user_id.clone(), hide_read_receipts: false }));
+        let snapshot = state.snapshot(Some(&viewer));
         let record = state.record.clone();
         self.batch.writes.put_conversation(&record);
         self.publish_changed(id, removed);
@@ -470,8 +468,11 @@ impl Partition {
 
     pub(super) fn typing(&mut self, caller: &Caller, id: &str, active: bool) -> Result<()> {
         let ttl = self.limits.typing_ttl;
+        self.conversation(id)?.require_member(&caller.user_id)?;
+        if active {
+            self.conversations.typing_in.insert(id.to_owned());
+        }
         let state = self.conversation(id)?;
-        state.require_member(&caller.user_id)?;
         let changed = if active {
             state.typing.insert(caller.user_id.clone(), Instant::now() + ttl).is_none()
         } else {
@@ -491,7 +492,9 @@ impl Partition {
     pub(super) fn expire_typing(&mut self) {
         let now = Instant::now();
         let mut expired = Vec::new();
-        for (id, state) in &mut self.conversations.map {
+        let conversations = &mut self.conversations;
+        conversations.typing_in.retain(|id| {
+            let Some(state) = conversations.map.get_mut(id) else { return false };
             state.typing.retain(|user, until| {
                 let keep = *until > now;
                 if !keep {
@@ -503,7 +506,8 @@ impl Partition {
                 }
                 keep
             });
-        }
+            !state.typing.is_empty()
+        });
         for (conversation_id, user_id, members) in expired {
             let others: Vec<String> = members.into_iter().filter(|u| *u != user_id).collect();
             self.push_ephemeral_to(&others, Ephemeral::Typing { conversation_id, user_id, active: false });
@@ -634,11 +638,7 @@ impl Partition {
     pub(super) fn fan_out(&mut self, batch: u64, items: Vec<UpdateItem>) {
         let mut by_partition: HashMap<PartitionId, Vec<UpdateItem>> = HashMap::new();
         for item in items {
-            let mut split: HashMap<PartitionId, Vec<String>> = HashMap::new();
-            for user in &item.user_ids {
-                split.entry(self.router.partition_of(user)).or_default().push(user.clone());
-            }
-            for (partition, user_ids) in split {
+            for (partition, user_ids) in self.router.group_by_partition(&item.user_ids) {
                 by_partition.entry(partition).or_default().push(UpdateItem { user_ids, event: item.event.clone() });
             }
         }

@@ -85,7 +85,6 @@ pub struct UserContext {
 pub struct SessionHandle {
     pub id: u64,
     pub user_id: String,
-    pub device_id: String,
     pub gateway_id: String,
     /// Boxed: a queue allocates slots 32 at a time, and an idle session
     /// should hold 32 pointers, not 32 frames.

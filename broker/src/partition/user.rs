@@ -19,7 +19,6 @@ use super::{Command, Deferred, Partition, SessionHandle, UserContext};
 use crate::{
     error::{Error, Result},
     events::{Ephemeral, LoggedEvent, UpdateItem},
-    ids::PartitionId,
     now_ms,
     storage::{PartitionMeta, PartitionStore, ReceiptEvent, SettingsRecord, UpdateEntry, UpdateKind},
 };
@@ -356,11 +355,7 @@ impl Partition {
     fn presence_changed(&mut self, user: &str) {
         let Some(state) = self.users.map.get(user) else { return };
         let presence = self.visible_presence(user);
-        let mut by_partition: HashMap<PartitionId, Vec<String>> = HashMap::new();
-        for conversation in &state.conversations {
-            by_partition.entry(self.router.partition_of(conversation)).or_default().push(conversation.clone());
-        }
-        for (partition, conversation_ids) in by_partition {
+        for (partition, conversation_ids) in self.router.group_by_partition(&state.conversations) {
             self.router.internal(partition, Command::PresenceFanout { presence: presence.clone(), conversation_ids });
         }
     }
@@ -388,11 +383,7 @@ impl Partition {
         }
         self.batch.writes.put_settings(user, &after);
         if after.hide_read_receipts != before.hide_read_receipts {
-            let mut by_partition: HashMap<PartitionId, Vec<String>> = HashMap::new();
-            for conversation in &state.conversations {
-                by_partition.entry(self.router.partition_of(conversation)).or_default().push(conversation.clone());
-            }
-            for (partition, conversation_ids) in by_partition {
+            for (partition, conversation_ids) in self.router.group_by_partition(&state.conversations) {
                 self.router.internal(
                     partition,
                     Command::HideReadChanged {

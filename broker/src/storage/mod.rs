@@ -704,11 +704,6 @@ impl WriteBatch {
         self.ops.is_empty()
     }
 
-    /// Rows written or removed: what the commit path costs.
-    pub fn rows(&self) -> usize {
-        self.ops.len()
-    }
-
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.ops.push(wal::Op::Put { key, value });
     }
