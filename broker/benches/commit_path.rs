@@ -35,7 +35,7 @@ async fn conversations(broker: &Broker, pairs: usize) -> Vec<String> {
                 peer_user_id: format!("b{i}"),
             })),
         };
-        match broker.execute(&caller(&format!("a{i}")), Command::CreateConversation(request)).await.unwrap() {
+        match broker.execute(&caller(&format!("a{i}")), None, Command::CreateConversation(request)).await.unwrap() {
             Outcome::CreateConversation(r) => ids.push(r.conversation.unwrap().conversation_id),
             _ => unreachable!(),
         }
@@ -66,7 +66,7 @@ fn single_sender(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("send_one_durable_message", |b| {
         b.iter(|| {
-            runtime.block_on(broker.execute(&caller("a0"), send(&conversation))).unwrap();
+            runtime.block_on(broker.execute(&caller("a0"), None, send(&conversation))).unwrap();
         })
     });
     group.finish();
@@ -98,7 +98,7 @@ fn concurrent_senders(c: &mut Criterion) {
                                 while n < burst {
                                     let conversation = &conversations[n as usize % conversations.len()];
                                     let user = format!("a{}", n as usize % conversations.len());
-                                    broker.execute(&caller(&user), send(conversation)).await.unwrap();
+                                    broker.execute(&caller(&user), None, send(conversation)).await.unwrap();
                                     n += concurrency as u64;
                                 }
                             }));

@@ -13,23 +13,27 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::collections::HashMap;
+
 use dashmap::DashMap;
 use imsg_proto::v1::{
     AddConversationMembersResponse, Caller, GetConversationResponse, GetPresenceResponse, GetSettingsResponse,
     LeaveConversationResponse, ListConversationsResponse, RemoveConversationMemberResponse, UpdateConversationResponse,
-    UpdateSettingsResponse, create_conversation_request, execute_request, execute_response,
+    ExportPartitionRequest, Route, UpdateSettingsResponse, create_conversation_request, execute_request,
+    execute_response,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    cluster::Peers,
     config::BrokerConfig,
     error::{Error, Result},
     ids::{PartitionId, direct_conversation_id, group_conversation_id},
     partition::{Command, Mailbox, MarkKind, MembershipChange, NewConversation, Partition, Reply, UserContext, Viewer},
-    router::{PartitionQueues, Router},
+    router::{PartitionQueues, Router, Slot},
     session::{SessionFields, SessionStream},
-    storage::Store,
+    storage::{OwnershipRecord, Store, WriteBatch},
     validate,
 };
 
@@ -43,55 +47,280 @@ struct Inner {
     config: BrokerConfig,
     store: Arc<Store>,
     router: Router,
-    partitions: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The task of every partition this node runs.
+    partitions: std::sync::Mutex<HashMap<PartitionId, tokio::task::JoinHandle<()>>>,
+    /// Serialises ownership changes (moves, step-downs) on this node.
+    ownership: tokio::sync::Mutex<()>,
     leases: DashMap<String, Instant>,
     next_session: AtomicU64,
     stop: CancellationToken,
 }
 
 impl Broker {
-    /// Opens the data directory and starts every partition.
+    /// Opens the data directory and starts every partition this node owns.
+    /// On a node's first start it claims its share of the initial layout
+    /// (every partition, standalone); see [`crate::cluster`].
     pub async fn open(config: BrokerConfig) -> Result<Self> {
         config.validate().map_err(Error::FailedPrecondition)?;
         let store = Store::open(&config)?;
-        let mut queues = Vec::new();
-        let mut mailboxes = Vec::new();
-        for _ in 0..config.partitions {
-            let (commands_tx, commands) = mpsc::channel(config.limits.partition_queue);
-            let (internal_tx, internal) = mpsc::unbounded_channel();
-            queues.push(PartitionQueues { commands: commands_tx, internal: internal_tx });
-            mailboxes.push(Mailbox { commands, internal });
-        }
-        let router = Router::new(queues);
-        let mut tasks = Vec::new();
-        for (id, mailbox) in mailboxes.into_iter().enumerate() {
-            let id = id as PartitionId;
-            let partition = Partition::load(
-                id,
-                config.limits.clone(),
-                store.partition(id)?,
-                store.durability().clone(),
-                router.clone(),
-            )?;
-            tasks.push(tokio::spawn(partition.run(mailbox)));
-        }
+        let stop = CancellationToken::new();
+        let cluster = &config.cluster;
+        let peers = if cluster.is_standalone() {
+            None
+        } else {
+            Some(Peers::new(&cluster.nodes, Some(cluster.node_index), config.partitions)?)
+        };
+        let router = Router::new(config.partitions, peers.clone(), stop.clone());
         let inner = Arc::new(Inner {
             config,
             store,
             router,
-            partitions: std::sync::Mutex::new(tasks),
+            partitions: std::sync::Mutex::new(HashMap::new()),
+            ownership: tokio::sync::Mutex::new(()),
             leases: DashMap::new(),
             next_session: AtomicU64::new(1),
-            stop: CancellationToken::new(),
+            stop,
         });
-        tokio::spawn(reap_leases(Arc::downgrade(&inner)));
+        let broker = Self { inner };
+        let mut owned = 0;
+        for partition in 0..broker.inner.config.partitions {
+            let store = broker.inner.store.partition(partition)?;
+            let epoch = match store.ownership()? {
+                Some(record) if record.released => continue,
+                Some(record) => record.epoch,
+                None if broker.inner.config.cluster.initially_owns(partition) => {
+                    write_ownership(&store, OwnershipRecord { epoch: 1, released: false }).await;
+                    1
+                }
+                None => continue,
+            };
+            broker.start_partition(partition, epoch)?;
+            owned += 1;
+        }
+        tokio::spawn(reap_leases(Arc::downgrade(&broker.inner)));
+        if let Some(peers) = peers {
+            let weak = Arc::downgrade(&broker.inner);
+            let after = move |peers: &Peers| {
+                if let Some(inner) = weak.upgrade() {
+                    Broker { inner }.step_down_where_outranked(peers);
+                }
+            };
+            tokio::spawn(peers.run_refresher(Duration::from_secs(1), broker.inner.stop.clone(), after));
+        }
         tracing::info!(
-            data_dir = %inner.config.data_dir.display(),
-            partitions = inner.config.partitions,
-            fsync = ?inner.config.fsync,
+            data_dir = %broker.inner.config.data_dir.display(),
+            partitions = broker.inner.config.partitions,
+            owned,
+            node = broker.inner.config.cluster.node_index,
+            fsync = ?broker.inner.config.fsync,
             "broker started"
         );
-        Ok(Self { inner })
+        Ok(broker)
+    }
+
+    /// Loads a partition from storage and starts serving it at `epoch`.
+    fn start_partition(&self, partition: PartitionId, epoch: u64) -> Result<()> {
+        let config = &self.inner.config;
+        let (commands_tx, commands) = mpsc::channel(config.limits.partition_queue);
+        let (internal_tx, internal) = mpsc::unbounded_channel();
+        let task = Partition::load(
+            partition,
+            config.limits.clone(),
+            self.inner.store.partition(partition)?,
+            self.inner.store.durability().clone(),
+            self.inner.router.clone(),
+        )?;
+        let handle = tokio::spawn(task.run(Mailbox { commands, internal }));
+        self.inner.partitions.lock().unwrap_or_else(|e| e.into_inner()).insert(partition, handle);
+        let queues = PartitionQueues { commands: commands_tx, internal: internal_tx };
+        self.inner.router.set_slot(partition, Slot::Serving { queues, epoch });
+        Ok(())
+    }
+
+    /// The routing state, for the cluster RPCs.
+    pub fn router(&self) -> &Router {
+        &self.inner.router
+    }
+
+    pub fn node_index(&self) -> u32 {
+        self.inner.config.cluster.node_index
+    }
+
+    /// Move step 1: the partition stops taking writes, drains, and stops.
+    pub async fn freeze_partition(&self, partition: PartitionId, epoch: u64) -> Result<()> {
+        let _guard = self.inner.ownership.lock().await;
+        if matches!(self.inner.router.slot_of(partition), Slot::Frozen { epoch: held } if held == epoch) {
+            return Ok(()); // a retried freeze
+        }
+        self.inner.router.check_owner(partition, Some(epoch))?;
+        self.freeze_locked(partition, epoch).await
+    }
+
+    async fn freeze_locked(&self, partition: PartitionId, epoch: u64) -> Result<()> {
+        let Slot::Serving { queues, .. } = self.inner.router.slot_of(partition) else {
+            return Err(Error::FailedPrecondition(format!("partition {partition} is not serving")));
+        };
+        self.inner.router.set_slot(partition, Slot::Draining { queues, epoch });
+        let (reply, frozen) = oneshot::channel();
+        self.inner.router.local(partition, Command::Freeze { reply })?;
+        let _ = frozen.await;
+        let task = self.inner.partitions.lock().unwrap_or_else(|e| e.into_inner()).remove(&partition);
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.inner.router.set_slot(partition, Slot::Frozen { epoch });
+        Ok(())
+    }
+
+    /// Undoes a freeze (an abandoned move): serve again at the same epoch.
+    pub async fn thaw_partition(&self, partition: PartitionId, epoch: u64) -> Result<()> {
+        let _guard = self.inner.ownership.lock().await;
+        match self.inner.router.slot_of(partition) {
+            Slot::Frozen { epoch: held } if held == epoch => self.start_partition(partition, epoch),
+            Slot::Serving { epoch: held, .. } if held == epoch => Ok(()),
+            _ => Err(Error::FailedPrecondition(format!("partition {partition} is not frozen here at epoch {epoch}"))),
+        }
+    }
+
+    /// Move step 2, old owner: rows of a frozen partition, in key order,
+    /// `limit` at a time after `after`.
+    pub fn export_rows(
+        &self,
+        partition: PartitionId,
+        epoch: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        match self.inner.router.slot_of(partition) {
+            Slot::Frozen { epoch: held } if held == epoch => {}
+            _ => {
+                return Err(Error::FailedPrecondition(format!(
+                    "partition {partition} is not frozen here at epoch {epoch}; freeze it first"
+                )));
+            }
+        }
+        self.inner.store.partition(partition)?.rows_after(after, limit)
+    }
+
+    /// Move step 2, new owner: copies a frozen partition from `source`,
+    /// makes the copy durable with the new epoch, and serves it.
+    pub async fn import_partition(
+        &self,
+        partition: PartitionId,
+        epoch: u64,
+        source_url: &str,
+        source_epoch: u64,
+    ) -> Result<u64> {
+        let _guard = self.inner.ownership.lock().await;
+        if let Some(held) = self.inner.router.local_epoch(partition) {
+            if held == epoch {
+                return Ok(0); // a retried import
+            }
+            return Err(Error::FailedPrecondition(format!("partition {partition} is already here at epoch {held}")));
+        }
+        if epoch <= source_epoch {
+            return Err(Error::invalid("route.epoch", "the new epoch must be above the source's"));
+        }
+        let store = self.inner.store.partition(partition)?;
+        // Leftovers of an earlier stay here go first.
+        let mut stale = WriteBatch::default();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let rows = store.rows_after(after.as_deref(), 1024)?;
+            let Some(last) = rows.last() else { break };
+            after = Some(last.0.clone());
+            for (key, _) in rows {
+                stale.remove_row(key);
+            }
+        }
+        let mut generation = store.apply(stale, true);
+        let mut client = crate::cluster::peers::connect(source_url)?;
+        let request = ExportPartitionRequest { route: Some(Route { partition, epoch: source_epoch }) };
+        let mut frames = client
+            .export_partition(request)
+            .await
+            .map_err(|status| Error::Unavailable(format!("exporting from {source_url}: {}", status.message())))?
+            .into_inner();
+        let mut copied = 0u64;
+        while let Some(frame) = frames
+            .message()
+            .await
+            .map_err(|status| Error::Unavailable(format!("exporting from {source_url}: {}", status.message())))?
+        {
+            let mut batch = WriteBatch::default();
+            for row in frame.rows {
+                // The source's ownership row is replaced below.
+                if row.key != b"O" {
+                    batch.put_row(row.key, row.value);
+                    copied += 1;
+                }
+            }
+            generation = store.apply(batch, true);
+        }
+        let mut claim = WriteBatch::default();
+        claim.put_ownership(&OwnershipRecord { epoch, released: false });
+        generation = generation.max(store.apply(claim, true));
+        store.durable(generation).await;
+        self.start_partition(partition, epoch)?;
+        if let Some(peers) = self.inner.router.peers() {
+            peers.refresh_soon();
+        }
+        tracing::info!(partition, epoch, rows = copied, source_url, "partition imported");
+        Ok(copied)
+    }
+
+    /// Move step 3, old owner: the partition belongs to another node at
+    /// `epoch` now; record that durably and never serve it again.
+    pub async fn release_partition(&self, partition: PartitionId, epoch: u64) -> Result<()> {
+        let _guard = self.inner.ownership.lock().await;
+        self.release_locked(partition, epoch).await
+    }
+
+    async fn release_locked(&self, partition: PartitionId, epoch: u64) -> Result<()> {
+        match self.inner.router.slot_of(partition) {
+            Slot::Frozen { epoch: held } if held < epoch => {}
+            Slot::Absent => return Ok(()),
+            _ => {
+                return Err(Error::FailedPrecondition(format!(
+                    "partition {partition} must be frozen here below epoch {epoch} to be released"
+                )));
+            }
+        }
+        let store = self.inner.store.partition(partition)?;
+        write_ownership(&store, OwnershipRecord { epoch, released: true }).await;
+        self.inner.router.set_slot(partition, Slot::Absent);
+        if let Some(peers) = self.inner.router.peers() {
+            peers.refresh_soon();
+        }
+        tracing::info!(partition, epoch, "partition released");
+        Ok(())
+    }
+
+    /// Fencing's safety net: a partition another node claims at a higher
+    /// epoch (a move whose last step never reached us) is not ours.
+    fn step_down_where_outranked(&self, peers: &Peers) {
+        for partition in 0..self.inner.config.partitions {
+            let (Some(held), Some(owner)) = (self.inner.router.local_epoch(partition), peers.owner(partition)) else {
+                continue;
+            };
+            if owner.epoch <= held {
+                continue;
+            }
+            let broker = self.clone();
+            tokio::spawn(async move {
+                let _guard = broker.inner.ownership.lock().await;
+                tracing::warn!(partition, held, newer = owner.epoch, node = owner.node, "outranked: stepping down");
+                if matches!(broker.inner.router.slot_of(partition), Slot::Serving { .. }) {
+                    if let Err(error) = broker.freeze_locked(partition, held).await {
+                        tracing::error!(partition, %error, "stepping down failed");
+                        return;
+                    }
+                }
+                if let Err(error) = broker.release_locked(partition, owner.epoch).await {
+                    tracing::error!(partition, %error, "stepping down failed");
+                }
+            });
+        }
     }
 
     pub fn config(&self) -> &BrokerConfig {
@@ -124,15 +353,30 @@ impl Broker {
         Ok(Viewer { user_id: caller.user_id.clone(), hide_read_receipts: context.settings.hide_read_receipts })
     }
 
-    /// Runs one client command as `caller` (already authenticated).
+    /// Refuses a request whose home partition (that of `home_key`) this
+    /// node does not serve, or serves at another epoch than `route` says.
+    fn check_route(&self, home_key: &str, route: Option<&Route>) -> Result<()> {
+        let home = self.partition_of(home_key);
+        if let Some(route) = route {
+            if route.partition != home {
+                return Err(Error::invalid("route.partition", format!("the request's home partition is {home}")));
+            }
+        }
+        self.inner.router.check_owner(home, route.map(|r| r.epoch))
+    }
+
+    /// Runs one client command as `caller` (already authenticated). The
+    /// command's home partition must be served here, at `epoch` if given.
     pub async fn execute(
         &self,
         caller: &Caller,
+        route: Option<&Route>,
         command: execute_request::Command,
     ) -> Result<execute_response::Result> {
         use execute_request::Command as C;
         use execute_response::Result as R;
         validate::command(&self.inner.config.limits, caller, &command)?;
+        self.check_route(&home_key(caller, &command), route)?;
         let caller = caller.clone();
         Ok(match command {
             C::CreateConversation(request) => {
@@ -287,9 +531,16 @@ impl Broker {
     /// Opens a device session: replay after `cursor`, then live events.
     /// `gateway_id` ties it to a gateway lease (empty: no lease, for a
     /// gateway in the same process).
-    pub fn open_session(&self, caller: &Caller, gateway_id: &str, cursor: u64) -> Result<SessionStream> {
+    pub fn open_session(
+        &self,
+        caller: &Caller,
+        gateway_id: &str,
+        cursor: u64,
+        route: Option<&Route>,
+    ) -> Result<SessionStream> {
         validate::id("caller.user_id", &caller.user_id)?;
         validate::id("caller.device_id", &caller.device_id)?;
+        self.check_route(&caller.user_id, route)?;
         if !gateway_id.is_empty() {
             validate::id("gateway_id", gateway_id)?;
             self.renew_lease(gateway_id);
@@ -315,25 +566,66 @@ impl Broker {
     /// Stops every partition after making their work durable, then syncs
     /// and closes storage. Live sessions end with a goodbye.
     pub async fn shutdown(self) -> Result<()> {
-        self.inner.stop.cancel();
         let mut stopped = Vec::new();
         for partition in 0..self.inner.router.partition_count() {
             let (reply, done) = oneshot::channel();
-            if self.inner.router.internal(partition, Command::Shutdown { reply }) {
+            if self.inner.router.local(partition, Command::Shutdown { reply }).is_ok() {
                 stopped.push(done);
             }
         }
         for done in stopped {
             let _ = done.await;
         }
+        // Lanes and the map refresher stop only now: partitions may have
+        // waited on fan-out confirmations while stopping.
+        self.inner.stop.cancel();
         let tasks = std::mem::take(&mut *self.inner.partitions.lock().unwrap_or_else(|e| e.into_inner()));
-        for task in tasks {
+        for (_, task) in tasks {
             let _ = task.await;
         }
         self.inner.store.close()?;
         tracing::info!("broker stopped; storage synced");
         Ok(())
     }
+}
+
+/// The key whose partition a client command starts at: the conversation's
+/// for conversation commands, the caller's for their settings, inbox and
+/// presence. Gateways send each command to the node owning this partition.
+pub fn home_key(caller: &Caller, command: &execute_request::Command) -> String {
+    use execute_request::Command as C;
+    match command {
+        C::CreateConversation(request) => match &request.kind {
+            Some(create_conversation_request::Kind::Direct(direct)) => {
+                direct_conversation_id(&caller.user_id, &direct.peer_user_id)
+            }
+            Some(create_conversation_request::Kind::Group(_)) => {
+                group_conversation_id(&caller.user_id, &request.request_id)
+            }
+            None => caller.user_id.clone(),
+        },
+        C::GetConversation(r) => r.conversation_id.clone(),
+        C::UpdateConversation(r) => r.conversation_id.clone(),
+        C::AddConversationMembers(r) => r.conversation_id.clone(),
+        C::RemoveConversationMember(r) => r.conversation_id.clone(),
+        C::LeaveConversation(r) => r.conversation_id.clone(),
+        C::SendMessage(r) => r.conversation_id.clone(),
+        C::ListMessages(r) => r.conversation_id.clone(),
+        C::Typing(r) => r.conversation_id.clone(),
+        C::MarkDelivered(r) => r.conversation_id.clone(),
+        C::MarkRead(r) => r.conversation_id.clone(),
+        C::ListConversations(_) | C::GetSettings(_) | C::UpdateSettings(_) | C::GetPresence(_) => {
+            caller.user_id.clone()
+        }
+    }
+}
+
+/// Writes a partition's ownership record and waits until it is durable.
+async fn write_ownership(store: &crate::storage::PartitionStore, record: OwnershipRecord) {
+    let mut batch = WriteBatch::default();
+    batch.put_ownership(&record);
+    let generation = store.apply(batch, true);
+    store.durable(generation).await;
 }
 
 /// Drops the sessions of gateways whose lease ran out, so a gateway that

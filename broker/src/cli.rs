@@ -68,6 +68,40 @@ impl BrokerArgs {
                 lease_ttl: Duration::from_millis(self.lease_ttl_ms),
                 ..Limits::default()
             },
+            cluster: crate::cluster::ClusterConfig::standalone(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Where a broker node sits in a cluster. Without `--nodes` the node is
+/// standalone and owns every partition.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterArgs {
+    /// This node's index into `--nodes`, or `auto`: the ordinal at the end
+    /// of the host name (`imsg-broker-2` is node 2, as in a StatefulSet).
+    #[arg(long, env = "IMSG_NODE_INDEX", default_value = "0")]
+    pub node_index: String,
+    /// Broker API URL of every node, in index order, comma-separated
+    /// (`http://broker-0:7100,http://broker-1:7100`).
+    #[arg(long, env = "IMSG_NODES", value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// How many nodes the cluster was created with (default: all of
+    /// `--nodes`). They split the partitions at first start; nodes added
+    /// later start empty and receive partitions by moves.
+    #[arg(long, env = "IMSG_INITIAL_NODES")]
+    pub initial_nodes: Option<u32>,
+}
+
+impl ClusterArgs {
+    pub fn config(&self) -> Result<crate::cluster::ClusterConfig, String> {
+        let hostname = std::env::var("HOSTNAME").ok();
+        let node_index = crate::cluster::parse_node_index(&self.node_index, hostname.as_deref())?;
+        let config = crate::cluster::ClusterConfig {
+            node_index,
+            nodes: self.nodes.clone(),
+            initial_nodes: self.initial_nodes.unwrap_or(self.nodes.len().max(1) as u32),
         };
         config.validate()?;
         Ok(config)
@@ -105,4 +139,26 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// The gRPC health service on a port of its own, in plaintext, for
+/// orchestrator probes (Kubernetes `grpc:` probes), separate from the API
+/// port so probes never need client credentials. Serves until `stop`.
+pub async fn spawn_health_port<H: tonic_health::pb::health_server::Health>(
+    addr: std::net::SocketAddr,
+    health: tonic_health::pb::health_server::HealthServer<H>,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use anyhow::Context as _;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding health port {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving health probes");
+    let server = tonic::transport::Server::builder().add_service(health).serve_with_incoming_shutdown(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        stop.cancelled_owned(),
+    );
+    Ok(tokio::spawn(async move {
+        if let Err(error) = server.await {
+            tracing::warn!(%error, "health port stopped");
+        }
+    }))
 }

@@ -93,6 +93,8 @@ pub struct BrokerConfig {
     /// bounds how much a restart replays.
     pub checkpoint_interval: Duration,
     pub limits: Limits,
+    /// Where the node sits in the cluster (standalone by default).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 impl BrokerConfig {
@@ -104,6 +106,7 @@ impl BrokerConfig {
             cache_capacity_bytes: 256 * 1024 * 1024,
             checkpoint_interval: Duration::from_secs(1),
             limits: Limits::default(),
+            cluster: crate::cluster::ClusterConfig::standalone(),
         }
     }
 
@@ -140,7 +143,7 @@ impl BrokerConfig {
         if l.typing_ttl.is_zero() || l.lease_ttl.is_zero() {
             return Err("typing ttl and lease ttl must be positive".into());
         }
-        Ok(())
+        self.cluster.validate()
     }
 }
 

@@ -22,6 +22,13 @@ pub enum Error {
     /// A partition is stopping, moving or down; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// This node does not own the partition (or not at the epoch the
+    /// sender saw): the sender's partition map is stale (invariant 8).
+    #[error("{0}")]
+    NotOwner(String),
+    /// Another node refused a forwarded call; its status passes through.
+    #[error("{}", .0.message())]
+    Remote(tonic::Status),
     #[error("storage error: {0}")]
     Storage(#[from] sled::Error),
     #[error("corrupt record: {0}")]

@@ -4,8 +4,11 @@
 use std::pin::Pin;
 
 use imsg_proto::v1::{
-    ExecuteRequest, ExecuteResponse, OpenSessionRequest, OpenSessionResponse, RenewLeaseRequest, RenewLeaseResponse,
-    broker_service_server::BrokerService,
+    CallPartitionRequest, CallPartitionResponse, ExecuteRequest, ExecuteResponse, ExportPartitionRequest,
+    ExportPartitionResponse, FreezePartitionRequest, FreezePartitionResponse, GetClusterStateRequest,
+    GetClusterStateResponse, ImportPartitionRequest, ImportPartitionResponse, OpenSessionRequest, OpenSessionResponse,
+    PartitionRow, ReleasePartitionRequest, ReleasePartitionResponse, RenewLeaseRequest, RenewLeaseResponse, Route,
+    ThawPartitionRequest, ThawPartitionResponse, broker_service_server::BrokerService,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -22,6 +25,8 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) => Status::failed_precondition(message),
             Error::ResourceExhausted(_) => Status::resource_exhausted(message),
             Error::Unavailable(_) => Status::unavailable(message),
+            Error::NotOwner(_) => Status::aborted(message),
+            Error::Remote(status) => status,
             Error::Storage(_) | Error::Corrupt(_) | Error::Internal(_) => {
                 tracing::error!(%message, "internal error");
                 Status::internal(message)
@@ -42,6 +47,14 @@ impl BrokerGrpc {
 }
 
 type FrameStream = Pin<Box<dyn Stream<Item = Result<OpenSessionResponse, Status>> + Send>>;
+type RowStream = Pin<Box<dyn Stream<Item = Result<ExportPartitionResponse, Status>> + Send>>;
+
+/// Rows per export frame (a few hundred KiB at most).
+const EXPORT_ROWS: usize = 512;
+
+fn route(route: Option<Route>) -> Result<Route, Status> {
+    route.ok_or_else(|| Status::invalid_argument("route: must be set"))
+}
 
 #[tonic::async_trait]
 impl BrokerService for BrokerGrpc {
@@ -49,7 +62,7 @@ impl BrokerService for BrokerGrpc {
         let request = request.into_inner();
         let caller = request.caller.ok_or_else(|| Status::invalid_argument("caller: must be set"))?;
         let command = request.command.ok_or_else(|| Status::invalid_argument("command: must be set"))?;
-        let result = self.broker.execute(&caller, command).await?;
+        let result = self.broker.execute(&caller, request.route.as_ref(), command).await?;
         Ok(Response::new(ExecuteResponse { result: Some(result) }))
     }
 
@@ -61,7 +74,8 @@ impl BrokerService for BrokerGrpc {
     ) -> Result<Response<Self::OpenSessionStream>, Status> {
         let request = request.into_inner();
         let caller = request.caller.ok_or_else(|| Status::invalid_argument("caller: must be set"))?;
-        let session = self.broker.open_session(&caller, &request.gateway_id, request.cursor)?;
+        let session =
+            self.broker.open_session(&caller, &request.gateway_id, request.cursor, request.route.as_ref())?;
         let frames = session.map(|frame| Ok(OpenSessionResponse { frame: Some(frame) }));
         Ok(Response::new(Box::pin(frames)))
     }
@@ -72,4 +86,105 @@ impl BrokerService for BrokerGrpc {
         let ttl = self.broker.renew_lease(&gateway_id);
         Ok(Response::new(RenewLeaseResponse { ttl_ms: ttl.as_millis() as u64 }))
     }
+
+    async fn call_partition(
+        &self,
+        request: Request<CallPartitionRequest>,
+    ) -> Result<Response<CallPartitionResponse>, Status> {
+        let request = request.into_inner();
+        let route = route(request.route)?;
+        let call = request.call.ok_or_else(|| Status::invalid_argument("call: must be set"))?;
+        let router = self.broker.router();
+        router.check_internal(route.partition, route.epoch)?;
+        let result = crate::cluster::wire::serve(call, |command| router.local(route.partition, command)).await?;
+        Ok(Response::new(CallPartitionResponse { result: Some(result) }))
+    }
+
+    async fn get_cluster_state(
+        &self,
+        _request: Request<GetClusterStateRequest>,
+    ) -> Result<Response<GetClusterStateResponse>, Status> {
+        let router = self.broker.router();
+        Ok(Response::new(GetClusterStateResponse {
+            node_index: self.broker.node_index(),
+            partition_count: router.partition_count(),
+            claims: router.claims(),
+        }))
+    }
+
+    async fn freeze_partition(
+        &self,
+        request: Request<FreezePartitionRequest>,
+    ) -> Result<Response<FreezePartitionResponse>, Status> {
+        let route = route(request.into_inner().route)?;
+        self.broker.freeze_partition(route.partition, route.epoch).await?;
+        Ok(Response::new(FreezePartitionResponse {}))
+    }
+
+    async fn thaw_partition(
+        &self,
+        request: Request<ThawPartitionRequest>,
+    ) -> Result<Response<ThawPartitionResponse>, Status> {
+        let route = route(request.into_inner().route)?;
+        self.broker.thaw_partition(route.partition, route.epoch).await?;
+        Ok(Response::new(ThawPartitionResponse {}))
+    }
+
+    type ExportPartitionStream = RowStream;
+
+    async fn export_partition(
+        &self,
+        request: Request<ExportPartitionRequest>,
+    ) -> Result<Response<Self::ExportPartitionStream>, Status> {
+        let route = route(request.into_inner().route)?;
+        // Checked up front so a wrong request fails as a status, not a frame.
+        self.broker.export_rows(route.partition, route.epoch, None, 0)?;
+        Ok(Response::new(export_frames(self.broker.clone(), route)))
+    }
+
+    async fn import_partition(
+        &self,
+        request: Request<ImportPartitionRequest>,
+    ) -> Result<Response<ImportPartitionResponse>, Status> {
+        let request = request.into_inner();
+        let route = route(request.route)?;
+        let rows =
+            self.broker.import_partition(route.partition, route.epoch, &request.source_url, request.source_epoch).await?;
+        Ok(Response::new(ImportPartitionResponse { rows }))
+    }
+
+    async fn release_partition(
+        &self,
+        request: Request<ReleasePartitionRequest>,
+    ) -> Result<Response<ReleasePartitionResponse>, Status> {
+        let route = route(request.into_inner().route)?;
+        self.broker.release_partition(route.partition, route.epoch).await?;
+        Ok(Response::new(ReleasePartitionResponse {}))
+    }
+}
+
+/// The frames of an export: pages of rows read one at a time by a task,
+/// so a large partition streams in bounded memory.
+fn export_frames(broker: Broker, route: Route) -> RowStream {
+    let (frames, stream) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let frame = match broker.export_rows(route.partition, route.epoch, after.as_deref(), EXPORT_ROWS) {
+                Err(error) => Err(Status::from(error)),
+                Ok(rows) if rows.is_empty() => return,
+                Ok(rows) => {
+                    after = rows.last().map(|(key, _)| key.clone());
+                    Ok(ExportPartitionResponse {
+                        rows: rows.into_iter().map(|(key, value)| PartitionRow { key, value }).collect(),
+                    })
+                }
+            };
+            let failed = frame.is_err();
+            if frames.send(frame).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(stream))
 }

@@ -1,47 +1,130 @@
-//! Routing commands to partitions.
+//! Routing commands to partitions, on this node or on the node that owns
+//! them.
 //!
-//! Each partition has two queues. Client commands use a bounded one: when it
-//! is full the caller gets RESOURCE_EXHAUSTED at once (invariant 6) instead
-//! of queueing without limit. Partition-to-partition traffic (fan-out,
-//! confirmations, ephemeral signals) uses an unbounded one, because a
-//! partition must never block on another (two partitions fanning out to each
-//! other would deadlock); it is bounded in effect by the client queues, since
-//! every internal message is caused by a bounded number of client commands
-//! (at most one per member of a bounded group).
+//! Each local partition has two queues. Client commands use a bounded one:
+//! when it is full the caller gets RESOURCE_EXHAUSTED at once (invariant 6)
+//! instead of queueing without limit. Partition-to-partition traffic
+//! (confirmations, ephemeral signals, replay reads) uses an unbounded one,
+//! because a partition must never block on another (two partitions fanning
+//! out to each other would deadlock); it is bounded in effect by the client
+//! queues, since every internal message is caused by a bounded number of
+//! client commands (at most one per member of a bounded group).
+//!
+//! A partition owned by another node is reached through [`crate::cluster`]:
+//! the command is forwarded with the epoch this node saw.
+//!
+//! Fan-out updates travel in *lanes*, one per target partition per node:
+//! a lane delivers in order, one delivery at a time (batching whatever
+//! queued meanwhile), and retries a delivery until the target has it
+//! durable, re-resolving the owner on every attempt. Order matters because
+//! a user partition drops a message at or below the newest seq it logged
+//! for that user and conversation (that is how re-sends are deduplicated):
+//! if a later batch could overtake an earlier one that was refused (target
+//! down, frozen for a move, moved), the earlier one would be dropped as a
+//! duplicate. One lane per target keeps every source's batches in order,
+//! across node failures and partition moves alike.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
-use tokio::sync::mpsc::{self, error::TrySendError};
+use imsg_proto::v1::{PartitionClaim, PartitionState, call_partition_request::Call};
+use tokio::sync::{
+    mpsc::{self, error::TrySendError},
+    oneshot,
+};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
+    cluster::{Owner, Peers, wire},
     error::{Error, Result},
+    events::UpdateItem,
     ids::{PartitionId, partition_of},
     partition::Command,
 };
 
-/// The queues of one partition.
+/// The queues of one local partition.
+#[derive(Clone)]
 pub struct PartitionQueues {
     pub commands: mpsc::Sender<Command>,
     pub internal: mpsc::UnboundedSender<Command>,
 }
 
-/// Knows where every partition's queues are.
+/// How this node holds a partition.
+#[derive(Clone, Default)]
+pub enum Slot {
+    /// Not here: another node owns it (or nobody known does).
+    #[default]
+    Absent,
+    Serving { queues: PartitionQueues, epoch: u64 },
+    /// Being frozen for a move: client commands are refused, internal
+    /// traffic still flows until the partition has drained.
+    Draining { queues: PartitionQueues, epoch: u64 },
+    /// Frozen: its task stopped, its rows are read-only (being copied).
+    Frozen { epoch: u64 },
+}
+
+/// Most updates one lane delivery carries.
+const LANE_BATCH: usize = 512;
+
+/// Longest pause between two delivery attempts of a lane.
+const LANE_MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Knows where every partition is. Cheap to clone.
 #[derive(Clone)]
 pub struct Router {
-    partitions: Arc<[PartitionQueues]>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    partitions: u32,
+    slots: Vec<RwLock<Slot>>,
+    /// The other nodes; `None` for a standalone node.
+    peers: Option<Arc<Peers>>,
+    lanes: Vec<mpsc::UnboundedSender<LaneItem>>,
+}
+
+struct LaneItem {
+    items: Vec<UpdateItem>,
+    done: oneshot::Sender<()>,
 }
 
 impl Router {
-    pub fn new(partitions: Vec<PartitionQueues>) -> Self {
-        Self { partitions: partitions.into() }
+    /// A router with no local partitions yet; lanes run until `stop`.
+    pub fn new(partitions: u32, peers: Option<Arc<Peers>>, stop: CancellationToken) -> Self {
+        let mut lanes = Vec::with_capacity(partitions as usize);
+        let mut receivers = Vec::with_capacity(partitions as usize);
+        for _ in 0..partitions {
+            let (tx, rx) = mpsc::unbounded_channel();
+            lanes.push(tx);
+            receivers.push(rx);
+        }
+        let router = Self {
+            inner: Arc::new(Inner {
+                partitions,
+                slots: (0..partitions).map(|_| RwLock::new(Slot::Absent)).collect(),
+                peers,
+                lanes,
+            }),
+        };
+        for (partition, receiver) in receivers.into_iter().enumerate() {
+            tokio::spawn(router.clone().run_lane(partition as PartitionId, receiver, stop.clone()));
+        }
+        router
     }
 
     pub fn partition_count(&self) -> u32 {
-        self.partitions.len() as u32
+        self.inner.partitions
     }
 
     pub fn partition_of(&self, key: &str) -> PartitionId {
-        partition_of(key, self.partition_count())
+        partition_of(key, self.inner.partitions)
+    }
+
+    pub fn peers(&self) -> Option<&Arc<Peers>> {
+        self.inner.peers.as_ref()
     }
 
     /// Groups keys (user or conversation ids) by the partition that owns
@@ -57,33 +140,207 @@ impl Router {
         groups
     }
 
-    /// Queues a client command, refusing at once when the partition is full.
-    pub fn submit(&self, partition: PartitionId, command: Command) -> Result<()> {
-        let queues = self.queues(partition)?;
-        queues.commands.try_send(command).map_err(|error| match error {
-            TrySendError::Full(_) => {
-                Error::ResourceExhausted(format!("partition {partition} is overloaded; retry later"))
-            }
-            TrySendError::Closed(_) => Error::Unavailable(format!("partition {partition} is stopped")),
-        })
+    pub fn slot_of(&self, partition: PartitionId) -> Slot {
+        self.slot(partition)
     }
 
-    /// Queues partition-to-partition traffic. Returns false when the target
-    /// stopped (its work is then redone from its durable state on restart).
-    pub fn internal(&self, partition: PartitionId, command: Command) -> bool {
-        self.queues(partition).is_ok_and(|q| q.internal.send(command).is_ok())
+    fn slot(&self, partition: PartitionId) -> Slot {
+        self.inner.slots.get(partition as usize).map(|s| s.read().unwrap_or_else(|e| e.into_inner()).clone()).unwrap_or_default()
     }
 
-    /// Every partition (for node-wide notices such as a lost gateway).
-    pub fn broadcast(&self, make: impl Fn() -> Command) {
-        for queues in self.partitions.iter() {
-            let _ = queues.internal.send(make());
+    pub fn set_slot(&self, partition: PartitionId, slot: Slot) {
+        if let Some(s) = self.inner.slots.get(partition as usize) {
+            *s.write().unwrap_or_else(|e| e.into_inner()) = slot;
         }
     }
 
-    fn queues(&self, partition: PartitionId) -> Result<&PartitionQueues> {
-        self.partitions
-            .get(partition as usize)
-            .ok_or_else(|| Error::Unavailable(format!("partition {partition} is not served here")))
+    /// The epoch at which this node holds `partition`, if it does.
+    pub fn local_epoch(&self, partition: PartitionId) -> Option<u64> {
+        match self.slot(partition) {
+            Slot::Absent => None,
+            Slot::Serving { epoch, .. } | Slot::Draining { epoch, .. } | Slot::Frozen { epoch } => Some(epoch),
+        }
+    }
+
+    /// Every partition this node holds, as it reports them to others.
+    pub fn claims(&self) -> Vec<PartitionClaim> {
+        (0..self.inner.partitions)
+            .filter_map(|partition| {
+                let (epoch, state) = match self.slot(partition) {
+                    Slot::Absent => return None,
+                    Slot::Serving { epoch, .. } => (epoch, PartitionState::Serving),
+                    Slot::Draining { epoch, .. } | Slot::Frozen { epoch } => (epoch, PartitionState::Frozen),
+                };
+                Some(PartitionClaim { partition, epoch, state: state as i32 })
+            })
+            .collect()
+    }
+
+    /// Refuses a client request for a partition this node does not serve,
+    /// or serves at another epoch than the sender saw (`None`: any epoch).
+    pub fn check_owner(&self, partition: PartitionId, epoch: Option<u64>) -> Result<()> {
+        self.check(partition, epoch, false)
+    }
+
+    /// Like [`Self::check_owner`] for a call from another node: a draining
+    /// partition still takes fan-out and reads until it is frozen.
+    pub fn check_internal(&self, partition: PartitionId, epoch: u64) -> Result<()> {
+        self.check(partition, Some(epoch), true)
+    }
+
+    fn check(&self, partition: PartitionId, epoch: Option<u64>, internal: bool) -> Result<()> {
+        let held = match self.slot(partition) {
+            Slot::Serving { epoch, .. } => epoch,
+            Slot::Draining { epoch, .. } if internal => epoch,
+            Slot::Draining { .. } | Slot::Frozen { .. } => {
+                return Err(Error::Unavailable(format!("partition {partition} is moving; retry shortly")));
+            }
+            Slot::Absent => {
+                let owner = self.remote_owner(partition).map_or("unknown".to_owned(), |o| {
+                    format!("node {} at epoch {}", o.node, o.epoch)
+                });
+                return Err(Error::NotOwner(format!("partition {partition} is not owned by this node (owner: {owner})")));
+            }
+        };
+        match epoch {
+            Some(seen) if seen != held => Err(Error::NotOwner(format!(
+                "stale epoch for partition {partition}: request has {seen}, this node holds it at {held}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn remote_owner(&self, partition: PartitionId) -> Option<Owner> {
+        self.inner.peers.as_ref().and_then(|peers| peers.owner(partition))
+    }
+
+    /// Sends a command to a partition on another node, or explains why not.
+    fn forward(&self, partition: PartitionId, command: Command) -> Result<()> {
+        let peers = self.inner.peers.as_ref().ok_or_else(|| {
+            Error::Unavailable(format!("partition {partition} is not served by this standalone node"))
+        })?;
+        let owner = self
+            .remote_owner(partition)
+            .ok_or_else(|| Error::Unavailable(format!("no node is known to own partition {partition}; retry")))?;
+        if !owner.serving {
+            return Err(Error::Unavailable(format!("partition {partition} is moving; retry shortly")));
+        }
+        wire::forward(peers, owner, partition, command).map_err(|_| {
+            Error::NotOwner(format!("partition {partition} is owned by node {}; this command runs there", owner.node))
+        })
+    }
+
+    /// Queues a client command, refusing at once when the partition is full.
+    pub fn submit(&self, partition: PartitionId, command: Command) -> Result<()> {
+        match self.slot(partition) {
+            Slot::Serving { queues, .. } => queues.commands.try_send(command).map_err(|error| match error {
+                TrySendError::Full(_) => {
+                    Error::ResourceExhausted(format!("partition {partition} is overloaded; retry later"))
+                }
+                TrySendError::Closed(_) => Error::Unavailable(format!("partition {partition} is stopped")),
+            }),
+            Slot::Draining { .. } | Slot::Frozen { .. } => {
+                Err(Error::Unavailable(format!("partition {partition} is moving; retry shortly")))
+            }
+            Slot::Absent => self.forward(partition, command),
+        }
+    }
+
+    /// Queues partition-to-partition traffic, here or on the owner. Returns
+    /// false when it could not be queued (a stopped or moving target: its
+    /// work is then redone from durable state, or was ephemeral).
+    pub fn internal(&self, partition: PartitionId, command: Command) -> bool {
+        match self.slot(partition) {
+            Slot::Serving { queues, .. } | Slot::Draining { queues, .. } => queues.internal.send(command).is_ok(),
+            Slot::Frozen { .. } => false,
+            Slot::Absent => self.forward(partition, command).is_ok(),
+        }
+    }
+
+    /// Queues traffic that only a local partition may take (sessions,
+    /// shutdown, a call forwarded by another node).
+    pub fn local(&self, partition: PartitionId, command: Command) -> Result<()> {
+        match self.slot(partition) {
+            Slot::Serving { queues, .. } | Slot::Draining { queues, .. } => queues
+                .internal
+                .send(command)
+                .map_err(|_| Error::Unavailable(format!("partition {partition} is stopped"))),
+            Slot::Frozen { .. } => Err(Error::Unavailable(format!("partition {partition} is moving; retry shortly"))),
+            Slot::Absent => Err(Error::NotOwner(format!("partition {partition} is not owned by this node"))),
+        }
+    }
+
+    /// Every local partition (for node-wide notices such as a lost gateway).
+    pub fn broadcast(&self, make: impl Fn() -> Command) {
+        for partition in 0..self.inner.partitions {
+            let _ = self.local(partition, make());
+        }
+    }
+
+    /// Hands fan-out updates to the lane of their target partition; the
+    /// receiver resolves once they are durable there.
+    pub fn deliver_updates(&self, partition: PartitionId, items: Vec<UpdateItem>) -> oneshot::Receiver<()> {
+        let (done, delivered) = oneshot::channel();
+        if let Some(lane) = self.inner.lanes.get(partition as usize) {
+            let _ = lane.send(LaneItem { items, done });
+        }
+        delivered
+    }
+
+    async fn run_lane(self, partition: PartitionId, mut queue: mpsc::UnboundedReceiver<LaneItem>, stop: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                _ = stop.cancelled() => return,
+                item = queue.recv() => match item { Some(item) => item, None => return },
+            };
+            let mut waiting = vec![first.done];
+            let mut items = first.items;
+            while items.len() < LANE_BATCH {
+                match queue.try_recv() {
+                    Ok(more) => {
+                        items.extend(more.items);
+                        waiting.push(more.done);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut backoff = Duration::from_millis(10);
+            loop {
+                match self.deliver_once(partition, &items).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::debug!(partition, %error, "fan-out delivery failed; retrying in order");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(LANE_MAX_BACKOFF);
+                    }
+                }
+            }
+            for done in waiting {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    async fn deliver_once(&self, partition: PartitionId, items: &[UpdateItem]) -> Result<()> {
+        let local = match self.slot(partition) {
+            Slot::Serving { queues, .. } | Slot::Draining { queues, .. } => Some(queues.internal),
+            Slot::Frozen { .. } => return Err(Error::Unavailable(format!("partition {partition} is moving"))),
+            Slot::Absent => None,
+        };
+        if let Some(internal) = local {
+            let (done, applied) = oneshot::channel();
+            internal
+                .send(Command::ApplyUpdates { items: items.to_vec(), done })
+                .map_err(|_| Error::Unavailable(format!("partition {partition} is stopped")))?;
+            return applied.await.map_err(|_| Error::Unavailable(format!("partition {partition} refused the updates")));
+        }
+        let peers = self.inner.peers.as_ref().ok_or_else(|| Error::Unavailable("no peers".into()))?;
+        let owner = peers
+            .owner(partition)
+            .ok_or_else(|| Error::Unavailable(format!("no node is known to own partition {partition}")))?;
+        peers.call_partition(owner, partition, Call::ApplyUpdates(wire::encode_updates(items))).await.map(|_| ())
     }
 }

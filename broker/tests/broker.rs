@@ -41,7 +41,7 @@ async fn direct(broker: &Broker, user: &str, peer: &str) -> String {
         request_id: String::new(),
         kind: Some(create_conversation_request::Kind::Direct(DirectConversationSpec { peer_user_id: peer.into() })),
     };
-    match broker.execute(&caller(user), Command::CreateConversation(request)).await.unwrap() {
+    match broker.execute(&caller(user), None, Command::CreateConversation(request)).await.unwrap() {
         Outcome::CreateConversation(response) => response.conversation.unwrap().conversation_id,
         other => panic!("{other:?}"),
     }
@@ -54,7 +54,7 @@ async fn send(broker: &Broker, user: &str, conversation: &str, id: &str) -> u64 
         reply_to_seq: 0,
         content: Some(send_message_request::Content::Text(TextContent { text: "hello".into() })),
     };
-    match broker.execute(&caller(user), Command::SendMessage(request)).await.unwrap() {
+    match broker.execute(&caller(user), None, Command::SendMessage(request)).await.unwrap() {
         Outcome::SendMessage(response) => response.seq,
         other => panic!("{other:?}"),
     }
@@ -68,7 +68,7 @@ async fn a_slow_consumer_is_disconnected_with_a_reason_instead_of_growing_memory
     let broker = Broker::open(config).await.unwrap();
     let conversation = direct(&broker, "alice", "bob").await;
     // Bob's device opens a session and then never reads.
-    let mut session = broker.open_session(&caller("bob"), "", 0).unwrap();
+    let mut session = broker.open_session(&caller("bob"), "", 0, None).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     for n in 0..40 {
         send(&broker, "alice", &conversation, &format!("m{n}")).await;
@@ -95,16 +95,16 @@ async fn typing_and_presence_are_never_written_to_storage() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let before = broker.rows_written();
     for round in 0..10 {
-        let session = broker.open_session(&caller("bob"), "", 0).unwrap();
+        let session = broker.open_session(&caller("bob"), "", 0, None).unwrap();
         let typing = TypingSignal { conversation_id: conversation.clone(), active: round % 2 == 0 };
-        broker.execute(&caller("alice"), Command::Typing(typing)).await.unwrap();
+        broker.execute(&caller("alice"), None, Command::Typing(typing)).await.unwrap();
         drop(session);
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(broker.rows_written(), before, "typing and presence changed storage");
     // A real change does write, so the counter can fail this test.
     let mark = MarkRead { conversation_id: conversation.clone(), seq: 1 };
-    broker.execute(&caller("bob"), Command::MarkRead(mark)).await.unwrap();
+    broker.execute(&caller("bob"), None, Command::MarkRead(mark)).await.unwrap();
     assert!(broker.rows_written() > before);
     broker.shutdown().await.unwrap();
 }

@@ -1,17 +1,24 @@
 //! Where the gateway sends commands: a broker in this process
-//! (`--embedded-broker`) or broker nodes over the internal broker API.
+//! (`--embedded-broker`) or a cluster of broker nodes over the internal
+//! broker API, routed by the partition map.
 //! Either way the gateway keeps no durable state.
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
-use imsg_broker::{Broker, Limits, validate};
+use imsg_broker::{
+    Broker, Limits,
+    broker::home_key,
+    cluster::{Owner, Peers},
+    ids::partition_of,
+    validate,
+};
 use imsg_proto::v1::{
-    Caller, ExecuteRequest, OpenSessionRequest, OpenStreamResponse, RenewLeaseRequest,
+    Caller, ExecuteRequest, OpenSessionRequest, OpenStreamResponse, RenewLeaseRequest, Route,
     broker_service_client::BrokerServiceClient, execute_request, execute_response,
 };
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
-use tonic::{Status, transport::Channel};
+use tonic::{Code, Status, transport::Channel};
 
 /// A device session's frames, whichever backend serves it.
 pub type Frames = Pin<Box<dyn Stream<Item = Result<OpenStreamResponse, Status>> + Send>>;
@@ -23,34 +30,50 @@ pub enum Backend {
     Remote(RemoteBroker),
 }
 
-/// A broker node reached over gRPC, with this gateway's lease on it.
+/// Broker nodes reached over gRPC: the partition map tells which node
+/// serves a command's home partition, and this gateway holds a lease on
+/// every node (its sessions may live on any of them).
 #[derive(Clone)]
 pub struct RemoteBroker {
-    client: BrokerServiceClient<Channel>,
+    peers: Arc<Peers>,
     gateway_id: String,
     /// The brokers' limits: bad input is refused here, before a network
     /// hop. (An embedded broker validates in `Broker::execute`, once.)
     limits: Arc<Limits>,
 }
 
+/// Attempts per request when the map turns out stale (a partition moved).
+const ROUTE_ATTEMPTS: usize = 3;
+
+/// How long a unary command may wait on a broker node.
+const EXECUTE_TIMEOUT: Duration = Duration::from_secs(15);
+
 impl RemoteBroker {
-    /// Connects lazily (the broker may start after the gateway) and keeps
-    /// this gateway's lease renewed until `stop`.
-    pub fn connect(url: &str, gateway_id: String, limits: Limits, stop: CancellationToken) -> Result<Self, String> {
-        let endpoint = Channel::from_shared(url.to_owned())
-            .map_err(|e| format!("broker url {url}: {e}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
-        let client = BrokerServiceClient::new(endpoint.connect_lazy()).max_decoding_message_size(4 * 1024 * 1024);
-        let broker = Self { client, gateway_id, limits: Arc::new(limits) };
-        tokio::spawn(broker.clone().renew_lease(stop));
+    /// Connects lazily to every node (they may start after the gateway),
+    /// loads the partition map, and keeps the map fresh and this gateway's
+    /// leases renewed until `stop`.
+    pub async fn connect(
+        urls: &[String],
+        partitions: u32,
+        gateway_id: String,
+        limits: Limits,
+        stop: CancellationToken,
+    ) -> Result<Self, String> {
+        if urls.is_empty() {
+            return Err("at least one broker url is needed".into());
+        }
+        let peers = Peers::new(urls, None, partitions).map_err(|e| e.to_string())?;
+        peers.refresh().await;
+        tokio::spawn(peers.clone().run_refresher(Duration::from_secs(1), stop.clone(), |_| {}));
+        let broker = Self { peers, gateway_id, limits: Arc::new(limits) };
+        for node in 0..urls.len() as u32 {
+            tokio::spawn(broker.clone().renew_lease(node, stop.clone()));
+        }
         Ok(broker)
     }
 
-    async fn renew_lease(self, stop: CancellationToken) {
-        let mut client = self.client.clone();
+    async fn renew_lease(self, node: u32, stop: CancellationToken) {
+        let Ok(mut client) = self.peers.client(node) else { return };
         let mut every = Duration::from_secs(1);
         loop {
             tokio::select! {
@@ -61,11 +84,44 @@ impl RemoteBroker {
                 // Renew three times per lease, so one lost renewal is harmless.
                 Ok(response) => every = Duration::from_millis((response.into_inner().ttl_ms / 3).max(100)),
                 Err(status) => {
-                    tracing::warn!(%status, "lease renewal failed");
+                    tracing::debug!(node, %status, "lease renewal failed");
                     every = Duration::from_secs(1);
                 }
             }
         }
+    }
+
+    /// The node serving the partition of `key`, as the map says now.
+    fn owner_of(&self, key: &str) -> Result<(u32, Owner), Status> {
+        let partition = partition_of(key, self.peers.partition_count());
+        let owner = self.peers.owner(partition).ok_or_else(|| {
+            self.peers.refresh_soon();
+            Status::unavailable(format!("no broker node is known to serve partition {partition} yet; retry"))
+        })?;
+        Ok((partition, owner))
+    }
+
+    /// Runs `call` on the owner of `key`'s partition. A refusal for a stale
+    /// map (ABORTED) refreshes the map and tries again; an unreachable node
+    /// is UNAVAILABLE for the client (retryable) and nothing else is held up.
+    async fn routed<T, F, Fut>(&self, key: &str, call: F) -> Result<T, Status>
+    where
+        F: Fn(BrokerServiceClient<Channel>, Route) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        for _ in 0..ROUTE_ATTEMPTS {
+            let (partition, owner) = self.owner_of(key)?;
+            let client = self.peers.client(owner.node).map_err(Status::from)?;
+            match tokio::time::timeout(EXECUTE_TIMEOUT, call(client, owner.route(partition))).await {
+                Err(_) => return Err(Status::unavailable(format!("broker node {} did not answer in time", owner.node))),
+                Ok(Err(status)) if status.code() == Code::Aborted => {
+                    self.peers.refresh().await;
+                }
+                Ok(Err(status)) => return Err(self.peers.remote_error(owner.node, partition, status).into()),
+                Ok(Ok(value)) => return Ok(value),
+            }
+        }
+        Err(Status::unavailable("the partition is changing owner; retry"))
     }
 }
 
@@ -76,13 +132,16 @@ impl Backend {
         command: execute_request::Command,
     ) -> Result<execute_response::Result, Status> {
         match self {
-            Self::Embedded(broker) => Ok(broker.execute(&caller, command).await?),
+            Self::Embedded(broker) => Ok(broker.execute(&caller, None, command).await?),
             Self::Remote(remote) => {
                 validate::command(&remote.limits, &caller, &command)?;
+                let home = home_key(&caller, &command);
                 remote
-                    .client
-                    .clone()
-                    .execute(ExecuteRequest { caller: Some(caller), command: Some(command) })
+                    .routed(&home, |mut client, route| {
+                        let request =
+                            ExecuteRequest { caller: Some(caller.clone()), command: Some(command.clone()), route: Some(route) };
+                        async move { client.execute(request).await }
+                    })
                     .await?
                     .into_inner()
                     .result
@@ -93,11 +152,21 @@ impl Backend {
 
     pub async fn open_session(&self, caller: Caller, cursor: u64) -> Result<Frames, Status> {
         match self {
-            Self::Embedded(broker) => Ok(Box::pin(broker.open_session(&caller, "", cursor)?.map(Ok))),
+            Self::Embedded(broker) => Ok(Box::pin(broker.open_session(&caller, "", cursor, None)?.map(Ok))),
             Self::Remote(remote) => {
-                let request =
-                    OpenSessionRequest { caller: Some(caller), gateway_id: remote.gateway_id.clone(), cursor };
-                let frames = remote.client.clone().open_session(request).await?.into_inner();
+                let user_id = caller.user_id.clone();
+                let frames = remote
+                    .routed(&user_id, |mut client, route| {
+                        let request = OpenSessionRequest {
+                            caller: Some(caller.clone()),
+                            gateway_id: remote.gateway_id.clone(),
+                            cursor,
+                            route: Some(route),
+                        };
+                        async move { client.open_session(request).await }
+                    })
+                    .await?
+                    .into_inner();
                 Ok(Box::pin(frames.filter_map(|frame| match frame {
                     Ok(frame) => frame.frame.map(Ok),
                     Err(status) => Some(Err(status)),

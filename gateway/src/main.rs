@@ -41,9 +41,13 @@ struct ServeArgs {
     /// Run a broker inside this process: a complete single-node server.
     #[arg(long, env = "IMSG_EMBEDDED_BROKER", conflicts_with = "broker")]
     embedded_broker: bool,
-    /// URL of the broker node (`http://host:port`).
-    #[arg(long, env = "IMSG_BROKER")]
-    broker: Option<String>,
+    /// Broker node URLs (`http://host:port`), comma-separated, in node
+    /// index order: one for a single broker node, all of them for a cluster.
+    #[arg(long, env = "IMSG_BROKER", value_delimiter = ',')]
+    broker: Vec<String>,
+    /// A plaintext port serving only gRPC health, for orchestrator probes.
+    #[arg(long, env = "IMSG_HEALTH_LISTEN")]
+    health_listen: Option<SocketAddr>,
     /// HS256 secret that verifies client tokens (at least 16 bytes).
     #[arg(long, env = "IMSG_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -77,12 +81,17 @@ async fn main() -> anyhow::Result<()> {
     // The same flags configure an embedded broker and, for a remote one,
     // the limits the gateway checks before forwarding.
     let broker_config = args.broker_args.config().map_err(anyhow::Error::msg)?;
-    let target = match (args.embedded_broker, args.broker) {
+    let target = match (args.embedded_broker, args.broker.is_empty()) {
         (true, _) => BrokerTarget::Embedded(broker_config),
-        (false, Some(url)) => BrokerTarget::Remote { url, limits: broker_config.limits },
-        (false, None) => anyhow::bail!("choose --embedded-broker or --broker <url>"),
+        (false, false) => BrokerTarget::Remote {
+            urls: args.broker,
+            partitions: broker_config.partitions,
+            limits: broker_config.limits,
+        },
+        (false, true) => anyhow::bail!("choose --embedded-broker or --broker <url>[,<url>...]"),
     };
     let mut config = GatewayConfig::new(args.listen, target, secret);
+    config.health_listen = args.health_listen;
     if let Some(id) = args.gateway_id {
         config.gateway_id = id;
     }

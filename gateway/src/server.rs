@@ -21,15 +21,18 @@ use crate::{
 pub enum BrokerTarget {
     /// A broker inside this process: a complete single-node server.
     Embedded(BrokerConfig),
-    /// A broker node at this URL (`http://host:port`); the gateway checks
-    /// input against `limits`, which should match the brokers' flags.
-    Remote { url: String, limits: Limits },
+    /// Broker nodes at these URLs (`http://host:port`), P partitions
+    /// between them; the gateway checks input against `limits`, which
+    /// should match the brokers' flags.
+    Remote { urls: Vec<String>, partitions: u32, limits: Limits },
 }
 
 /// Everything a gateway needs to start.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     pub listen: SocketAddr,
+    /// A plaintext port serving only gRPC health, for probes.
+    pub health_listen: Option<SocketAddr>,
     pub broker: BrokerTarget,
     pub jwt_secret: String,
     /// Names this gateway's lease on broker nodes.
@@ -46,6 +49,7 @@ impl GatewayConfig {
     pub fn new(listen: SocketAddr, broker: BrokerTarget, jwt_secret: impl Into<String>) -> Self {
         Self {
             listen,
+            health_listen: None,
             broker,
             jwt_secret: jwt_secret.into(),
             gateway_id: format!("gw-{:016x}", rand::random::<u64>()),
@@ -77,8 +81,10 @@ impl RunningGateway {
                 let broker = Broker::open(broker_config.clone()).await?;
                 (Backend::Embedded(broker.clone()), Some(broker))
             }
-            BrokerTarget::Remote { url, limits } => {
-                let remote = RemoteBroker::connect(url, config.gateway_id.clone(), limits.clone(), stop.clone())
+            BrokerTarget::Remote { urls, partitions, limits } => {
+                let remote =
+                    RemoteBroker::connect(urls, *partitions, config.gateway_id.clone(), limits.clone(), stop.clone())
+                        .await
                     .map_err(anyhow::Error::msg)?;
                 (Backend::Remote(remote), None)
             }
@@ -96,6 +102,9 @@ impl RunningGateway {
         let addr = listener.local_addr()?;
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<MessagingServiceServer<MessagingApi>>().await;
+        if let Some(health_addr) = config.health_listen {
+            imsg_broker::cli::spawn_health_port(health_addr, health.clone(), stop.clone()).await?;
+        }
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(imsg_proto::FILE_DESCRIPTOR_SET)
             .build_v1()?;

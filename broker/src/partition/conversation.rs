@@ -40,7 +40,7 @@ pub(super) struct Conversations {
     /// with each send); written at the next tick, not per message.
     dirty_receipts: HashSet<(String, String)>,
     /// Outbox batches sent but not yet confirmed by every target.
-    outbox_in_flight: BTreeSet<u64>,
+    pub(super) outbox_in_flight: BTreeSet<u64>,
     /// Conversations where someone may be typing: the expiry tick visits
     /// these, not every loaded conversation.
     typing_in: HashSet<String>,
@@ -643,18 +643,15 @@ impl Partition {
             }
         }
         self.conversations.outbox_in_flight.insert(batch);
-        let mut confirmations = Vec::with_capacity(by_partition.len());
-        for (partition, items) in by_partition {
-            let (done, confirmed) = tokio::sync::oneshot::channel();
-            self.router.internal(partition, Command::ApplyUpdates { items, done });
-            confirmations.push(confirmed);
-        }
+        let confirmations: Vec<_> =
+            by_partition.into_iter().map(|(partition, items)| self.router.deliver_updates(partition, items)).collect();
         let router = self.router.clone();
         let me = self.id;
         tokio::spawn(async move {
             for confirmed in confirmations {
-                // A target that stopped never confirms; the batch stays in
-                // the outbox and is re-sent on the next start.
+                // Lanes retry until the target has the updates durable; one
+                // that never confirms (this node stopping) leaves the batch
+                // in the outbox, re-sent on the next start.
                 if confirmed.await.is_err() {
                     return;
                 }

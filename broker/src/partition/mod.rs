@@ -217,6 +217,47 @@ pub enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// A move: stop taking writes, wait until everything is durable and the
+    /// outbox confirmed, close the sessions, reply, and stop (see `freeze`).
+    Freeze {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+impl Command {
+    /// Client commands that would write; refused while freezing.
+    fn writes_as_client(&self) -> bool {
+        matches!(
+            self,
+            Self::CreateConversation { .. }
+                | Self::ChangeMembership { .. }
+                | Self::Send { .. }
+                | Self::Typing { .. }
+                | Self::Mark { .. }
+                | Self::UpdateSettings { .. }
+                | Self::OpenSession { .. }
+        )
+    }
+}
+
+/// Why the task's loop ended.
+enum Stop {
+    /// The queues closed.
+    Closed,
+    Shutdown(oneshot::Sender<()>),
+    Frozen(oneshot::Sender<()>),
+}
+
+/// A freeze in progress. Draining: client writes are refused (dropped: the
+/// caller sees UNAVAILABLE) but fan-out still flows in and out, until
+/// nothing is pending and every outbox batch this partition sent is
+/// confirmed. Sealing: incoming updates are refused too (their lanes
+/// re-send them to the new owner), and the last bookkeeping is written.
+/// Waiting for the outbox matters: the new owner would otherwise re-send
+/// those batches while our lanes still deliver them, out of order.
+struct Freezing {
+    sealing: bool,
+    reply: oneshot::Sender<()>,
 }
 
 /// Something to do once the batch it belongs to is durable.
@@ -271,6 +312,7 @@ pub struct Partition {
     ticks: u64,
     conversations: conversation::Conversations,
     users: user::Users,
+    freezing: Option<Freezing>,
 }
 
 /// Ticks (of 100 ms) between checkpoints of watermarks that moved in
@@ -314,6 +356,7 @@ impl Partition {
             ticks: 0,
             conversations: conversation::Conversations::default(),
             users,
+            freezing: None,
             store,
             durability,
             router,
@@ -328,13 +371,21 @@ impl Partition {
             self.durable_wake.notified().await;
             self.run_durable();
         }
-        self.users.close_all_sessions("server shutting down");
-        if let Some(reply) = stopped {
-            let _ = reply.send(());
+        match stopped {
+            Stop::Closed => self.users.close_all_sessions("server shutting down"),
+            Stop::Shutdown(reply) => {
+                self.users.close_all_sessions("server shutting down");
+                let _ = reply.send(());
+            }
+            Stop::Frozen(reply) => {
+                self.users.close_all_sessions("partition moving to another node; reconnect");
+                tracing::info!(partition = self.id, "partition frozen");
+                let _ = reply.send(());
+            }
         }
     }
 
-    async fn serve(&mut self, mailbox: &mut Mailbox) -> Option<oneshot::Sender<()>> {
+    async fn serve(&mut self, mailbox: &mut Mailbox) -> Stop {
         // Whatever a crash interrupted between commit and fan-out goes first.
         if let Err(error) = self.resend_outbox() {
             tracing::error!(partition = self.id, %error, "re-sending outbox failed");
@@ -347,23 +398,43 @@ impl Partition {
                 biased;
                 _ = self.durable_wake.notified(), if !self.pending.is_empty() => self.run_durable(),
                 command = mailbox.internal.recv() => {
-                    let command = command?;
+                    let Some(command) = command else { return Stop::Closed };
                     if let Some(stop) = self.take(command, mailbox) {
-                        return Some(stop);
+                        return Stop::Shutdown(stop);
                     }
                 }
                 command = mailbox.commands.recv() => {
-                    let command = command?;
+                    let Some(command) = command else { return Stop::Closed };
                     if let Some(stop) = self.take(command, mailbox) {
-                        return Some(stop);
+                        return Stop::Shutdown(stop);
                     }
                 }
-                _ = tick.tick() => {
+                _ = tick.tick(), if self.freezing.is_none() => {
                     self.on_tick();
                     self.commit();
                 }
             }
+            if self.freeze_step() {
+                if let Some(freezing) = self.freezing.take() {
+                    return Stop::Frozen(freezing.reply);
+                }
+            }
         }
+    }
+
+    /// Advances a freeze; true once the partition may stop.
+    fn freeze_step(&mut self) -> bool {
+        let Some(freezing) = &mut self.freezing else { return false };
+        if !freezing.sealing && self.pending.is_empty() && self.conversations.outbox_in_flight.is_empty() {
+            freezing.sealing = true;
+            self.checkpoint_receipts();
+            self.persist_outbox_progress();
+            // Waited for like any reply, so the rows are in sled before
+            // anyone copies them.
+            self.defer(Deferred::Run(Box::new(|| {})));
+            self.commit();
+        }
+        self.freezing.as_ref().is_some_and(|f| f.sealing) && self.pending.is_empty()
     }
 
     /// Handles a command and everything else already queued (up to the batch
@@ -389,6 +460,14 @@ impl Partition {
     }
 
     fn handle(&mut self, command: Command) {
+        if let Some(freezing) = &self.freezing {
+            let refused = command.writes_as_client()
+                || (freezing.sealing
+                    && matches!(command, Command::ApplyUpdates { .. } | Command::HideReadChanged { .. }));
+            if refused {
+                return; // dropped: the caller sees UNAVAILABLE, a lane re-sends
+            }
+        }
         match command {
             Command::CreateConversation { caller, conversation_id, spec, reply } => {
                 let result = self.create_conversation(&caller, &conversation_id, spec);
@@ -454,6 +533,12 @@ impl Partition {
             Command::PresenceQuery { user_ids, viewer_conversations, reply } => {
                 let result = Ok(self.presence_query(&user_ids, &viewer_conversations));
                 self.reply(reply, result);
+            }
+            Command::Freeze { reply } => {
+                if self.freezing.is_none() {
+                    tracing::info!(partition = self.id, "freezing for a move");
+                    self.freezing = Some(Freezing { sealing: false, reply });
+                }
             }
             Command::Shutdown { .. } => unreachable!("handled by take"),
         }

@@ -20,6 +20,7 @@
 //! | `s` user                  | [`SettingsRecord`]     |
 //! | `i` user `/` conv         | (empty): inbox member  |
 //! | `M`                       | [`PartitionMeta`]      |
+//! | `O`                       | [`OwnershipRecord`]    |
 //!
 //! Ids never contain `/` (see `validate::id`) and conversation ids have a
 //! fixed length, so prefix scans cannot run into a neighbour's keys.
@@ -551,8 +552,32 @@ impl PartitionStore {
     pub fn meta(&self) -> Result<PartitionMeta> {
         Ok(match self.tree.get(b"M")? {
             Some(bytes) => decode(&bytes)?,
-            None => PartitionMeta { epoch: 1, next_outbox: 1, outbox_done: 1, next_cursor: 1 },
+            None => PartitionMeta { next_outbox: 1, outbox_done: 1, next_cursor: 1 },
         })
+    }
+
+    /// This node's claim on the partition; `None` if it never held it.
+    pub fn ownership(&self) -> Result<Option<OwnershipRecord>> {
+        self.tree.get(b"O")?.map(|bytes| decode(&bytes)).transpose()
+    }
+
+    /// Up to `limit` rows after `after` (from the first when `None`), in key
+    /// order: a partition move copies a frozen partition with these.
+    pub fn rows_after(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let rows = match after {
+            Some(key) => self.tree.range::<&[u8], _>((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded)),
+            None => self.tree.iter(),
+        };
+        rows.take(limit).map(|row| row.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Error::from)).collect()
+    }
+
+    /// Waits until `generation` is durable (published).
+    pub async fn durable(&self, generation: u64) {
+        let waker = Arc::new(Notify::new());
+        while self.durability.durable() < generation {
+            self.durability.notify_when_durable(generation, &waker);
+            waker.notified().await;
+        }
     }
 
     /// The next outbox batch number and update-log cursor implied by the
@@ -754,6 +779,19 @@ impl WriteBatch {
 
     pub fn put_meta(&mut self, meta: &PartitionMeta) {
         self.put(b"M".to_vec(), meta.encode_to_vec());
+    }
+
+    pub fn put_ownership(&mut self, record: &OwnershipRecord) {
+        self.put(b"O".to_vec(), record.encode_to_vec());
+    }
+
+    /// A row copied verbatim from another node's tree (a partition move).
+    pub fn put_row(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.put(key, value);
+    }
+
+    pub fn remove_row(&mut self, key: Vec<u8>) {
+        self.remove(key);
     }
 }
 

@@ -138,9 +138,7 @@ pub struct SettingsRecord {
 /// Per-partition bookkeeping, rewritten with each batch that changes it.
 #[derive(Clone, Copy, PartialEq, prost::Message)]
 pub struct PartitionMeta {
-    /// Ownership epoch (invariant 8); bumped on every ownership change.
-    #[prost(uint64, tag = "1")]
-    pub epoch: u64,
+    // Tag 1 (an ownership epoch) moved to `OwnershipRecord`.
     /// Next outbox batch number to assign.
     #[prost(uint64, tag = "2")]
     pub next_outbox: u64,
@@ -150,4 +148,17 @@ pub struct PartitionMeta {
     /// Next update-log cursor to assign (cursors start at 1).
     #[prost(uint64, tag = "4")]
     pub next_cursor: u64,
+}
+
+/// Whether this node owns a partition, and at which epoch (invariant 8).
+/// Written only by ownership changes (first start, import, release), each
+/// time through the write-ahead log and waited on until durable.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub struct OwnershipRecord {
+    /// Bumped on every ownership change; the highest claim wins.
+    #[prost(uint64, tag = "1")]
+    pub epoch: u64,
+    /// The partition was moved to another node at `epoch`: never serve it.
+    #[prost(bool, tag = "2")]
+    pub released: bool,
 }

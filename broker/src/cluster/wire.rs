@@ -1,0 +1,256 @@
+//! Partition commands on the wire: what a node sends when the partition a
+//! command is for lives on another node (`forward`), and what the owner
+//! does with it (`serve`).
+//!
+//! Only steps that one partition asks of another cross nodes: user
+//! contexts, inbox summaries, presence queries, replay bodies and
+//! snapshots, fan-out updates and ephemeral signals. Commands that carry
+//! live handles (sessions) or start a client command always run on the
+//! node that owns their home partition (the gateway routes them there).
+
+use std::sync::Arc;
+
+use imsg_proto::v1::{
+    Accepted, ApplyUpdatesCall, HideReadChangedCall, LoggedChange, LoggedReceipt, LoggedUpdate, MessagesCall,
+    MessagesResult, PresenceFanoutCall, PresenceQueryCall, PresenceQueryResult, PushEphemeralCall, SnapshotsCall,
+    SnapshotsResult, SummariesCall, SummariesResult, TypingUpdate, UserContextCall, UserContextResult,
+    call_partition_request::Call, call_partition_response::Result as Answer, logged_update, push_ephemeral_call,
+};
+use tokio::sync::oneshot;
+
+use super::{Owner, Peers};
+use crate::{
+    error::{Error, Result},
+    events::{Ephemeral, LoggedEvent, UpdateItem},
+    ids::PartitionId,
+    partition::{Command, Reply, UserContext, Viewer},
+};
+
+/// Sends `command` to the partition's owner on another node. Answers go to
+/// the command's reply; a command that cannot cross nodes is given back.
+pub fn forward(peers: &Arc<Peers>, owner: Owner, partition: PartitionId, command: Command) -> Result<(), Command> {
+    match command {
+        Command::UserContext { user_id, reply } => {
+            ask(peers, owner, partition, Call::UserContext(UserContextCall { user_id }), reply, |answer| match answer {
+                Answer::UserContext(context) => Some(UserContext {
+                    settings: context.settings.unwrap_or_default(),
+                    conversation_ids: context.conversation_ids.into(),
+                }),
+                _ => None,
+            })
+        }
+        Command::Summaries { viewer, conversation_ids, reply } => {
+            let call = Call::Summaries(SummariesCall {
+                viewer_user_id: viewer.user_id,
+                viewer_hides_read_receipts: viewer.hide_read_receipts,
+                conversation_ids,
+            });
+            ask(peers, owner, partition, call, reply, |answer| match answer {
+                Answer::Summaries(result) => Some(result.summaries),
+                _ => None,
+            })
+        }
+        Command::PresenceQuery { user_ids, viewer_conversations, reply } => {
+            let call = Call::PresenceQuery(PresenceQueryCall {
+                user_ids,
+                viewer_conversation_ids: viewer_conversations.to_vec(),
+            });
+            ask(peers, owner, partition, call, reply, |answer| match answer {
+                Answer::PresenceQuery(result) => Some(result.presences),
+                _ => None,
+            })
+        }
+        Command::Messages { conversation_id, seqs, reply } => {
+            let call = Call::Messages(MessagesCall { conversation_id, seqs });
+            ask(peers, owner, partition, call, reply, |answer| match answer {
+                Answer::Messages(result) => Some(result.messages),
+                _ => None,
+            })
+        }
+        Command::Snapshots { conversation_ids, reply } => {
+            let call = Call::Snapshots(SnapshotsCall { conversation_ids });
+            ask(peers, owner, partition, call, reply, |answer| match answer {
+                Answer::Snapshots(result) => Some(result.conversations),
+                _ => None,
+            })
+        }
+        Command::PushEphemeral { user_ids, event } => {
+            let event = match event {
+                Ephemeral::Typing { conversation_id, user_id, active } => {
+                    push_ephemeral_call::Event::Typing(TypingUpdate { conversation_id, user_id, active })
+                }
+                Ephemeral::Presence(presence) => push_ephemeral_call::Event::Presence(presence),
+            };
+            tell(peers, owner, partition, Call::PushEphemeral(PushEphemeralCall { user_ids, event: Some(event) }));
+        }
+        Command::PresenceFanout { presence, conversation_ids } => {
+            let call = Call::PresenceFanout(PresenceFanoutCall { presence: Some(presence), conversation_ids });
+            tell(peers, owner, partition, call);
+        }
+        Command::HideReadChanged { user_id, hide_read, conversation_ids } => {
+            let call = Call::HideReadChanged(HideReadChangedCall { user_id, hide_read, conversation_ids });
+            tell(peers, owner, partition, call);
+        }
+        other => return Err(other),
+    }
+    Ok(())
+}
+
+/// A call with an answer: decoded into the reply (an answer of the wrong
+/// kind is an internal error, not a panic).
+fn ask<T: Send + 'static>(
+    peers: &Arc<Peers>,
+    owner: Owner,
+    partition: PartitionId,
+    call: Call,
+    reply: Reply<T>,
+    decode: impl FnOnce(Answer) -> Option<T> + Send + 'static,
+) {
+    let peers = peers.clone();
+    tokio::spawn(async move {
+        let result = peers.call_partition(owner, partition, call).await.and_then(|answer| {
+            decode(answer).ok_or_else(|| Error::Internal(format!("node {} answered the wrong kind", owner.node)))
+        });
+        let _ = reply.send(result);
+    });
+}
+
+/// A signal without an answer: lost if the owner is down, like a signal to
+/// a local partition that stopped (ephemeral by definition).
+fn tell(peers: &Arc<Peers>, owner: Owner, partition: PartitionId, call: Call) {
+    let peers = peers.clone();
+    tokio::spawn(async move {
+        if let Err(error) = peers.call_partition(owner, partition, call).await {
+            tracing::debug!(partition, %error, "signal to another node dropped");
+        }
+    });
+}
+
+/// Fan-out updates as they travel.
+pub fn encode_updates(items: &[UpdateItem]) -> ApplyUpdatesCall {
+    let updates = items
+        .iter()
+        .map(|item| LoggedUpdate {
+            user_ids: item.user_ids.clone(),
+            event: Some(match &*item.event {
+                LoggedEvent::Message(message) => logged_update::Event::Message((**message).clone()),
+                LoggedEvent::Receipt { conversation_id, user_id, delivered_seq, read_seq, hide_read } => {
+                    logged_update::Event::Receipt(LoggedReceipt {
+                        conversation_id: conversation_id.clone(),
+                        user_id: user_id.clone(),
+                        delivered_seq: *delivered_seq,
+                        read_seq: *read_seq,
+                        hide_read: *hide_read,
+                    })
+                }
+                LoggedEvent::Changed { conversation, removed_user_ids } => logged_update::Event::Change(LoggedChange {
+                    conversation: Some((**conversation).clone()),
+                    removed_user_ids: removed_user_ids.to_vec(),
+                }),
+            }),
+        })
+        .collect();
+    ApplyUpdatesCall { updates }
+}
+
+fn decode_updates(call: ApplyUpdatesCall) -> Result<Vec<UpdateItem>> {
+    call.updates
+        .into_iter()
+        .map(|update| {
+            let event = match update.event.ok_or_else(|| Error::invalid("updates.event", "must be set"))? {
+                logged_update::Event::Message(message) => LoggedEvent::Message(Arc::new(message)),
+                logged_update::Event::Receipt(r) => LoggedEvent::Receipt {
+                    conversation_id: r.conversation_id,
+                    user_id: r.user_id,
+                    delivered_seq: r.delivered_seq,
+                    read_seq: r.read_seq,
+                    hide_read: r.hide_read,
+                },
+                logged_update::Event::Change(change) => LoggedEvent::Changed {
+                    conversation: Arc::new(
+                        change.conversation.ok_or_else(|| Error::invalid("updates.change.conversation", "must be set"))?,
+                    ),
+                    removed_user_ids: change.removed_user_ids.into(),
+                },
+            };
+            Ok(UpdateItem { user_ids: update.user_ids, event: Arc::new(event) })
+        })
+        .collect()
+}
+
+/// Runs a call from another node on a local partition; `submit` queues the
+/// command (it fails when the partition is not served here).
+pub async fn serve(call: Call, submit: impl FnOnce(Command) -> Result<()>) -> Result<Answer> {
+    async fn answer<T>(
+        submit: impl FnOnce(Command) -> Result<()>,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        submit(make(reply))?;
+        answer.await.map_err(|_| Error::Unavailable("partition stopped".into()))?
+    }
+    let accepted = Answer::Accepted(Accepted {});
+    Ok(match call {
+        Call::UserContext(call) => {
+            let context = answer(submit, |reply| Command::UserContext { user_id: call.user_id, reply }).await?;
+            Answer::UserContext(UserContextResult {
+                settings: Some(context.settings),
+                conversation_ids: context.conversation_ids.to_vec(),
+            })
+        }
+        Call::Summaries(call) => {
+            let viewer = Viewer { user_id: call.viewer_user_id, hide_read_receipts: call.viewer_hides_read_receipts };
+            let conversation_ids = call.conversation_ids;
+            let summaries = answer(submit, |reply| Command::Summaries { viewer, conversation_ids, reply }).await?;
+            Answer::Summaries(SummariesResult { summaries })
+        }
+        Call::PresenceQuery(call) => {
+            let (user_ids, viewer_conversations) = (call.user_ids, call.viewer_conversation_ids.into());
+            let presences =
+                answer(submit, |reply| Command::PresenceQuery { user_ids, viewer_conversations, reply }).await?;
+            Answer::PresenceQuery(PresenceQueryResult { presences })
+        }
+        Call::Messages(call) => {
+            let (conversation_id, seqs) = (call.conversation_id, call.seqs);
+            let messages = answer(submit, |reply| Command::Messages { conversation_id, seqs, reply }).await?;
+            Answer::Messages(MessagesResult { messages })
+        }
+        Call::Snapshots(call) => {
+            let conversation_ids = call.conversation_ids;
+            let conversations = answer(submit, |reply| Command::Snapshots { conversation_ids, reply }).await?;
+            Answer::Snapshots(SnapshotsResult { conversations })
+        }
+        Call::ApplyUpdates(call) => {
+            let items = decode_updates(call)?;
+            let (done, applied) = oneshot::channel();
+            submit(Command::ApplyUpdates { items, done })?;
+            // Answered only once durable here: the sender then confirms its
+            // outbox batch. A refusal (dropped) makes the sender re-send.
+            applied.await.map_err(|_| Error::Unavailable("partition stopped before the updates were durable".into()))?;
+            accepted
+        }
+        Call::PushEphemeral(call) => {
+            let event = match call.event.ok_or_else(|| Error::invalid("event", "must be set"))? {
+                push_ephemeral_call::Event::Typing(t) => {
+                    Ephemeral::Typing { conversation_id: t.conversation_id, user_id: t.user_id, active: t.active }
+                }
+                push_ephemeral_call::Event::Presence(presence) => Ephemeral::Presence(presence),
+            };
+            submit(Command::PushEphemeral { user_ids: call.user_ids, event })?;
+            accepted
+        }
+        Call::PresenceFanout(call) => {
+            let presence = call.presence.ok_or_else(|| Error::invalid("presence", "must be set"))?;
+            submit(Command::PresenceFanout { presence, conversation_ids: call.conversation_ids })?;
+            accepted
+        }
+        Call::HideReadChanged(call) => {
+            submit(Command::HideReadChanged {
+                user_id: call.user_id,
+                hide_read: call.hide_read,
+                conversation_ids: call.conversation_ids,
+            })?;
+            accepted
+        }
+    })
+}
