@@ -96,7 +96,10 @@ impl RemoteBroker {
         let partition = partition_of(key, self.peers.partition_count());
         let owner = self.peers.owner(partition).ok_or_else(|| {
             self.peers.refresh_soon();
-            Status::unavailable(format!("no broker node is known to serve partition {partition} yet; retry"))
+            Status::unavailable(format!(
+                "no broker node is known to serve partition {partition} yet (are the brokers up, with the same \
+                 --partitions as this gateway?); retry"
+            ))
         })?;
         Ok((partition, owner))
     }

@@ -37,17 +37,30 @@ pub async fn connect(targets: &[SocketAddr], count: usize) -> anyhow::Result<Vec
     Ok(channels)
 }
 
-/// A simulated user with one device.
+/// A simulated user with one device. It can reach every gateway (a
+/// client's DNS name or load balancer would): it uses its home connection
+/// and moves to the next one when a call or stream fails.
 #[derive(Clone)]
 pub struct User {
     pub id: String,
-    pub api: Api,
+    apis: Arc<[Api]>,
+    home: usize,
 }
 
+/// How long a device or a send keeps retrying through an outage (a node
+/// killed and restarted) before the run counts it as failed.
+pub const RETRY_FOR: Duration = Duration::from_secs(60);
+
 impl User {
-    pub fn new(id: String, channel: Channel, auth: &Authenticator) -> anyhow::Result<Self> {
+    pub fn new(id: String, channels: &[Channel], home: usize, auth: &Authenticator) -> anyhow::Result<Self> {
         let token = auth.issue(&id, "d0", 24 * 3600).map_err(anyhow::Error::msg)?;
-        Ok(Self { id, api: imsg_client::api(channel, &token)? })
+        let apis = channels.iter().map(|c| imsg_client::api(c.clone(), &token)).collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { id, apis: apis.into(), home })
+    }
+
+    /// The connection for the `attempt`-th try: home first, then the others.
+    pub fn api(&self, attempt: usize) -> Api {
+        self.apis[(self.home + attempt) % self.apis.len()].clone()
     }
 
     pub fn device_id(&self) -> String {
@@ -105,7 +118,7 @@ pub struct DeviceContext {
 pub async fn start_device(user: User, context: DeviceContext) -> anyhow::Result<DeviceHandle> {
     let (commands, mut commands_rx) = mpsc::channel(16);
     let device = user.device_id();
-    let mut session = Session::open(&user, 0).await?;
+    let mut session = Session::open(&user, 0, 0).await?;
     session.until_ready(&context, &mut HashMap::new()).await?;
     let task = tokio::spawn(async move {
         let mut logs: HashMap<String, DeliveryLog> = HashMap::new();
@@ -144,26 +157,33 @@ async fn run_device(
                 },
                 frame = session.frames.message() => match frame {
                     Ok(Some(frame)) => session.handle(frame.frame, context, logs),
-                    Ok(None) => anyhow::bail!("{}: stream ended", user.id),
-                    Err(status) => anyhow::bail!("{}: stream failed: {status}", user.id),
+                    // A server went away (or moved the session): resume,
+                    // as a real client does.
+                    Ok(None) | Err(_) => {
+                        context.counters.stream_errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
                 },
             }
         }
         context.counters.reconnects.fetch_add(1, Ordering::Relaxed);
         let cursor = session.cursor;
         let mut attempt = 0;
+        let started = Instant::now();
         *session = loop {
             let resumed = async {
-                let mut resumed = Session::open(user, cursor).await?;
+                let mut resumed = Session::open(user, cursor, attempt).await?;
                 resumed.until_ready(context, logs).await?;
                 Ok::<_, anyhow::Error>(resumed)
             };
             match resumed.await {
                 Ok(resumed) => break resumed,
-                Err(error) if attempt < 5 => {
+                Err(error) if started.elapsed() < RETRY_FOR => {
                     attempt += 1;
-                    eprintln!("{}: resume attempt {attempt} failed: {error:#}; retrying", user.id);
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    if attempt == 20 {
+                        eprintln!("{}: still resuming after {attempt} attempts: {error:#}", user.id);
+                    }
+                    tokio::time::sleep(backoff(attempt)).await;
                 }
                 Err(error) => return Err(error.context("resuming after a reconnect")),
             }
@@ -183,12 +203,11 @@ struct Session {
 const TYPING_EVERY: Duration = Duration::from_secs(3);
 
 impl Session {
-    async fn open(user: &User, cursor: u64) -> anyhow::Result<Self> {
+    async fn open(user: &User, cursor: u64, attempt: usize) -> anyhow::Result<Self> {
         let (up, up_rx) = mpsc::channel(16);
         up.send(OpenStreamRequest { frame: Some(open_stream_request::Frame::Hello(Hello { cursor })) }).await?;
         let frames = user
-            .api
-            .clone()
+            .api(attempt)
             .open_stream(tokio_stream::wrappers::ReceiverStream::new(up_rx))
             .await
             .with_context(|| format!("opening the stream of {}", user.id))?
@@ -256,4 +275,10 @@ impl Session {
         };
         let _ = self.up.send(OpenStreamRequest { frame: Some(frame) }).await;
     }
+}
+
+/// Pause before the `attempt`-th retry: 50 ms doubling to 1 s, jittered.
+pub fn backoff(attempt: usize) -> Duration {
+    let base = Duration::from_millis(50u64 << attempt.min(5)).min(Duration::from_secs(1));
+    base.mul_f64(0.5 + rand::random::<f64>() * 0.5)
 }

@@ -7,7 +7,7 @@ use clap::Parser;
 use imsg_loadtest::{
     report::{self, Report, Sweep},
     scenario::{self, RunOptions, Scenario},
-    spawn::{Deployment, SpawnPlan},
+    spawn::{Chaos, Deployment, SpawnPlan},
 };
 
 /// Open-loop, correctness-checking load generator for imsg.
@@ -76,6 +76,16 @@ struct Args {
     /// Write an HTML report with latency plots.
     #[arg(long)]
     html: Option<std::path::PathBuf>,
+    /// With --spawn: SIGKILL one broker or gateway mid-run and restart it;
+    /// the run must still lose, duplicate and reorder nothing.
+    #[arg(long, value_enum, requires = "spawn")]
+    chaos: Option<Chaos>,
+    /// When chaos strikes, from the start of sending (default: a third of --duration).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    chaos_after: Option<Duration>,
+    /// How long the killed process stays down.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    chaos_downtime: Duration,
     /// No progress line.
     #[arg(long)]
     quiet: bool,
@@ -95,7 +105,8 @@ async fn main() -> anyhow::Result<()> {
             extra_server_args: Vec::new(),
         };
         let deployment = Deployment::start(&plan).await.context("starting the deployment")?;
-        eprintln!("spawned {} gateway(s), {} broker(s)", deployment.gateways.len(), deployment.brokers.len());
+        let (gateways, brokers) = deployment.counts();
+        eprintln!("spawned {gateways} gateway(s), {brokers} broker(s)");
         Some(deployment)
     } else {
         None
@@ -118,11 +129,28 @@ async fn main() -> anyhow::Result<()> {
         secret: args.jwt_secret.clone(),
         progress: !args.quiet,
     };
+    if args.chaos.is_some() && !args.sweep.is_empty() {
+        anyhow::bail!("--chaos runs at one rate; drop --sweep");
+    }
     let rates = if args.sweep.is_empty() { vec![args.rate] } else { args.sweep.clone() };
     let mut reports: Vec<Report> = Vec::new();
     for rate in rates {
         let options = RunOptions { rate, ..options.clone() };
-        let report = scenario::run(&targets, &options, deployment.as_ref()).await?;
+        let report = match (args.chaos, &deployment) {
+            (Some(chaos), Some(deployment)) => {
+                // Devices and conversations take a moment to set up before
+                // sending starts; chaos counts from launch.
+                let after = args.chaos_after.unwrap_or(args.duration / 3);
+                let (report, chaos_note) = tokio::join!(
+                    scenario::run(&targets, &options, Some(deployment)),
+                    deployment.chaos(chaos, after, args.chaos_downtime)
+                );
+                let mut report = report?;
+                report.chaos = Some(chaos_note.context("chaos")?);
+                report
+            }
+            _ => scenario::run(&targets, &options, deployment.as_ref()).await?,
+        };
         println!("{}", report::summary(&report));
         reports.push(report);
     }

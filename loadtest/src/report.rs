@@ -42,6 +42,8 @@ pub struct Report {
     pub shed: u64,
     pub stream_errors: u64,
     pub reconnects: u64,
+    /// What `--chaos` did during the run, if anything.
+    pub chaos: Option<String>,
     pub connections: u64,
     pub users: u64,
     pub conversations: u64,

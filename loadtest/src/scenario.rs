@@ -120,7 +120,7 @@ pub async fn run(
     let channels = client::connect(targets, options.connections).await?;
     let tag = tag();
     let users: Vec<User> = (0..options.users)
-        .map(|i| User::new(format!("{tag}-u{i}"), channels[i % channels.len()].clone(), &auth))
+        .map(|i| User::new(format!("{tag}-u{i}"), &channels, i % channels.len(), &auth))
         .collect::<anyhow::Result<_>>()?;
     let conversations = create_conversations(&users, options).await?;
     let mut checker = Checker::default();
@@ -259,6 +259,7 @@ pub async fn run(
         shed: Counters::get(&counters.shed),
         stream_errors: Counters::get(&counters.stream_errors) + device_errors,
         reconnects: Counters::get(&counters.reconnects),
+        chaos: None,
         connections: options.connections as u64,
         users: options.users as u64,
         conversations: conversations.len() as u64,
@@ -293,7 +294,7 @@ fn issue(
     let conversation_index = pick_conversation(index, conversations.len(), options.scenario);
     let conversation = &conversations[conversation_index];
     let sender = conversation.members[(index as usize / conversations.len()) % conversation.members.len()];
-    let api = users[sender].api.clone();
+    let user = users[sender].clone();
     if options.scenario == Scenario::Mixed && index.is_multiple_of(10) {
         let _ = devices[sender].commands.try_send(DeviceCommand::Typing(conversation.id.clone()));
     }
@@ -312,8 +313,7 @@ fn issue(
     let (counters, ack_latency, acks, conversation_id) =
         (counters.clone(), ack_latency.clone(), acks.clone(), conversation.id.clone());
     tokio::spawn(async move {
-        let mut api = api;
-        match api.send_message(request).await {
+        match send_with_retry(&user, request).await {
             Ok(response) => {
                 let now_us = start.elapsed().as_micros() as u64;
                 let second = ((intended_us - phase_start_us) / 1_000_000) as usize;
@@ -331,6 +331,32 @@ fn issue(
         }
         counters.in_flight.fetch_sub(1, Ordering::Relaxed);
     });
+}
+
+/// Sends like a real client: a failure that says "try again" (a node
+/// down, a partition moving, a gateway gone) is retried with the same
+/// client message id, through the next gateway, until [`client::RETRY_FOR`].
+/// The dedup window makes the retries safe.
+async fn send_with_retry(
+    user: &User,
+    request: SendMessageRequest,
+) -> Result<tonic::Response<imsg_proto::v1::SendMessageResponse>, tonic::Status> {
+    let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        match user.api(attempt).send_message(request.clone()).await {
+            Err(status) if retryable(status.code()) && started.elapsed() < client::RETRY_FOR => {
+                attempt += 1;
+                tokio::time::sleep(client::backoff(attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn retryable(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(code, Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted)
 }
 
 /// Mixed traffic sends 4 of 5 messages to 1:1 conversations (listed
@@ -393,7 +419,7 @@ async fn create_conversations(users: &[User], options: &RunOptions) -> anyhow::R
                 })
             };
             let request = CreateConversationRequest { request_id: format!("create-{i}"), kind: Some(kind) };
-            let response = creator.api.clone().create_conversation(request).await?.into_inner();
+            let response = creator.api(0).create_conversation(request).await?.into_inner();
             let id = response.conversation.context("no conversation")?.conversation_id;
             Ok::<_, anyhow::Error>(Conversation { id, members })
         }));
@@ -436,8 +462,7 @@ async fn read_history(users: &[User], conversations: &[Conversation], checker: &
             let mut page_token = String::new();
             loop {
                 let page = reader
-                    .api
-                    .clone()
+                    .api(0)
                     .list_messages(ListMessagesRequest {
                         conversation_id: id.clone(),
                         page_size: 200,
@@ -495,7 +520,7 @@ async fn run_idle(
     let channels = client::connect(targets, connections).await?;
     let tag = tag();
     let users: Vec<User> = (0..options.idle_streams)
-        .map(|i| User::new(format!("{tag}-i{i}"), channels[i % channels.len()].clone(), &auth))
+        .map(|i| User::new(format!("{tag}-i{i}"), &channels, i % channels.len(), &auth))
         .collect::<anyhow::Result<_>>()?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = deployment.map(Deployment::rss_bytes);

@@ -5,6 +5,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     process::Stdio,
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -14,17 +15,20 @@ use tokio::{
     process::{Child, Command},
 };
 
-/// One spawned server process.
+/// One spawned server process, with what it takes to start it again.
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub name: &'static str,
+    args: Vec<String>,
 }
 
-/// A deployment this tool started; stopped (SIGKILL) when dropped.
+/// A deployment this tool started; stopped (SIGKILL) when dropped. Servers
+/// sit behind locks so chaos can kill and restart them mid-run.
 pub struct Deployment {
-    pub gateways: Vec<Server>,
-    pub brokers: Vec<Server>,
+    pub gateways: Mutex<Vec<Server>>,
+    pub brokers: Mutex<Vec<Server>>,
+    secret: String,
     _data: tempfile::TempDir,
 }
 
@@ -59,7 +63,13 @@ async fn start(name: &'static str, args: Vec<String>, secret: &str) -> anyhow::R
     })
     .await
     .with_context(|| format!("{name} did not start in time"))??;
-    Ok(Server { child, addr, name })
+    Ok(Server { child, addr, name, args })
+}
+
+/// A free loopback port (bound and released: brokers must know each
+/// other's addresses before any of them starts).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// What to start.
@@ -70,6 +80,16 @@ pub struct SpawnPlan {
     pub partitions: u32,
     pub secret: String,
     pub extra_server_args: Vec<String>,
+}
+
+/// Which process chaos kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Chaos {
+    /// SIGKILL one broker node mid-run, then restart it on the same data.
+    KillBroker,
+    /// SIGKILL one gateway mid-run (its devices reconnect through another),
+    /// then restart it.
+    KillGateway,
 }
 
 impl Deployment {
@@ -87,42 +107,92 @@ impl Deployment {
             args.extend(plan.extra_server_args.iter().cloned());
             args
         };
-        match (plan.brokers, plan.gateways) {
-            (0, gateways) => {
-                if gateways != 1 {
-                    bail!("without brokers, exactly one gateway (with an embedded broker) is started");
-                }
-                let mut args = vec!["--embedded-broker".into(), "--listen".into(), "127.0.0.1:0".into()];
-                args.extend(common(data.path().join("node")));
-                let gateway = start("imsg-gateway", args, &plan.secret).await?;
-                Ok(Self { gateways: vec![gateway], brokers: Vec::new(), _data: data })
+        if plan.brokers == 0 {
+            if plan.gateways != 1 {
+                bail!("without brokers, exactly one gateway (with an embedded broker) is started");
             }
-            (1, gateways) => {
-                let mut args = vec!["--listen".into(), "127.0.0.1:0".into()];
-                args.extend(common(data.path().join("broker-0")));
-                let broker = start("imsg-broker", args, &plan.secret).await?;
-                let mut started = Vec::new();
-                for _ in 0..gateways.max(1) {
-                    let args = vec![
-                        "--broker".into(),
-                        format!("http://{}", broker.addr),
-                        "--listen".into(),
-                        "127.0.0.1:0".into(),
-                    ];
-                    started.push(start("imsg-gateway", args, &plan.secret).await?);
-                }
-                Ok(Self { gateways: started, brokers: vec![broker], _data: data })
-            }
-            (n, _) => bail!("--brokers {n}: more than one broker needs the cluster support, which is not built yet"),
+            let mut args = vec!["--embedded-broker".into(), "--listen".into(), "127.0.0.1:0".into()];
+            args.extend(common(data.path().join("node")));
+            let gateway = start("imsg-gateway", args, &plan.secret).await?;
+            return Ok(Self {
+                gateways: Mutex::new(vec![gateway]),
+                brokers: Mutex::new(Vec::new()),
+                secret: plan.secret.clone(),
+                _data: data,
+            });
         }
+        let ports = (0..plan.brokers).map(|_| free_port()).collect::<anyhow::Result<Vec<_>>>()?;
+        let nodes: Vec<String> = ports.iter().map(|port| format!("http://127.0.0.1:{port}")).collect();
+        let mut brokers = Vec::new();
+        for (index, port) in ports.iter().enumerate() {
+            let mut args = vec!["--listen".into(), format!("127.0.0.1:{port}")];
+            if plan.brokers > 1 {
+                args.extend(["--nodes".into(), nodes.join(","), "--node-index".into(), index.to_string()]);
+            }
+            args.extend(common(data.path().join(format!("broker-{index}"))));
+            brokers.push(start("imsg-broker", args, &plan.secret).await?);
+        }
+        let mut gateways = Vec::new();
+        for _ in 0..plan.gateways.max(1) {
+            let args = vec![
+                "--broker".into(),
+                nodes.join(","),
+                "--partitions".into(),
+                plan.partitions.to_string(),
+                "--listen".into(),
+                format!("127.0.0.1:{}", free_port()?),
+            ];
+            gateways.push(start("imsg-gateway", args, &plan.secret).await?);
+        }
+        Ok(Self {
+            gateways: Mutex::new(gateways),
+            brokers: Mutex::new(brokers),
+            secret: plan.secret.clone(),
+            _data: data,
+        })
     }
 
     pub fn gateway_addrs(&self) -> Vec<SocketAddr> {
-        self.gateways.iter().map(|g| g.addr).collect()
+        lock(&self.gateways).iter().map(|g| g.addr).collect()
+    }
+
+    pub fn counts(&self) -> (usize, usize) {
+        (lock(&self.gateways).len(), lock(&self.brokers).len())
+    }
+
+    /// Kills one process of the chosen kind with SIGKILL after `after`,
+    /// keeps it down for `downtime`, and restarts it with the same flags
+    /// (and data directory). Returns what it did, for the report.
+    pub async fn chaos(&self, chaos: Chaos, after: Duration, downtime: Duration) -> anyhow::Result<String> {
+        tokio::time::sleep(after).await;
+        let servers = match chaos {
+            Chaos::KillBroker => &self.brokers,
+            Chaos::KillGateway => &self.gateways,
+        };
+        let (name, args, pid) = {
+            let mut servers = lock(servers);
+            // The last one: with several gateways, the first stays up for
+            // devices to move to; any broker holds partitions.
+            let victim = servers.last_mut().context("nothing to kill")?;
+            let pid = victim.child.id();
+            victim.child.start_kill().context("sending SIGKILL")?;
+            (victim.name, victim.args.clone(), pid)
+        };
+        eprintln!("\nchaos: SIGKILL {name} (pid {pid:?}); restarting in {downtime:?}");
+        tokio::time::sleep(downtime).await;
+        let restarted = start(name, args, &self.secret).await?;
+        eprintln!("chaos: {name} restarted (pid {:?})", restarted.child.id());
+        let note = format!("SIGKILL {name} pid {pid:?} at {after:?}, restarted after {downtime:?}");
+        if let Some(slot) = lock(servers).last_mut() {
+            *slot = restarted;
+        }
+        Ok(note)
     }
 
     fn pids(&self) -> Vec<u32> {
-        self.gateways.iter().chain(&self.brokers).filter_map(|s| s.child.id()).collect()
+        let gateways = lock(&self.gateways);
+        let brokers = lock(&self.brokers);
+        gateways.iter().chain(brokers.iter()).filter_map(|s| s.child.id()).collect()
     }
 
     /// CPU seconds (user + system) the servers used so far.
@@ -139,6 +209,10 @@ impl Deployment {
     pub fn rss_bytes(&self) -> u64 {
         self.pids().into_iter().filter_map(|pid| status_kib(pid, "VmRSS:")).sum::<u64>() * 1024
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn clock_ticks_per_second() -> f64 {

@@ -390,5 +390,12 @@ pub fn broker_args(data_dir: &Path, listen: &str, extra: &[&str]) -> Vec<String>
 
 /// Flags for a gateway process in front of `broker`.
 pub fn gateway_args(broker: SocketAddr) -> Vec<String> {
-    vec!["--broker".into(), format!("http://{broker}"), "--listen".into(), "127.0.0.1:0".into()]
+    vec![
+        "--broker".into(),
+        format!("http://{broker}"),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--partitions".into(),
+        "8".into(),
+    ]
 }

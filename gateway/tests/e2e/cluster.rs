@@ -1,0 +1,367 @@
+//! The cluster (invariant 8 and cross-node delivery): broker nodes in
+//! separate processes, gateways routing by the partition map, partition
+//! moves with the operator command under traffic.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use imsg_broker::ids::{direct_conversation_id, partition_of};
+use imsg_proto::v1::{
+    ApplyUpdatesCall, CallPartitionRequest, Caller, ExecuteRequest, GetClusterStateRequest, LoggedUpdate, Message,
+    Route, SendMessageRequest, TextContent, broker_service_client::BrokerServiceClient, call_partition_request,
+    event, execute_request, logged_update, send_message_request,
+};
+use tonic::Code;
+
+use crate::harness::{Client, PATIENCE, Process, binary};
+
+const PARTITIONS: u32 = 8;
+
+/// Broker nodes (some maybe not started yet) and gateways.
+struct Cluster {
+    urls: Vec<String>,
+    initial: usize,
+    nodes: Vec<Option<Process>>,
+    gateways: Vec<Process>,
+    _data: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// A layout of `layout` nodes of which the first `initial` start now
+    /// and split the partitions; `gateways` gateways in front.
+    async fn start(layout: usize, initial: usize, gateways: usize) -> Self {
+        let urls = (0..layout)
+            .map(|_| {
+                let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+                format!("http://127.0.0.1:{port}")
+            })
+            .collect();
+        let mut cluster = Self { urls, initial, nodes: Vec::new(), gateways: Vec::new(), _data: tempfile::tempdir().unwrap() };
+        for index in 0..layout {
+            cluster.nodes.push(None);
+            if index < initial {
+                cluster.start_node(index).await;
+            }
+        }
+        for _ in 0..gateways {
+            let args = vec![
+                "--broker".into(),
+                cluster.urls.join(","),
+                "--partitions".into(),
+                PARTITIONS.to_string(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+            ];
+            cluster.gateways.push(Process::spawn(&binary("imsg-gateway"), &args).await);
+        }
+        // Gateways load the map at start; make sure every node answered.
+        cluster.wait_for_owners(PARTITIONS as usize).await;
+        cluster
+    }
+
+    async fn start_node(&mut self, index: usize) {
+        let url = &self.urls[index];
+        let args: Vec<String> = vec![
+            "--listen".into(),
+            url.trim_start_matches("http://").into(),
+            "--data-dir".into(),
+            self._data.path().join(format!("node-{index}")).display().to_string(),
+            "--partitions".into(),
+            PARTITIONS.to_string(),
+            "--cache-mb".into(),
+            "16".into(),
+            "--nodes".into(),
+            self.urls.join(","),
+            "--node-index".into(),
+            index.to_string(),
+            "--initial-nodes".into(),
+            self.initial.to_string(),
+        ];
+        self.nodes[index] = Some(Process::spawn(&binary("imsg-broker"), &args).await);
+    }
+
+    fn gateway(&self, index: usize) -> SocketAddr {
+        self.gateways[index].addr
+    }
+
+    async fn node(&self, index: usize) -> BrokerServiceClient<tonic::transport::Channel> {
+        BrokerServiceClient::connect(self.urls[index].clone()).await.unwrap()
+    }
+
+    /// partition -> (node, epoch), from every running node's claims.
+    async fn owners(&self) -> BTreeMap<u32, (usize, u64)> {
+        let mut owners = BTreeMap::new();
+        for (index, node) in self.nodes.iter().enumerate() {
+            if node.is_none() {
+                continue;
+            }
+            let state = self.node(index).await.get_cluster_state(GetClusterStateRequest {}).await.unwrap().into_inner();
+            for claim in state.claims {
+                let entry = owners.entry(claim.partition).or_insert((index, claim.epoch));
+                if claim.epoch > entry.1 {
+                    *entry = (index, claim.epoch);
+                }
+            }
+        }
+        owners
+    }
+
+    async fn wait_for_owners(&self, count: usize) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.owners().await.len() < count {
+            assert!(Instant::now() < deadline, "partitions never all claimed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Gateways refresh their map every second.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+}
+
+/// A user id whose partition is on `node` (of three, round robin).
+fn user_on(node: u32, name: &str) -> String {
+    (0..).map(|i| format!("{name}{i}")).find(|u| partition_of(u, PARTITIONS) % 3 == node).unwrap()
+}
+
+#[tokio::test]
+async fn users_on_different_gateways_and_nodes_chat_one_to_one_and_in_groups() {
+    let cluster = Cluster::start(3, 3, 2).await;
+    let (alice_id, bob_id, carol_id) = (user_on(0, "alice"), user_on(1, "bob"), user_on(2, "carol"));
+    let alice = Client::connect(cluster.gateway(0), &alice_id, "phone").await;
+    let bob = Client::connect(cluster.gateway(1), &bob_id, "phone").await;
+    let carol = Client::connect(cluster.gateway(1), &carol_id, "phone").await;
+    let mut alice_device = alice.open(0).await;
+    let mut bob_device = bob.open(0).await;
+    let mut carol_device = carol.open(0).await;
+    alice_device.ready().await;
+    bob_device.ready().await;
+    carol_device.ready().await;
+
+    // 1:1 across gateways; the three users' partitions are on three nodes.
+    let direct = alice.direct_with(&bob_id).await;
+    assert_eq!(direct, direct_conversation_id(&alice_id, &bob_id));
+    for n in 0..5 {
+        let seq = alice.send(&direct, &format!("hi {n}")).await;
+        let got = message_from(&mut bob_device, &alice_id).await;
+        assert_eq!((got.seq, got.text_body()), (seq, format!("hi {n}")));
+        let seq = bob.send(&direct, &format!("hello {n}")).await;
+        let got = message_from(&mut alice_device, &bob_id).await;
+        assert_eq!((got.seq, got.text_body()), (seq, format!("hello {n}")));
+    }
+
+    // A group whose members live on every node.
+    let group = carol.group("everyone", &[&alice_id, &bob_id]).await;
+    let mut sent = Vec::new();
+    for n in 0..10 {
+        let sender = [&alice, &bob, &carol][n % 3];
+        sent.push(sender.send(&group, &format!("g{n}")).await);
+    }
+    for device in [&mut alice_device, &mut bob_device, &mut carol_device] {
+        let mut seqs = Vec::new();
+        while seqs.len() < sent.len() {
+            let message = device.message().await;
+            if message.conversation_id == group {
+                seqs.push(message.seq);
+            }
+        }
+        assert_eq!(seqs, sent, "every member gets every group message once, in order");
+    }
+    let history_a: Vec<u64> = alice.history(&group).await.iter().map(|m| m.seq).collect();
+    let history_b: Vec<u64> = bob.history(&group).await.iter().map(|m| m.seq).collect();
+    assert_eq!(history_a, sent);
+    assert_eq!(history_b, sent);
+
+    // Inbox and presence are assembled from other nodes' partitions.
+    let inbox = bob.inbox().await;
+    assert_eq!(inbox.conversations.len(), 2);
+}
+
+#[tokio::test]
+async fn a_node_refuses_partitions_it_does_not_own_and_stale_epochs() {
+    let cluster = Cluster::start(3, 3, 0).await;
+    let owners = cluster.owners().await;
+    let (alice, bob) = ("alice".to_owned(), user_on(1, "bob"));
+    let conversation = direct_conversation_id(&alice, &bob);
+    let partition = partition_of(&conversation, PARTITIONS);
+    let (owner, epoch) = owners[&partition];
+    let stranger = (owner + 1) % 3;
+    let send = |route: Option<Route>| ExecuteRequest {
+        caller: Some(Caller { user_id: alice.clone(), device_id: "phone".into() }),
+        route,
+        command: Some(execute_request::Command::SendMessage(SendMessageRequest {
+            conversation_id: conversation.clone(),
+            client_message_id: "x1".into(),
+            reply_to_seq: 0,
+            content: Some(send_message_request::Content::Text(TextContent { text: "misrouted".into() })),
+        })),
+    };
+
+    // Misrouted: a node that does not own the partition refuses to write.
+    let refused = cluster.node(stranger).await.execute(send(Some(Route { partition, epoch }))).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Aborted, "{refused:?}");
+    assert!(refused.message().contains("not owned by this node"), "{}", refused.message());
+    let refused = cluster.node(stranger).await.execute(send(None)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Aborted);
+
+    // The owner, but at an epoch it does not hold: stale, refused.
+    let stale = cluster.node(owner).await.execute(send(Some(Route { partition, epoch: epoch + 1 }))).await.unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted);
+    assert!(stale.message().contains("stale epoch"), "{}", stale.message());
+
+    // Node-to-node writes are fenced the same way: an update for bob's log
+    // under a wrong epoch is refused and leaves no trace.
+    let bob_partition = partition_of(&bob, PARTITIONS);
+    let (bob_owner, bob_epoch) = owners[&bob_partition];
+    let update = |epoch| CallPartitionRequest {
+        route: Some(Route { partition: bob_partition, epoch }),
+        call: Some(call_partition_request::Call::ApplyUpdates(ApplyUpdatesCall {
+            updates: vec![LoggedUpdate {
+                user_ids: vec![bob.clone()],
+                event: Some(logged_update::Event::Message(Message {
+                    conversation_id: conversation.clone(),
+                    seq: 1,
+                    sender_id: alice.clone(),
+                    ..Default::default()
+                })),
+            }],
+        })),
+    };
+    let stale = cluster.node(bob_owner).await.call_partition(update(bob_epoch + 5)).await.unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted, "{stale:?}");
+    let misrouted = cluster.node((bob_owner + 1) % 3).await.call_partition(update(bob_epoch)).await.unwrap_err();
+    assert_eq!(misrouted.code(), Code::Aborted, "{misrouted:?}");
+
+    // Nothing was written: a gateway shows bob nothing, and the refused
+    // send is not in the conversation (it does not even exist).
+    let gateway = Process::spawn(
+        &binary("imsg-gateway"),
+        &["--broker".into(), cluster.urls.join(","), "--partitions".into(), PARTITIONS.to_string(), "--listen".into(), "127.0.0.1:0".into()],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bob_client = Client::connect(gateway.addr, &bob, "phone").await;
+    let mut device = bob_client.open(0).await;
+    let replayed = device.ready().await;
+    assert!(replayed.iter().all(|kind| !matches!(kind, event::Kind::Message(_))), "{replayed:?}");
+    assert!(bob_client.inbox().await.conversations.is_empty());
+}
+
+#[tokio::test]
+async fn growing_from_three_to_four_nodes_moves_partitions_under_traffic_and_loses_nothing() {
+    let mut cluster = Cluster::start(4, 3, 1).await;
+    let gateway = cluster.gateway(0);
+    let (alice_id, bob_id, carol_id) = (user_on(0, "alice"), user_on(1, "bob"), user_on(2, "carol"));
+    let alice = Client::connect(gateway, &alice_id, "phone").await;
+    let bob = Client::connect(gateway, &bob_id, "phone").await;
+    Client::connect(gateway, &carol_id, "phone").await;
+    let direct = alice.direct_with(&bob_id).await;
+    let group = alice.group("move", &[&bob_id, &carol_id]).await;
+
+    // Senders retry refusals that say "try again" (a partition moving) with
+    // the same client id, as the SDK does.
+    let acked: Arc<Mutex<HashMap<String, BTreeMap<u64, String>>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for worker in 0..4 {
+        let client = if worker % 2 == 0 { alice.clone() } else { bob.clone() };
+        let target = if worker < 2 { direct.clone() } else { group.clone() };
+        let (acked, stop) = (acked.clone(), stop.clone());
+        senders.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = format!("w{worker}-{n}");
+                let deadline = Instant::now() + PATIENCE;
+                let ack = loop {
+                    match client.try_send(&target, &id, &id).await {
+                        Ok(ack) => break ack,
+                        Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(status) => panic!("send {id} refused: {status:?}"),
+                    }
+                };
+                let previous = acked.lock().unwrap().entry(target.clone()).or_default().insert(ack.seq, id);
+                assert!(previous.is_none(), "two sends acknowledged with one seq");
+                n += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    cluster.start_node(3).await;
+    let rebalance = tokio::process::Command::new(binary("imsg-broker"))
+        .args(["rebalance", "--nodes", &cluster.urls.join(",")])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&rebalance.stdout);
+    assert!(rebalance.status.success(), "rebalance failed: {stdout}\n{}", String::from_utf8_lossy(&rebalance.stderr));
+    assert_eq!(stdout.matches("moved partition").count(), 2, "{stdout}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for sender in senders {
+        sender.await.unwrap();
+    }
+
+    // Every node holds P/N partitions; the moved ones at epoch 2.
+    let owners = cluster.owners().await;
+    let mut per_node = [0; 4];
+    for (node, _) in owners.values() {
+        per_node[*node] += 1;
+    }
+    assert_eq!(per_node, [2, 2, 2, 2], "{owners:?}");
+    assert!(owners.values().filter(|(node, _)| *node == 3).all(|(_, epoch)| *epoch == 2));
+
+    // History: every acknowledged message exactly once, at its seq, no gaps.
+    let acked = acked.lock().unwrap().clone();
+    for (conversation, sent) in &acked {
+        let history = alice.history(conversation).await;
+        let seqs: Vec<u64> = history.iter().map(|m| m.seq).collect();
+        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs, expected, "gap-free history");
+        for (seq, id) in sent {
+            assert_eq!(history[*seq as usize - 1].text_body(), *id, "acked message at its seq");
+        }
+        assert_eq!(history.len(), sent.len(), "nothing but acknowledged messages");
+    }
+    // And bob's device, replaying from the start through the moved
+    // partitions, gets every message of both conversations once, in order.
+    let mut device = bob.open(0).await;
+    let replayed = device.ready().await;
+    let mut by_conversation: HashMap<String, Vec<u64>> = HashMap::new();
+    for kind in replayed {
+        if let event::Kind::Message(message) = kind {
+            by_conversation.entry(message.conversation_id).or_default().push(message.seq);
+        }
+    }
+    for (conversation, sent) in &acked {
+        let seqs = by_conversation.remove(conversation).unwrap_or_default();
+        assert_eq!(seqs, sent.keys().copied().collect::<Vec<_>>(), "bob's replay of {conversation}");
+    }
+}
+
+/// The next message `sender` sent (devices also get their own).
+async fn message_from(device: &mut crate::harness::Device, sender: &str) -> Message {
+    loop {
+        let message = device.message().await;
+        if message.sender_id == sender {
+            return message;
+        }
+    }
+}
+
+trait TextBody {
+    fn text_body(&self) -> String;
+}
+
+impl TextBody for Message {
+    fn text_body(&self) -> String {
+        match &self.content {
+            Some(imsg_proto::v1::message::Content::Text(text)) => text.text.clone(),
+            _ => String::new(),
+        }
+    }
+}
