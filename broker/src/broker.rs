@@ -17,10 +17,9 @@ use std::collections::HashMap;
 
 use dashmap::DashMap;
 use imsg_proto::v1::{
-    AddConversationMembersResponse, Caller, GetConversationResponse, GetPresenceResponse, GetSettingsResponse,
-    LeaveConversationResponse, ListConversationsResponse, RemoveConversationMemberResponse, UpdateConversationResponse,
-    ExportPartitionRequest, Route, UpdateSettingsResponse, create_conversation_request, execute_request,
-    execute_response,
+    AddConversationMembersResponse, Caller, ExportPartitionRequest, GetConversationResponse, GetPresenceResponse,
+    GetSettingsResponse, LeaveConversationResponse, ListConversationsResponse, RemoveConversationMemberResponse, Route,
+    UpdateConversationResponse, UpdateSettingsResponse, create_conversation_request, execute_request, execute_response,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;

@@ -152,10 +152,9 @@ pub async fn spawn_health_port<H: tonic_health::pb::health_server::Health>(
     use anyhow::Context as _;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding health port {addr}"))?;
     tracing::info!(addr = %listener.local_addr()?, "serving health probes");
-    let server = tonic::transport::Server::builder().add_service(health).serve_with_incoming_shutdown(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        stop.cancelled_owned(),
-    );
+    let server = tonic::transport::Server::builder()
+        .add_service(health)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stop.cancelled_owned());
     Ok(tokio::spawn(async move {
         if let Err(error) = server.await {
             tracing::warn!(%error, "health port stopped");

@@ -74,8 +74,7 @@ impl BrokerService for BrokerGrpc {
     ) -> Result<Response<Self::OpenSessionStream>, Status> {
         let request = request.into_inner();
         let caller = request.caller.ok_or_else(|| Status::invalid_argument("caller: must be set"))?;
-        let session =
-            self.broker.open_session(&caller, &request.gateway_id, request.cursor, request.route.as_ref())?;
+        let session = self.broker.open_session(&caller, &request.gateway_id, request.cursor, request.route.as_ref())?;
         let frames = session.map(|frame| Ok(OpenSessionResponse { frame: Some(frame) }));
         Ok(Response::new(Box::pin(frames)))
     }
@@ -148,8 +147,10 @@ impl BrokerService for BrokerGrpc {
     ) -> Result<Response<ImportPartitionResponse>, Status> {
         let request = request.into_inner();
         let route = route(request.route)?;
-        let rows =
-            self.broker.import_partition(route.partition, route.epoch, &request.source_url, request.source_epoch).await?;
+        let rows = self
+            .broker
+            .import_partition(route.partition, route.epoch, &request.source_url, request.source_epoch)
+            .await?;
         Ok(Response::new(ImportPartitionResponse { rows }))
     }
 

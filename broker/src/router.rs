@@ -58,12 +58,20 @@ pub enum Slot {
     /// Not here: another node owns it (or nobody known does).
     #[default]
     Absent,
-    Serving { queues: PartitionQueues, epoch: u64 },
+    Serving {
+        queues: PartitionQueues,
+        epoch: u64,
+    },
     /// Being frozen for a move: client commands are refused, internal
     /// traffic still flows until the partition has drained.
-    Draining { queues: PartitionQueues, epoch: u64 },
+    Draining {
+        queues: PartitionQueues,
+        epoch: u64,
+    },
     /// Frozen: its task stopped, its rows are read-only (being copied).
-    Frozen { epoch: u64 },
+    Frozen {
+        epoch: u64,
+    },
 }
 
 /// Most updates one lane delivery carries.
@@ -145,7 +153,11 @@ impl Router {
     }
 
     fn slot(&self, partition: PartitionId) -> Slot {
-        self.inner.slots.get(partition as usize).map(|s| s.read().unwrap_or_else(|e| e.into_inner()).clone()).unwrap_or_default()
+        self.inner
+            .slots
+            .get(partition as usize)
+            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default()
     }
 
     pub fn set_slot(&self, partition: PartitionId, slot: Slot) {
@@ -196,10 +208,12 @@ impl Router {
                 return Err(Error::Unavailable(format!("partition {partition} is moving; retry shortly")));
             }
             Slot::Absent => {
-                let owner = self.remote_owner(partition).map_or("unknown".to_owned(), |o| {
-                    format!("node {} at epoch {}", o.node, o.epoch)
-                });
-                return Err(Error::NotOwner(format!("partition {partition} is not owned by this node (owner: {owner})")));
+                let owner = self
+                    .remote_owner(partition)
+                    .map_or("unknown".to_owned(), |o| format!("node {} at epoch {}", o.node, o.epoch));
+                return Err(Error::NotOwner(format!(
+                    "partition {partition} is not owned by this node (owner: {owner})"
+                )));
             }
         };
         match epoch {
@@ -219,9 +233,10 @@ impl Router {
         let peers = self.inner.peers.as_ref().ok_or_else(|| {
             Error::Unavailable(format!("partition {partition} is not served by this standalone node"))
         })?;
-        let owner = self
-            .remote_owner(partition)
-            .ok_or_else(|| Error::Unavailable(format!("no node is known to own partition {partition}; retry")))?;
+        let owner = self.remote_owner(partition).ok_or_else(|| {
+            peers.refresh_soon();
+            Error::Unavailable(format!("no node is known to own partition {partition} yet; retry"))
+        })?;
         if !owner.serving {
             return Err(Error::Unavailable(format!("partition {partition} is moving; retry shortly")));
         }
@@ -250,10 +265,18 @@ impl Router {
     /// false when it could not be queued (a stopped or moving target: its
     /// work is then redone from durable state, or was ephemeral).
     pub fn internal(&self, partition: PartitionId, command: Command) -> bool {
+        self.try_internal(partition, command).is_ok()
+    }
+
+    /// [`Self::internal`], saying why it could not be queued.
+    pub fn try_internal(&self, partition: PartitionId, command: Command) -> Result<()> {
         match self.slot(partition) {
-            Slot::Serving { queues, .. } | Slot::Draining { queues, .. } => queues.internal.send(command).is_ok(),
-            Slot::Frozen { .. } => false,
-            Slot::Absent => self.forward(partition, command).is_ok(),
+            Slot::Serving { queues, .. } | Slot::Draining { queues, .. } => queues
+                .internal
+                .send(command)
+                .map_err(|_| Error::Unavailable(format!("partition {partition} is stopped"))),
+            Slot::Frozen { .. } => Err(Error::Unavailable(format!("partition {partition} is moving; retry shortly"))),
+            Slot::Absent => self.forward(partition, command),
         }
     }
 
@@ -287,7 +310,12 @@ impl Router {
         delivered
     }
 
-    async fn run_lane(self, partition: PartitionId, mut queue: mpsc::UnboundedReceiver<LaneItem>, stop: CancellationToken) {
+    async fn run_lane(
+        self,
+        partition: PartitionId,
+        mut queue: mpsc::UnboundedReceiver<LaneItem>,
+        stop: CancellationToken,
+    ) {
         loop {
             let first = tokio::select! {
                 _ = stop.cancelled() => return,

@@ -120,9 +120,7 @@ async fn ask<T>(
     make: impl FnOnce(crate::partition::Reply<T>) -> Command,
 ) -> Result<T> {
     let (reply, answer) = tokio::sync::oneshot::channel();
-    if !router.internal(partition, make(reply)) {
-        return Err(crate::error::Error::Unavailable(format!("partition {partition} is stopped")));
-    }
+    router.try_internal(partition, make(reply))?;
     answer.await.map_err(|_| crate::error::Error::Unavailable(format!("partition {partition} stopped")))?
 }
 

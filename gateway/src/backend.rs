@@ -116,7 +116,9 @@ impl RemoteBroker {
             let (partition, owner) = self.owner_of(key)?;
             let client = self.peers.client(owner.node).map_err(Status::from)?;
             match tokio::time::timeout(EXECUTE_TIMEOUT, call(client, owner.route(partition))).await {
-                Err(_) => return Err(Status::unavailable(format!("broker node {} did not answer in time", owner.node))),
+                Err(_) => {
+                    return Err(Status::unavailable(format!("broker node {} did not answer in time", owner.node)));
+                }
                 Ok(Err(status)) if status.code() == Code::Aborted => {
                     self.peers.refresh().await;
                 }
@@ -141,8 +143,11 @@ impl Backend {
                 let home = home_key(&caller, &command);
                 remote
                     .routed(&home, |mut client, route| {
-                        let request =
-                            ExecuteRequest { caller: Some(caller.clone()), command: Some(command.clone()), route: Some(route) };
+                        let request = ExecuteRequest {
+                            caller: Some(caller.clone()),
+                            command: Some(command.clone()),
+                            route: Some(route),
+                        };
                         async move { client.execute(request).await }
                     })
                     .await?

@@ -85,7 +85,7 @@ impl RunningGateway {
                 let remote =
                     RemoteBroker::connect(urls, *partitions, config.gateway_id.clone(), limits.clone(), stop.clone())
                         .await
-                    .map_err(anyhow::Error::msg)?;
+                        .map_err(anyhow::Error::msg)?;
                 (Backend::Remote(remote), None)
             }
         };

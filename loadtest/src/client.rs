@@ -118,8 +118,7 @@ pub struct DeviceContext {
 pub async fn start_device(user: User, context: DeviceContext) -> anyhow::Result<DeviceHandle> {
     let (commands, mut commands_rx) = mpsc::channel(16);
     let device = user.device_id();
-    let mut session = Session::open(&user, 0, 0).await?;
-    session.until_ready(&context, &mut HashMap::new()).await?;
+    let mut session = Session::resume(&user, 0, &context, &mut HashMap::new()).await?;
     let task = tokio::spawn(async move {
         let mut logs: HashMap<String, DeliveryLog> = HashMap::new();
         let error = run_device(&user, &context, &mut session, &mut commands_rx, &mut logs).await.err();
@@ -167,27 +166,7 @@ async fn run_device(
             }
         }
         context.counters.reconnects.fetch_add(1, Ordering::Relaxed);
-        let cursor = session.cursor;
-        let mut attempt = 0;
-        let started = Instant::now();
-        *session = loop {
-            let resumed = async {
-                let mut resumed = Session::open(user, cursor, attempt).await?;
-                resumed.until_ready(context, logs).await?;
-                Ok::<_, anyhow::Error>(resumed)
-            };
-            match resumed.await {
-                Ok(resumed) => break resumed,
-                Err(error) if started.elapsed() < RETRY_FOR => {
-                    attempt += 1;
-                    if attempt == 20 {
-                        eprintln!("{}: still resuming after {attempt} attempts: {error:#}", user.id);
-                    }
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                Err(error) => return Err(error.context("resuming after a reconnect")),
-            }
-        };
+        *session = Session::resume(user, session.cursor, context, logs).await?;
     }
 }
 
@@ -203,6 +182,36 @@ struct Session {
 const TYPING_EVERY: Duration = Duration::from_secs(3);
 
 impl Session {
+    /// Opens a stream after `cursor` and waits for `Ready`, retrying (through
+    /// the next gateway each time) for [`RETRY_FOR`], as a real client does.
+    async fn resume(
+        user: &User,
+        cursor: u64,
+        context: &DeviceContext,
+        logs: &mut HashMap<String, DeliveryLog>,
+    ) -> anyhow::Result<Self> {
+        let mut attempt = 0;
+        let started = Instant::now();
+        loop {
+            let opened = async {
+                let mut session = Session::open(user, cursor, attempt).await?;
+                session.until_ready(context, logs).await?;
+                Ok::<_, anyhow::Error>(session)
+            };
+            match opened.await {
+                Ok(session) => return Ok(session),
+                Err(error) if started.elapsed() < RETRY_FOR => {
+                    attempt += 1;
+                    if attempt == 20 {
+                        eprintln!("{}: still connecting after {attempt} attempts: {error:#}", user.id);
+                    }
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(error) => return Err(error.context(format!("opening the stream of {}", user.id))),
+            }
+        }
+    }
+
     async fn open(user: &User, cursor: u64, attempt: usize) -> anyhow::Result<Self> {
         let (up, up_rx) = mpsc::channel(16);
         up.send(OpenStreamRequest { frame: Some(open_stream_request::Frame::Hello(Hello { cursor })) }).await?;
@@ -224,6 +233,7 @@ impl Session {
             match self.frames.message().await? {
                 Some(frame) => match frame.frame {
                     Some(Frame::Ready(_)) => return Ok(()),
+                    Some(Frame::Goodbye(goodbye)) => anyhow::bail!("goodbye before ready: {}", goodbye.reason),
                     Some(Frame::ResyncRequired(_)) => {
                         anyhow::bail!("resync required: retention too small for this run")
                     }

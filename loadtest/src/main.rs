@@ -3,6 +3,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
+use std::sync::Arc;
+
 use clap::Parser;
 use imsg_loadtest::{
     report::{self, Report, Sweep},
@@ -128,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
         idle_streams: args.idle_streams,
         secret: args.jwt_secret.clone(),
         progress: !args.quiet,
+        sending: Some(Arc::new(tokio::sync::Notify::new())),
     };
     if args.chaos.is_some() && !args.sweep.is_empty() {
         anyhow::bail!("--chaos runs at one rate; drop --sweep");
@@ -138,13 +141,13 @@ async fn main() -> anyhow::Result<()> {
         let options = RunOptions { rate, ..options.clone() };
         let report = match (args.chaos, &deployment) {
             (Some(chaos), Some(deployment)) => {
-                // Devices and conversations take a moment to set up before
-                // sending starts; chaos counts from launch.
+                // Timed from the start of sending, not of setting up.
                 let after = args.chaos_after.unwrap_or(args.duration / 3);
-                let (report, chaos_note) = tokio::join!(
-                    scenario::run(&targets, &options, Some(deployment)),
-                    deployment.chaos(chaos, after, args.chaos_downtime)
-                );
+                let sending = options.sending.clone().unwrap_or_default();
+                let (report, chaos_note) = tokio::join!(scenario::run(&targets, &options, Some(deployment)), async {
+                    sending.notified().await;
+                    deployment.chaos(chaos, after, args.chaos_downtime).await
+                });
                 let mut report = report?;
                 report.chaos = Some(chaos_note.context("chaos")?);
                 report

@@ -63,6 +63,8 @@ pub struct RunOptions {
     pub idle_streams: usize,
     pub secret: String,
     pub progress: bool,
+    /// Notified when the send phase begins (chaos is timed from there).
+    pub sending: Option<Arc<tokio::sync::Notify>>,
 }
 
 struct Conversation {
@@ -156,6 +158,9 @@ pub async fn run(
     let progress = options.progress.then(|| tokio::spawn(progress_line(counters.clone(), ack_latency.clone())));
 
     // ---- the open-loop send phase ----
+    if let Some(sending) = &options.sending {
+        sending.notify_one();
+    }
     let interval_us = 1_000_000.0 / options.rate;
     let mut issued = 0u64;
     while issued < total {

@@ -132,6 +132,10 @@ impl Deployment {
             args.extend(common(data.path().join(format!("broker-{index}"))));
             brokers.push(start("imsg-broker", args, &plan.secret).await?);
         }
+        if plan.brokers > 1 {
+            // Nodes poll each other's claims every second; let the maps fill.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
         let mut gateways = Vec::new();
         for _ in 0..plan.gateways.max(1) {
             let args = vec![

@@ -60,7 +60,11 @@ impl ClusterConfig {
                 return Err(format!("node index {} is outside the {} listed nodes", self.node_index, self.nodes.len()));
             }
             if self.initial_nodes as usize > self.nodes.len() {
-                return Err(format!("initial nodes {} exceeds the {} listed nodes", self.initial_nodes, self.nodes.len()));
+                return Err(format!(
+                    "initial nodes {} exceeds the {} listed nodes",
+                    self.initial_nodes,
+                    self.nodes.len()
+                ));
             }
         } else if self.node_index != 0 || self.initial_nodes != 1 {
             return Err("a node without --nodes is standalone: node index 0, initial nodes 1".into());

@@ -118,8 +118,7 @@ pub async fn move_partition(nodes: &[String], partition: PartitionId, to: u32) -
             );
         }
     };
-    let release =
-        ReleasePartitionRequest { route: Some(Route { partition, epoch: new_epoch }), new_owner: to };
+    let release = ReleasePartitionRequest { route: Some(Route { partition, epoch: new_epoch }), new_owner: to };
     if let Err(status) = source.release_partition(release).await {
         // Safe: node `to` now has the higher claim, and the old owner steps
         // down by itself as soon as its map shows it.
@@ -141,7 +140,8 @@ pub fn plan_rebalance(state: &[NodeClaims], partitions: u32) -> Vec<(PartitionId
     let least = (partitions / nodes) as usize;
     let mut moves = Vec::new();
     loop {
-        let (full, _) = held.iter().enumerate().max_by_key(|(i, h)| (h.len(), std::cmp::Reverse(*i))).unwrap_or((0, &Vec::new()));
+        let (full, _) =
+            held.iter().enumerate().max_by_key(|(i, h)| (h.len(), std::cmp::Reverse(*i))).unwrap_or((0, &Vec::new()));
         let (empty, _) = held.iter().enumerate().min_by_key(|(i, h)| (h.len(), *i)).unwrap_or((0, &Vec::new()));
         if held[full].len() <= most && held[empty].len() >= least {
             break;

@@ -124,18 +124,18 @@ impl Peers {
     /// that does not answer keeps the claims it made last time, so its
     /// partitions fail fast as unavailable instead of looking unowned.
     pub async fn refresh(&self) {
-        let polls = self.nodes.iter().enumerate().filter(|(i, _)| Some(*i as u32) != self.self_index).map(
-            |(i, node)| {
+        let polls =
+            self.nodes.iter().enumerate().filter(|(i, _)| Some(*i as u32) != self.self_index).map(|(i, node)| {
                 let mut client = node.client.clone();
                 async move {
-                    let answer = tokio::time::timeout(STATE_TIMEOUT, client.get_cluster_state(GetClusterStateRequest {}))
-                        .await
-                        .ok()
-                        .and_then(|answer| answer.ok());
+                    let answer =
+                        tokio::time::timeout(STATE_TIMEOUT, client.get_cluster_state(GetClusterStateRequest {}))
+                            .await
+                            .ok()
+                            .and_then(|answer| answer.ok());
                     (i, answer.map(|a| a.into_inner()))
                 }
-            },
-        );
+            });
         let answers = futures_join_all(polls).await;
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         for (node, answer) in answers {

@@ -168,7 +168,9 @@ fn decode_updates(call: ApplyUpdatesCall) -> Result<Vec<UpdateItem>> {
                 },
                 logged_update::Event::Change(change) => LoggedEvent::Changed {
                     conversation: Arc::new(
-                        change.conversation.ok_or_else(|| Error::invalid("updates.change.conversation", "must be set"))?,
+                        change
+                            .conversation
+                            .ok_or_else(|| Error::invalid("updates.change.conversation", "must be set"))?,
                     ),
                     removed_user_ids: change.removed_user_ids.into(),
                 },
@@ -226,7 +228,9 @@ pub async fn serve(call: Call, submit: impl FnOnce(Command) -> Result<()>) -> Re
             submit(Command::ApplyUpdates { items, done })?;
             // Answered only once durable here: the sender then confirms its
             // outbox batch. A refusal (dropped) makes the sender re-send.
-            applied.await.map_err(|_| Error::Unavailable("partition stopped before the updates were durable".into()))?;
+            applied
+                .await
+                .map_err(|_| Error::Unavailable("partition stopped before the updates were durable".into()))?;
             accepted
         }
         Call::PushEphemeral(call) => {

@@ -12,8 +12,8 @@ use std::{
 use imsg_broker::ids::{direct_conversation_id, partition_of};
 use imsg_proto::v1::{
     ApplyUpdatesCall, CallPartitionRequest, Caller, ExecuteRequest, GetClusterStateRequest, LoggedUpdate, Message,
-    Route, SendMessageRequest, TextContent, broker_service_client::BrokerServiceClient, call_partition_request,
-    event, execute_request, logged_update, send_message_request,
+    Route, SendMessageRequest, TextContent, broker_service_client::BrokerServiceClient, call_partition_request, event,
+    execute_request, logged_update, send_message_request,
 };
 use tonic::Code;
 
@@ -40,7 +40,8 @@ impl Cluster {
                 format!("http://127.0.0.1:{port}")
             })
             .collect();
-        let mut cluster = Self { urls, initial, nodes: Vec::new(), gateways: Vec::new(), _data: tempfile::tempdir().unwrap() };
+        let mut cluster =
+            Self { urls, initial, nodes: Vec::new(), gateways: Vec::new(), _data: tempfile::tempdir().unwrap() };
         for index in 0..layout {
             cluster.nodes.push(None);
             if index < initial {
@@ -238,7 +239,14 @@ async fn a_node_refuses_partitions_it_does_not_own_and_stale_epochs() {
     // send is not in the conversation (it does not even exist).
     let gateway = Process::spawn(
         &binary("imsg-gateway"),
-        &["--broker".into(), cluster.urls.join(","), "--partitions".into(), PARTITIONS.to_string(), "--listen".into(), "127.0.0.1:0".into()],
+        &[
+            "--broker".into(),
+            cluster.urls.join(","),
+            "--partitions".into(),
+            PARTITIONS.to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ],
     )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
