@@ -309,11 +309,11 @@ impl Broker {
             tokio::spawn(async move {
                 let _guard = broker.inner.ownership.lock().await;
                 tracing::warn!(partition, held, newer = owner.epoch, node = owner.node, "outranked: stepping down");
-                if matches!(broker.inner.router.slot_of(partition), Slot::Serving { .. }) {
-                    if let Err(error) = broker.freeze_locked(partition, held).await {
-                        tracing::error!(partition, %error, "stepping down failed");
-                        return;
-                    }
+                if matches!(broker.inner.router.slot_of(partition), Slot::Serving { .. })
+                    && let Err(error) = broker.freeze_locked(partition, held).await
+                {
+                    tracing::error!(partition, %error, "stepping down failed");
+                    return;
                 }
                 if let Err(error) = broker.release_locked(partition, owner.epoch).await {
                     tracing::error!(partition, %error, "stepping down failed");
@@ -356,10 +356,10 @@ impl Broker {
     /// node does not serve, or serves at another epoch than `route` says.
     fn check_route(&self, home_key: &str, route: Option<&Route>) -> Result<()> {
         let home = self.partition_of(home_key);
-        if let Some(route) = route {
-            if route.partition != home {
-                return Err(Error::invalid("route.partition", format!("the request's home partition is {home}")));
-            }
+        if let Some(route) = route
+            && route.partition != home
+        {
+            return Err(Error::invalid("route.partition", format!("the request's home partition is {home}")));
         }
         self.inner.router.check_owner(home, route.map(|r| r.epoch))
     }

@@ -51,6 +51,10 @@ struct ServeArgs {
     /// HS256 secret that verifies client tokens (at least 16 bytes).
     #[arg(long, env = "IMSG_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
+    /// A file holding the secret instead (a mounted Kubernetes Secret);
+    /// surrounding whitespace is ignored.
+    #[arg(long, env = "IMSG_JWT_SECRET_FILE", conflicts_with = "jwt_secret")]
+    jwt_secret_file: Option<std::path::PathBuf>,
     /// Names this gateway's lease on brokers (default: random).
     #[arg(long, env = "IMSG_GATEWAY_ID")]
     gateway_id: Option<String>,
@@ -77,7 +81,14 @@ async fn main() -> anyhow::Result<()> {
     }
     init_logging();
     let args = cli.serve;
-    let secret = args.jwt_secret.context("--jwt-secret (or IMSG_JWT_SECRET) is required")?;
+    let secret = match (args.jwt_secret, &args.jwt_secret_file) {
+        (Some(secret), _) => secret,
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the JWT secret from {}", path.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => anyhow::bail!("--jwt-secret or --jwt-secret-file (IMSG_JWT_SECRET[_FILE]) is required"),
+    };
     // The same flags configure an embedded broker and, for a remote one,
     // the limits the gateway checks before forwarding.
     let broker_config = args.broker_args.config().map_err(anyhow::Error::msg)?;

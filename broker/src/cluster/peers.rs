@@ -244,9 +244,9 @@ pub fn connect(url: &str) -> Result<BrokerServiceClient<Channel>> {
 }
 
 /// Awaits every future concurrently (a few nodes: no need for a crate).
-async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futures.map(tokio::spawn).collect();

@@ -27,8 +27,9 @@ use crate::{
 };
 
 /// Sends `command` to the partition's owner on another node. Answers go to
-/// the command's reply; a command that cannot cross nodes is given back.
-pub fn forward(peers: &Arc<Peers>, owner: Owner, partition: PartitionId, command: Command) -> Result<(), Command> {
+/// the command's reply; a command that cannot cross nodes is given back
+/// (boxed: it is the rare path).
+pub fn forward(peers: &Arc<Peers>, owner: Owner, partition: PartitionId, command: Command) -> Result<(), Box<Command>> {
     match command {
         Command::UserContext { user_id, reply } => {
             ask(peers, owner, partition, Call::UserContext(UserContextCall { user_id }), reply, |answer| match answer {
@@ -91,7 +92,7 @@ pub fn forward(peers: &Arc<Peers>, owner: Owner, partition: PartitionId, command
             let call = Call::HideReadChanged(HideReadChangedCall { user_id, hide_read, conversation_ids });
             tell(peers, owner, partition, call);
         }
-        other => return Err(other),
+        other => return Err(Box::new(other)),
     }
     Ok(())
 }

@@ -414,10 +414,10 @@ impl Partition {
                     self.commit();
                 }
             }
-            if self.freeze_step() {
-                if let Some(freezing) = self.freezing.take() {
-                    return Stop::Frozen(freezing.reply);
-                }
+            if self.freeze_step()
+                && let Some(freezing) = self.freezing.take()
+            {
+                return Stop::Frozen(freezing.reply);
             }
         }
     }
