@@ -190,15 +190,18 @@ impl Broker {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        match self.inner.router.slot_of(partition) {
-            Slot::Frozen { epoch: held } if held == epoch => {}
-            _ => {
-                return Err(Error::FailedPrecondition(format!(
-                    "partition {partition} is not frozen here at epoch {epoch}; freeze it first"
-                )));
-            }
-        }
+        self.check_frozen(partition, epoch)?;
         self.inner.store.partition(partition)?.rows_after(after, limit)
+    }
+
+    /// Refuses to export a partition that is not frozen here at `epoch`.
+    pub fn check_frozen(&self, partition: PartitionId, epoch: u64) -> Result<()> {
+        match self.inner.router.slot_of(partition) {
+            Slot::Frozen { epoch: held } if held == epoch => Ok(()),
+            _ => Err(Error::FailedPrecondition(format!(
+                "partition {partition} is not frozen here at epoch {epoch}; freeze it first"
+            ))),
+        }
     }
 
     /// Move step 2, new owner: copies a frozen partition from `source`,
@@ -270,12 +273,12 @@ impl Broker {
 
     /// Move step 3, old owner: the partition belongs to another node at
     /// `epoch` now; record that durably and never serve it again.
-    pub async fn release_partition(&self, partition: PartitionId, epoch: u64) -> Result<()> {
+    pub async fn release_partition(&self, partition: PartitionId, epoch: u64, new_owner: u32) -> Result<()> {
         let _guard = self.inner.ownership.lock().await;
-        self.release_locked(partition, epoch).await
+        self.release_locked(partition, epoch, new_owner).await
     }
 
-    async fn release_locked(&self, partition: PartitionId, epoch: u64) -> Result<()> {
+    async fn release_locked(&self, partition: PartitionId, epoch: u64, new_owner: u32) -> Result<()> {
         match self.inner.router.slot_of(partition) {
             Slot::Frozen { epoch: held } if held < epoch => {}
             Slot::Absent => return Ok(()),
@@ -291,7 +294,7 @@ impl Broker {
         if let Some(peers) = self.inner.router.peers() {
             peers.refresh_soon();
         }
-        tracing::info!(partition, epoch, "partition released");
+        tracing::info!(partition, epoch, new_owner, "partition released");
         Ok(())
     }
 
@@ -315,7 +318,7 @@ impl Broker {
                     tracing::error!(partition, %error, "stepping down failed");
                     return;
                 }
-                if let Err(error) = broker.release_locked(partition, owner.epoch).await {
+                if let Err(error) = broker.release_locked(partition, owner.epoch, owner.node).await {
                     tracing::error!(partition, %error, "stepping down failed");
                 }
             });
@@ -375,19 +378,20 @@ impl Broker {
         use execute_request::Command as C;
         use execute_response::Result as R;
         validate::command(&self.inner.config.limits, caller, &command)?;
-        self.check_route(&home_key(caller, &command), route)?;
+        let home = home_key(caller, &command);
+        self.check_route(&home, route)?;
         let caller = caller.clone();
         Ok(match command {
             C::CreateConversation(request) => {
-                let (conversation_id, spec) = match request.kind {
-                    Some(create_conversation_request::Kind::Direct(direct)) => (
-                        direct_conversation_id(&caller.user_id, &direct.peer_user_id),
-                        NewConversation::Direct { peer_user_id: direct.peer_user_id },
-                    ),
-                    Some(create_conversation_request::Kind::Group(group)) => (
-                        group_conversation_id(&caller.user_id, &request.request_id),
-                        NewConversation::Group { title: group.title, member_ids: group.member_ids },
-                    ),
+                // The home key of a create is the derived conversation id.
+                let conversation_id = home;
+                let spec = match request.kind {
+                    Some(create_conversation_request::Kind::Direct(direct)) => {
+                        NewConversation::Direct { peer_user_id: direct.peer_user_id }
+                    }
+                    Some(create_conversation_request::Kind::Group(group)) => {
+                        NewConversation::Group { title: group.title, member_ids: group.member_ids }
+                    }
                     None => return Err(Error::invalid("kind", "set `direct` or `group`")),
                 };
                 let partition = self.partition_of(&conversation_id);

@@ -137,7 +137,7 @@ impl BrokerService for BrokerGrpc {
     ) -> Result<Response<Self::ExportPartitionStream>, Status> {
         let route = route(request.into_inner().route)?;
         // Checked up front so a wrong request fails as a status, not a frame.
-        self.broker.export_rows(route.partition, route.epoch, None, 0)?;
+        self.broker.check_frozen(route.partition, route.epoch)?;
         Ok(Response::new(export_frames(self.broker.clone(), route)))
     }
 
@@ -158,8 +158,9 @@ impl BrokerService for BrokerGrpc {
         &self,
         request: Request<ReleasePartitionRequest>,
     ) -> Result<Response<ReleasePartitionResponse>, Status> {
-        let route = route(request.into_inner().route)?;
-        self.broker.release_partition(route.partition, route.epoch).await?;
+        let request = request.into_inner();
+        let route = route(request.route)?;
+        self.broker.release_partition(route.partition, route.epoch, request.new_owner).await?;
         Ok(Response::new(ReleasePartitionResponse {}))
     }
 }

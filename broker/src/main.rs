@@ -111,16 +111,17 @@ async fn run_admin(admin: Admin) -> anyhow::Result<()> {
     match admin {
         Admin::Partitions { nodes } => {
             let state = moves::cluster_state(&nodes).await?;
+            let owners = moves::owners(&state);
             for node in &state {
                 match &node.claims {
                     None => println!("node {} {}: unreachable", node.node, node.url),
                     Some(_) => {
-                        let owned = moves::owners(&state).values().filter(|(n, _)| *n == node.node).count();
+                        let owned = owners.values().filter(|(n, _)| *n == node.node).count();
                         println!("node {} {}: {} partitions", node.node, node.url, owned);
                     }
                 }
             }
-            for (partition, (node, epoch)) in moves::owners(&state) {
+            for (partition, (node, epoch)) in owners {
                 println!("partition {partition}: node {node} epoch {epoch}");
             }
         }

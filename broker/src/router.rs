@@ -148,11 +148,8 @@ impl Router {
         groups
     }
 
+    /// How this node holds `partition` now.
     pub fn slot_of(&self, partition: PartitionId) -> Slot {
-        self.slot(partition)
-    }
-
-    fn slot(&self, partition: PartitionId) -> Slot {
         self.inner
             .slots
             .get(partition as usize)
@@ -168,7 +165,7 @@ impl Router {
 
     /// The epoch at which this node holds `partition`, if it does.
     pub fn local_epoch(&self, partition: PartitionId) -> Option<u64> {
-        match self.slot(partition) {
+        match self.slot_of(partition) {
             Slot::Absent => None,
             Slot::Serving { epoch, .. } | Slot::Draining { epoch, .. } | Slot::Frozen { epoch } => Some(epoch),
         }
@@ -178,7 +175,7 @@ impl Router {
     pub fn claims(&self) -> Vec<PartitionClaim> {
         (0..self.inner.partitions)
             .filter_map(|partition| {
-                let (epoch, state) = match self.slot(partition) {
+                let (epoch, state) = match self.slot_of(partition) {
                     Slot::Absent => return None,
                     Slot::Serving { epoch, .. } => (epoch, PartitionState::Serving),
                     Slot::Draining { epoch, .. } | Slot::Frozen { epoch } => (epoch, PartitionState::Frozen),
@@ -201,11 +198,11 @@ impl Router {
     }
 
     fn check(&self, partition: PartitionId, epoch: Option<u64>, internal: bool) -> Result<()> {
-        let held = match self.slot(partition) {
+        let held = match self.slot_of(partition) {
             Slot::Serving { epoch, .. } => epoch,
             Slot::Draining { epoch, .. } if internal => epoch,
             Slot::Draining { .. } | Slot::Frozen { .. } => {
-                return Err(Error::Unavailable(format!("partition {partition} is moving; retry shortly")));
+                return Err(moving(partition));
             }
             Slot::Absent => {
                 let owner = self
@@ -238,7 +235,7 @@ impl Router {
             Error::Unavailable(format!("no node is known to own partition {partition} yet; retry"))
         })?;
         if !owner.serving {
-            return Err(Error::Unavailable(format!("partition {partition} is moving; retry shortly")));
+            return Err(moving(partition));
         }
         wire::forward(peers, owner, partition, command).map_err(|_| {
             Error::NotOwner(format!("partition {partition} is owned by node {}; this command runs there", owner.node))
@@ -247,16 +244,14 @@ impl Router {
 
     /// Queues a client command, refusing at once when the partition is full.
     pub fn submit(&self, partition: PartitionId, command: Command) -> Result<()> {
-        match self.slot(partition) {
+        match self.slot_of(partition) {
             Slot::Serving { queues, .. } => queues.commands.try_send(command).map_err(|error| match error {
                 TrySendError::Full(_) => {
                     Error::ResourceExhausted(format!("partition {partition} is overloaded; retry later"))
                 }
                 TrySendError::Closed(_) => Error::Unavailable(format!("partition {partition} is stopped")),
             }),
-            Slot::Draining { .. } | Slot::Frozen { .. } => {
-                Err(Error::Unavailable(format!("partition {partition} is moving; retry shortly")))
-            }
+            Slot::Draining { .. } | Slot::Frozen { .. } => Err(moving(partition)),
             Slot::Absent => self.forward(partition, command),
         }
     }
@@ -270,26 +265,32 @@ impl Router {
 
     /// [`Self::internal`], saying why it could not be queued.
     pub fn try_internal(&self, partition: PartitionId, command: Command) -> Result<()> {
-        match self.slot(partition) {
-            Slot::Serving { queues, .. } | Slot::Draining { queues, .. } => queues
-                .internal
-                .send(command)
-                .map_err(|_| Error::Unavailable(format!("partition {partition} is stopped"))),
-            Slot::Frozen { .. } => Err(Error::Unavailable(format!("partition {partition} is moving; retry shortly"))),
-            Slot::Absent => self.forward(partition, command),
-        }
+        self.enqueue_internal(partition, command, |command| self.forward(partition, command))
     }
 
     /// Queues traffic that only a local partition may take (sessions,
     /// shutdown, a call forwarded by another node).
     pub fn local(&self, partition: PartitionId, command: Command) -> Result<()> {
-        match self.slot(partition) {
+        self.enqueue_internal(partition, command, |_| {
+            Err(Error::NotOwner(format!("partition {partition} is not owned by this node")))
+        })
+    }
+
+    /// Queues on the local internal queue; `absent` decides what happens
+    /// when the partition is not on this node.
+    fn enqueue_internal(
+        &self,
+        partition: PartitionId,
+        command: Command,
+        absent: impl FnOnce(Command) -> Result<()>,
+    ) -> Result<()> {
+        match self.slot_of(partition) {
             Slot::Serving { queues, .. } | Slot::Draining { queues, .. } => queues
                 .internal
                 .send(command)
                 .map_err(|_| Error::Unavailable(format!("partition {partition} is stopped"))),
-            Slot::Frozen { .. } => Err(Error::Unavailable(format!("partition {partition} is moving; retry shortly"))),
-            Slot::Absent => Err(Error::NotOwner(format!("partition {partition} is not owned by this node"))),
+            Slot::Frozen { .. } => Err(moving(partition)),
+            Slot::Absent => absent(command),
         }
     }
 
@@ -353,9 +354,9 @@ impl Router {
     }
 
     async fn deliver_once(&self, partition: PartitionId, items: &[UpdateItem]) -> Result<()> {
-        let local = match self.slot(partition) {
+        let local = match self.slot_of(partition) {
             Slot::Serving { queues, .. } | Slot::Draining { queues, .. } => Some(queues.internal),
-            Slot::Frozen { .. } => return Err(Error::Unavailable(format!("partition {partition} is moving"))),
+            Slot::Frozen { .. } => return Err(moving(partition)),
             Slot::Absent => None,
         };
         if let Some(internal) = local {
@@ -371,4 +372,9 @@ impl Router {
             .ok_or_else(|| Error::Unavailable(format!("no node is known to own partition {partition}")))?;
         peers.call_partition(owner, partition, Call::ApplyUpdates(wire::encode_updates(items))).await.map(|_| ())
     }
+}
+
+/// The refusal for a partition in the middle of a move (retryable).
+fn moving(partition: PartitionId) -> Error {
+    Error::Unavailable(format!("partition {partition} is moving; retry shortly"))
 }

@@ -63,7 +63,6 @@ struct Node {
 struct Map {
     owners: Vec<Option<Owner>>,
     claims_by_node: Vec<Vec<(PartitionId, Owner)>>,
-    reachable: Vec<bool>,
 }
 
 impl Peers {
@@ -77,17 +76,12 @@ impl Peers {
             map: RwLock::new(Map {
                 owners: vec![None; partitions as usize],
                 claims_by_node: vec![Vec::new(); urls.len()],
-                reachable: vec![false; urls.len()],
             }),
             nodes,
             self_index,
             partitions,
             refresh_now: Notify::new(),
         }))
-    }
-
-    pub fn node_count(&self) -> usize {
-        self.nodes.len()
     }
 
     pub fn partition_count(&self) -> u32 {
@@ -108,11 +102,6 @@ impl Peers {
     /// The owner of `partition` among the other nodes, if any claims it.
     pub fn owner(&self, partition: PartitionId) -> Option<Owner> {
         self.map.read().unwrap_or_else(|e| e.into_inner()).owners.get(partition as usize).copied().flatten()
-    }
-
-    /// Whether `node` answered the last poll.
-    pub fn reachable(&self, node: u32) -> bool {
-        self.map.read().unwrap_or_else(|e| e.into_inner()).reachable.get(node as usize).copied().unwrap_or(false)
     }
 
     /// Asks for a refresh as soon as possible (a request met a stale map).
@@ -139,7 +128,6 @@ impl Peers {
         let answers = futures_join_all(polls).await;
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         for (node, answer) in answers {
-            map.reachable[node] = answer.is_some();
             if let Some(state) = answer {
                 if state.partition_count != self.partitions {
                     tracing::error!(

@@ -17,9 +17,7 @@ use imsg_proto::v1::{
 };
 use tonic::Code;
 
-use crate::harness::{Client, PATIENCE, Process, binary};
-
-const PARTITIONS: u32 = 8;
+use crate::harness::{Client, PARTITIONS, PATIENCE, Process, binary, gateway_args_for};
 
 /// Broker nodes (some maybe not started yet) and gateways.
 struct Cluster {
@@ -49,14 +47,7 @@ impl Cluster {
             }
         }
         for _ in 0..gateways {
-            let args = vec![
-                "--broker".into(),
-                cluster.urls.join(","),
-                "--partitions".into(),
-                PARTITIONS.to_string(),
-                "--listen".into(),
-                "127.0.0.1:0".into(),
-            ];
+            let args = gateway_args_for(&cluster.urls.join(","));
             cluster.gateways.push(Process::spawn(&binary("imsg-gateway"), &args).await);
         }
         // Gateways load the map at start; make sure every node answered.
@@ -237,18 +228,7 @@ async fn a_node_refuses_partitions_it_does_not_own_and_stale_epochs() {
 
     // Nothing was written: a gateway shows bob nothing, and the refused
     // send is not in the conversation (it does not even exist).
-    let gateway = Process::spawn(
-        &binary("imsg-gateway"),
-        &[
-            "--broker".into(),
-            cluster.urls.join(","),
-            "--partitions".into(),
-            PARTITIONS.to_string(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-        ],
-    )
-    .await;
+    let gateway = Process::spawn(&binary("imsg-gateway"), &gateway_args_for(&cluster.urls.join(","))).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let bob_client = Client::connect(gateway.addr, &bob, "phone").await;
     let mut device = bob_client.open(0).await;

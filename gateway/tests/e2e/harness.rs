@@ -372,6 +372,9 @@ fn unsafe_kill(pid: i32, signal: i32) -> i32 {
     unsafe { libc::kill(pid, signal) }
 }
 
+/// Partition count of every broker the tests start (small: fast starts).
+pub const PARTITIONS: u32 = 8;
+
 /// Flags for a broker process on `listen` with `data_dir`.
 pub fn broker_args(data_dir: &Path, listen: &str, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = vec![
@@ -380,7 +383,7 @@ pub fn broker_args(data_dir: &Path, listen: &str, extra: &[&str]) -> Vec<String>
         "--listen".into(),
         listen.into(),
         "--partitions".into(),
-        "8".into(),
+        PARTITIONS.to_string(),
         "--cache-mb".into(),
         "16".into(),
     ];
@@ -390,12 +393,17 @@ pub fn broker_args(data_dir: &Path, listen: &str, extra: &[&str]) -> Vec<String>
 
 /// Flags for a gateway process in front of `broker`.
 pub fn gateway_args(broker: SocketAddr) -> Vec<String> {
+    gateway_args_for(&format!("http://{broker}"))
+}
+
+/// Flags for a gateway process in front of broker nodes (comma-separated URLs).
+pub fn gateway_args_for(broker_urls: &str) -> Vec<String> {
     vec![
         "--broker".into(),
-        format!("http://{broker}"),
+        broker_urls.into(),
         "--listen".into(),
         "127.0.0.1:0".into(),
         "--partitions".into(),
-        "8".into(),
+        PARTITIONS.to_string(),
     ]
 }
