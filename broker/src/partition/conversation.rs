@@ -39,8 +39,11 @@ pub(super) struct Conversations {
     /// Receipt rows changed in memory only (a sender's own watermarks move
     /// with each send); written at the next tick, not per message.
     dirty_receipts: HashSet<(String, String)>,
-    /// Outbox batches sent but not yet confirmed by every target.
-    pub(super) outbox_in_flight: BTreeSet<u64>,
+    /// Outbox batches not yet confirmed by every target, from the moment
+    /// a batch is numbered (before it is even durable, let alone sent):
+    /// outbox progress must never pass a batch whose fan-out has not
+    /// reached every target durably, or a crash in between would lose it.
+    pub(super) outbox_unconfirmed: BTreeSet<u64>,
     /// Conversations where someone may be typing: the expiry tick visits
     /// these, not every loaded conversation.
     typing_in: HashSet<String>,
@@ -642,7 +645,6 @@ impl Partition {
                 by_partition.entry(partition).or_default().push(UpdateItem { user_ids, event: item.event.clone() });
             }
         }
-        self.conversations.outbox_in_flight.insert(batch);
         let confirmations: Vec<_> =
             by_partition.into_iter().map(|(partition, items)| self.router.deliver_updates(partition, items)).collect();
         let router = self.router.clone();
@@ -663,13 +665,13 @@ impl Partition {
     /// Every target confirmed an outbox batch. The record is removed at the
     /// next tick, in one lazy batch with the others (nothing waits for it).
     pub(super) fn fanout_done(&mut self, batch: u64) {
-        self.conversations.outbox_in_flight.remove(&batch);
+        self.conversations.outbox_unconfirmed.remove(&batch);
     }
 
     /// Removes confirmed outbox records and remembers how far confirmation
     /// reached, so a restart re-sends only what may not have arrived.
     pub(super) fn persist_outbox_progress(&mut self) {
-        let done = self.conversations.outbox_in_flight.first().copied().unwrap_or(self.meta.next_outbox);
+        let done = self.conversations.outbox_unconfirmed.first().copied().unwrap_or(self.meta.next_outbox);
         if done > self.meta.outbox_done {
             for old in self.meta.outbox_done..done {
                 self.batch.writes.remove_outbox(old);
@@ -725,6 +727,7 @@ impl Partition {
                 }
             }
             tracing::info!(partition = self.id, batch, "re-sending unconfirmed outbox batch");
+            self.conversations.outbox_unconfirmed.insert(batch);
             self.defer(Deferred::Fanout { batch, items });
         }
         Ok(())

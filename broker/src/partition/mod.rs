@@ -425,7 +425,7 @@ impl Partition {
     /// Advances a freeze; true once the partition may stop.
     fn freeze_step(&mut self) -> bool {
         let Some(freezing) = &mut self.freezing else { return false };
-        if !freezing.sealing && self.pending.is_empty() && self.conversations.outbox_in_flight.is_empty() {
+        if !freezing.sealing && self.pending.is_empty() && self.conversations.outbox_unconfirmed.is_empty() {
             freezing.sealing = true;
             self.checkpoint_receipts();
             self.persist_outbox_progress();
@@ -567,6 +567,7 @@ impl Partition {
         if !batch.outbox.is_empty() {
             let number = self.meta.next_outbox;
             self.meta.next_outbox += 1;
+            self.conversations.outbox_unconfirmed.insert(number);
             batch.writes.put_outbox(number, &crate::storage::OutboxRecord { items: std::mem::take(&mut batch.outbox) });
             batch.deferred.push(Deferred::Fanout { batch: number, items: std::mem::take(&mut batch.outbox_items) });
         }
@@ -639,5 +640,59 @@ impl Partition {
         }
         self.persist_outbox_progress();
         self.trim_update_log();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::{
+        config::BrokerConfig,
+        storage::{OutboxEvent, OutboxItem, Store},
+    };
+
+    /// Architecture Invariant 2 (every member's log receives every message,
+    /// across a crash): outbox progress, written lazily at each tick, must
+    /// not pass a batch from the moment it is numbered until every target
+    /// confirmed it. A tick between the batch's commit and its fan-out used
+    /// to record it as done; a SIGKILL before the targets had it durable
+    /// then lost it for good (the restart re-sends only from the recorded
+    /// progress).
+    #[tokio::test]
+    async fn outbox_progress_never_passes_a_batch_before_every_target_confirmed_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = BrokerConfig::new(dir.path());
+        config.partitions = 2;
+        config.cache_capacity_bytes = 4 * 1024 * 1024;
+        let store = Store::open(&config).unwrap();
+        let router = Router::new(config.partitions, None, CancellationToken::new());
+        let mut partition =
+            Partition::load(0, config.limits.clone(), store.partition(0).unwrap(), store.durability().clone(), router)
+                .unwrap();
+        let before = partition.meta.outbox_done;
+
+        partition
+            .batch
+            .outbox
+            .push(OutboxItem { conversation_id: "c".into(), event: Some(OutboxEvent::MessageSeq(1)) });
+        partition.commit();
+        let numbered = partition.meta.next_outbox - 1;
+        assert_eq!(numbered, before, "the first outbox batch gets the first number");
+
+        // Ticks while the batch waits to be durable, then while it is fanned out.
+        partition.on_tick();
+        assert_eq!(partition.meta.outbox_done, before, "progress passed a batch still waiting to be durable");
+        while !partition.pending.is_empty() {
+            partition.durable_wake.notified().await;
+            partition.run_durable();
+        }
+        partition.on_tick();
+        assert_eq!(partition.meta.outbox_done, before, "progress passed a batch not yet confirmed by its targets");
+
+        partition.fanout_done(numbered);
+        partition.on_tick();
+        assert_eq!(partition.meta.outbox_done, numbered + 1, "a confirmed batch is recorded as done");
     }
 }
