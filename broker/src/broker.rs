@@ -81,6 +81,14 @@ impl Broker {
             stop,
         });
         let broker = Self { inner };
+        if let Some(peers) = &peers {
+            // Learn the others' claims before serving anything: a move whose
+            // last step (release) never reached this node, because it died
+            // in between, left a claim here that another node outranks.
+            // Serving that copy even briefly would take fan-out from this
+            // node's own partitions into a log nobody reads any more.
+            peers.refresh().await;
+        }
         let mut owned = 0;
         for partition in 0..broker.inner.config.partitions {
             let store = broker.inner.store.partition(partition)?;
@@ -93,6 +101,13 @@ impl Broker {
                 }
                 None => continue,
             };
+            if let Some(owner) = peers.as_ref().and_then(|peers| peers.owner(partition))
+                && owner.epoch > epoch
+            {
+                tracing::warn!(partition, held = epoch, newer = owner.epoch, node = owner.node, "outranked: released");
+                write_ownership(&store, OwnershipRecord { epoch: owner.epoch, released: true }).await;
+                continue;
+            }
             broker.start_partition(partition, epoch)?;
             owned += 1;
         }
@@ -161,7 +176,7 @@ impl Broker {
         };
         self.inner.router.set_slot(partition, Slot::Draining { queues, epoch });
         let (reply, frozen) = oneshot::channel();
-        self.inner.router.local(partition, Command::Freeze { reply })?;
+        self.inner.router.control(partition, Command::Freeze { reply })?;
         let _ = frozen.await;
         let task = self.inner.partitions.lock().unwrap_or_else(|e| e.into_inner()).remove(&partition);
         if let Some(task) = task {
@@ -572,7 +587,7 @@ impl Broker {
         let mut stopped = Vec::new();
         for partition in 0..self.inner.router.partition_count() {
             let (reply, done) = oneshot::channel();
-            if self.inner.router.local(partition, Command::Shutdown { reply }).is_ok() {
+            if self.inner.router.control(partition, Command::Shutdown { reply }).is_ok() {
                 stopped.push(done);
             }
         }

@@ -157,6 +157,22 @@ impl Router {
             .unwrap_or_default()
     }
 
+    /// How traffic treats this node's hold on `partition`: a local copy
+    /// that another node is known to hold at a higher epoch (a move whose
+    /// release never reached this node, until it steps down) counts as
+    /// absent, so nothing reads or writes it and traffic goes to the owner.
+    fn routing_slot(&self, partition: PartitionId) -> Slot {
+        let slot = self.slot_of(partition);
+        let held = match &slot {
+            Slot::Absent => return slot,
+            Slot::Serving { epoch, .. } | Slot::Draining { epoch, .. } | Slot::Frozen { epoch } => *epoch,
+        };
+        match self.remote_owner(partition) {
+            Some(owner) if owner.epoch > held => Slot::Absent,
+            _ => slot,
+        }
+    }
+
     pub fn set_slot(&self, partition: PartitionId, slot: Slot) {
         if let Some(s) = self.inner.slots.get(partition as usize) {
             *s.write().unwrap_or_else(|e| e.into_inner()) = slot;
@@ -198,7 +214,7 @@ impl Router {
     }
 
     fn check(&self, partition: PartitionId, epoch: Option<u64>, internal: bool) -> Result<()> {
-        let held = match self.slot_of(partition) {
+        let held = match self.routing_slot(partition) {
             Slot::Serving { epoch, .. } => epoch,
             Slot::Draining { epoch, .. } if internal => epoch,
             Slot::Draining { .. } | Slot::Frozen { .. } => {
@@ -244,7 +260,7 @@ impl Router {
 
     /// Queues a client command, refusing at once when the partition is full.
     pub fn submit(&self, partition: PartitionId, command: Command) -> Result<()> {
-        match self.slot_of(partition) {
+        match self.routing_slot(partition) {
             Slot::Serving { queues, .. } => queues.commands.try_send(command).map_err(|error| match error {
                 TrySendError::Full(_) => {
                     Error::ResourceExhausted(format!("partition {partition} is overloaded; retry later"))
@@ -265,26 +281,34 @@ impl Router {
 
     /// [`Self::internal`], saying why it could not be queued.
     pub fn try_internal(&self, partition: PartitionId, command: Command) -> Result<()> {
-        self.enqueue_internal(partition, command, |command| self.forward(partition, command))
-    }
-
-    /// Queues traffic that only a local partition may take (sessions,
-    /// shutdown, a call forwarded by another node).
-    pub fn local(&self, partition: PartitionId, command: Command) -> Result<()> {
-        self.enqueue_internal(partition, command, |_| {
-            Err(Error::NotOwner(format!("partition {partition} is not owned by this node")))
+        self.enqueue_internal(partition, self.routing_slot(partition), command, |command| {
+            self.forward(partition, command)
         })
     }
 
-    /// Queues on the local internal queue; `absent` decides what happens
-    /// when the partition is not on this node.
+    /// Queues traffic that only a local partition may take (sessions, a
+    /// call forwarded by another node).
+    pub fn local(&self, partition: PartitionId, command: Command) -> Result<()> {
+        self.enqueue_internal(partition, self.routing_slot(partition), command, |_| Err(not_here(partition)))
+    }
+
+    /// Queues a command that controls the partition task itself (freeze,
+    /// shutdown): it reaches the task even when another node outranks it,
+    /// since that is exactly when the task must be frozen.
+    pub fn control(&self, partition: PartitionId, command: Command) -> Result<()> {
+        self.enqueue_internal(partition, self.slot_of(partition), command, |_| Err(not_here(partition)))
+    }
+
+    /// Queues on the internal queue of the partition held as `slot`;
+    /// `absent` decides what happens when it is not held here.
     fn enqueue_internal(
         &self,
         partition: PartitionId,
+        slot: Slot,
         command: Command,
         absent: impl FnOnce(Command) -> Result<()>,
     ) -> Result<()> {
-        match self.slot_of(partition) {
+        match slot {
             Slot::Serving { queues, .. } | Slot::Draining { queues, .. } => queues
                 .internal
                 .send(command)
@@ -354,7 +378,7 @@ impl Router {
     }
 
     async fn deliver_once(&self, partition: PartitionId, items: &[UpdateItem]) -> Result<()> {
-        let local = match self.slot_of(partition) {
+        let local = match self.routing_slot(partition) {
             Slot::Serving { queues, .. } | Slot::Draining { queues, .. } => Some(queues.internal),
             Slot::Frozen { .. } => return Err(moving(partition)),
             Slot::Absent => None,
@@ -372,6 +396,10 @@ impl Router {
             .ok_or_else(|| Error::Unavailable(format!("no node is known to own partition {partition}")))?;
         peers.call_partition(owner, partition, Call::ApplyUpdates(wire::encode_updates(items))).await.map(|_| ())
     }
+}
+
+fn not_here(partition: PartitionId) -> Error {
+    Error::NotOwner(format!("partition {partition} is not owned by this node"))
 }
 
 /// The refusal for a partition in the middle of a move (retryable).

@@ -11,9 +11,10 @@ use std::{
 
 use imsg_broker::ids::{direct_conversation_id, partition_of};
 use imsg_proto::v1::{
-    ApplyUpdatesCall, CallPartitionRequest, Caller, ExecuteRequest, GetClusterStateRequest, LoggedUpdate, Message,
-    Route, SendMessageRequest, TextContent, broker_service_client::BrokerServiceClient, call_partition_request, event,
-    execute_request, logged_update, send_message_request,
+    ApplyUpdatesCall, CallPartitionRequest, Caller, ExecuteRequest, FreezePartitionRequest, GetClusterStateRequest,
+    ImportPartitionRequest, LoggedUpdate, Message, Route, SendMessageRequest, TextContent,
+    broker_service_client::BrokerServiceClient, call_partition_request, event, execute_request, logged_update,
+    send_message_request,
 };
 use tonic::Code;
 
@@ -329,6 +330,107 @@ async fn growing_from_three_to_four_nodes_moves_partitions_under_traffic_and_los
         let seqs = by_conversation.remove(conversation).unwrap_or_default();
         assert_eq!(seqs, sent.keys().copied().collect::<Vec<_>>(), "bob's replay of {conversation}");
     }
+}
+
+/// Fencing's safety net: a move whose last step (release on the old
+/// owner) never happened. The old owner, still running, steps down when it
+/// sees the higher claim; killed before it could, it comes back and
+/// releases the partition before serving anything, so fan-out from its
+/// other partitions goes to the new owner instead of a stale copy.
+#[tokio::test]
+async fn an_old_owner_that_missed_the_release_steps_down_and_loses_nothing() {
+    let mut cluster = Cluster::start(2, 1, 1).await;
+    cluster.start_node(1).await;
+    let gateway = cluster.gateway(0);
+    let alice_id = "alice".to_owned();
+    let alice_partition = partition_of(&alice_id, PARTITIONS);
+    // bob's partition moves; the conversation and alice stay on node 0.
+    let (bob_id, bob_partition, conversation) = (0..)
+        .map(|i| {
+            let bob = format!("bob{i}");
+            let conversation = direct_conversation_id(&alice_id, &bob);
+            (partition_of(&bob, PARTITIONS), bob, conversation)
+        })
+        .find(|(bob_p, _, c)| *bob_p != alice_partition && *bob_p != partition_of(c, PARTITIONS))
+        .map(|(p, bob, c)| (bob, p, c))
+        .unwrap();
+    let idle_partition = (0..PARTITIONS)
+        .find(|p| ![alice_partition, bob_partition, partition_of(&conversation, PARTITIONS)].contains(p))
+        .unwrap();
+    let move_without_release = |partition: u32| {
+        let urls = cluster.urls.clone();
+        async move {
+            let route = |epoch| Some(Route { partition, epoch });
+            let mut old = BrokerServiceClient::connect(urls[0].clone()).await.unwrap();
+            old.freeze_partition(FreezePartitionRequest { route: route(1) }).await.unwrap();
+            let mut new = BrokerServiceClient::connect(urls[1].clone()).await.unwrap();
+            let request = ImportPartitionRequest { route: route(2), source_url: urls[0].clone(), source_epoch: 1 };
+            new.import_partition(request).await.unwrap();
+        }
+    };
+    let claim_on = |state: &imsg_proto::v1::GetClusterStateResponse, partition: u32| {
+        state.claims.iter().find(|c| c.partition == partition).map(|c| c.epoch)
+    };
+
+    // Running old owner: it sees node 1's claim at epoch 2 and steps down.
+    move_without_release(idle_partition).await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let state = cluster.node(0).await.get_cluster_state(GetClusterStateRequest {}).await.unwrap().into_inner();
+        if claim_on(&state, idle_partition).is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 0 never stepped down from partition {idle_partition}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Killed before it could step down: it must not serve the stale copy.
+    let alice = Client::connect(gateway, &alice_id, "phone").await;
+    Client::connect(gateway, &bob_id, "phone").await;
+    alice.direct_with(&bob_id).await;
+    let mut sent = Vec::new();
+    for n in 0..3 {
+        sent.push(alice.send(&conversation, &format!("before {n}")).await);
+    }
+    move_without_release(bob_partition).await;
+    cluster.nodes[0].take().unwrap().sigkill().await;
+    cluster.start_node(0).await;
+    let state = cluster.node(0).await.get_cluster_state(GetClusterStateRequest {}).await.unwrap().into_inner();
+    assert_eq!(claim_on(&state, bob_partition), None, "the restarted old owner serves a partition it lost: {state:?}");
+    assert_eq!(claim_on(&state, idle_partition), None, "a release is durable");
+    let state = cluster.node(1).await.get_cluster_state(GetClusterStateRequest {}).await.unwrap().into_inner();
+    assert_eq!(claim_on(&state, bob_partition), Some(2));
+
+    // Sent through node 0 (which owns the conversation), fanned out to bob's
+    // log on node 1.
+    for n in 0..3 {
+        let id = format!("after-{n}");
+        let deadline = Instant::now() + PATIENCE;
+        let ack = loop {
+            match alice.try_send(&conversation, &id, &id).await {
+                Ok(ack) => break ack,
+                Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(status) => panic!("send {id} refused: {status:?}"),
+            }
+        };
+        sent.push(ack.seq);
+    }
+    assert_eq!(sent, (1..=6).collect::<Vec<u64>>());
+    tokio::time::sleep(Duration::from_millis(1200)).await; // the gateway's map
+    let bob = Client::connect(gateway, &bob_id, "phone").await;
+    let mut device = bob.open(0).await;
+    let replayed: Vec<u64> = device
+        .ready()
+        .await
+        .into_iter()
+        .filter_map(|kind| match kind {
+            event::Kind::Message(message) if message.conversation_id == conversation => Some(message.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replayed, sent, "bob's log on the new owner has every message, before and after the restart");
 }
 
 /// The next message `sender` sent (devices also get their own).
