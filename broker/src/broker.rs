@@ -32,7 +32,7 @@ use crate::{
     partition::{Command, Mailbox, MarkKind, MembershipChange, NewConversation, Partition, Reply, UserContext, Viewer},
     router::{PartitionQueues, Router, Slot},
     session::{SessionFields, SessionStream},
-    storage::{OwnershipRecord, Store, WriteBatch},
+    storage::{OWNERSHIP_KEY, OwnershipRecord, PartitionStore, Store, WriteBatch},
     validate,
 };
 
@@ -93,7 +93,10 @@ impl Broker {
         for partition in 0..broker.inner.config.partitions {
             let store = broker.inner.store.partition(partition)?;
             let epoch = match store.ownership()? {
-                Some(record) if record.released => continue,
+                Some(record) if record.released => {
+                    store.clear_data()?; // finishes a clean-up a crash interrupted
+                    continue;
+                }
                 Some(record) => record.epoch,
                 None if broker.inner.config.cluster.initially_owns(partition) => {
                     write_ownership(&store, OwnershipRecord { epoch: 1, released: false }).await;
@@ -105,7 +108,7 @@ impl Broker {
                 && owner.epoch > epoch
             {
                 tracing::warn!(partition, held = epoch, newer = owner.epoch, node = owner.node, "outranked: released");
-                write_ownership(&store, OwnershipRecord { epoch: owner.epoch, released: true }).await;
+                release_store(&store, owner.epoch).await?;
                 continue;
             }
             broker.start_partition(partition, epoch)?;
@@ -240,17 +243,7 @@ impl Broker {
         }
         let store = self.inner.store.partition(partition)?;
         // Leftovers of an earlier stay here go first.
-        let mut stale = WriteBatch::default();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let rows = store.rows_after(after.as_deref(), 1024)?;
-            let Some(last) = rows.last() else { break };
-            after = Some(last.0.clone());
-            for (key, _) in rows {
-                stale.remove_row(key);
-            }
-        }
-        let mut generation = store.apply(stale, true);
+        let mut generation = store.clear_data()?;
         let mut client = crate::cluster::peers::connect(source_url)?;
         let request = ExportPartitionRequest { route: Some(Route { partition, epoch: source_epoch }) };
         let mut frames = client
@@ -267,7 +260,7 @@ impl Broker {
             let mut batch = WriteBatch::default();
             for row in frame.rows {
                 // The source's ownership row is replaced below.
-                if row.key != b"O" {
+                if row.key != OWNERSHIP_KEY {
                     batch.put_row(row.key, row.value);
                     copied += 1;
                 }
@@ -303,8 +296,7 @@ impl Broker {
                 )));
             }
         }
-        let store = self.inner.store.partition(partition)?;
-        write_ownership(&store, OwnershipRecord { epoch, released: true }).await;
+        release_store(&self.inner.store.partition(partition)?, epoch).await?;
         self.inner.router.set_slot(partition, Slot::Absent);
         if let Some(peers) = self.inner.router.peers() {
             peers.refresh_soon();
@@ -639,7 +631,17 @@ pub fn home_key(caller: &Caller, command: &execute_request::Command) -> String {
 }
 
 /// Writes a partition's ownership record and waits until it is durable.
-async fn write_ownership(store: &crate::storage::PartitionStore, record: OwnershipRecord) {
+/// Records durably that a partition belongs to another node at `epoch`,
+/// then drops this node's copy of its rows: the new owner has them durably
+/// (a node claims a partition only once its import is durable).
+async fn release_store(store: &PartitionStore, epoch: u64) -> Result<()> {
+    write_ownership(store, OwnershipRecord { epoch, released: true }).await;
+    let generation = store.clear_data()?;
+    store.durable(generation).await;
+    Ok(())
+}
+
+async fn write_ownership(store: &PartitionStore, record: OwnershipRecord) {
     let mut batch = WriteBatch::default();
     batch.put_ownership(&record);
     let generation = store.apply(batch, true);

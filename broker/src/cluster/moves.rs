@@ -9,12 +9,14 @@
 //! 2. **Import** on `t`: it copies every row from the owner, makes the copy
 //!    durable with the ownership record at epoch `e + 1`, and serves `p`.
 //!    From here every map refresh routes `p` to `t` (highest epoch wins).
-//! 3. **Release** on the old owner: it records epoch `e + 1` as released and
-//!    never serves `p` again, even after a restart.
+//! 3. **Release** on the old owner: it records epoch `e + 1` as released,
+//!    never serves `p` again, even after a restart, and deletes its copy of
+//!    the rows (the ownership record stays).
 //!
 //! A failure before step 2 completes thaws the partition on its owner
 //! (nothing changed); a failure of step 3 is repaired by the old owner
-//! itself, which steps down when it sees the higher claim. Fan-out bound
+//! itself, which steps down when it sees the higher claim (at once, or
+//! before serving anything when it was down). Fan-out bound
 //! for `p` waits in the senders' lanes during the move and follows it.
 
 use std::time::Duration;

@@ -523,6 +523,10 @@ fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
     key
 }
 
+/// The key of a partition's [`OwnershipRecord`]; a partition move copies
+/// every other row and writes its own.
+pub const OWNERSHIP_KEY: &[u8] = b"O";
+
 fn message_key(conversation: &str, seq: u64) -> Vec<u8> {
     key(b'm', &[conversation.as_bytes(), &seq.to_be_bytes()])
 }
@@ -558,7 +562,7 @@ impl PartitionStore {
 
     /// This node's claim on the partition; `None` if it never held it.
     pub fn ownership(&self) -> Result<Option<OwnershipRecord>> {
-        self.tree.get(b"O")?.map(|bytes| decode(&bytes)).transpose()
+        self.tree.get(OWNERSHIP_KEY)?.map(|bytes| decode(&bytes)).transpose()
     }
 
     /// Up to `limit` rows after `after` (from the first when `None`), in key
@@ -569,6 +573,28 @@ impl PartitionStore {
             None => self.tree.iter(),
         };
         rows.take(limit).map(|row| row.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Error::from)).collect()
+    }
+
+    /// Removes every row but the ownership record, a chunk at a time (a
+    /// released partition's data, or what an earlier stay left before an
+    /// import). Returns the generation to wait for (0: nothing to remove).
+    pub fn clear_data(&self) -> Result<u64> {
+        let mut generation = 0;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let rows = self.rows_after(after.as_deref(), 1024)?;
+            let Some((last, _)) = rows.last() else { return Ok(generation) };
+            after = Some(last.clone());
+            let mut batch = WriteBatch::default();
+            for (key, _) in rows {
+                if key != OWNERSHIP_KEY {
+                    batch.remove_row(key);
+                }
+            }
+            if !batch.is_empty() {
+                generation = self.apply(batch, true);
+            }
+        }
     }
 
     /// Waits until `generation` is durable (published).
@@ -782,7 +808,7 @@ impl WriteBatch {
     }
 
     pub fn put_ownership(&mut self, record: &OwnershipRecord) {
-        self.put(b"O".to_vec(), record.encode_to_vec());
+        self.put(OWNERSHIP_KEY.to_vec(), record.encode_to_vec());
     }
 
     /// A row copied verbatim from another node's tree (a partition move).
@@ -819,6 +845,40 @@ mod tests {
                 other => return other.unwrap(),
             }
         }
+    }
+
+    fn wait_published(store: &Store, generation: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.durability().durable() < generation {
+            assert!(Instant::now() < deadline, "the writer never published");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A released partition's rows go (in chunks: this one has more than a
+    /// chunk); its ownership record and other partitions' rows stay.
+    #[test]
+    fn clearing_a_partition_keeps_only_its_ownership_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&config(dir.path())).unwrap();
+        let (released, neighbour) = (store.partition(0).unwrap(), store.partition(1).unwrap());
+        let mut batch = WriteBatch::default();
+        for n in 0..2_500 {
+            batch.put_inbox_entry(&format!("user{n}"), "dm_0123");
+        }
+        batch.put_ownership(&OwnershipRecord { epoch: 3, released: true });
+        wait_published(&store, released.apply(batch, true));
+        let mut batch = WriteBatch::default();
+        batch.put_inbox_entry("alice", "dm_0123");
+        wait_published(&store, neighbour.apply(batch, true));
+
+        wait_published(&store, released.clear_data().unwrap());
+        let left: Vec<Vec<u8>> = released.rows_after(None, 10).unwrap().into_iter().map(|(key, _)| key).collect();
+        assert_eq!(left, vec![OWNERSHIP_KEY.to_vec()]);
+        assert_eq!(released.ownership().unwrap(), Some(OwnershipRecord { epoch: 3, released: true }));
+        assert_eq!(neighbour.all_inbox_entries().unwrap().len(), 1, "other partitions are untouched");
+        assert_eq!(released.clear_data().unwrap(), 0, "nothing left to clear");
+        store.close().unwrap();
     }
 
     /// A crash leaves a log whose last record was cut short. Opening replays
@@ -868,12 +928,7 @@ mod tests {
         let partition = store.partition(0).unwrap();
         let mut batch = WriteBatch::default();
         batch.put_inbox_entry("alice", "dm_0123");
-        let generation = partition.apply(batch, true);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while store.durability().durable() < generation {
-            assert!(Instant::now() < deadline, "the writer never published");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_published(&store, partition.apply(batch, true));
         assert_eq!(partition.all_inbox_entries().unwrap(), vec![("alice".to_string(), "dm_0123".to_string())]);
         store.close().unwrap();
         drop(partition);

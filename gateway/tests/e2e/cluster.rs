@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use imsg_broker::ids::{direct_conversation_id, partition_of};
+use imsg_broker::{
+    ids::{direct_conversation_id, partition_of},
+    storage::{OWNERSHIP_KEY, OwnershipRecord},
+};
 use imsg_proto::v1::{
     ApplyUpdatesCall, CallPartitionRequest, Caller, ExecuteRequest, FreezePartitionRequest, GetClusterStateRequest,
     ImportPartitionRequest, LoggedUpdate, Message, Route, SendMessageRequest, TextContent,
@@ -26,7 +29,7 @@ struct Cluster {
     initial: usize,
     nodes: Vec<Option<Process>>,
     gateways: Vec<Process>,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -40,7 +43,7 @@ impl Cluster {
             })
             .collect();
         let mut cluster =
-            Self { urls, initial, nodes: Vec::new(), gateways: Vec::new(), _data: tempfile::tempdir().unwrap() };
+            Self { urls, initial, nodes: Vec::new(), gateways: Vec::new(), data: tempfile::tempdir().unwrap() };
         for index in 0..layout {
             cluster.nodes.push(None);
             if index < initial {
@@ -62,7 +65,7 @@ impl Cluster {
             "--listen".into(),
             url.trim_start_matches("http://").into(),
             "--data-dir".into(),
-            self._data.path().join(format!("node-{index}")).display().to_string(),
+            self.data_dir(index).display().to_string(),
             "--partitions".into(),
             PARTITIONS.to_string(),
             "--cache-mb".into(),
@@ -75,6 +78,10 @@ impl Cluster {
             self.initial.to_string(),
         ];
         self.nodes[index] = Some(Process::spawn(&binary("imsg-broker"), &args).await);
+    }
+
+    fn data_dir(&self, index: usize) -> std::path::PathBuf {
+        self.data.path().join(format!("node-{index}"))
     }
 
     fn gateway(&self, index: usize) -> SocketAddr {
@@ -431,6 +438,20 @@ async fn an_old_owner_that_missed_the_release_steps_down_and_loses_nothing() {
         })
         .collect();
     assert_eq!(replayed, sent, "bob's log on the new owner has every message, before and after the restart");
+
+    // Both releases dropped the old owner's copy: only the ownership record
+    // (released, at the new epoch) is left.
+    cluster.nodes[0].take().unwrap().sigkill().await;
+    let mut config = imsg_broker::BrokerConfig::new(cluster.data_dir(0));
+    config.partitions = PARTITIONS;
+    let store = imsg_broker::storage::Store::open(&config).unwrap();
+    for partition in [idle_partition, bob_partition] {
+        let rows = store.partition(partition).unwrap();
+        let keys: Vec<Vec<u8>> = rows.rows_after(None, 10).unwrap().into_iter().map(|(key, _)| key).collect();
+        assert_eq!(keys, vec![OWNERSHIP_KEY.to_vec()], "partition {partition} left rows on its old owner");
+        assert_eq!(rows.ownership().unwrap(), Some(OwnershipRecord { epoch: 2, released: true }));
+    }
+    store.close().unwrap();
 }
 
 /// The next message `sender` sent (devices also get their own).
