@@ -630,7 +630,6 @@ pub fn home_key(caller: &Caller, command: &execute_request::Command) -> String {
     }
 }
 
-/// Writes a partition's ownership record and waits until it is durable.
 /// Records durably that a partition belongs to another node at `epoch`,
 /// then drops this node's copy of its rows: the new owner has them durably
 /// (a node claims a partition only once its import is durable).
@@ -641,6 +640,7 @@ async fn release_store(store: &PartitionStore, epoch: u64) -> Result<()> {
     Ok(())
 }
 
+/// Writes a partition's ownership record and waits until it is durable.
 async fn write_ownership(store: &PartitionStore, record: OwnershipRecord) {
     let mut batch = WriteBatch::default();
     batch.put_ownership(&record);

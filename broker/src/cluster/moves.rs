@@ -16,8 +16,8 @@
 //! A failure before step 2 completes thaws the partition on its owner
 //! (nothing changed); a failure of step 3 is repaired by the old owner
 //! itself, which steps down when it sees the higher claim (at once, or
-//! before serving anything when it was down). Fan-out bound
-//! for `p` waits in the senders' lanes during the move and follows it.
+//! before serving anything when it was down). Fan-out bound for `p` waits
+//! in the senders' lanes during the move and follows it.
 
 use std::time::Duration;
 
