@@ -162,7 +162,8 @@ impl Peers {
     }
 
     /// Refreshes every `every` (and at once when asked) until `stop`,
-    /// calling `after` after each refresh.
+    /// calling `after` after each refresh. The caller did the first refresh
+    /// itself, before it needed the map.
     pub async fn run_refresher(
         self: Arc<Self>,
         every: Duration,
@@ -170,13 +171,13 @@ impl Peers {
         after: impl Fn(&Peers) + Send + 'static,
     ) {
         loop {
-            self.refresh().await;
-            after(&self);
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
                 _ = self.refresh_now.notified() => {}
             }
+            self.refresh().await;
+            after(&self);
         }
     }
 

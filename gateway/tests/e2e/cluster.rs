@@ -269,16 +269,7 @@ async fn growing_from_three_to_four_nodes_moves_partitions_under_traffic_and_los
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let id = format!("w{worker}-{n}");
-                let deadline = Instant::now() + PATIENCE;
-                let ack = loop {
-                    match client.try_send(&target, &id, &id).await {
-                        Ok(ack) => break ack,
-                        Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                        Err(status) => panic!("send {id} refused: {status:?}"),
-                    }
-                };
+                let ack = client.send_retrying(&target, &id).await;
                 let previous = acked.lock().unwrap().entry(target.clone()).or_default().insert(ack.seq, id);
                 assert!(previous.is_none(), "two sends acknowledged with one seq");
                 n += 1;
@@ -411,32 +402,13 @@ async fn an_old_owner_that_missed_the_release_steps_down_and_loses_nothing() {
     // Sent through node 0 (which owns the conversation), fanned out to bob's
     // log on node 1.
     for n in 0..3 {
-        let id = format!("after-{n}");
-        let deadline = Instant::now() + PATIENCE;
-        let ack = loop {
-            match alice.try_send(&conversation, &id, &id).await {
-                Ok(ack) => break ack,
-                Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(status) => panic!("send {id} refused: {status:?}"),
-            }
-        };
-        sent.push(ack.seq);
+        sent.push(alice.send_retrying(&conversation, &format!("after-{n}")).await.seq);
     }
     assert_eq!(sent, (1..=6).collect::<Vec<u64>>());
     tokio::time::sleep(Duration::from_millis(1200)).await; // the gateway's map
     let bob = Client::connect(gateway, &bob_id, "phone").await;
     let mut device = bob.open(0).await;
-    let replayed: Vec<u64> = device
-        .ready()
-        .await
-        .into_iter()
-        .filter_map(|kind| match kind {
-            event::Kind::Message(message) if message.conversation_id == conversation => Some(message.seq),
-            _ => None,
-        })
-        .collect();
+    let replayed = device.replayed_seqs(&conversation).await;
     assert_eq!(replayed, sent, "bob's log on the new owner has every message, before and after the restart");
 
     // Both releases dropped the old owner's copy: only the ownership record

@@ -9,7 +9,6 @@ use std::{
     time::Duration,
 };
 
-use imsg_proto::v1::event;
 use tonic::Code;
 
 use crate::harness::{Client, PATIENCE, Process, binary, broker_args, gateway_args};
@@ -99,15 +98,7 @@ async fn acknowledged_messages_survive_a_broker_sigkill_in_order_exactly_once() 
     // Resume: carol, who was never online, replays the whole group log once each.
     let carol = Client::connect(gateway.addr, "carol", "phone").await;
     let mut phone = carol.open(0).await;
-    let replayed: Vec<u64> = phone
-        .ready()
-        .await
-        .into_iter()
-        .filter_map(|k| match k {
-            event::Kind::Message(m) if m.conversation_id == group => Some(m.seq),
-            _ => None,
-        })
-        .collect();
+    let replayed = phone.replayed_seqs(&group).await;
     let group_len = alice.history(&group).await.len() as u64;
     assert_eq!(replayed, (1..=group_len).collect::<Vec<_>>(), "resume after a crash has no gap and no duplicate");
 }

@@ -25,7 +25,7 @@ use tokio::{
     sync::mpsc,
 };
 use tonic::{
-    Request, Status,
+    Code, Request, Status,
     metadata::MetadataValue,
     service::{Interceptor, interceptor::InterceptedService},
     transport::Channel,
@@ -140,6 +140,22 @@ impl Client {
             content: Some(send_message_request::Content::Text(TextContent { text: text.into() })),
         };
         self.api.clone().send_message(request).await.map(|r| r.into_inner())
+    }
+
+    /// Sends with client id `id` (the text is the id too), retrying
+    /// UNAVAILABLE (a partition moving, a node restarting) with the same id
+    /// for up to PATIENCE, as the SDK does.
+    pub async fn send_retrying(&self, conversation: &str, id: &str) -> SendMessageResponse {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            match self.try_send(conversation, id, id).await {
+                Ok(ack) => return ack,
+                Err(status) if status.code() == Code::Unavailable && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(status) => panic!("send {id} refused: {status:?}"),
+            }
+        }
     }
 
     pub async fn send(&self, conversation: &str, text: &str) -> u64 {
@@ -261,6 +277,19 @@ impl Device {
                 other => panic!("expected replay then ready, got {other:?}"),
             }
         }
+    }
+
+    /// Waits for `Ready`; the seqs of `conversation`'s messages replayed
+    /// before it, in the order they came.
+    pub async fn replayed_seqs(&mut self, conversation: &str) -> Vec<u64> {
+        self.ready()
+            .await
+            .into_iter()
+            .filter_map(|kind| match kind {
+                event::Kind::Message(message) if message.conversation_id == conversation => Some(message.seq),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The next event that matches, skipping others; panics after PATIENCE.
