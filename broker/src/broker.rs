@@ -332,6 +332,12 @@ impl Broker {
         }
     }
 
+    /// Fires when storage can no longer make writes durable; the servers
+    /// watch it (see [`crate::cli::fail_stop_on_storage_failure`]).
+    pub fn fail_stop(&self) -> crate::storage::failstop::FailStop {
+        self.inner.store.durability().fail_stop().clone()
+    }
+
     pub fn config(&self) -> &BrokerConfig {
         &self.inner.config
     }

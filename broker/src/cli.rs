@@ -26,6 +26,14 @@ pub struct BrokerArgs {
     /// How often sled is checkpointed and the write-ahead log truncated, in ms.
     #[arg(long, env = "IMSG_CHECKPOINT_INTERVAL_MS", default_value_t = 1000)]
     pub checkpoint_interval_ms: u64,
+    /// The node stops (exit status 70, health NOT_SERVING first) when
+    /// writes wait this long without the storage writer making progress.
+    #[arg(long, env = "IMSG_WRITER_STALL_TIMEOUT_MS", default_value_t = 30_000)]
+    pub writer_stall_timeout_ms: u64,
+    /// Fault injection for fail-stop tests (`writer-panic:<round>`,
+    /// `writer-stall:<round>`). Never set it in production.
+    #[arg(long, env = "IMSG_INJECT_FAULT", hide = true)]
+    pub inject_fault: Option<crate::storage::failstop::InjectedFault>,
     /// Largest text message, in bytes.
     #[arg(long, env = "IMSG_MAX_TEXT_BYTES", default_value_t = 16 * 1024)]
     pub max_text_bytes: usize,
@@ -58,6 +66,8 @@ impl BrokerArgs {
             fsync: self.fsync,
             cache_capacity_bytes: self.cache_mb * 1024 * 1024,
             checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms),
+            writer_stall_timeout: Duration::from_millis(self.writer_stall_timeout_ms),
+            inject_fault: self.inject_fault,
             limits: Limits {
                 max_text_bytes: self.max_text_bytes,
                 max_group_members: self.max_group_members,
@@ -160,4 +170,27 @@ pub async fn spawn_health_port<H: tonic_health::pb::health_server::Health>(
             tracing::warn!(%error, "health port stopped");
         }
     }))
+}
+
+/// Fail-stop (`storage::failstop`): once storage fails, reports NOT_SERVING
+/// for the whole server and for `service` on `health`, then exits with
+/// [`failstop::EXIT_CODE`], so probes and clients see the node go instead
+/// of a server that answers reads but never acknowledges a write.
+///
+/// [`failstop::EXIT_CODE`]: crate::storage::failstop::EXIT_CODE
+pub fn fail_stop_on_storage_failure(
+    fail_stop: crate::storage::failstop::FailStop,
+    health: tonic_health::server::HealthReporter,
+    service: &'static str,
+) {
+    tokio::spawn(async move {
+        fail_stop.failed().await;
+        for name in ["", service] {
+            health.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
+        }
+        // Give a watching probe a moment to read it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        eprintln!("imsg: stopping, storage failed: {}", fail_stop.reason().unwrap_or_default());
+        std::process::exit(crate::storage::failstop::EXIT_CODE);
+    });
 }

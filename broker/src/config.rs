@@ -79,6 +79,14 @@ impl Default for Limits {
     }
 }
 
+/// Largest `max_text_bytes` allowed (a message row stays under storage's
+/// row bound).
+pub const MAX_TEXT_BYTES_BOUND: usize = 64 * 1024;
+
+/// Largest `max_group_members` allowed (a group's record lists every member
+/// and must stay under storage's row bound).
+pub const MAX_GROUP_MEMBERS_BOUND: usize = 1000;
+
 /// Everything a broker node needs to start.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -92,6 +100,11 @@ pub struct BrokerConfig {
     /// How often sled is checkpointed and the write-ahead log truncated;
     /// bounds how much a restart replays.
     pub checkpoint_interval: Duration,
+    /// The node fail-stops when urgent writes wait this long without the
+    /// writer making progress (see `storage::failstop`).
+    pub writer_stall_timeout: Duration,
+    /// A fault injected into the writer, for fail-stop tests only.
+    pub inject_fault: Option<crate::storage::failstop::InjectedFault>,
     pub limits: Limits,
     /// Where the node sits in the cluster (standalone by default).
     pub cluster: crate::cluster::ClusterConfig,
@@ -105,6 +118,8 @@ impl BrokerConfig {
             fsync: FsyncMode::Always,
             cache_capacity_bytes: 256 * 1024 * 1024,
             checkpoint_interval: Duration::from_secs(1),
+            writer_stall_timeout: Duration::from_secs(30),
+            inject_fault: None,
             limits: Limits::default(),
             cluster: crate::cluster::ClusterConfig::standalone(),
         }
@@ -117,13 +132,17 @@ impl BrokerConfig {
         if self.partitions == 0 || self.partitions > 4096 {
             return Err(format!("partitions must be 1..=4096, got {}", self.partitions));
         }
-        // Values above sled's blob threshold (~128 KiB with 512 KiB segments)
-        // go to separate files; keep messages well inside the log.
-        if l.max_text_bytes == 0 || l.max_text_bytes > 64 * 1024 {
-            return Err(format!("max text bytes must be 1..=65536, got {}", l.max_text_bytes));
+        // Every row must stay under storage's row bound (no sled blob files,
+        // which are not power-safe): a message holds one text, a group
+        // record every member.
+        if l.max_text_bytes == 0 || l.max_text_bytes > MAX_TEXT_BYTES_BOUND {
+            return Err(format!("max text bytes must be 1..={MAX_TEXT_BYTES_BOUND}, got {}", l.max_text_bytes));
         }
-        if l.max_group_members < 2 {
-            return Err("max group members must be at least 2".into());
+        if !(2..=MAX_GROUP_MEMBERS_BOUND).contains(&l.max_group_members) {
+            return Err(format!(
+                "max group members must be 2..={MAX_GROUP_MEMBERS_BOUND}, got {}",
+                l.max_group_members
+            ));
         }
         for (name, value) in [
             ("session queue", l.session_queue),
@@ -139,6 +158,9 @@ impl BrokerConfig {
         }
         if self.checkpoint_interval.is_zero() {
             return Err("checkpoint interval must be positive".into());
+        }
+        if self.writer_stall_timeout < Duration::from_millis(100) {
+            return Err("writer stall timeout must be at least 100 ms".into());
         }
         if l.typing_ttl.is_zero() || l.lease_ttl.is_zero() {
             return Err("typing ttl and lease ttl must be positive".into());

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use imsg_broker::{
     Broker,
-    cli::{BrokerArgs, ClusterArgs, init_logging, shutdown_signal, spawn_health_port},
+    cli::{BrokerArgs, ClusterArgs, fail_stop_on_storage_failure, init_logging, shutdown_signal, spawn_health_port},
     cluster::moves,
     grpc::BrokerGrpc,
 };
@@ -79,6 +79,11 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(%local, "serving the broker API");
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<BrokerServiceServer<BrokerGrpc>>().await;
+    fail_stop_on_storage_failure(
+        broker.fail_stop(),
+        health_reporter.clone(),
+        <BrokerServiceServer<BrokerGrpc> as tonic::server::NamedService>::NAME,
+    );
     let stop = tokio_util::sync::CancellationToken::new();
     let health_server = match args.health_listen {
         Some(addr) => Some(spawn_health_port(addr, health.clone(), stop.clone()).await?),

@@ -102,6 +102,13 @@ impl RunningGateway {
         let addr = listener.local_addr()?;
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<MessagingServiceServer<MessagingApi>>().await;
+        if let Some(broker) = &broker {
+            imsg_broker::cli::fail_stop_on_storage_failure(
+                broker.fail_stop(),
+                health_reporter.clone(),
+                <MessagingServiceServer<MessagingApi> as tonic::server::NamedService>::NAME,
+            );
+        }
         if let Some(health_addr) = config.health_listen {
             imsg_broker::cli::spawn_health_port(health_addr, health.clone(), stop.clone()).await?;
         }

@@ -324,6 +324,30 @@ const RECEIPT_CHECKPOINT_TICKS: u64 = 10;
 /// threshold).
 const UPDATE_ROW_ENTRIES: usize = 256;
 
+/// Largest outbox row a batch starts a new one at; one item alone is at
+/// most ~70 KiB (a removal naming every member of the largest group), so a
+/// row stays under storage's row bound.
+const OUTBOX_ROW_BYTES: usize = 48 * 1024;
+
+/// Splits `records`, in order, into runs whose encoded size stays within
+/// `limit` (a single larger record gets a run of its own).
+fn chunk_by_encoded_len<T: prost::Message>(records: Vec<T>, limit: usize) -> Vec<Vec<T>> {
+    let mut chunks: Vec<Vec<T>> = Vec::new();
+    let mut size = 0;
+    for record in records {
+        let len = record.encoded_len() + 4;
+        match chunks.last_mut() {
+            Some(chunk) if size + len <= limit => chunk.push(record),
+            _ => {
+                chunks.push(vec![record]);
+                size = 0;
+            }
+        }
+        size += len;
+    }
+    chunks
+}
+
 /// Queues of one partition.
 pub struct Mailbox {
     pub commands: mpsc::Receiver<Command>,
@@ -564,12 +588,16 @@ impl Partition {
     /// CPU per message: docs/benchmarks.md.)
     fn commit(&mut self) {
         let mut batch = std::mem::take(&mut self.batch);
-        if !batch.outbox.is_empty() {
+        // One outbox batch per row of at most OUTBOX_ROW_BYTES (a batch of
+        // group removals could otherwise pass storage's row bound).
+        let mut items = std::mem::take(&mut batch.outbox_items).into_iter();
+        for records in chunk_by_encoded_len(std::mem::take(&mut batch.outbox), OUTBOX_ROW_BYTES) {
             let number = self.meta.next_outbox;
             self.meta.next_outbox += 1;
             self.conversations.outbox_unconfirmed.insert(number);
-            batch.writes.put_outbox(number, &crate::storage::OutboxRecord { items: std::mem::take(&mut batch.outbox) });
-            batch.deferred.push(Deferred::Fanout { batch: number, items: std::mem::take(&mut batch.outbox_items) });
+            let count = records.len();
+            batch.writes.put_outbox(number, &crate::storage::OutboxRecord { items: records });
+            batch.deferred.push(Deferred::Fanout { batch: number, items: items.by_ref().take(count).collect() });
         }
         // Rows of at most UPDATE_ROW_ENTRIES entries: a group fan-out batch
         // would otherwise pass sled's blob threshold (~128 KiB), and every
@@ -645,6 +673,7 @@ impl Partition {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message as _;
     use tokio_util::sync::CancellationToken;
 
     use super::*;
@@ -694,5 +723,34 @@ mod tests {
         partition.fanout_done(numbered);
         partition.on_tick();
         assert_eq!(partition.meta.outbox_done, numbered + 1, "a confirmed batch is recorded as done");
+    }
+
+    /// No sled blob files (storage::sled_files): a batch of removals from
+    /// full groups, each naming every member, is split into outbox rows
+    /// that each stay under the row bound, in order, none lost.
+    #[test]
+    fn outbox_rows_stay_under_the_row_bound_for_the_largest_batches() {
+        let removal = |n: usize| OutboxItem {
+            conversation_id: format!("g_{n:030}"),
+            event: Some(OutboxEvent::Changed(crate::storage::ChangedEvent {
+                removed_user_ids: (0..crate::config::MAX_GROUP_MEMBERS_BOUND).map(|m| format!("{m:064}")).collect(),
+            })),
+        };
+        let items: Vec<OutboxItem> = (0..40).map(removal).collect();
+        let chunks = chunk_by_encoded_len(items.clone(), OUTBOX_ROW_BYTES);
+        assert!(chunks.len() > 1);
+        for chunk in &chunks {
+            let row = crate::storage::OutboxRecord { items: chunk.clone() }.encoded_len() + 16;
+            assert!(row <= crate::storage::sled_files::MAX_ROW_BYTES, "outbox row of {row} bytes");
+        }
+        assert_eq!(chunks.concat(), items, "every item, in order");
+        let small: Vec<OutboxItem> = (0..1024)
+            .map(|n| OutboxItem { conversation_id: format!("dm_{n:040}"), event: Some(OutboxEvent::MessageSeq(n)) })
+            .collect();
+        assert!(
+            chunk_by_encoded_len(small, OUTBOX_ROW_BYTES).iter().all(|chunk| {
+                crate::storage::OutboxRecord { items: chunk.clone() }.encoded_len() <= OUTBOX_ROW_BYTES
+            })
+        );
     }
 }

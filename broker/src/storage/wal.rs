@@ -131,7 +131,7 @@ impl Segments {
         Self { dir: dir.to_path_buf() }
     }
 
-    fn path(&self, number: u64) -> PathBuf {
+    pub fn path(&self, number: u64) -> PathBuf {
         self.dir.join(format!("wal-{number:012}.log"))
     }
 

@@ -4,6 +4,7 @@
 mod cluster;
 mod crash;
 mod errors;
+mod failstop;
 mod harness;
 mod messaging;
 mod ops;

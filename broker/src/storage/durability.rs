@@ -1,0 +1,343 @@
+//! Group commit, checkpoints and the watchdog: the one thread that makes
+//! writes durable, and what stops the node if it cannot.
+//!
+//! Partitions hand their batches over; the writer thread logs them to the
+//! write-ahead log ([`wal`]) with one `write` and one `fdatasync` per round,
+//! applies them to sled, and tells the partitions that wait for that round
+//! (and only those) that their batches are published.
+//!
+//! A write is *urgent* when something waits for it (an ack, a delivery) and
+//! *lazy* when nothing does (bookkeeping that a crash would redo): lazy
+//! writes never start a round, they ride along with the next one.
+//!
+//! ## Checkpoints (why deleting log segments is safe)
+//! Every `checkpoint_every` (and at [`MAX_SEGMENT_BYTES`]) the writer, between
+//! two rounds, so with nothing in flight to sled:
+//! 1. starts a new segment N+1 (its directory entry synced);
+//! 2. records in sled itself that sled now holds every segment below N+1
+//!    ([`WAL_FROM_KEY`]);
+//! 3. flushes sled and fdatasyncs its files ([`SledFiles::sync`]);
+//! 4. only then deletes the segments below N+1.
+//!
+//! The marker and the data it vouches for become durable in the same sync,
+//! so a crash anywhere in between leaves either the old marker (and every
+//! old segment is replayed: idempotent) or the new one (and the segments it
+//! covers are skipped even if their deletion was lost). The writer being
+//! paused while sled is flushed and synced means sled's file, at the sync,
+//! is exactly "everything applied so far": no half-written later buffer.
+//!
+//! ## Fail-stop
+//! An error or panic in the writer, or a writer that makes no progress for
+//! `stall_timeout` while writes wait (the watchdog thread), triggers
+//! [`FailStop`]: the node reports NOT_SERVING and exits.
+
+use std::{
+    fs::File,
+    panic::AssertUnwindSafe,
+    path::PathBuf,
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::Notify;
+
+use super::{
+    failstop::{FailStop, InjectedFault},
+    sled_files::{SledFiles, panic_message},
+    wal,
+};
+use crate::{config::FsyncMode, error::Result};
+
+/// A segment is checkpointed at this size even before the checkpoint
+/// interval, bounding replay time.
+pub const MAX_SEGMENT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Key, in sled's default tree, of the number of the oldest log segment
+/// sled does not already hold (big-endian u64). See the module docs.
+pub const WAL_FROM_KEY: &[u8] = b"wal_from";
+
+/// The number stored under [`WAL_FROM_KEY`] (0 when never checkpointed).
+pub fn wal_from(db: &sled::Db) -> Result<u64> {
+    Ok(db.get(WAL_FROM_KEY)?.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)).unwrap_or(0))
+}
+
+pub fn set_wal_from(db: &sled::Db, number: u64) -> Result<()> {
+    db.insert(WAL_FROM_KEY, &number.to_be_bytes())?;
+    Ok(())
+}
+
+pub struct Durability {
+    mode: FsyncMode,
+    /// Batches handed over but not yet written.
+    log: Mutex<Pending>,
+    /// Generation of the newest batch appended.
+    written: AtomicU64,
+    /// Generation of the newest urgent batch.
+    urgent: AtomicU64,
+    /// Everything up to this generation is logged (and synced, in `always`
+    /// mode) and applied to sled: the published watermark.
+    durable: AtomicU64,
+    wake: Mutex<()>,
+    wake_signal: Condvar,
+    stopping: AtomicBool,
+    /// Partitions waiting for a generation to become durable.
+    waiters: Mutex<Vec<(u64, Arc<Notify>)>>,
+    fail_stop: FailStop,
+}
+
+/// What the writer thread starts with.
+pub struct Writer {
+    pub db: sled::Db,
+    pub dir: PathBuf,
+    /// The open, empty current segment and its number.
+    pub segment: File,
+    pub number: u64,
+    pub checkpoint_every: Duration,
+    pub fault: Option<InjectedFault>,
+}
+
+impl Durability {
+    pub fn new(mode: FsyncMode, fail_stop: FailStop) -> Self {
+        Self {
+            mode,
+            log: Mutex::new(Pending::default()),
+            written: AtomicU64::new(0),
+            urgent: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
+            wake: Mutex::new(()),
+            wake_signal: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            waiters: Mutex::new(Vec::new()),
+            fail_stop,
+        }
+    }
+
+    /// Hands a batch over; returns its generation. Every round that starts
+    /// later covers it. Only an urgent batch starts one.
+    pub(super) fn append(&self, tree: &sled::Tree, tree_id: u32, ops: Vec<wal::Op>, urgent: bool) -> u64 {
+        let generation = {
+            let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            wal::encode_record(&mut log.bytes, tree_id, &ops);
+            log.ops.push((tree.clone(), ops));
+            let generation = self.written.fetch_add(1, Ordering::SeqCst) + 1;
+            log.last = generation;
+            generation
+        };
+        if urgent {
+            self.urgent.fetch_max(generation, Ordering::SeqCst);
+            let _guard = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake_signal.notify_one();
+        }
+        generation
+    }
+
+    /// The newest durable generation.
+    pub fn durable(&self) -> u64 {
+        self.durable.load(Ordering::SeqCst)
+    }
+
+    /// Notifies `waker` once `generation` is durable (at once if it is).
+    pub fn notify_when_durable(&self, generation: u64, waker: &Arc<Notify>) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked under the lock the writer takes to publish: no lost wakeup.
+        if generation <= self.durable() {
+            waker.notify_one();
+        } else {
+            waiters.push((generation, waker.clone()));
+        }
+    }
+
+    pub fn fail_stop(&self) -> &FailStop {
+        &self.fail_stop
+    }
+
+    fn publish(&self, target: u64) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        self.durable.store(target, Ordering::SeqCst);
+        waiters.retain(|(generation, waker)| {
+            let waiting = *generation > target;
+            if !waiting {
+                waker.notify_one();
+            }
+            waiting
+        });
+    }
+
+    pub(super) fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _guard = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        self.wake_signal.notify_all();
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// The writer thread's body: rounds until stopped; any error or panic
+    /// fail-stops the node.
+    pub(super) fn run_writer(&self, writer: Writer) {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.write_rounds(writer))) {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => self.fail_stop.trigger(format!("the writer could not make writes durable: {error}")),
+            Err(panic) => self.fail_stop.trigger(format!("the writer panicked: {}", panic_message(&*panic))),
+        }
+    }
+
+    /// Every round: writes the log, syncs it (always mode, or when the
+    /// interval passed), applies the batches to sled, publishes; between
+    /// rounds, checkpoints when due (module docs).
+    fn write_rounds(&self, mut writer: Writer) -> Result<()> {
+        let segments = wal::Segments::new(&writer.dir);
+        let sled_files = SledFiles::new(&writer.dir);
+        let mut segment_bytes = 0usize;
+        let mut opened = Instant::now();
+        let mut synced = Instant::now();
+        let mut unsynced = false;
+        let mut rounds_with_work = 0u64;
+        loop {
+            let stopping = self.wait_for_work(writer.checkpoint_every);
+            let pending = std::mem::take(&mut *self.log.lock().unwrap_or_else(|e| e.into_inner()));
+            if !pending.bytes.is_empty() {
+                rounds_with_work += 1;
+                inject(writer.fault, rounds_with_work);
+            }
+            unsynced |= !pending.bytes.is_empty();
+            let sync = unsynced
+                && match self.mode {
+                    FsyncMode::Always => true,
+                    FsyncMode::Interval(every) => stopping || synced.elapsed() >= every,
+                };
+            // A failed write or sync leaves the page cache in an unknown
+            // state (the "fsyncgate" lesson): never retry and pretend, stop.
+            wal::append(&mut writer.segment, &pending.bytes)?;
+            if sync {
+                wal::sync(&writer.segment)?;
+                synced = Instant::now();
+                unsynced = false;
+            }
+            apply(&pending.ops)?;
+            segment_bytes += pending.bytes.len();
+            if pending.last > self.durable() {
+                self.publish(pending.last);
+            }
+            if stopping {
+                return Ok(());
+            }
+            let due = opened.elapsed() >= writer.checkpoint_every || segment_bytes >= MAX_SEGMENT_BYTES;
+            if segment_bytes > 0 && !unsynced && due {
+                let next = writer.number + 1;
+                match segments.create(next) {
+                    Ok(segment) => {
+                        writer.segment = segment;
+                        writer.number = next;
+                        checkpoint(&writer.db, &sled_files, &segments, next)?;
+                        segment_bytes = 0;
+                        opened = Instant::now();
+                    }
+                    // Out of files or space for a moment: the current
+                    // segment keeps everything, the checkpoint waits.
+                    Err(error) => tracing::warn!(%error, "could not start a new WAL segment; checkpoint postponed"),
+                }
+            }
+        }
+    }
+
+    /// Blocks until an urgent batch waits, or the checkpoint interval (in
+    /// interval mode, the smaller of it and the sync interval) passed.
+    /// Returns whether the store is stopping.
+    fn wait_for_work(&self, checkpoint_every: Duration) -> bool {
+        let guard = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = |_: &mut ()| !self.stopping() && self.urgent.load(Ordering::SeqCst) <= self.durable();
+        let timeout = match self.mode {
+            FsyncMode::Always => checkpoint_every,
+            FsyncMode::Interval(every) => every.min(checkpoint_every),
+        };
+        let _ = self.wake_signal.wait_timeout_while(guard, timeout, idle).unwrap_or_else(|e| e.into_inner());
+        self.stopping()
+    }
+
+    /// The watchdog thread's body: fail-stops the node when urgent writes
+    /// wait and the published watermark has not moved for `stall_timeout`
+    /// (a writer stuck in sled, or on a disk that stopped answering).
+    pub(super) fn run_watchdog(&self, stall_timeout: Duration) {
+        let tick = (stall_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut last = self.durable();
+        let mut since = Instant::now();
+        while !self.stopping() {
+            std::thread::sleep(tick);
+            let durable = self.durable();
+            let waiting = self.urgent.load(Ordering::SeqCst) > durable;
+            if durable != last || !waiting {
+                last = durable;
+                since = Instant::now();
+            } else if since.elapsed() >= stall_timeout {
+                self.fail_stop.trigger(format!(
+                    "the writer made no progress for {:?} while writes waited (stuck in sled or the disk)",
+                    since.elapsed()
+                ));
+                return;
+            }
+        }
+    }
+}
+
+/// One checkpoint (module docs): sled holds everything applied so far; make
+/// that durable, then delete the segments below `current`.
+fn checkpoint(db: &sled::Db, sled_files: &SledFiles, segments: &wal::Segments, current: u64) -> Result<()> {
+    let started = Instant::now();
+    set_wal_from(db, current)?;
+    db.flush()?;
+    sled_files.sync()?;
+    let covered: Vec<u64> = segments.list()?.into_iter().filter(|n| *n < current).collect();
+    segments.remove(&covered)?;
+    tracing::debug!(segments = ?covered, took = ?started.elapsed(), "checkpoint");
+    Ok(())
+}
+
+/// Runs an injected fault when its round comes (tests only).
+fn inject(fault: Option<InjectedFault>, round: u64) {
+    match fault {
+        Some(InjectedFault::WriterPanic { round: at }) if at == round => {
+            panic!("injected fault: writer panic in round {round}")
+        }
+        Some(InjectedFault::WriterStall { round: at }) if at == round => {
+            tracing::warn!(round, "injected fault: the writer stops making progress");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Batches handed to the writer and not yet written.
+#[derive(Default)]
+struct Pending {
+    /// Their WAL records.
+    bytes: Vec<u8>,
+    /// Their operations, to apply to sled after the log.
+    ops: Vec<(sled::Tree, Vec<wal::Op>)>,
+    /// The newest generation among them.
+    last: u64,
+}
+
+/// Applies logged operations to sled, one by one: no sled batch, so no
+/// sealing of sled's log buffer (see the storage module docs).
+fn apply(batches: &[(sled::Tree, Vec<wal::Op>)]) -> Result<()> {
+    for (tree, ops) in batches {
+        for op in ops {
+            match op {
+                wal::Op::Put { key, value } => {
+                    tree.insert(key.as_slice(), value.as_slice())?;
+                }
+                wal::Op::Remove { key } => {
+                    tree.remove(key.as_slice())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! Fail-stop: a node whose storage can no longer make writes durable stops,
+//! instead of serving reads forever while never acknowledging a write.
+//!
+//! The writer thread is the only way anything becomes durable. If it panics
+//! (sled reports corruption by panicking), errors (a failed `fdatasync`
+//! leaves the page cache in an unknown state: retrying and pretending is the
+//! "fsyncgate" mistake), or stops making progress while work waits (the
+//! watchdog sees it), the node must not limp on. [`FailStop::trigger`]
+//! records why, wakes whoever watches [`FailStop::failed`] (the servers set
+//! their gRPC health to NOT_SERVING and exit with [`EXIT_CODE`]), and exits
+//! the process itself after [`GRACE`] in case nobody does, so a stuck
+//! runtime cannot keep a broken node alive. Orchestrators restart it;
+//! recovery replays the write-ahead log.
+
+use std::{
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio_util::sync::CancellationToken;
+
+/// Exit status of a node stopped by a storage failure (`EX_SOFTWARE`).
+pub const EXIT_CODE: i32 = 70;
+
+/// How long the servers get to report NOT_SERVING before the process exits
+/// on its own.
+pub const GRACE: Duration = Duration::from_secs(2);
+
+/// Shared by the storage threads (which trigger it) and the servers (which
+/// watch it).
+#[derive(Clone, Default)]
+pub struct FailStop {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    failed: CancellationToken,
+    reason: Mutex<Option<String>>,
+}
+
+impl FailStop {
+    /// Records the first reason, wakes the watchers and schedules the exit.
+    /// Returns at once; the caller should stop doing storage work.
+    pub fn trigger(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        {
+            let mut slot = self.inner.reason.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_some() {
+                return;
+            }
+            tracing::error!(%reason, "storage failed: stopping the node (fail-stop)");
+            *slot = Some(reason);
+        }
+        self.inner.failed.cancel();
+        let _ = std::thread::Builder::new().name("imsg-failstop".into()).spawn(|| {
+            std::thread::sleep(GRACE);
+            eprintln!("imsg: storage failed; exiting with status {EXIT_CODE}");
+            std::process::exit(EXIT_CODE);
+        });
+    }
+
+    /// Resolves once storage has failed.
+    pub async fn failed(&self) {
+        self.inner.failed.cancelled().await
+    }
+
+    /// Why storage failed, if it did.
+    pub fn reason(&self) -> Option<String> {
+        self.inner.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// A fault injected into the writer thread, for the tests that prove the
+/// node fail-stops (set with `--inject-fault`; never in production).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InjectedFault {
+    /// The writer panics in its `n`-th round that has work.
+    WriterPanic { round: u64 },
+    /// The writer stops making progress (sleeps forever) in that round.
+    WriterStall { round: u64 },
+}
+
+impl InjectedFault {
+    pub fn round(&self) -> u64 {
+        match self {
+            Self::WriterPanic { round } | Self::WriterStall { round } => *round,
+        }
+    }
+}
+
+impl FromStr for InjectedFault {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, round) = s.split_once(':').ok_or_else(|| format!("expected `<kind>:<round>`, got `{s}`"))?;
+        let round = round.parse::<u64>().map_err(|_| format!("round must be a number, got `{round}`"))?;
+        match kind {
+            "writer-panic" => Ok(Self::WriterPanic { round }),
+            "writer-stall" => Ok(Self::WriterStall { round }),
+            _ => Err(format!("unknown fault `{kind}` (writer-panic, writer-stall)")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injected_faults_parse_and_bad_ones_are_refused() {
+        assert_eq!("writer-panic:3".parse(), Ok(InjectedFault::WriterPanic { round: 3 }));
+        assert_eq!("writer-stall:1".parse(), Ok(InjectedFault::WriterStall { round: 1 }));
+        assert!("writer-panic".parse::<InjectedFault>().is_err());
+        assert!("disk-fire:2".parse::<InjectedFault>().is_err());
+    }
+}

@@ -1,0 +1,113 @@
+//! Invariant 1, fail-stop: a node whose storage writer panics or stops
+//! making progress reports NOT_SERVING and exits non-zero, instead of
+//! serving reads forever while never acknowledging a write again.
+
+use std::time::Duration;
+
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+use crate::harness::{Client, PATIENCE, Process, binary};
+
+/// Exit status of a node stopped by a storage failure (`EX_SOFTWARE`).
+const FAIL_STOP_EXIT: i32 = 70;
+
+async fn node_with_fault(data: &std::path::Path, extra: &[&str]) -> Process {
+    let mut args: Vec<String> = [
+        "--embedded-broker",
+        "--data-dir",
+        &data.display().to_string(),
+        "--listen",
+        "127.0.0.1:0",
+        "--partitions",
+        "4",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Process::spawn(&binary("imsg-gateway"), &args).await
+}
+
+/// Sends until the node stops answering; watches overall health meanwhile.
+/// Returns the statuses the health watch saw, in order, and the exit code.
+async fn drive_until_the_node_stops(node: Process) -> (Vec<ServingStatus>, Option<i32>) {
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", node.addr)).unwrap().connect().await.unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut watch = health.watch(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    let seen = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Ok(Some(update)) = watch.message().await {
+            seen.push(ServingStatus::try_from(update.status).unwrap());
+        }
+        seen
+    });
+    let alice = Client::connect(node.addr, "alice", "phone").await;
+    let conversation = alice.direct_with("bob").await;
+    let sender = tokio::spawn(async move {
+        for n in 0..10_000 {
+            let sent = tokio::time::timeout(PATIENCE, alice.try_send(&conversation, &format!("m{n}"), "hello")).await;
+            if !matches!(sent, Ok(Ok(_))) {
+                return;
+            }
+        }
+    });
+    let mut child = node.child;
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("the node kept running after its storage writer failed")
+        .unwrap();
+    sender.abort();
+    let seen = tokio::time::timeout(PATIENCE, seen).await.expect("health watch never ended").unwrap();
+    (seen, status.code())
+}
+
+#[tokio::test]
+async fn a_panicking_writer_stops_the_node_with_not_serving_first() {
+    let data = tempfile::tempdir().unwrap();
+    let node = node_with_fault(data.path(), &["--inject-fault", "writer-panic:20"]).await;
+    let (seen, code) = drive_until_the_node_stops(node).await;
+    assert_eq!(code, Some(FAIL_STOP_EXIT), "exit status");
+    assert_eq!(seen.first(), Some(&ServingStatus::Serving), "health before the fault: {seen:?}");
+    assert_eq!(seen.last(), Some(&ServingStatus::NotServing), "health before the exit: {seen:?}");
+}
+
+#[tokio::test]
+async fn a_stalled_writer_is_noticed_by_the_watchdog_and_stops_the_node() {
+    let data = tempfile::tempdir().unwrap();
+    let node =
+        node_with_fault(data.path(), &["--inject-fault", "writer-stall:20", "--writer-stall-timeout-ms", "500"]).await;
+    let (seen, code) = drive_until_the_node_stops(node).await;
+    assert_eq!(code, Some(FAIL_STOP_EXIT), "exit status");
+    assert_eq!(seen.last(), Some(&ServingStatus::NotServing), "health before the exit: {seen:?}");
+}
+
+/// After either failure the data is intact: a restart on the same
+/// directory serves every message acknowledged before the fault.
+#[tokio::test]
+async fn a_node_restarted_after_a_writer_panic_has_every_acknowledged_message() {
+    let data = tempfile::tempdir().unwrap();
+    let node = node_with_fault(data.path(), &["--inject-fault", "writer-panic:30"]).await;
+    let alice = Client::connect(node.addr, "alice", "phone").await;
+    let conversation = alice.direct_with("bob").await;
+    let mut acked = Vec::new();
+    for n in 0..10_000 {
+        match tokio::time::timeout(PATIENCE, alice.try_send(&conversation, &format!("m{n}"), "hello")).await {
+            Ok(Ok(ack)) => acked.push((format!("m{n}"), ack.seq)),
+            _ => break,
+        }
+    }
+    let mut child = node.child;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(FAIL_STOP_EXIT));
+    assert!(!acked.is_empty(), "some sends were acknowledged before the fault");
+
+    let node = node_with_fault(data.path(), &[]).await;
+    let alice = Client::connect(node.addr, "alice", "phone").await;
+    let history = alice.history(&conversation).await;
+    for (id, seq) in &acked {
+        let stored = history.iter().find(|m| m.seq == *seq).unwrap_or_else(|| panic!("acked seq {seq} lost"));
+        assert_eq!(&stored.client_message_id, id);
+    }
+    node.sigkill().await;
+}
