@@ -39,9 +39,9 @@
 //! unacknowledged batch. Partitions therefore read sled only for what has
 //! been published (see `partition`).
 //!
-//! sled is made durable only at checkpoints, taken by the writer itself
-//! between rounds, and log segments are deleted only once sled durably
-//! records that it holds them ([`durability`] says why that is safe at any
+//! sled is made durable only at checkpoints, by the checkpointer thread, and
+//! log segments are deleted only once sled durably records that it holds
+//! them ([`durability`] says why that is safe at any
 //! instant of a power cut). Only that thread ever flushes sled, which also
 //! avoids the concurrent `flush_async` deadlock of sled 0.34
 //! (spacejam/sled#1308). sled never writes a blob file, the one part of it
@@ -96,7 +96,8 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the database under `config.data_dir`, replays the
-    /// write-ahead log, and starts the writer and watchdog threads. Refuses
+    /// write-ahead log, and starts the writer, checkpointer and watchdog
+    /// threads. Refuses
     /// a directory created with another partition count: placement would
     /// silently change.
     pub fn open(config: &BrokerConfig) -> Result<Arc<Self>> {
@@ -148,6 +149,14 @@ impl Store {
                 .spawn(move || durability.run_writer(writer))
                 .map_err(|e| Error::Internal(format!("spawning the writer: {e}")))?
         };
+        let checkpointer = {
+            let durability = durability.clone();
+            let (db, dir) = (db.clone(), config.data_dir.clone());
+            std::thread::Builder::new()
+                .name("imsg-checkpoint".into())
+                .spawn(move || durability.run_checkpointer(db, dir))
+                .map_err(|e| Error::Internal(format!("spawning the checkpointer: {e}")))?
+        };
         let watchdog = {
             let durability = durability.clone();
             let stall_timeout = config.writer_stall_timeout;
@@ -161,7 +170,7 @@ impl Store {
             dir: config.data_dir.clone(),
             rows_written: Arc::new(AtomicU64::new(0)),
             durability,
-            threads: Mutex::new(vec![writer, watchdog]),
+            threads: Mutex::new(vec![writer, checkpointer, watchdog]),
         }))
     }
 

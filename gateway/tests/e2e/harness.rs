@@ -165,6 +165,11 @@ impl Client {
 
     /// Every message of a conversation, oldest first, paging forwards.
     pub async fn history(&self, conversation: &str) -> Vec<Message> {
+        self.try_history(conversation).await.unwrap()
+    }
+
+    /// [`Self::history`], or the refusal.
+    pub async fn try_history(&self, conversation: &str) -> Result<Vec<Message>, Status> {
         let mut all = Vec::new();
         let mut page_token = String::new();
         loop {
@@ -177,12 +182,11 @@ impl Client {
                     page_token: page_token.clone(),
                     after_seq: Some(0),
                 })
-                .await
-                .unwrap()
+                .await?
                 .into_inner();
             all.extend(page.messages);
             if page.next_page_token.is_empty() {
-                return all;
+                return Ok(all);
             }
             page_token = page.next_page_token;
         }

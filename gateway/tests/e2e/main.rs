@@ -8,6 +8,7 @@ mod failstop;
 mod harness;
 mod messaging;
 mod ops;
+mod powercut;
 mod presence;
 mod receipts;
 mod resume;
