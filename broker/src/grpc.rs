@@ -11,26 +11,34 @@ use imsg_proto::v1::{
     ThawPartitionRequest, ThawPartitionResponse, broker_service_server::BrokerService,
 };
 use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use crate::{Broker, error::Error, validate};
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         let message = error.to_string();
-        match error {
-            Error::InvalidArgument { .. } => Status::invalid_argument(message),
-            Error::ConversationNotFound(_) => Status::not_found(message),
-            Error::NotMember(_) | Error::PermissionDenied(_) => Status::permission_denied(message),
-            Error::FailedPrecondition(_) => Status::failed_precondition(message),
-            Error::ResourceExhausted(_) => Status::resource_exhausted(message),
-            Error::Unavailable(_) => Status::unavailable(message),
-            Error::NotOwner(_) => Status::aborted(message),
-            Error::Remote(status) => status,
+        let code = match &error {
+            Error::InvalidArgument { .. } => Code::InvalidArgument,
+            Error::ConversationNotFound(_) => Code::NotFound,
+            Error::NotMember(_) | Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::GroupFull { .. }
+            | Error::TooManySessions { .. }
+            | Error::PartitionOverloaded { .. }
+            | Error::SessionQueueFull => Code::ResourceExhausted,
+            Error::PartitionMoving { .. } | Error::Unavailable(_) => Code::Unavailable,
+            Error::NotOwner(_) => Code::Aborted,
+            Error::Remote(_) => Code::Unknown,
             Error::Storage(_) | Error::Corrupt(_) | Error::Internal(_) => {
                 tracing::error!(%message, "internal error");
-                Status::internal(message)
+                Code::Internal
             }
+        };
+        match (error.retry_after(), error) {
+            (_, Error::Remote(status)) => status,
+            (Some(delay), _) => imsg_common::retry::transient(code, message, delay),
+            (None, _) => Status::new(code, message),
         }
     }
 }

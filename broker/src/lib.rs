@@ -12,7 +12,6 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod grpc;
-pub mod ids;
 pub mod partition;
 pub mod router;
 pub mod session;
@@ -22,6 +21,8 @@ pub mod validate;
 pub use broker::Broker;
 pub use config::{BrokerConfig, FsyncMode, Limits};
 pub use error::{Error, Result};
+/// Placement and ids live in `imsg-common`, shared with clients.
+pub use imsg_common::ids;
 pub use session::SessionStream;
 
 /// Milliseconds since the Unix epoch, the unit of every server timestamp.

@@ -262,9 +262,7 @@ impl Router {
     pub fn submit(&self, partition: PartitionId, command: Command) -> Result<()> {
         match self.routing_slot(partition) {
             Slot::Serving { queues, .. } => queues.commands.try_send(command).map_err(|error| match error {
-                TrySendError::Full(_) => {
-                    Error::ResourceExhausted(format!("partition {partition} is overloaded; retry later"))
-                }
+                TrySendError::Full(_) => Error::PartitionOverloaded { partition },
                 TrySendError::Closed(_) => Error::Unavailable(format!("partition {partition} is stopped")),
             }),
             Slot::Draining { .. } | Slot::Frozen { .. } => Err(moving(partition)),
@@ -404,5 +402,5 @@ fn not_here(partition: PartitionId) -> Error {
 
 /// The refusal for a partition in the middle of a move (retryable).
 fn moving(partition: PartitionId) -> Error {
-    Error::Unavailable(format!("partition {partition} is moving; retry shortly"))
+    Error::PartitionMoving { partition }
 }

@@ -10,8 +10,7 @@ use crate::{
     ids::{DIRECT_PREFIX, GROUP_PREFIX},
 };
 
-/// Longest user, device, client message or request id.
-pub const MAX_ID_LEN: usize = 64;
+pub use crate::ids::MAX_ID_LEN;
 /// Largest page any list RPC returns.
 pub const MAX_PAGE_SIZE: usize = 200;
 /// Default page size when the request says 0.
@@ -19,23 +18,9 @@ pub const DEFAULT_PAGE_SIZE: usize = 50;
 /// Most users one GetPresence may ask about.
 pub const MAX_PRESENCE_BATCH: usize = 200;
 
-fn is_id_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@')
-}
-
-/// A user, device, request or client message id: 1..=64 characters of
-/// `[A-Za-z0-9_.@-]`.
+/// A user, device, request or client message id ([`crate::ids::check_id`]).
 pub fn id(field: &'static str, value: &str) -> Result<()> {
-    if value.is_empty() {
-        return Err(Error::invalid(field, "must not be empty"));
-    }
-    if value.len() > MAX_ID_LEN {
-        return Err(Error::invalid(field, format!("longer than {MAX_ID_LEN} characters")));
-    }
-    if !value.chars().all(is_id_char) {
-        return Err(Error::invalid(field, "may only contain A-Z a-z 0-9 _ . @ -"));
-    }
-    Ok(())
+    crate::ids::check_id(value).map_err(|reason| Error::invalid(field, reason))
 }
 
 /// A conversation id as the broker derives them (`dm_` or `g_` + 32 hex).
@@ -113,10 +98,7 @@ pub fn command(limits: &Limits, caller: &Caller, command: &execute_request::Comm
                 id("request_id", &request.request_id)?;
                 title(limits, &group.title)?;
                 if group.member_ids.len() >= limits.max_group_members {
-                    return Err(Error::ResourceExhausted(format!(
-                        "a group has at most {} members",
-                        limits.max_group_members
-                    )));
+                    return Err(Error::GroupFull { max: limits.max_group_members });
                 }
                 for member in &group.member_ids {
                     id("group.member_ids", member)?;
@@ -139,10 +121,7 @@ pub fn command(limits: &Limits, caller: &Caller, command: &execute_request::Comm
                 return Err(Error::invalid("user_ids", "must not be empty"));
             }
             if r.user_ids.len() >= limits.max_group_members {
-                return Err(Error::ResourceExhausted(format!(
-                    "a group has at most {} members",
-                    limits.max_group_members
-                )));
+                return Err(Error::GroupFull { max: limits.max_group_members });
             }
             for user in &r.user_ids {
                 id("user_ids", user)?;

@@ -12,6 +12,7 @@ use imsg_broker::{
     ids::partition_of,
     validate,
 };
+use imsg_common::retry::transient;
 use imsg_proto::v1::{
     Caller, ExecuteRequest, OpenSessionRequest, OpenStreamResponse, RenewLeaseRequest, Route,
     broker_service_client::BrokerServiceClient, execute_request, execute_response,
@@ -44,6 +45,9 @@ pub struct RemoteBroker {
 
 /// Attempts per request when the map turns out stale (a partition moved).
 const ROUTE_ATTEMPTS: usize = 3;
+
+/// What a client is told to wait when no node serves a partition right now.
+const RETRY_ROUTING_AFTER: Duration = Duration::from_millis(200);
 
 /// How long a unary command may wait on a broker node.
 const EXECUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -96,10 +100,14 @@ impl RemoteBroker {
         let partition = partition_of(key, self.peers.partition_count());
         let owner = self.peers.owner(partition).ok_or_else(|| {
             self.peers.refresh_soon();
-            Status::unavailable(format!(
-                "no broker node is known to serve partition {partition} yet (are the brokers up, with the same \
-                 --partitions as this gateway?); retry"
-            ))
+            transient(
+                Code::Unavailable,
+                format!(
+                    "no broker node is known to serve partition {partition} yet (are the brokers up, with the same \
+                     --partitions as this gateway?); retry"
+                ),
+                RETRY_ROUTING_AFTER,
+            )
         })?;
         Ok((partition, owner))
     }
@@ -117,7 +125,11 @@ impl RemoteBroker {
             let client = self.peers.client(owner.node).map_err(Status::from)?;
             match tokio::time::timeout(EXECUTE_TIMEOUT, call(client, owner.route(partition))).await {
                 Err(_) => {
-                    return Err(Status::unavailable(format!("broker node {} did not answer in time", owner.node)));
+                    return Err(transient(
+                        Code::Unavailable,
+                        format!("broker node {} did not answer in time", owner.node),
+                        RETRY_ROUTING_AFTER,
+                    ));
                 }
                 Ok(Err(status)) if status.code() == Code::Aborted => {
                     self.peers.refresh().await;
@@ -126,7 +138,7 @@ impl RemoteBroker {
                 Ok(Ok(value)) => return Ok(value),
             }
         }
-        Err(Status::unavailable("the partition is changing owner; retry"))
+        Err(transient(Code::Unavailable, "the partition is changing owner; retry", RETRY_ROUTING_AFTER))
     }
 }
 

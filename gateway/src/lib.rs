@@ -3,7 +3,6 @@
 //! and routes every command to the broker. Killing a gateway loses nothing:
 //! its devices reconnect to any gateway and resume from their cursor.
 
-pub mod auth;
 pub mod backend;
 pub mod ratelimit;
 pub mod server;

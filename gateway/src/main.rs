@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use imsg_broker::cli::{BrokerArgs, init_logging, shutdown_signal};
-use imsg_gateway::{BrokerTarget, GatewayConfig, RunningGateway, auth::Authenticator};
+use imsg_common::token::Authenticator;
+use imsg_gateway::{BrokerTarget, GatewayConfig, RunningGateway};
 
 /// The imsg gateway: public gRPC API in front of the broker.
 #[derive(Parser, Debug)]

@@ -19,16 +19,17 @@ impl TokenBucket {
         Self { capacity: f64::from(capacity), per_second, tokens: f64::from(capacity), updated: Instant::now() }
     }
 
-    /// Takes one token if there is one.
-    pub fn try_take(&mut self, now: Instant) -> bool {
+    /// Takes one token if there is one; otherwise says how long until
+    /// there is (what a refused client is told to wait).
+    pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
         self.updated = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            true
+            Ok(())
         } else {
-            false
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.per_second.max(f64::MIN_POSITIVE)))
         }
     }
 
@@ -49,7 +50,8 @@ impl PerUserLimiter {
         Self { buckets: DashMap::new(), capacity, per_second }
     }
 
-    pub fn try_take(&self, user: &str) -> bool {
+    /// [`TokenBucket::try_take`] on `user`'s bucket.
+    pub fn try_take(&self, user: &str) -> Result<(), Duration> {
         let now = Instant::now();
         if let Some(mut bucket) = self.buckets.get_mut(user) {
             return bucket.try_take(now);
@@ -76,17 +78,18 @@ mod tests {
     fn bucket_allows_its_capacity_then_refills_over_time() {
         let start = Instant::now();
         let mut bucket = TokenBucket::new(2, 1.0);
-        assert!(bucket.try_take(start));
-        assert!(bucket.try_take(start));
-        assert!(!bucket.try_take(start));
-        assert!(bucket.try_take(start + Duration::from_millis(1100)));
+        assert!(bucket.try_take(start).is_ok());
+        assert!(bucket.try_take(start).is_ok());
+        let wait = bucket.try_take(start).unwrap_err();
+        assert!(wait > Duration::from_millis(900) && wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(bucket.try_take(start + Duration::from_millis(1100)).is_ok());
     }
 
     #[test]
     fn users_have_separate_budgets() {
         let limiter = PerUserLimiter::new(1, 0.001);
-        assert!(limiter.try_take("alice"));
-        assert!(!limiter.try_take("alice"));
-        assert!(limiter.try_take("bob"));
+        assert!(limiter.try_take("alice").is_ok());
+        assert!(limiter.try_take("alice").is_err());
+        assert!(limiter.try_take("bob").is_ok());
     }
 }

@@ -4,12 +4,12 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use imsg_broker::{Broker, BrokerConfig, Limits};
+use imsg_common::token::Authenticator;
 use imsg_proto::v1::messaging_service_server::MessagingServiceServer;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::Authenticator,
     backend::{Backend, RemoteBroker},
     ratelimit::PerUserLimiter,
     service::{Gateway, MessagingApi},

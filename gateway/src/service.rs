@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use imsg_common::{retry::transient, token::Authenticator};
 use imsg_proto::v1::{
     AddConversationMembersRequest, AddConversationMembersResponse, CreateConversationRequest,
     CreateConversationResponse, GetConversationRequest, GetConversationResponse, GetPresenceRequest,
@@ -15,10 +16,9 @@ use imsg_proto::v1::{
     UpdateConversationRequest, UpdateConversationResponse, UpdateSettingsRequest, UpdateSettingsResponse,
     execute_request::Command, execute_response::Result as Outcome, messaging_service_server::MessagingService,
 };
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::{
-    auth::Authenticator,
     backend::Backend,
     ratelimit::PerUserLimiter,
     stream::{DeviceStream, StreamSettings, Streams},
@@ -50,8 +50,12 @@ impl MessagingApi {
     /// validates it).
     async fn run(&self, metadata: &tonic::metadata::MetadataMap, command: Command) -> Result<Outcome, Status> {
         let caller = self.gateway.auth.authenticate(metadata)?;
-        if !self.gateway.unary_limiter.try_take(&caller.user_id) {
-            return Err(Status::resource_exhausted("request rate limit reached for this user; slow down"));
+        if let Err(wait) = self.gateway.unary_limiter.try_take(&caller.user_id) {
+            return Err(transient(
+                Code::ResourceExhausted,
+                "request rate limit reached for this user; slow down",
+                wait,
+            ));
         }
         self.gateway.backend.execute(caller, command).await
     }

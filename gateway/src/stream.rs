@@ -17,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use imsg_common::retry::transient;
 use imsg_proto::v1::{
     Caller, Goodbye, OpenStreamRequest, OpenStreamResponse, Pong, StreamError, execute_request::Command,
     open_stream_request::Frame as Up, open_stream_response::Frame as Down,
@@ -24,9 +25,13 @@ use imsg_proto::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
-use tonic::{Status, Streaming};
+use tonic::{Code, Status, Streaming};
 
 use crate::{backend::Frames, ratelimit::TokenBucket, service::Gateway};
+
+/// What a device is told to wait before reconnecting to a gateway that
+/// refused its stream (stopping, or full).
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
 /// The response stream tonic sends to the device.
 pub type DeviceStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<OpenStreamResponse, Status>> + Send>>;
@@ -106,12 +111,16 @@ pub async fn open(
 ) -> Result<DeviceStream, Status> {
     let settings = &gateway.stream_settings;
     if gateway.streams.shutdown.is_cancelled() {
-        return Err(Status::unavailable("gateway is shutting down; reconnect elsewhere"));
+        return Err(transient(Code::Unavailable, "gateway is shutting down; reconnect elsewhere", RECONNECT_AFTER));
     }
     let previous = gateway.streams.open.fetch_add(1, Ordering::SeqCst);
     let slot = StreamSlot(gateway.streams.open.clone());
     if previous >= settings.max_streams {
-        return Err(Status::resource_exhausted(format!("this gateway holds at most {} streams", settings.max_streams)));
+        return Err(transient(
+            Code::ResourceExhausted,
+            format!("this gateway holds at most {} streams; reconnect later or elsewhere", settings.max_streams),
+            RECONNECT_AFTER,
+        ));
     }
     let first = tokio::time::timeout(settings.hello_timeout, upstream.message())
         .await
@@ -162,10 +171,9 @@ async fn relay(
             up = upstream.next() => match up {
                 Some(Ok(request)) => {
                     let now = Instant::now();
-                    let answer = if frame_budget.try_take(now) {
-                        upstream_frame(&gateway, &caller, request).await
-                    } else {
-                        Some(stream_error(Status::resource_exhausted("too many frames; slow down")))
+                    let answer = match frame_budget.try_take(now) {
+                        Ok(()) => upstream_frame(&gateway, &caller, request).await,
+                        Err(wait) => Some(stream_error(transient(Code::ResourceExhausted, "too many frames; slow down", wait))),
                     };
                     if let Some(answer) = answer
                         && out.send(Box::new(answer)).await.is_err()
@@ -198,7 +206,7 @@ async fn upstream_frame(
         }
         None => return Some(stream_error(Status::invalid_argument("frame: must be set"))),
         Some(Up::Typing(typing)) => {
-            if typing.active && !gateway.typing_limiter.try_take(&caller.user_id) {
+            if typing.active && gateway.typing_limiter.try_take(&caller.user_id).is_err() {
                 return Some(stream_error(Status::resource_exhausted("typing: rate limit reached")));
             }
             Command::Typing(typing)

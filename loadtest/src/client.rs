@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Context;
-use imsg_gateway::auth::Authenticator;
+use imsg_common::token::Authenticator;
 use imsg_proto::v1::{
     Hello, MarkRead, OpenStreamRequest, TypingSignal, event, open_stream_request, open_stream_response::Frame,
 };

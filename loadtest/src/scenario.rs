@@ -6,6 +6,7 @@
 //! server that stalls therefore shows the stall in every latency it caused
 //! (no coordinated omission).
 
+use imsg_common::retry::retry_after;
 use std::{
     net::SocketAddr,
     sync::{
@@ -16,7 +17,7 @@ use std::{
 };
 
 use anyhow::Context;
-use imsg_gateway::auth::Authenticator;
+use imsg_common::token::Authenticator;
 use imsg_proto::v1::{
     CreateConversationRequest, DirectConversationSpec, GroupConversationSpec, ListMessagesRequest, SendMessageRequest,
     TextContent, create_conversation_request, send_message_request,
@@ -350,18 +351,14 @@ async fn send_with_retry(
     let mut attempt = 0;
     loop {
         match user.api(attempt).send_message(request.clone()).await {
-            Err(status) if retryable(status.code()) && started.elapsed() < client::RETRY_FOR => {
+            Err(status) if started.elapsed() < client::RETRY_FOR && retry_after(&status).is_some() => {
                 attempt += 1;
-                tokio::time::sleep(client::backoff(attempt)).await;
+                let advised = retry_after(&status).unwrap_or_default();
+                tokio::time::sleep(client::backoff(attempt).max(advised)).await;
             }
             other => return other,
         }
     }
-}
-
-fn retryable(code: tonic::Code) -> bool {
-    use tonic::Code;
-    matches!(code, Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted)
 }
 
 /// Mixed traffic sends 4 of 5 messages to 1:1 conversations (listed

@@ -36,6 +36,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use imsg_common::retry::retry_after;
 use imsg_proto::v1::{
     ConversationUpdate, CreateConversationRequest, DirectConversationSpec, Hello, ListMessagesRequest,
     ListMessagesResponse, MarkRead, Message, OpenStreamRequest, Presence, ReceiptUpdate, SendMessageRequest,
@@ -45,7 +46,7 @@ use imsg_proto::v1::{
 };
 use tokio::sync::mpsc;
 use tonic::{
-    Code, Request, Status,
+    Request, Status,
     metadata::{Ascii, MetadataValue},
     service::{Interceptor, interceptor::InterceptedService},
     transport::Channel,
@@ -204,8 +205,10 @@ impl Client {
         loop {
             match self.api.clone().send_message(request.clone()).await {
                 Ok(response) => return Ok(response.into_inner()),
-                Err(status) if retryable(&status) => backoff.wait().await,
-                Err(status) => return Err(status.into()),
+                Err(status) => match retry_after(&status) {
+                    Some(delay) => backoff.wait_at_least(delay).await,
+                    None => return Err(status.into()),
+                },
             }
         }
     }
@@ -252,11 +255,6 @@ impl Client {
     }
 }
 
-fn retryable(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded)
-        || (status.code() == Code::ResourceExhausted && status.message().contains("retry"))
-}
-
 /// Jittered exponential backoff.
 struct Backoff {
     next: Duration,
@@ -269,8 +267,13 @@ impl Backoff {
     }
 
     async fn wait(&mut self) {
+        self.wait_at_least(Duration::ZERO).await
+    }
+
+    /// The next backoff step, or the server's advice if that is longer.
+    async fn wait_at_least(&mut self, advised: Duration) {
         let jittered = self.next.mul_f64(0.5 + rand::random::<f64>() / 2.0);
-        tokio::time::sleep(jittered).await;
+        tokio::time::sleep(jittered.max(advised)).await;
         self.next = (self.next * 2).min(self.max);
     }
 }

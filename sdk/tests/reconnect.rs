@@ -13,7 +13,8 @@ use std::{
 
 use imsg_broker::BrokerConfig;
 use imsg_client::{Client, ClientConfig, Event};
-use imsg_gateway::{BrokerTarget, GatewayConfig, RunningGateway, auth::Authenticator};
+use imsg_common::token::Authenticator;
+use imsg_gateway::{BrokerTarget, GatewayConfig, RunningGateway};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::watch,

@@ -244,11 +244,7 @@ impl Partition {
                     }
                 }
                 if members.len() > self.limits.max_group_members {
-                    return Err(Error::ResourceExhausted(format!(
-                        "a group has at most {} members, {} requested",
-                        self.limits.max_group_members,
-                        members.len()
-                    )));
+                    return Err(Error::GroupFull { max: self.limits.max_group_members });
                 }
                 (ConversationKind::Group, title, members)
             }
@@ -319,7 +315,7 @@ impl Partition {
                     return Ok(state.snapshot(Some(&viewer)));
                 }
                 if state.record.members.len() + new.len() > max_members {
-                    return Err(Error::ResourceExhausted(format!("a group has at most {max_members} members")));
+                    return Err(Error::GroupFull { max: max_members });
                 }
                 let joined_after_seq = state.last_seq;
                 state.record.members.extend(new.into_iter().map(|user_id| MemberRecord {

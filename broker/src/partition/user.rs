@@ -284,15 +284,12 @@ impl Partition {
             return Err(Error::Unavailable("session closed while opening".into()));
         }
         if state.sessions.len() >= max_sessions {
-            return Err(Error::ResourceExhausted(format!("at most {max_sessions} live sessions per user")));
+            return Err(Error::TooManySessions { max: max_sessions });
         }
         let ready = OpenStreamResponse {
             frame: Some(open_stream_response::Frame::Ready(Ready { cursor: after_cursor, replayed })),
         };
-        session
-            .frames
-            .try_send(Box::new(ready))
-            .map_err(|_| Error::ResourceExhausted("session queue full while opening".into()))?;
+        session.frames.try_send(Box::new(ready)).map_err(|_| Error::SessionQueueFull)?;
         let first_session = state.sessions.is_empty();
         state.sessions.push(session.clone());
         state.last_active_ms = now_ms();

@@ -34,10 +34,18 @@ pub struct FailStop {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
     failed: CancellationToken,
     reason: Mutex<Option<String>>,
+    /// Whether triggering ends the process (always, but in tests of the
+    /// storage itself, which watch [`FailStop::reason`] instead).
+    exits: bool,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self { failed: CancellationToken::new(), reason: Mutex::new(None), exits: true }
+    }
 }
 
 impl FailStop {
@@ -54,11 +62,21 @@ impl FailStop {
             *slot = Some(reason);
         }
         self.inner.failed.cancel();
+        if !self.inner.exits {
+            return;
+        }
         let _ = std::thread::Builder::new().name("imsg-failstop".into()).spawn(|| {
             std::thread::sleep(GRACE);
             eprintln!("imsg: storage failed; exiting with status {EXIT_CODE}");
             std::process::exit(EXIT_CODE);
         });
+    }
+
+    /// A fail-stop that records and wakes but leaves the process alone, for
+    /// tests that fail storage on purpose and check what it did.
+    #[cfg(test)]
+    pub fn without_exit() -> Self {
+        Self { inner: Arc::new(Inner { exits: false, ..Inner::default() }) }
     }
 
     /// Resolves once storage has failed.

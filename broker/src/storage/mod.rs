@@ -78,6 +78,7 @@ use self::{
     durability::Writer,
     failstop::FailStop,
     sled_files::{MAX_ROW_BYTES, SledFiles},
+    wal::LogDir,
 };
 use crate::{
     config::BrokerConfig,
@@ -89,6 +90,7 @@ use crate::{
 pub struct Store {
     db: sled::Db,
     dir: PathBuf,
+    log: Arc<dyn LogDir>,
     rows_written: Arc<AtomicU64>,
     durability: Arc<Durability>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -101,6 +103,12 @@ impl Store {
     /// a directory created with another partition count: placement would
     /// silently change.
     pub fn open(config: &BrokerConfig) -> Result<Arc<Self>> {
+        Self::open_with(config, Arc::new(wal::Segments::new(&config.data_dir)), FailStop::default())
+    }
+
+    /// [`Self::open`] with the log on `log` (a simulated disk in tests) and
+    /// failures reported to `fail_stop`.
+    pub fn open_with(config: &BrokerConfig, log: Arc<dyn LogDir>, fail_stop: FailStop) -> Result<Arc<Self>> {
         let db = sled_files::open(&config.data_dir, config.cache_capacity_bytes)?;
         let partitions_key = b"partitions";
         match db.get(partitions_key)? {
@@ -119,26 +127,23 @@ impl Store {
                 db.insert(partitions_key, &config.partitions.to_be_bytes())?;
             }
         }
-        let segments = wal::Segments::new(&config.data_dir);
-        let (replayed, next_segment) = replay(&db, &segments)?;
+        let (replayed, next_segment) = replay(&db, &*log)?;
         // Make the replayed state durable in sled, marked as holding every
         // segment so far, then start an empty log.
         durability::set_wal_from(&db, next_segment)?;
         db.flush()?;
         SledFiles::new(&config.data_dir).sync()?;
-        let old = segments.list()?;
-        segments.remove(&old)?;
+        let old = log.list()?;
+        log.remove(&old)?;
         if replayed > 0 {
             tracing::info!(operations = replayed, segments = old.len(), "replayed the write-ahead log");
         }
-        let segment = segments.create(next_segment)?;
-        let fail_stop = FailStop::default();
+        let segment = log.create(next_segment)?;
         let durability = Arc::new(Durability::new(config.fsync, fail_stop));
         let writer = {
             let durability = durability.clone();
             let writer = Writer {
-                db: db.clone(),
-                dir: config.data_dir.clone(),
+                log: log.clone(),
                 segment,
                 number: next_segment,
                 checkpoint_every: config.checkpoint_interval,
@@ -151,10 +156,10 @@ impl Store {
         };
         let checkpointer = {
             let durability = durability.clone();
-            let (db, dir) = (db.clone(), config.data_dir.clone());
+            let (db, dir, log) = (db.clone(), config.data_dir.clone(), log.clone());
             std::thread::Builder::new()
                 .name("imsg-checkpoint".into())
-                .spawn(move || durability.run_checkpointer(db, dir))
+                .spawn(move || durability.run_checkpointer(db, dir, log))
                 .map_err(|e| Error::Internal(format!("spawning the checkpointer: {e}")))?
         };
         let watchdog = {
@@ -168,6 +173,7 @@ impl Store {
         Ok(Arc::new(Self {
             db,
             dir: config.data_dir.clone(),
+            log,
             rows_written: Arc::new(AtomicU64::new(0)),
             durability,
             threads: Mutex::new(vec![writer, checkpointer, watchdog]),
@@ -205,14 +211,13 @@ impl Store {
         if let Some(reason) = self.durability.fail_stop().reason() {
             return Err(Error::Internal(format!("storage failed earlier: {reason}")));
         }
-        let segments = wal::Segments::new(&self.dir);
-        let all = segments.list()?;
+        let all = self.log.list()?;
         // Keep the newest (empty after the last round) so numbering goes on.
         let Some((&newest, covered)) = all.split_last() else { return Ok(()) };
         durability::set_wal_from(&self.db, newest)?;
         self.db.flush()?;
         SledFiles::new(&self.dir).sync()?;
-        segments.remove(covered)
+        self.log.remove(covered)
     }
 }
 
@@ -226,17 +231,14 @@ fn tree_name(id: PartitionId) -> String {
 /// Segments below sled's `wal_from` marker are skipped: a checkpoint made
 /// them redundant, and a deletion that a power cut undid must not replay
 /// old values over newer ones.
-fn replay(db: &sled::Db, segments: &wal::Segments) -> Result<(usize, u64)> {
+fn replay(db: &sled::Db, log: &dyn LogDir) -> Result<(usize, u64)> {
     let wal_from = durability::wal_from(db)?;
-    let numbers: Vec<u64> = segments.list()?.into_iter().filter(|n| *n >= wal_from).collect();
+    let numbers: Vec<u64> = log.list()?.into_iter().filter(|n| *n >= wal_from).collect();
     let mut replayed = 0;
     for (i, number) in numbers.iter().enumerate() {
-        let (ops, complete) = wal::decode_segment(&segments.read(*number)?);
+        let (ops, complete) = wal::decode_segment(&log.read(*number)?);
         if !complete && i + 1 < numbers.len() {
-            return Err(Error::Internal(format!(
-                "WAL segment {} is damaged before its end",
-                segments.path(*number).display()
-            )));
+            return Err(Error::Internal(format!("WAL segment {} is damaged before its end", log.describe(*number))));
         }
         let mut batches: BTreeMap<u32, sled::Batch> = BTreeMap::new();
         for (tree, op) in ops {
@@ -251,7 +253,7 @@ fn replay(db: &sled::Db, segments: &wal::Segments) -> Result<(usize, u64)> {
             db.open_tree(tree_name(tree))?.apply_batch(batch)?;
         }
     }
-    let after_listed = segments.list()?.last().map_or(1, |n| n + 1);
+    let after_listed = log.list()?.last().map_or(1, |n| n + 1);
     Ok((replayed, after_listed.max(wal_from)))
 }
 
@@ -666,7 +668,7 @@ mod tests {
         assert_eq!(settings.len(), 1, "only the whole record is replayed: {settings:?}");
         assert_eq!(settings[0].0, "alice");
         assert!(settings[0].1.hide_read_receipts);
-        let segments = wal::Segments::new(dir.path()).list().unwrap();
+        let segments = wal::LogDir::list(&wal::Segments::new(dir.path())).unwrap();
         assert_eq!(segments, vec![8], "replayed segments are removed once sled holds them");
         store.close().unwrap();
     }
@@ -764,7 +766,7 @@ mod tests {
         store.close().unwrap();
         drop(partition);
         drop(store);
-        let live = wal::Segments::new(dir.path()).list().unwrap();
+        let live = wal::LogDir::list(&wal::Segments::new(dir.path())).unwrap();
         assert_eq!(live.len(), 1, "a clean close keeps only the newest, empty segment");
         // The deletion of an older segment that the checkpoint covered is
         // "undone": it is back, holding the old value.

@@ -121,6 +121,30 @@ fn decode_payload(payload: &[u8]) -> Option<Vec<(u32, Op)>> {
     Some(ops)
 }
 
+/// Where the log's segments live: files in the data directory
+/// ([`Segments`]), or a simulated disk in tests ([`sim::SimDisk`]) that
+/// loses what was not synced, tears the last write, and fails an fsync on
+/// demand, so the durability argument above is tested deterministically.
+pub trait LogDir: Send + Sync {
+    /// Existing segment numbers, oldest first.
+    fn list(&self) -> Result<Vec<u64>>;
+    fn read(&self, number: u64) -> Result<Vec<u8>>;
+    /// Creates a new, empty segment whose name is durable.
+    fn create(&self, number: u64) -> Result<Box<dyn LogFile>>;
+    /// Deletes segments (a checkpoint made them redundant), oldest first.
+    fn remove(&self, numbers: &[u64]) -> Result<()>;
+    /// Names a segment in messages.
+    fn describe(&self, number: u64) -> String;
+}
+
+/// One open segment: appended to, then synced.
+pub trait LogFile: Send {
+    /// Appends `bytes` (not yet durable: see [`LogFile::sync`]).
+    fn append(&mut self, bytes: &[u8]) -> Result<()>;
+    /// Makes everything appended so far durable.
+    fn sync(&mut self) -> Result<()>;
+}
+
 /// The segment files of a data directory.
 pub struct Segments {
     dir: PathBuf,
@@ -135,8 +159,13 @@ impl Segments {
         self.dir.join(format!("wal-{number:012}.log"))
     }
 
-    /// Existing segment numbers, oldest first.
-    pub fn list(&self) -> Result<Vec<u64>> {
+    fn sync_dir(&self) -> Result<()> {
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync of the data directory", e))
+    }
+}
+
+impl LogDir for Segments {
+    fn list(&self) -> Result<Vec<u64>> {
         let mut numbers = Vec::new();
         let entries = std::fs::read_dir(&self.dir).map_err(|e| io("listing the WAL", e))?;
         for entry in entries.flatten() {
@@ -152,7 +181,7 @@ impl Segments {
         Ok(numbers)
     }
 
-    pub fn read(&self, number: u64) -> Result<Vec<u8>> {
+    fn read(&self, number: u64) -> Result<Vec<u8>> {
         let mut bytes = Vec::new();
         File::open(self.path(number))
             .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -160,19 +189,17 @@ impl Segments {
         Ok(bytes)
     }
 
-    /// Creates a new, empty segment and makes its directory entry durable.
-    pub fn create(&self, number: u64) -> Result<File> {
+    fn create(&self, number: u64) -> Result<Box<dyn LogFile>> {
         let file = OpenOptions::new()
             .create_new(true)
             .append(true)
             .open(self.path(number))
             .map_err(|e| io("creating a WAL segment", e))?;
         self.sync_dir()?;
-        Ok(file)
+        Ok(Box::new(SegmentFile(file)))
     }
 
-    /// Deletes segments (after a checkpoint made them redundant).
-    pub fn remove(&self, numbers: &[u64]) -> Result<()> {
+    fn remove(&self, numbers: &[u64]) -> Result<()> {
         for number in numbers {
             std::fs::remove_file(self.path(*number)).map_err(|e| io("removing a WAL segment", e))?;
         }
@@ -182,26 +209,206 @@ impl Segments {
         Ok(())
     }
 
-    fn sync_dir(&self) -> Result<()> {
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync of the data directory", e))
+    fn describe(&self, number: u64) -> String {
+        self.path(number).display().to_string()
     }
 }
 
-/// Appends `bytes` (not yet durable: see [`sync`]).
-pub fn append(file: &mut File, bytes: &[u8]) -> Result<()> {
-    if bytes.is_empty() {
-        return Ok(());
-    }
-    file.write_all(bytes).map_err(|e| io("writing the WAL", e))
-}
+struct SegmentFile(File);
 
-/// Makes everything appended so far durable.
-pub fn sync(file: &File) -> Result<()> {
-    file.sync_data().map_err(|e| io("fdatasync of the WAL", e))
+impl LogFile for SegmentFile {
+    fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.0.write_all(bytes).map_err(|e| io("writing the WAL", e))
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.0.sync_data().map_err(|e| io("fdatasync of the WAL", e))
+    }
 }
 
 fn io(what: &str, error: std::io::Error) -> Error {
     Error::Internal(format!("{what}: {error}"))
+}
+
+/// A simulated disk for the log, for deterministic tests of the durability
+/// argument: appends are lost at a cut ([`sim::SimDisk::after_cut`]) unless synced (but
+/// for a torn piece of the unsynced tail, if asked), deletions unless they
+/// are made durable, and an fsync can be made to fail or to wait.
+#[cfg(test)]
+pub mod sim {
+    use std::{
+        collections::BTreeMap,
+        sync::{Arc, Condvar, Mutex, MutexGuard},
+    };
+
+    use super::{LogDir, LogFile};
+    use crate::error::{Error, Result};
+
+    #[derive(Clone, Default)]
+    pub struct SimDisk {
+        state: Arc<(Mutex<State>, Condvar)>,
+    }
+
+    #[derive(Default)]
+    struct State {
+        /// Segment number -> (bytes, length synced).
+        files: BTreeMap<u64, (Vec<u8>, usize)>,
+        /// Removals that a cut undoes (made while removals were not durable).
+        removed: BTreeMap<u64, (Vec<u8>, usize)>,
+        durable_removals: bool,
+        removals_held: bool,
+        removal_waiting: bool,
+        fail_next_sync: bool,
+        syncs_held: bool,
+        syncs: u64,
+    }
+
+    impl SimDisk {
+        /// Removals are durable at once, as the real directory's are.
+        pub fn new() -> Self {
+            let disk = Self::default();
+            disk.state().durable_removals = true;
+            disk
+        }
+
+        fn state(&self) -> MutexGuard<'_, State> {
+            self.state.0.lock().unwrap_or_else(|e| e.into_inner())
+        }
+
+        /// What the disk would hold after a power cut now, as a new disk
+        /// (this one goes on untouched): every segment keeps what was synced
+        /// plus the first `torn` bytes of its unsynced tail (a write cut
+        /// short); removals come back unless they were durable.
+        pub fn after_cut(&self, torn: usize) -> SimDisk {
+            let state = self.state();
+            let mut files = state.files.clone();
+            files.extend(state.removed.clone());
+            for (bytes, synced) in files.values_mut() {
+                let keep = synced.saturating_add(torn).min(bytes.len());
+                bytes.truncate(keep);
+                *synced = keep;
+            }
+            let disk = SimDisk::new();
+            disk.state().files = files;
+            disk
+        }
+
+        /// Removals wait until [`Self::release_removals`] (a checkpoint
+        /// stopped between its sled sync and its deletions).
+        pub fn hold_removals(&self) {
+            self.state().removals_held = true;
+        }
+
+        pub fn release_removals(&self) {
+            self.state().removals_held = false;
+            self.state.1.notify_all();
+        }
+
+        /// Whether a removal is waiting at the gate.
+        pub fn removal_waiting(&self) -> bool {
+            self.state().removal_waiting
+        }
+
+        /// Whether the removals made from now on reach the disk at once or
+        /// are undone by a cut (a crash between a checkpoint and its
+        /// deletions).
+        pub fn set_durable_removals(&self, durable: bool) {
+            self.state().durable_removals = durable;
+        }
+
+        /// The next fsync fails (as a disk error would).
+        pub fn fail_next_sync(&self) {
+            self.state().fail_next_sync = true;
+        }
+
+        /// Fsyncs wait until [`Self::release_syncs`].
+        pub fn hold_syncs(&self) {
+            self.state().syncs_held = true;
+        }
+
+        pub fn release_syncs(&self) {
+            self.state().syncs_held = false;
+            self.state.1.notify_all();
+        }
+
+        /// Fsyncs completed so far.
+        pub fn syncs(&self) -> u64 {
+            self.state().syncs
+        }
+    }
+
+    impl LogDir for SimDisk {
+        fn list(&self) -> Result<Vec<u64>> {
+            Ok(self.state().files.keys().copied().collect())
+        }
+
+        fn read(&self, number: u64) -> Result<Vec<u8>> {
+            let state = self.state();
+            let (bytes, _) = state.files.get(&number).ok_or_else(|| Error::Internal(format!("no segment {number}")))?;
+            Ok(bytes.clone())
+        }
+
+        fn create(&self, number: u64) -> Result<Box<dyn LogFile>> {
+            let mut state = self.state();
+            if state.files.contains_key(&number) {
+                return Err(Error::Internal(format!("segment {number} exists")));
+            }
+            state.files.insert(number, (Vec::new(), 0));
+            Ok(Box::new(SimFile { disk: self.clone(), number }))
+        }
+
+        fn remove(&self, numbers: &[u64]) -> Result<()> {
+            let (lock, released) = &*self.state;
+            let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
+            state.removal_waiting = state.removals_held;
+            let mut state = released.wait_while(state, |s| s.removals_held).unwrap_or_else(|e| e.into_inner());
+            state.removal_waiting = false;
+            for number in numbers {
+                if let Some(file) = state.files.remove(number)
+                    && !state.durable_removals
+                {
+                    state.removed.insert(*number, file);
+                }
+            }
+            Ok(())
+        }
+
+        fn describe(&self, number: u64) -> String {
+            format!("simulated segment {number}")
+        }
+    }
+
+    struct SimFile {
+        disk: SimDisk,
+        number: u64,
+    }
+
+    impl LogFile for SimFile {
+        fn append(&mut self, bytes: &[u8]) -> Result<()> {
+            let mut state = self.disk.state();
+            let (data, _) = state.files.get_mut(&self.number).ok_or_else(|| Error::Internal("segment gone".into()))?;
+            data.extend_from_slice(bytes);
+            Ok(())
+        }
+
+        fn sync(&mut self) -> Result<()> {
+            let (lock, released) = &*self.disk.state;
+            let mut state = released
+                .wait_while(lock.lock().unwrap_or_else(|e| e.into_inner()), |s| s.syncs_held)
+                .unwrap_or_else(|e| e.into_inner());
+            if std::mem::take(&mut state.fail_next_sync) {
+                return Err(Error::Internal("fdatasync of the WAL: simulated I/O error".into()));
+            }
+            state.syncs += 1;
+            if let Some((data, synced)) = state.files.get_mut(&self.number) {
+                *synced = data.len();
+            }
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]

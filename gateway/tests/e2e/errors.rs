@@ -115,7 +115,7 @@ async fn requests_without_a_valid_token_are_unauthenticated() {
     let status = anonymous.get_settings(imsg_proto::v1::GetSettingsRequest {}).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     let forged =
-        imsg_gateway::auth::Authenticator::new("some-other-secret-entirely").unwrap().issue("alice", "x", 60).unwrap();
+        imsg_common::token::Authenticator::new("some-other-secret-entirely").unwrap().issue("alice", "x", 60).unwrap();
     let mut request = tonic::Request::new(imsg_proto::v1::GetSettingsRequest {});
     request.metadata_mut().insert("authorization", format!("Bearer {forged}").parse().unwrap());
     assert_eq!(anonymous.get_settings(request).await.unwrap_err().code(), Code::Unauthenticated);
@@ -137,4 +137,86 @@ async fn a_stream_must_start_with_hello() {
     let status = alice.api.clone().open_stream(tokio_stream::wrappers::ReceiverStream::new(up_rx)).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("hello"));
+}
+
+/// Errors say whether to retry (`imsg_common::retry`): a transient refusal
+/// (here the per-user rate limit) carries `google.rpc.RetryInfo` with the
+/// wait; a permanent one (a full group) never does, whatever its code. The
+/// SDK, the load tester and this harness share that one rule: the SDK's
+/// sends ride out the rate limit by waiting as told, and give up at once on
+/// a permanent refusal.
+#[tokio::test]
+async fn transient_errors_carry_retry_info_and_clients_retry_only_those() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut broker = imsg_broker::BrokerConfig::new(data_dir.path());
+    broker.partitions = 4;
+    broker.cache_capacity_bytes = 16 * 1024 * 1024;
+    broker.limits.max_group_members = 3;
+    let mut config = imsg_gateway::GatewayConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        imsg_gateway::BrokerTarget::Embedded(broker),
+        crate::harness::SECRET,
+    );
+    config.user_request_burst = 4;
+    config.user_requests_per_second = 20.0;
+    let gateway = imsg_gateway::RunningGateway::start(config).await.unwrap();
+    let alice = Client::connect(gateway.addr, "alice", "phone").await;
+
+    // Permanent: a group over its limit. RESOURCE_EXHAUSTED, no RetryInfo.
+    let full = alice
+        .api
+        .clone()
+        .create_conversation(CreateConversationRequest {
+            request_id: "g1".into(),
+            kind: Some(create_conversation_request::Kind::Group(imsg_proto::v1::GroupConversationSpec {
+                title: "too big".into(),
+                member_ids: vec!["bob".into(), "carol".into(), "dave".into()],
+            })),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+    assert_eq!(imsg_common::retry::retry_after(&full), None, "a full group is permanent: {full:?}");
+
+    // Transient: the rate limit (4 calls of burst; one was spent above).
+    let conversation = alice.direct_with("bob").await;
+    let mut limited = None;
+    for n in 0..10 {
+        if let Err(status) = alice.try_send(&conversation, &format!("r{n}"), "hi").await {
+            limited = Some(status);
+            break;
+        }
+    }
+    let limited = limited.expect("the rate limit never refused");
+    assert_eq!(limited.code(), Code::ResourceExhausted);
+    let wait = imsg_common::retry::retry_after(&limited).expect("a rate-limit refusal carries RetryInfo");
+    assert!(wait > std::time::Duration::ZERO && wait <= std::time::Duration::from_millis(50), "{wait:?}");
+
+    // The SDK retries the transient one as told: every send is acknowledged,
+    // at the limit's pace.
+    let token = crate::harness::tokens().issue("alice", "sdk", 3600).unwrap();
+    let sdk = imsg_client::Client::connect(imsg_client::ClientConfig::new(format!("http://{}", gateway.addr), token))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        sdk.send_text(&conversation, "through the limit").await.unwrap();
+    }
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(300),
+        "ten sends at 20/s took {:?}",
+        started.elapsed()
+    );
+
+    // ... and gives up at once on a permanent one (not a member).
+    let token = crate::harness::tokens().issue("mallory", "sdk", 3600).unwrap();
+    let outsider =
+        imsg_client::Client::connect(imsg_client::ClientConfig::new(format!("http://{}", gateway.addr), token))
+            .await
+            .unwrap();
+    let started = std::time::Instant::now();
+    let refused = outsider.send_text(&conversation, "let me in").await.unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_millis(500), "retried a permanent refusal");
+    assert!(format!("{refused:?}").contains("PermissionDenied"), "{refused:?}");
+    gateway.shutdown().await.unwrap();
 }

@@ -12,7 +12,9 @@ use std::{
 };
 
 use imsg_broker::{BrokerConfig, Limits};
-use imsg_gateway::{BrokerTarget, GatewayConfig, RunningGateway, auth::Authenticator};
+use imsg_common::retry::retry_after;
+use imsg_common::token::Authenticator;
+use imsg_gateway::{BrokerTarget, GatewayConfig, RunningGateway};
 use imsg_proto::v1::{
     CreateConversationRequest, DirectConversationSpec, Event, GroupConversationSpec, Hello, ListMessagesRequest,
     Message, OpenStreamRequest, OpenStreamResponse, SendMessageRequest, SendMessageResponse, TextContent,
@@ -25,7 +27,7 @@ use tokio::{
     sync::mpsc,
 };
 use tonic::{
-    Code, Request, Status,
+    Request, Status,
     metadata::MetadataValue,
     service::{Interceptor, interceptor::InterceptedService},
     transport::Channel,
@@ -142,16 +144,17 @@ impl Client {
         self.api.clone().send_message(request).await.map(|r| r.into_inner())
     }
 
-    /// Sends with client id `id` (the text is the id too), retrying
-    /// UNAVAILABLE (a partition moving, a node restarting) with the same id
-    /// for up to PATIENCE, as the SDK does.
+    /// Sends with client id `id` (the text is the id too), retrying what
+    /// the one client rule retries (`imsg_common::retry`: a partition
+    /// moving, a node restarting) with the same id for up to PATIENCE.
     pub async fn send_retrying(&self, conversation: &str, id: &str) -> SendMessageResponse {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             match self.try_send(conversation, id, id).await {
                 Ok(ack) => return ack,
-                Err(status) if status.code() == Code::Unavailable && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                Err(status) if tokio::time::Instant::now() < deadline && retry_after(&status).is_some() => {
+                    let advised = retry_after(&status).unwrap_or_default();
+                    tokio::time::sleep(advised.max(Duration::from_millis(20))).await;
                 }
                 Err(status) => panic!("send {id} refused: {status:?}"),
             }

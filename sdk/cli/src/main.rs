@@ -12,7 +12,7 @@ use crossterm::{
     terminal,
 };
 use imsg_client::{Client, ClientConfig, Event};
-use imsg_gateway::auth::Authenticator;
+use imsg_common::token::Authenticator;
 use imsg_proto::v1::{ListConversationsRequest, Message, message::Content};
 use tokio::sync::mpsc;
 

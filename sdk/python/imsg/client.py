@@ -9,16 +9,41 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Optional
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 from .v1 import messaging_pb2 as pb
 from .v1 import messaging_pb2_grpc as pb_grpc
 
-RETRYABLE = {
+# Codes of a call that got no verdict from the server (the connection
+# failed or was cut): retried with the client's own backoff.
+NO_VERDICT = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+
+
+def retry_after(error: grpc.RpcError) -> Optional[float]:
+    """Seconds to wait before retrying after `error`, or None when retrying
+    the same request cannot succeed.
+
+    The one rule every imsg client follows (imsg_common::retry in Rust): the
+    server attaches google.rpc.RetryInfo to every transient refusal and never
+    to a permanent one, whatever the code; a call without any verdict from
+    the server (no status details) is retried with the client's backoff."""
+    details = None
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            details = value
+    if details:
+        for detail in status_pb2.Status.FromString(details).details:
+            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                info = error_details_pb2.RetryInfo()
+                detail.Unpack(info)
+                return info.retry_delay.ToTimedelta().total_seconds()
+        return None
+    return 0.0 if error.code() in NO_VERDICT else None
 
 
 @dataclass
@@ -39,8 +64,9 @@ class Backoff:
     def __init__(self, first: float, most: float) -> None:
         self.first, self.most, self.next = first, most, first
 
-    async def wait(self) -> None:
-        await asyncio.sleep(self.next * (0.5 + random.random() / 2))
+    async def wait(self, at_least: float = 0.0) -> None:
+        """The next step, or the server's advice if that is longer."""
+        await asyncio.sleep(max(self.next * (0.5 + random.random() / 2), at_least))
         self.next = min(self.next * 2, self.most)
 
     def reset(self) -> None:
@@ -113,9 +139,10 @@ class Client:
             try:
                 return await self._stub.SendMessage(request, metadata=self._metadata)
             except grpc.aio.AioRpcError as error:
-                if error.code() not in RETRYABLE:
+                delay = retry_after(error)
+                if delay is None:
                     raise
-                await backoff.wait()
+                await backoff.wait(at_least=delay)
 
     async def history(self, conversation: str, page_size: int = 50, page_token: str = "") -> pb.ListMessagesResponse:
         request = pb.ListMessagesRequest(conversation_id=conversation, page_size=page_size, page_token=page_token)

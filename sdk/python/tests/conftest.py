@@ -22,10 +22,21 @@ def gateway_binary() -> str:
 @pytest.fixture
 def server():
     """Yields the server's address; stops it afterwards."""
+    yield from serve()
+
+
+@pytest.fixture
+def rate_limited_server():
+    """A server allowing each user 5 calls a second (a burst of 10)."""
+    yield from serve("--user-rps", "5")
+
+
+def serve(*extra: str):
     with tempfile.TemporaryDirectory() as data:
         env = dict(os.environ, IMSG_JWT_SECRET=SECRET, RUST_LOG="warn")
         process = subprocess.Popen(
-            [gateway_binary(), "--embedded-broker", "--data-dir", data, "--listen", "127.0.0.1:0", "--partitions", "8"],
+            [gateway_binary(), "--embedded-broker", "--data-dir", data, "--listen", "127.0.0.1:0", "--partitions", "8",
+             *extra],
             env=env,
             stdout=subprocess.PIPE,
             text=True,

@@ -113,3 +113,37 @@ def test_a_cut_connection_resumes_with_no_gap_and_no_duplicate(server):
             await proxy.stop()
 
     asyncio.run(scenario())
+
+
+def test_transient_refusals_are_retried_as_told_and_permanent_ones_are_not(rate_limited_server):
+    """The server's rate limit answers RESOURCE_EXHAUSTED with RetryInfo:
+    send_text waits as told and every send is acknowledged. A non-member's
+    send is refused for good (PERMISSION_DENIED, no RetryInfo): no retry."""
+    import time
+
+    import grpc
+    import pytest
+
+    from imsg.client import retry_after
+
+    async def scenario():
+        alice = await Client(rate_limited_server, token("alice")).start()
+        mallory = await Client(rate_limited_server, token("mallory")).start()
+        conversation = await alice.direct_with("bob")
+        started = time.monotonic()
+        for n in range(15):
+            ack = await alice.send_text(conversation, f"message {n}")
+            assert ack.seq == n + 1
+        # A burst of 10, then 5 a second: the last sends waited as told.
+        assert time.monotonic() - started >= 0.6
+
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await mallory.send_text(conversation, "let me in")
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert retry_after(refused.value) is None
+        assert time.monotonic() - started < 0.5, "a permanent refusal was retried"
+        await alice.close()
+        await mallory.close()
+
+    asyncio.run(scenario())

@@ -3,8 +3,9 @@
 //! Tokens are JWTs signed with HS256: `sub` is the user, `device` the
 //! device, `exp` is required. Identity never comes from a request field.
 
-use imsg_broker::validate;
 use imsg_proto::v1::Caller;
+
+use crate::ids::check_id;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tonic::{Status, metadata::MetadataMap};
@@ -45,8 +46,8 @@ impl Authenticator {
 
     /// A token for `user` on `device`, valid for `ttl_secs`.
     pub fn issue(&self, user: &str, device: &str, ttl_secs: u64) -> Result<String, String> {
-        validate::id("user", user).map_err(|e| e.to_string())?;
-        validate::id("device", device).map_err(|e| e.to_string())?;
+        check_id(user).map_err(|e| format!("user: {e}"))?;
+        check_id(device).map_err(|e| format!("device: {e}"))?;
         let now = unix_now();
         let claims = Claims { sub: user.to_owned(), device: device.to_owned(), iat: now, exp: now + ttl_secs };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|e| e.to_string())
@@ -72,8 +73,8 @@ impl Authenticator {
             }
         })?;
         let claims = data.claims;
-        validate::id("sub", &claims.sub).map_err(|e| Status::unauthenticated(format!("token claim {e}")))?;
-        validate::id("device", &claims.device).map_err(|e| Status::unauthenticated(format!("token claim {e}")))?;
+        check_id(&claims.sub).map_err(|e| Status::unauthenticated(format!("token claim sub: {e}")))?;
+        check_id(&claims.device).map_err(|e| Status::unauthenticated(format!("token claim device: {e}")))?;
         Ok(Caller { user_id: claims.sub, device_id: claims.device })
     }
 }

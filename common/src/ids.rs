@@ -10,6 +10,29 @@
 
 use sha2::{Digest, Sha256};
 
+/// Longest user, device, client message or request id.
+pub const MAX_ID_LEN: usize = 64;
+
+fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@')
+}
+
+/// Why `value` is not a user, device, request or client message id (1..=64
+/// characters of `[A-Za-z0-9_.@-]`), or `Ok`. Ids never contain `/`, which
+/// storage keys rely on.
+pub fn check_id(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if value.len() > MAX_ID_LEN {
+        return Err(format!("longer than {MAX_ID_LEN} characters"));
+    }
+    if !value.chars().all(is_id_char) {
+        return Err("may only contain A-Z a-z 0-9 _ . @ -".into());
+    }
+    Ok(())
+}
+
 /// Index of a partition, `0..P`.
 pub type PartitionId = u32;
 
