@@ -9,6 +9,7 @@ pub mod broker;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod core;
 pub mod error;
 pub mod events;
 pub mod grpc;

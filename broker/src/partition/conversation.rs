@@ -1,41 +1,37 @@
-//! The conversation role of a partition: membership, sequencing, dedup,
-//! receipts, typing, history, and the outbox that carries every durable
-//! change to the members' user partitions.
+//! The conversation role of a partition: the shell around the conversation
+//! rules of [`crate::core`]. It loads conversations lazily (record, newest
+//! message, receipts; the dedup window on the first send), applies the
+//! rules' effects to the batch, the outbox and live sessions, serves
+//! history, and fans the outbox out to the members' user partitions.
 //!
-//! A conversation loads lazily on first use: its record, its last seq (the
-//! last message key), its receipt rows; the dedup window (the tail of its
-//! messages) loads on its first send. Nothing per message is written but
-//! the message itself (see `storage`).
+//! Nothing per message is written but the message itself (see `storage`).
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet, VecDeque},
+    collections::{BTreeSet, HashMap, HashSet},
     sync::Arc,
     time::Instant,
 };
 
 use imsg_proto::v1::{
-    Caller, Conversation, ConversationKind, ConversationSummary, CreateConversationResponse, ListMessagesRequest,
-    ListMessagesResponse, Member, MemberRole, Message, Presence, SendMessageRequest, SendMessageResponse,
-    message::Content,
+    Caller, Conversation as ConversationView, ConversationSummary, CreateConversationResponse, ListMessagesRequest,
+    ListMessagesResponse, Message, Presence, SendMessageRequest, SendMessageResponse,
 };
 
-use super::{Command, Deferred, MarkKind, MembershipChange, NewConversation, Partition, Viewer};
+use super::{Command, Deferred, Partition};
 use crate::{
+    core::{Conversation, DedupWindow, Effects, MarkKind, MembershipChange, NewConversation, Viewer, Write},
     error::{Error, Result},
     events::{Ephemeral, LoggedEvent, UpdateItem},
     ids::PartitionId,
     now_ms,
-    storage::{
-        ChangedEvent, ConversationRecord, MemberRecord, OutboxEvent, OutboxItem, PartitionStore, ReceiptEvent,
-        ReceiptRecord,
-    },
+    storage::{OutboxEvent, OutboxItem},
     validate,
 };
 
 /// The conversations of one partition that are loaded in memory.
 #[derive(Default)]
 pub(super) struct Conversations {
-    map: HashMap<String, ConversationState>,
+    map: HashMap<String, Conversation>,
     /// Receipt rows changed in memory only (a sender's own watermarks move
     /// with each send); written at the next tick, not per message.
     dirty_receipts: HashSet<(String, String)>,
@@ -49,150 +45,59 @@ pub(super) struct Conversations {
     typing_in: HashSet<String>,
 }
 
-struct ConversationState {
-    record: ConversationRecord,
-    last_seq: u64,
-    /// Messages up to this seq are in sled (published): history reads
-    /// stop here.
-    published_seq: u64,
-    last_activity_ms: i64,
-    last_message: Option<Arc<Message>>,
-    receipts: HashMap<String, ReceiptRecord>,
-    dedup: Option<DedupWindow>,
-    /// Who is typing, until when.
-    typing: HashMap<String, Instant>,
-}
-
-/// The newest client message ids of a conversation (invariant 3).
-#[derive(Default)]
-struct DedupWindow {
-    seen: HashMap<(String, String), (u64, i64)>,
-    order: VecDeque<(String, String)>,
-}
-
-impl DedupWindow {
-    fn remember(&mut self, capacity: usize, message: &Message) {
-        let key = (message.sender_id.clone(), message.client_message_id.clone());
-        if self.seen.insert(key.clone(), (message.seq, message.server_time_ms)).is_none() {
-            self.order.push_back(key);
-        }
-        while self.order.len() > capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.seen.remove(&old);
-            }
-        }
-    }
-}
-
-impl ConversationState {
-    fn load(store: &PartitionStore, id: &str) -> Result<Option<Self>> {
-        let Some(record) = store.conversation(id)? else { return Ok(None) };
-        let last_seq = store.last_message_seq(id)?;
-        let last_message = if last_seq > 0 { store.message(id, last_seq)?.map(Arc::new) } else { None };
-        let last_activity_ms =
-            last_message.as_ref().map_or(record.change_time_ms, |m| m.server_time_ms.max(record.change_time_ms));
-        let receipts = store.receipts(id)?.into_iter().collect();
-        Ok(Some(Self {
-            record,
-            last_seq,
-            published_seq: last_seq,
-            last_activity_ms,
-            last_message,
-            receipts,
-            dedup: None,
-            typing: HashMap::new(),
-        }))
-    }
-
-    fn member(&self, user: &str) -> Option<&MemberRecord> {
-        self.record.members.iter().find(|m| m.user_id == user)
-    }
-
-    fn require_member(&self, user: &str) -> Result<&MemberRecord> {
-        self.member(user).ok_or_else(|| Error::NotMember(self.record.id.clone()))
-    }
-
-    fn is_group(&self) -> bool {
-        self.record.kind == ConversationKind::Group as i32
-    }
-
-    fn member_ids(&self) -> Vec<String> {
-        self.record.members.iter().map(|m| m.user_id.clone()).collect()
-    }
-
-    /// The conversation as `viewer` sees it; without a viewer (events) the
-    /// watermarks are zero, since receipts travel as their own events.
-    fn snapshot(&self, viewer: Option<&Viewer>) -> Conversation {
-        let members = self
-            .record
-            .members
-            .iter()
-            .map(|m| {
-                let receipt = self.receipts.get(&m.user_id).copied().unwrap_or_default();
-                let (delivered_seq, read_seq) = match viewer {
-                    None => (0, 0),
-                    Some(v) if v.user_id == m.user_id => (receipt.delivered_seq, receipt.read_seq),
-                    Some(v) if v.hide_read_receipts || receipt.hide_read => (receipt.delivered_seq, 0),
-                    Some(_) => (receipt.delivered_seq, receipt.read_seq),
-                };
-                Member {
-                    user_id: m.user_id.clone(),
-                    role: m.role,
-                    delivered_seq,
-                    read_seq,
-                    joined_after_seq: m.joined_after_seq,
-                }
-            })
-            .collect();
-        Conversation {
-            conversation_id: self.record.id.clone(),
-            kind: self.record.kind,
-            title: self.record.title.clone(),
-            members,
-            last_seq: self.last_seq,
-            last_activity_ms: self.last_activity_ms,
-            create_time_ms: self.record.create_time_ms,
-        }
-    }
-}
-
 impl Partition {
     /// Loads a conversation if it exists; returns whether it does.
     fn load_conversation(&mut self, id: &str) -> Result<bool> {
         if self.conversations.map.contains_key(id) {
             return Ok(true);
         }
-        match ConversationState::load(&self.store, id)? {
-            Some(state) => {
-                self.conversations.map.insert(id.to_owned(), state);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        let Some(record) = self.store.conversation(id)? else { return Ok(false) };
+        let last_seq = self.store.last_message_seq(id)?;
+        let last_message = if last_seq > 0 { self.store.message(id, last_seq)? } else { None };
+        let receipts = self.store.receipts(id)?.into_iter().collect();
+        self.conversations.map.insert(id.to_owned(), Conversation::restore(record, last_message, receipts));
+        Ok(true)
     }
 
-    fn conversation(&mut self, id: &str) -> Result<&mut ConversationState> {
+    fn conversation(&mut self, id: &str) -> Result<&mut Conversation> {
         if !self.load_conversation(id)? {
             return Err(Error::ConversationNotFound(id.to_owned()));
         }
         self.conversations.map.get_mut(id).ok_or_else(|| Error::ConversationNotFound(id.to_owned()))
     }
 
+    /// Carries out what a rule decided: rows into this batch, logged events
+    /// into the outbox, signals to live sessions.
+    fn apply_effects(&mut self, effects: Effects) {
+        for write in effects.writes {
+            match write {
+                Write::Conversation(record) => self.batch.writes.put_conversation(&record),
+                Write::Message(message) => {
+                    self.batch.writes.put_message(&message);
+                    self.defer(Deferred::MessagePublished {
+                        conversation_id: message.conversation_id.clone(),
+                        seq: message.seq,
+                    });
+                }
+                Write::Receipt { conversation_id, user_id, record } => {
+                    self.batch.writes.put_receipt(&conversation_id, &user_id, &record);
+                    self.conversations.dirty_receipts.remove(&(conversation_id, user_id));
+                }
+            }
+        }
+        self.conversations.dirty_receipts.extend(effects.lazy_receipts);
+        for signal in effects.signals {
+            self.push_ephemeral_to(&signal.recipients, signal.event);
+        }
+        for logged in effects.logged {
+            self.publish(logged.recipients, logged.event, logged.record);
+        }
+    }
+
     /// Queues a durable change for the members' update logs.
     fn publish(&mut self, recipients: Vec<String>, event: LoggedEvent, record: OutboxEvent) {
         self.batch.outbox.push(OutboxItem { conversation_id: event.conversation_id().to_owned(), event: Some(record) });
         self.batch.outbox_items.push(UpdateItem { user_ids: recipients, event: Arc::new(event) });
-    }
-
-    fn publish_changed(&mut self, id: &str, removed: Vec<String>) {
-        let Some(state) = self.conversations.map.get(id) else { return };
-        let mut recipients = state.member_ids();
-        recipients.extend(removed.iter().cloned());
-        let event = LoggedEvent::Changed {
-            conversation: Arc::new(state.snapshot(None)),
-            removed_user_ids: removed.clone().into(),
-        };
-        self.publish(recipients, event, OutboxEvent::Changed(ChangedEvent { removed_user_ids: removed }));
     }
 
     /// Sends an ephemeral signal to users' live sessions, wherever their
@@ -209,79 +114,19 @@ impl Partition {
         id: &str,
         spec: NewConversation,
     ) -> Result<CreateConversationResponse> {
-        let viewer = Viewer { user_id: caller.user_id.clone(), hide_read_receipts: false };
         if self.load_conversation(id)? {
-            let state = self.conversation(id)?;
-            let allowed = match &spec {
-                NewConversation::Direct { .. } => state.member(&caller.user_id).is_some(),
-                NewConversation::Group { .. } => state.record.creator == caller.user_id,
-            };
-            if !allowed {
-                return Err(Error::FailedPrecondition(format!("conversation {id} already exists")));
-            }
-            return Ok(CreateConversationResponse {
-                conversation: Some(state.snapshot(Some(&viewer))),
-                created: false,
-            });
+            return self.conversation(id)?.recreate(caller, &spec);
         }
-        let now = now_ms();
-        let (kind, title, members) = match spec {
-            NewConversation::Direct { peer_user_id } => {
-                let mut members = vec![caller.user_id.clone(), peer_user_id];
-                members.sort();
-                (
-                    ConversationKind::Direct,
-                    String::new(),
-                    members.into_iter().map(|u| (u, MemberRole::Member)).collect(),
-                )
-            }
-            NewConversation::Group { title, member_ids } => {
-                let mut members: Vec<(String, MemberRole)> = vec![(caller.user_id.clone(), MemberRole::Admin)];
-                let mut seen = HashSet::from([caller.user_id.clone()]);
-                for user in member_ids {
-                    if seen.insert(user.clone()) {
-                        members.push((user, MemberRole::Member));
-                    }
-                }
-                if members.len() > self.limits.max_group_members {
-                    return Err(Error::GroupFull { max: self.limits.max_group_members });
-                }
-                (ConversationKind::Group, title, members)
-            }
-        };
-        let record = ConversationRecord {
-            id: id.to_owned(),
-            kind: kind as i32,
-            title,
-            create_time_ms: now,
-            members: members
-                .into_iter()
-                .map(|(user_id, role)| MemberRecord { user_id, role: role as i32, joined_after_seq: 0 })
-                .collect(),
-            creator: caller.user_id.clone(),
-            change_time_ms: now,
-        };
-        self.batch.writes.put_conversation(&record);
-        let state = ConversationState {
-            record,
-            last_seq: 0,
-            published_seq: 0,
-            last_activity_ms: now,
-            last_message: None,
-            receipts: HashMap::new(),
-            dedup: Some(DedupWindow::default()),
-            typing: HashMap::new(),
-        };
-        let snapshot = state.snapshot(Some(&viewer));
-        self.conversations.map.insert(id.to_owned(), state);
-        self.publish_changed(id, Vec::new());
-        Ok(CreateConversationResponse { conversation: Some(snapshot), created: true })
+        let (conversation, response, effects) = Conversation::create(caller, id, spec, &self.limits, now_ms())?;
+        self.conversations.map.insert(id.to_owned(), conversation);
+        self.apply_effects(effects);
+        Ok(response)
     }
 
-    pub(super) fn get_conversation(&mut self, viewer: &Viewer, id: &str) -> Result<Conversation> {
-        let state = self.conversation(id)?;
-        state.require_member(&viewer.user_id)?;
-        Ok(state.snapshot(Some(viewer)))
+    pub(super) fn get_conversation(&mut self, viewer: &Viewer, id: &str) -> Result<ConversationView> {
+        let conversation = self.conversation(id)?;
+        conversation.require_member(&viewer.user_id)?;
+        Ok(conversation.snapshot(Some(viewer)))
     }
 
     pub(super) fn change_membership(
@@ -289,140 +134,26 @@ impl Partition {
         caller: &Caller,
         id: &str,
         change: MembershipChange,
-    ) -> Result<Conversation> {
-        let max_members = self.limits.max_group_members;
-        let viewer = Viewer { user_id: caller.user_id.clone(), hide_read_receipts: false };
-        let state = self.conversation(id)?;
-        let me = state.require_member(&caller.user_id)?.clone();
-        if !state.is_group() {
-            return Err(Error::FailedPrecondition("a direct conversation's members and title cannot change".into()));
-        }
-        let is_admin = me.role == MemberRole::Admin as i32;
-        let leaving = matches!(&change, MembershipChange::Remove(user) if *user == caller.user_id);
-        if !is_admin && !leaving {
-            return Err(Error::PermissionDenied("only group admins may do this".into()));
-        }
-        let mut removed = Vec::new();
-        match change {
-            MembershipChange::Add(users) => {
-                let new: Vec<String> = users
-                    .into_iter()
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .filter(|u| state.member(u).is_none())
-                    .collect();
-                if new.is_empty() {
-                    return Ok(state.snapshot(Some(&viewer)));
-                }
-                if state.record.members.len() + new.len() > max_members {
-                    return Err(Error::GroupFull { max: max_members });
-                }
-                let joined_after_seq = state.last_seq;
-                state.record.members.extend(new.into_iter().map(|user_id| MemberRecord {
-                    user_id,
-                    role: MemberRole::Member as i32,
-                    joined_after_seq,
-                }));
-            }
-            MembershipChange::Remove(user) => {
-                if state.member(&user).is_none() {
-                    return Err(Error::invalid("user_id", format!("{user} is not a member")));
-                }
-                state.record.members.retain(|m| m.user_id != user);
-                state.receipts.remove(&user);
-                state.typing.remove(&user);
-                // A group never stays without an admin: promote the longest member.
-                if !state.record.members.iter().any(|m| m.role == MemberRole::Admin as i32)
-                    && let Some(first) = state.record.members.first_mut()
-                {
-                    first.role = MemberRole::Admin as i32;
-                }
-                removed.push(user);
-            }
-            MembershipChange::Title(title) => state.record.title = title,
-        }
-        let now = now_ms();
-        state.record.change_time_ms = now;
-        state.last_activity_ms = state.last_activity_ms.max(now);
-        let snapshot = state.snapshot(Some(&viewer));
-        let record = state.record.clone();
-        self.batch.writes.put_conversation(&record);
-        self.publish_changed(id, removed);
-        Ok(snapshot)
-    }
-
-    fn ensure_dedup(&mut self, id: &str) -> Result<()> {
-        let window = self.limits.dedup_window;
-        let Some(state) = self.conversations.map.get(id) else { return Ok(()) };
-        if state.dedup.is_some() {
-            return Ok(());
-        }
-        let tail = self.store.messages(id, 1, state.last_seq, window, true)?;
-        let mut dedup = DedupWindow::default();
-        for message in &tail {
-            dedup.remember(window, message);
-        }
-        if let Some(state) = self.conversations.map.get_mut(id) {
-            state.dedup = Some(dedup);
-        }
-        Ok(())
+    ) -> Result<ConversationView> {
+        let limits = self.limits.clone();
+        let (view, effects) = self.conversation(id)?.change_membership(caller, change, &limits, now_ms())?;
+        self.apply_effects(effects);
+        Ok(view)
     }
 
     pub(super) fn send(&mut self, caller: &Caller, request: SendMessageRequest) -> Result<SendMessageResponse> {
         let id = request.conversation_id.clone();
-        self.conversation(&id)?.require_member(&caller.user_id)?;
-        self.ensure_dedup(&id)?;
         let window = self.limits.dedup_window;
-        let state = self.conversation(&id)?;
-        let dedup_key = (caller.user_id.clone(), request.client_message_id.clone());
-        if let Some((seq, server_time_ms)) = state.dedup.as_ref().and_then(|d| d.seen.get(&dedup_key)) {
-            return Ok(SendMessageResponse { seq: *seq, server_time_ms: *server_time_ms, duplicate: true });
+        let conversation = self.conversation(&id)?;
+        conversation.require_member(&caller.user_id)?;
+        if conversation.needs_dedup_window() {
+            let last_seq = conversation.last_seq();
+            let tail = self.store.messages(&id, 1, last_seq, window, true)?;
+            self.conversation(&id)?.set_dedup_window(DedupWindow::from_tail(window, &tail));
         }
-        if request.reply_to_seq > state.last_seq {
-            return Err(Error::invalid(
-                "reply_to_seq",
-                format!("no message {} in this conversation", request.reply_to_seq),
-            ));
-        }
-        let seq = state.last_seq + 1;
-        // Server time never goes backwards within a conversation.
-        let server_time_ms = now_ms().max(state.last_activity_ms);
-        let message = Arc::new(Message {
-            conversation_id: id.clone(),
-            seq,
-            sender_id: caller.user_id.clone(),
-            sender_device_id: caller.device_id.clone(),
-            client_message_id: request.client_message_id,
-            server_time_ms,
-            reply_to_seq: request.reply_to_seq,
-            content: request.content.map(|c| match c {
-                imsg_proto::v1::send_message_request::Content::Text(text) => Content::Text(text),
-            }),
-        });
-        state.last_seq = seq;
-        state.last_activity_ms = server_time_ms;
-        state.last_message = Some(message.clone());
-        if let Some(dedup) = state.dedup.as_mut() {
-            dedup.remember(window, &message);
-        }
-        // Sending implies having read and received everything before.
-        let own = state.receipts.entry(caller.user_id.clone()).or_default();
-        own.delivered_seq = seq;
-        own.read_seq = seq;
-        let was_typing = state.typing.remove(&caller.user_id).is_some();
-        let members = state.member_ids();
-        self.conversations.dirty_receipts.insert((id.clone(), caller.user_id.clone()));
-        self.batch.writes.put_message(&message);
-        self.defer(Deferred::MessagePublished { conversation_id: id.clone(), seq });
-        if was_typing {
-            let others: Vec<String> = members.iter().filter(|u| **u != caller.user_id).cloned().collect();
-            self.push_ephemeral_to(
-                &others,
-                Ephemeral::Typing { conversation_id: id.clone(), user_id: caller.user_id.clone(), active: false },
-            );
-        }
-        self.publish(members, LoggedEvent::Message(message), OutboxEvent::MessageSeq(seq));
-        Ok(SendMessageResponse { seq, server_time_ms, duplicate: false })
+        let (response, effects) = self.conversation(&id)?.send(caller, request, window, now_ms())?;
+        self.apply_effects(effects);
+        Ok(response)
     }
 
     pub(super) fn list_messages(
@@ -432,10 +163,10 @@ impl Partition {
     ) -> Result<ListMessagesResponse> {
         let page_size = validate::page_size(request.page_size)?;
         let token = validate::page_token(&request.page_token)?;
-        let state = self.conversation(&request.conversation_id)?;
-        let first_visible = state.require_member(&caller.user_id)?.joined_after_seq + 1;
+        let conversation = self.conversation(&request.conversation_id)?;
+        let first_visible = conversation.require_member(&caller.user_id)?.joined_after_seq + 1;
         // Newer messages are not in sled yet, and not acknowledged either.
-        let last_seq = state.published_seq;
+        let last_seq = conversation.published_seq();
         let (messages, next) = match request.after_seq {
             Some(after) => {
                 let from = token.unwrap_or(after.saturating_add(1)).max(first_visible);
@@ -460,30 +191,19 @@ impl Partition {
     }
 
     pub(super) fn message_published(&mut self, id: &str, seq: u64) {
-        if let Some(state) = self.conversations.map.get_mut(id) {
-            state.published_seq = state.published_seq.max(seq);
+        if let Some(conversation) = self.conversations.map.get_mut(id) {
+            conversation.message_published(seq);
         }
     }
 
     pub(super) fn typing(&mut self, caller: &Caller, id: &str, active: bool) -> Result<()> {
         let ttl = self.limits.typing_ttl;
-        self.conversation(id)?.require_member(&caller.user_id)?;
-        if active {
+        let conversation = self.conversation(id)?;
+        let effects = conversation.typing(caller, active, Instant::now(), ttl)?;
+        if conversation.anyone_typing() {
             self.conversations.typing_in.insert(id.to_owned());
         }
-        let state = self.conversation(id)?;
-        let changed = if active {
-            state.typing.insert(caller.user_id.clone(), Instant::now() + ttl).is_none()
-        } else {
-            state.typing.remove(&caller.user_id).is_some()
-        };
-        if changed {
-            let others: Vec<String> = state.member_ids().into_iter().filter(|u| *u != caller.user_id).collect();
-            self.push_ephemeral_to(
-                &others,
-                Ephemeral::Typing { conversation_id: id.to_owned(), user_id: caller.user_id.clone(), active },
-            );
-        }
+        self.apply_effects(effects);
         Ok(())
     }
 
@@ -493,88 +213,37 @@ impl Partition {
         let mut expired = Vec::new();
         let conversations = &mut self.conversations;
         conversations.typing_in.retain(|id| {
-            let Some(state) = conversations.map.get_mut(id) else { return false };
-            state.typing.retain(|user, until| {
-                let keep = *until > now;
-                if !keep {
-                    expired.push((
-                        id.clone(),
-                        user.clone(),
-                        state.record.members.iter().map(|m| m.user_id.clone()).collect::<Vec<_>>(),
-                    ));
-                }
-                keep
-            });
-            !state.typing.is_empty()
+            let Some(conversation) = conversations.map.get_mut(id) else { return false };
+            expired.push(conversation.expire_typing(now));
+            conversation.anyone_typing()
         });
-        for (conversation_id, user_id, members) in expired {
-            let others: Vec<String> = members.into_iter().filter(|u| *u != user_id).collect();
-            self.push_ephemeral_to(&others, Ephemeral::Typing { conversation_id, user_id, active: false });
+        for effects in expired {
+            self.apply_effects(effects);
         }
     }
 
-    /// Moves a member's watermarks forward (never back): `read <= delivered
-    /// <= last seq`. `hide_read` is the reader's setting, supplied by their
-    /// user partition.
+    /// Moves a member's watermarks forward (never back). `hide_read` is the
+    /// reader's setting, supplied by their user partition.
     pub(super) fn mark(&mut self, caller: &Caller, id: &str, seq: u64, kind: MarkKind, hide_read: bool) -> Result<()> {
-        let state = self.conversation(id)?;
-        state.require_member(&caller.user_id)?;
-        if seq > state.last_seq {
-            return Err(Error::invalid("seq", format!("beyond the last message ({})", state.last_seq)));
-        }
-        let receipt = state.receipts.entry(caller.user_id.clone()).or_default();
-        let before = *receipt;
-        receipt.delivered_seq = receipt.delivered_seq.max(seq);
-        if kind == MarkKind::Read {
-            receipt.read_seq = receipt.read_seq.max(seq);
-        }
-        receipt.hide_read = hide_read;
-        let after = *receipt;
-        if after == before {
-            return Ok(());
-        }
-        let members = state.member_ids();
-        self.conversations.dirty_receipts.remove(&(id.to_owned(), caller.user_id.clone()));
-        self.batch.writes.put_receipt(id, &caller.user_id, &after);
-        if after.delivered_seq == before.delivered_seq && after.read_seq == before.read_seq {
-            return Ok(()); // only the setting changed: nothing to tell
-        }
-        let receipt = ReceiptEvent {
-            user_id: caller.user_id.clone(),
-            delivered_seq: after.delivered_seq,
-            read_seq: after.read_seq,
-            hide_read,
-        };
-        let event = LoggedEvent::Receipt {
-            conversation_id: id.to_owned(),
-            user_id: caller.user_id.clone(),
-            delivered_seq: after.delivered_seq,
-            read_seq: after.read_seq,
-            hide_read,
-        };
-        self.publish(members, event, OutboxEvent::Receipt(receipt));
+        let effects = self.conversation(id)?.mark(caller, seq, kind, hide_read)?;
+        self.apply_effects(effects);
         Ok(())
     }
 
     /// Writes receipts that moved in memory only (a sender's own).
     pub(super) fn checkpoint_receipts(&mut self) {
         for (id, user) in std::mem::take(&mut self.conversations.dirty_receipts) {
-            if let Some(receipt) = self.conversations.map.get(&id).and_then(|s| s.receipts.get(&user)) {
-                self.batch.writes.put_receipt(&id, &user, receipt);
+            if let Some(conversation) = self.conversations.map.get(&id) {
+                self.batch.writes.put_receipt(&id, &user, &conversation.receipt(&user));
             }
         }
     }
 
     pub(super) fn hide_read_changed(&mut self, user: &str, hide_read: bool, ids: &[String]) {
         for id in ids {
-            let Ok(state) = self.conversation(id) else { continue };
-            if state.member(user).is_none() {
-                continue;
-            }
-            let receipt = state.receipts.entry(user.to_owned()).or_default();
-            receipt.hide_read = hide_read;
-            let receipt = *receipt;
-            self.batch.writes.put_receipt(id, user, &receipt);
+            let Ok(conversation) = self.conversation(id) else { continue };
+            let effects = conversation.set_hide_read(user, hide_read);
+            self.apply_effects(effects);
         }
     }
 
@@ -584,16 +253,7 @@ impl Partition {
             if !self.load_conversation(id)? {
                 continue;
             }
-            let state = self.conversation(id)?;
-            let Some(me) = state.member(&viewer.user_id) else { continue };
-            let seen = state.receipts.get(&viewer.user_id).map_or(0, |r| r.read_seq).max(me.joined_after_seq);
-            let last_message =
-                state.last_message.as_ref().filter(|m| m.seq > me.joined_after_seq).map(|m| (**m).clone());
-            summaries.push(ConversationSummary {
-                conversation: Some(state.snapshot(Some(viewer))),
-                unread_count: state.last_seq.saturating_sub(seen),
-                last_message,
-            });
+            summaries.extend(self.conversation(id)?.summary(viewer));
         }
         Ok(summaries)
     }
@@ -608,7 +268,7 @@ impl Partition {
         Ok(messages)
     }
 
-    pub(super) fn snapshots(&mut self, ids: &[String]) -> Result<Vec<Conversation>> {
+    pub(super) fn snapshots(&mut self, ids: &[String]) -> Result<Vec<ConversationView>> {
         let mut snapshots = Vec::with_capacity(ids.len());
         for id in ids {
             if self.load_conversation(id)? {
@@ -623,11 +283,11 @@ impl Partition {
     pub(super) fn presence_fanout(&mut self, presence: Presence, ids: &[String]) {
         let mut audience = BTreeSet::new();
         for id in ids {
-            let Ok(state) = self.conversation(id) else { continue };
-            if state.member(&presence.user_id).is_none() {
+            let Ok(conversation) = self.conversation(id) else { continue };
+            if conversation.member(&presence.user_id).is_none() {
                 continue;
             }
-            audience.extend(state.record.members.iter().map(|m| m.user_id.clone()).filter(|u| *u != presence.user_id));
+            audience.extend(conversation.others(&presence.user_id));
         }
         self.push_ephemeral_to(&audience, Ephemeral::Presence(presence));
     }
@@ -708,13 +368,13 @@ impl Partition {
                         }),
                     }),
                     Some(OutboxEvent::Changed(changed)) => {
-                        let state = self.conversation(&id)?;
+                        let conversation = self.conversation(&id)?;
                         let mut recipients = members;
                         recipients.extend(changed.removed_user_ids.iter().cloned());
                         items.push(UpdateItem {
                             user_ids: recipients,
                             event: Arc::new(LoggedEvent::Changed {
-                                conversation: Arc::new(state.snapshot(None)),
+                                conversation: Arc::new(conversation.snapshot(None)),
                                 removed_user_ids: changed.removed_user_ids.into(),
                             }),
                         });

@@ -31,6 +31,7 @@ use imsg_proto::v1::{
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use self::user::OpenStep;
+pub use crate::core::{MarkKind, MembershipChange, NewConversation, Viewer};
 use crate::{
     config::Limits,
     error::Result,
@@ -42,36 +43,6 @@ use crate::{
 
 /// Where a command's result goes.
 pub type Reply<T> = oneshot::Sender<Result<T>>;
-
-/// A group conversation to create, or the peer of a direct one.
-#[derive(Debug)]
-pub enum NewConversation {
-    Direct { peer_user_id: String },
-    Group { title: String, member_ids: Vec<String> },
-}
-
-/// A membership change of a group.
-#[derive(Debug)]
-pub enum MembershipChange {
-    Add(Vec<String>),
-    /// Removes a member; when the caller removes themself, they leave.
-    Remove(String),
-    Title(String),
-}
-
-/// Which watermark a mark moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MarkKind {
-    Delivered,
-    Read,
-}
-
-/// The caller's identity plus the settings that shape what they may see.
-#[derive(Debug, Clone)]
-pub struct Viewer {
-    pub user_id: String,
-    pub hide_read_receipts: bool,
-}
 
 /// A user's state other partitions need: settings and conversations.
 #[derive(Debug, Clone)]

@@ -1,0 +1,251 @@
+//! A conversation's state and how each member sees it.
+//!
+//! The record (members, roles, title) is durable; the rest is derived when
+//! the conversation loads: the last seq is its last message key, the dedup
+//! window the tail of its messages (see `storage`).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::Instant,
+};
+
+use imsg_proto::v1::{Conversation as ConversationView, ConversationKind, ConversationSummary, Member, Message};
+
+use crate::{
+    error::{Error, Result},
+    storage::{ConversationRecord, MemberRecord, ReceiptRecord},
+};
+
+/// The caller's identity plus the settings that shape what they may see.
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    pub user_id: String,
+    pub hide_read_receipts: bool,
+}
+
+impl Viewer {
+    pub fn new(user_id: impl Into<String>) -> Self {
+        Self { user_id: user_id.into(), hide_read_receipts: false }
+    }
+}
+
+/// One conversation, loaded.
+#[derive(Debug)]
+pub struct Conversation {
+    pub(crate) record: ConversationRecord,
+    pub(crate) last_seq: u64,
+    /// Messages up to this seq are in storage (published): history reads
+    /// stop here.
+    pub(crate) published_seq: u64,
+    pub(crate) last_activity_ms: i64,
+    pub(crate) last_message: Option<Arc<Message>>,
+    pub(crate) receipts: HashMap<String, ReceiptRecord>,
+    /// Loaded on the first send after a start (`None` until then).
+    pub(crate) dedup: Option<DedupWindow>,
+    /// Who is typing, until when.
+    pub(crate) typing: HashMap<String, Instant>,
+}
+
+/// The newest client message ids of a conversation (invariant 3).
+#[derive(Debug, Default)]
+pub struct DedupWindow {
+    seen: HashMap<(String, String), (u64, i64)>,
+    order: VecDeque<(String, String)>,
+}
+
+impl DedupWindow {
+    /// Rebuilt from the newest messages, oldest first.
+    pub fn from_tail(capacity: usize, tail: &[Message]) -> Self {
+        let mut window = Self::default();
+        for message in tail {
+            window.remember(capacity, message);
+        }
+        window
+    }
+
+    pub fn remember(&mut self, capacity: usize, message: &Message) {
+        let key = (message.sender_id.clone(), message.client_message_id.clone());
+        if self.seen.insert(key.clone(), (message.seq, message.server_time_ms)).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+    }
+
+    /// `(seq, server time)` of what `sender` sent with `client_id`, if
+    /// still remembered.
+    pub fn get(&self, sender: &str, client_id: &str) -> Option<(u64, i64)> {
+        self.seen.get(&(sender.to_owned(), client_id.to_owned())).copied()
+    }
+}
+
+impl Conversation {
+    /// A conversation as storage holds it: its record, its newest message
+    /// (if any) and its members' receipts.
+    pub fn restore(
+        record: ConversationRecord,
+        last_message: Option<Message>,
+        receipts: HashMap<String, ReceiptRecord>,
+    ) -> Self {
+        let last_seq = last_message.as_ref().map_or(0, |m| m.seq);
+        let last_activity_ms =
+            last_message.as_ref().map_or(record.change_time_ms, |m| m.server_time_ms.max(record.change_time_ms));
+        Self {
+            record,
+            last_seq,
+            published_seq: last_seq,
+            last_activity_ms,
+            last_message: last_message.map(Arc::new),
+            receipts,
+            dedup: None,
+            typing: HashMap::new(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.record.id
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    pub fn published_seq(&self) -> u64 {
+        self.published_seq
+    }
+
+    /// Storage has every message up to `seq` (the shell says so once the
+    /// batch that wrote it is published).
+    pub fn message_published(&mut self, seq: u64) {
+        self.published_seq = self.published_seq.max(seq);
+    }
+
+    pub fn needs_dedup_window(&self) -> bool {
+        self.dedup.is_none()
+    }
+
+    pub fn set_dedup_window(&mut self, window: DedupWindow) {
+        self.dedup = Some(window);
+    }
+
+    pub fn member(&self, user: &str) -> Option<&MemberRecord> {
+        self.record.members.iter().find(|m| m.user_id == user)
+    }
+
+    /// Only members read or write a conversation (invariant 5).
+    pub fn require_member(&self, user: &str) -> Result<&MemberRecord> {
+        self.member(user).ok_or_else(|| Error::NotMember(self.record.id.clone()))
+    }
+
+    pub fn is_group(&self) -> bool {
+        self.record.kind == ConversationKind::Group as i32
+    }
+
+    pub fn member_ids(&self) -> Vec<String> {
+        self.record.members.iter().map(|m| m.user_id.clone()).collect()
+    }
+
+    /// Every member but `user`.
+    pub fn others(&self, user: &str) -> Vec<String> {
+        self.record.members.iter().map(|m| m.user_id.clone()).filter(|u| u != user).collect()
+    }
+
+    pub fn receipt(&self, user: &str) -> ReceiptRecord {
+        self.receipts.get(user).copied().unwrap_or_default()
+    }
+
+    /// The conversation as `viewer` sees it; without a viewer (events) the
+    /// watermarks are zero, since receipts travel as their own events. Read
+    /// receipts are reciprocal: a viewer who hides theirs sees no one's, and
+    /// nobody sees the read position of a member who hides theirs.
+    pub fn snapshot(&self, viewer: Option<&Viewer>) -> ConversationView {
+        let members = self
+            .record
+            .members
+            .iter()
+            .map(|m| {
+                let receipt = self.receipt(&m.user_id);
+                let (delivered_seq, read_seq) = match viewer {
+                    None => (0, 0),
+                    Some(v) if v.user_id == m.user_id => (receipt.delivered_seq, receipt.read_seq),
+                    Some(v) if v.hide_read_receipts || receipt.hide_read => (receipt.delivered_seq, 0),
+                    Some(_) => (receipt.delivered_seq, receipt.read_seq),
+                };
+                Member {
+                    user_id: m.user_id.clone(),
+                    role: m.role,
+                    delivered_seq,
+                    read_seq,
+                    joined_after_seq: m.joined_after_seq,
+                }
+            })
+            .collect();
+        ConversationView {
+            conversation_id: self.record.id.clone(),
+            kind: self.record.kind,
+            title: self.record.title.clone(),
+            members,
+            last_seq: self.last_seq,
+            last_activity_ms: self.last_activity_ms,
+            create_time_ms: self.record.create_time_ms,
+        }
+    }
+
+    /// The inbox line of `viewer`; `None` if they are not a member. Unread
+    /// counts start after what they read and after they joined; a message
+    /// from before they joined is not shown.
+    pub fn summary(&self, viewer: &Viewer) -> Option<ConversationSummary> {
+        let me = self.member(&viewer.user_id)?;
+        let seen = self.receipt(&viewer.user_id).read_seq.max(me.joined_after_seq);
+        let last_message = self.last_message.as_ref().filter(|m| m.seq > me.joined_after_seq).map(|m| (**m).clone());
+        Some(ConversationSummary {
+            conversation: Some(self.snapshot(Some(viewer))),
+            unread_count: self.last_seq.saturating_sub(seen),
+            last_message,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::testing::*;
+
+    #[test]
+    fn outsiders_are_not_members_and_learn_nothing_from_the_refusal() {
+        let conversation = group("alice", &["bob"]);
+        let error = conversation.require_member("mallory").unwrap_err();
+        assert!(matches!(error, Error::NotMember(_)));
+        assert_eq!(conversation.others("alice"), vec!["bob".to_string()]);
+    }
+
+    #[test]
+    fn a_restored_conversation_continues_from_its_last_message() {
+        let record = group("alice", &["bob"]).record;
+        let last = Message { seq: 7, server_time_ms: T0 + 50, conversation_id: "g_0001".into(), ..Message::default() };
+        let conversation = Conversation::restore(record, Some(last), HashMap::new());
+        assert_eq!((conversation.last_seq(), conversation.published_seq()), (7, 7));
+        assert_eq!(conversation.last_activity_ms, T0 + 50);
+        assert!(conversation.needs_dedup_window());
+    }
+
+    #[test]
+    fn the_dedup_window_forgets_the_oldest_beyond_its_capacity() {
+        let message = |seq: u64, id: &str| Message {
+            seq,
+            sender_id: "alice".into(),
+            client_message_id: id.into(),
+            ..Message::default()
+        };
+        let tail: Vec<Message> = (1..=5).map(|n| message(n, &format!("c{n}"))).collect();
+        let window = DedupWindow::from_tail(3, &tail);
+        assert_eq!(window.get("alice", "c1"), None);
+        assert_eq!(window.get("alice", "c2"), None);
+        assert_eq!(window.get("alice", "c5").map(|(seq, _)| seq), Some(5));
+        assert_eq!(window.get("bob", "c5"), None, "ids are per sender");
+    }
+}

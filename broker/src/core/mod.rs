@@ -1,0 +1,56 @@
+//! The rules, without I/O: each rule is a function of the state it needs,
+//! the command, and the time, returning a reply plus [`Effects`]: rows to
+//! write, events to log for members, ephemeral signals. No tokio, sled,
+//! tonic or router in here; the partition (`crate::partition`) is the shell
+//! that loads state, applies effects, waits for durability and replies.
+//! So every rule is tested in memory, in milliseconds (the tests beside
+//! each module).
+//!
+//! One module per concept of a conversation: [`conversation`] (the state
+//! and how members see it), [`membership`], [`send`] (sequencing and
+//! dedup), [`receipts`], [`typing`].
+
+pub mod conversation;
+pub mod effects;
+pub mod membership;
+pub mod receipts;
+pub mod send;
+pub mod typing;
+
+pub use self::{
+    conversation::{Conversation, DedupWindow, Viewer},
+    effects::{Effects, Logged, Signal, Write},
+    membership::{MembershipChange, NewConversation},
+    receipts::MarkKind,
+};
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Small builders shared by the core's tests.
+
+    use imsg_proto::v1::Caller;
+
+    use super::*;
+    use crate::config::Limits;
+
+    pub const T0: i64 = 1_700_000_000_000;
+
+    pub fn caller(user: &str) -> Caller {
+        Caller { user_id: user.into(), device_id: "phone".into() }
+    }
+
+    pub fn limits() -> Limits {
+        Limits { max_group_members: 5, dedup_window: 4, ..Limits::default() }
+    }
+
+    pub fn group(creator: &str, members: &[&str]) -> Conversation {
+        let spec =
+            NewConversation::Group { title: "g".into(), member_ids: members.iter().map(|m| m.to_string()).collect() };
+        Conversation::create(&caller(creator), "g_0001", spec, &limits(), T0).unwrap().0
+    }
+
+    pub fn direct(a: &str, b: &str) -> Conversation {
+        let spec = NewConversation::Direct { peer_user_id: b.into() };
+        Conversation::create(&caller(a), "dm_0001", spec, &limits(), T0).unwrap().0
+    }
+}
