@@ -6,16 +6,19 @@
 //! So every rule is tested in memory, in milliseconds (the tests beside
 //! each module).
 //!
-//! One module per concept of a conversation: [`conversation`] (the state
+//! One module per concept. Of a conversation: [`conversation`] (the state
 //! and how members see it), [`membership`], [`send`] (sequencing and
-//! dedup), [`receipts`], [`typing`].
+//! dedup), [`receipts`], [`typing`]. Of a user: [`update_log`] (cursors,
+//! resume, retention), [`presence`] (who sees what).
 
 pub mod conversation;
 pub mod effects;
 pub mod membership;
+pub mod presence;
 pub mod receipts;
 pub mod send;
 pub mod typing;
+pub mod update_log;
 
 pub use self::{
     conversation::{Conversation, DedupWindow, Viewer},

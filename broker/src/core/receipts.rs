@@ -20,6 +20,12 @@ pub enum MarkKind {
     Read,
 }
 
+/// The read position of `reader` as `recipient` may see it in their update
+/// log: hidden (0) when either hides read receipts, never from oneself.
+pub fn read_seq_for(recipient: &str, recipient_hides: bool, reader: &str, reader_hides: bool, read_seq: u64) -> u64 {
+    if recipient != reader && (reader_hides || recipient_hides) { 0 } else { read_seq }
+}
+
 impl Conversation {
     /// Moves the caller's watermark to `seq` (never back). `hide_read` is
     /// the caller's setting, which their user partition supplies.
@@ -159,6 +165,14 @@ mod tests {
         assert_eq!(read_seq_of(&bob, "carol"), (2, 0), "who hides theirs sees no one's");
         assert_eq!(read_seq_of(&bob, "bob"), (3, 3), "but always their own");
         assert_eq!(conversation.snapshot(None).members[1].read_seq, 0, "events carry no watermarks");
+    }
+
+    #[test]
+    fn receipts_in_update_logs_hide_the_read_position_either_way() {
+        assert_eq!(read_seq_for("alice", false, "bob", false, 7), 7);
+        assert_eq!(read_seq_for("alice", false, "bob", true, 7), 0, "the reader hides");
+        assert_eq!(read_seq_for("alice", true, "bob", false, 7), 0, "the recipient hides, so sees none");
+        assert_eq!(read_seq_for("bob", true, "bob", true, 7), 7, "one's own devices always see it");
     }
 
     #[test]

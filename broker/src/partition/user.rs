@@ -7,7 +7,7 @@
 //! cursors belong to which user is an in-memory index, rebuilt from the
 //! retained batches at start.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use imsg_proto::v1::{
     ConversationUpdate, Event, OpenStreamResponse, Presence, PresenceUpdate, Ready, ReceiptUpdate, Settings,
@@ -17,6 +17,11 @@ use tokio::sync::{mpsc::error::TrySendError, oneshot};
 
 use super::{Command, Deferred, Partition, SessionHandle, UserContext};
 use crate::{
+    core::{
+        presence::{self, receives_presence},
+        receipts::read_seq_for,
+        update_log::{Resume, Retention, UserLog},
+    },
     error::{Error, Result},
     events::{Ephemeral, LoggedEvent, UpdateItem},
     now_ms,
@@ -39,13 +44,7 @@ pub enum OpenStep {
 struct UserState {
     settings: SettingsRecord,
     conversations: BTreeSet<String>,
-    /// This user's retained cursors, ascending.
-    log: VecDeque<u64>,
-    /// Highest cursor of this user's that retention removed.
-    trimmed_through: u64,
-    /// Newest message seq appended per conversation: a re-sent outbox batch
-    /// must not log a message twice.
-    appended_seq: HashMap<String, u64>,
+    log: UserLog,
     sessions: Vec<SessionHandle>,
     last_active_ms: i64,
 }
@@ -54,9 +53,7 @@ struct UserState {
 #[derive(Default)]
 pub(super) struct Users {
     map: HashMap<String, UserState>,
-    /// Retained update-log batches: (first cursor, entries), oldest first.
-    batches: VecDeque<(u64, usize)>,
-    retained: usize,
+    retention: Retention,
     /// Entries up to this cursor are in sled (published); newer ones are
     /// only in memory and reach live sessions when published.
     published: u64,
@@ -75,10 +72,9 @@ impl Users {
             let (first, record) = batch?;
             for entry in &record.entries {
                 let state = users.map.entry(entry.user_id.clone()).or_default();
-                state.log.push_back(entry.cursor);
+                state.log.record(entry.cursor);
                 if let Some(UpdateKind::MessageSeq(seq)) = entry.kind {
-                    let appended = state.appended_seq.entry(entry.conversation_id.clone()).or_default();
-                    *appended = (*appended).max(seq);
+                    state.log.accept_message(&entry.conversation_id, seq);
                 }
             }
             users.note_batch(first, record.entries.len());
@@ -91,8 +87,7 @@ impl Users {
     }
 
     pub(super) fn note_batch(&mut self, first_cursor: u64, entries: usize) {
-        self.batches.push_back((first_cursor, entries));
-        self.retained += entries;
+        self.retention.note_batch(first_cursor, entries);
     }
 
     pub(super) fn close_all_sessions(&mut self, reason: &str) {
@@ -127,17 +122,14 @@ impl Partition {
                 let conversation_id = item.event.conversation_id().to_owned();
                 let (kind, frame_kind) = match &*item.event {
                     LoggedEvent::Message(message) => {
-                        let appended = state.appended_seq.entry(conversation_id.clone()).or_default();
-                        if *appended >= message.seq {
+                        if !state.log.accept_message(&conversation_id, message.seq) {
                             continue; // a re-sent batch: already logged
                         }
-                        *appended = message.seq;
                         (UpdateKind::MessageSeq(message.seq), event::Kind::Message((**message).clone()))
                     }
                     LoggedEvent::Receipt { user_id, delivered_seq, read_seq, hide_read, .. } => {
-                        // Hidden either way (the reader's or this user's setting).
-                        let hidden = user != user_id && (*hide_read || state.settings.hide_read_receipts);
-                        let read_seq = if hidden { 0 } else { *read_seq };
+                        let read_seq =
+                            read_seq_for(user, state.settings.hide_read_receipts, user_id, *hide_read, *read_seq);
                         (
                             UpdateKind::Receipt(ReceiptEvent {
                                 user_id: user_id.clone(),
@@ -178,7 +170,7 @@ impl Partition {
                 };
                 let cursor = self.meta.next_cursor;
                 self.meta.next_cursor += 1;
-                state.log.push_back(cursor);
+                state.log.record(cursor);
                 self.batch.updates.push(UpdateEntry {
                     cursor,
                     user_id: user.clone(),
@@ -231,8 +223,7 @@ impl Partition {
                     active: *active,
                 }),
                 Ephemeral::Presence(presence) => {
-                    // Reciprocal: who hides their activity sees nobody's.
-                    if state.settings.hide_activity_status {
+                    if !receives_presence(&state.settings) {
                         continue;
                     }
                     event::Kind::Presence(PresenceUpdate { presence: Some(presence.clone()) })
@@ -253,31 +244,27 @@ impl Partition {
         let head = self.meta.next_cursor - 1;
         let max_sessions = self.limits.max_sessions_per_user;
         let state = self.users.map.entry(session.user_id.clone()).or_default();
-        if after_cursor > head || after_cursor < state.trimmed_through {
-            // The published cursor, not the head: entries after it are not
-            // in sled yet, so a state reload may not reflect them; replaying
-            // them after the reload is harmless, skipping them is not.
-            return Ok(OpenStep::Resync { cursor: self.users.published });
-        }
-        // Entries newer than the published cursor are not in sled yet; they
-        // reach the session live once published, so replay stops before them.
-        let published = self.users.published;
-        let start = state.log.partition_point(|c| *c <= after_cursor);
-        if start < state.log.len() && state.log[start] <= published {
-            let wanted: HashSet<u64> =
-                state.log.range(start..).take_while(|c| **c <= published).take(page).copied().collect();
-            let first = state.log[start];
-            let mut entries = Vec::with_capacity(wanted.len());
-            for batch in self.store.update_batches_from(first) {
-                let (_, record) = batch?;
-                entries.extend(
-                    record.entries.into_iter().filter(|e| e.user_id == session.user_id && wanted.contains(&e.cursor)),
-                );
-                if entries.len() >= wanted.len() {
-                    break;
+        match state.log.resume(after_cursor, head, self.users.published, page) {
+            Resume::Resync { cursor } => return Ok(OpenStep::Resync { cursor }),
+            Resume::Replay(cursors) => {
+                let first = cursors[0];
+                let wanted: HashSet<u64> = cursors.into_iter().collect();
+                let mut entries = Vec::with_capacity(wanted.len());
+                for batch in self.store.update_batches_from(first) {
+                    let (_, record) = batch?;
+                    entries.extend(
+                        record
+                            .entries
+                            .into_iter()
+                            .filter(|e| e.user_id == session.user_id && wanted.contains(&e.cursor)),
+                    );
+                    if entries.len() >= wanted.len() {
+                        break;
+                    }
                 }
+                return Ok(OpenStep::Page { entries });
             }
-            return Ok(OpenStep::Page { entries });
+            Resume::CaughtUp => {}
         }
         // The stream went away while replaying: do not register a ghost.
         if session.frames.is_closed() {
@@ -338,12 +325,9 @@ impl Partition {
     }
 
     fn visible_presence(&self, user: &str) -> Presence {
-        let state = self.users.map.get(user);
-        match state {
-            Some(s) if !s.settings.hide_activity_status => {
-                Presence { user_id: user.to_owned(), online: !s.sessions.is_empty(), last_active_ms: s.last_active_ms }
-            }
-            _ => Presence { user_id: user.to_owned(), online: false, last_active_ms: 0 },
+        match self.users.map.get(user) {
+            Some(s) => presence::visible_presence(user, &s.settings, !s.sessions.is_empty(), s.last_active_ms),
+            None => presence::visible_presence(user, &SettingsRecord::default(), false, 0),
         }
     }
 
@@ -405,9 +389,10 @@ impl Partition {
         users
             .iter()
             .filter(|user| {
-                self.users.map.get(*user).is_some_and(|s| {
-                    !s.settings.hide_activity_status && s.conversations.iter().any(|c| viewer.contains(c.as_str()))
-                })
+                self.users
+                    .map
+                    .get(*user)
+                    .is_some_and(|s| presence::may_query(&s.settings, s.conversations.iter(), &viewer))
             })
             .map(|user| self.visible_presence(user))
             .collect()
@@ -417,13 +402,10 @@ impl Partition {
     /// user whose entries were dropped gets "resync required" for older
     /// cursors, never a silent gap.
     pub(super) fn trim_update_log(&mut self) {
-        while self.users.retained > self.limits.update_log_retention {
-            // Only published batches are in sled to be trimmed.
-            let Some(&(first, count)) = self.users.batches.front() else { break };
-            if first + count as u64 - 1 > self.users.published {
-                break;
-            }
-            self.users.batches.pop_front();
+        while let Some((first, _)) =
+            self.users.retention.next_to_trim(self.limits.update_log_retention, self.users.published)
+        {
+            self.users.retention.trimmed_front();
             let record = match self.store.update_batches_from(first).next() {
                 Some(Ok((key, record))) if key == first => record,
                 _ => {
@@ -433,14 +415,10 @@ impl Partition {
             };
             for entry in &record.entries {
                 if let Some(state) = self.users.map.get_mut(&entry.user_id) {
-                    if state.log.front() == Some(&entry.cursor) {
-                        state.log.pop_front();
-                    }
-                    state.trimmed_through = state.trimmed_through.max(entry.cursor);
+                    state.log.trimmed(entry.cursor);
                 }
             }
             self.batch.writes.remove_update_batch(first);
-            self.users.retained -= count;
             // The newest cursor may now live only in the meta row.
             self.batch.meta_dirty = true;
         }
