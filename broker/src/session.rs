@@ -15,13 +15,12 @@ use std::{
     task::{Context, Poll},
 };
 
-use imsg_proto::v1::{
-    ConversationUpdate, Goodbye, OpenStreamResponse, ReceiptUpdate, ResyncRequired, event, open_stream_response,
-};
+use imsg_proto::v1::{Goodbye, OpenStreamResponse, ResyncRequired, open_stream_response};
 use tokio::sync::mpsc;
 
 use crate::{
     error::Result,
+    events::replayed_frame,
     partition::{Command, OpenStep, SessionHandle},
     router::Router,
     storage::{UpdateEntry, UpdateKind},
@@ -209,29 +208,13 @@ async fn materialize(router: &Router, entries: Vec<UpdateEntry>) -> Result<Vec<O
     }
     let mut frames = Vec::with_capacity(entries.len());
     for entry in entries {
-        let kind = match entry.kind {
-            Some(UpdateKind::MessageSeq(seq)) => match messages.remove(&(entry.conversation_id.clone(), seq)) {
-                Some(message) => event::Kind::Message(message),
-                None => continue, // removed from storage since (retention)
-            },
-            Some(UpdateKind::Receipt(receipt)) => event::Kind::Receipt(ReceiptUpdate {
-                conversation_id: entry.conversation_id,
-                user_id: receipt.user_id,
-                delivered_seq: receipt.delivered_seq,
-                read_seq: receipt.read_seq,
-            }),
-            Some(UpdateKind::ConversationRemoved(removed)) => {
-                let conversation = if removed {
-                    imsg_proto::v1::Conversation { conversation_id: entry.conversation_id, ..Default::default() }
-                } else {
-                    match snapshots.get(&entry.conversation_id) {
-                        Some(snapshot) => snapshot.clone(),
-                        None => continue,
-                    }
-                };
-                event::Kind::Conversation(ConversationUpdate { conversation: Some(conversation), removed })
-            }
-            None => continue,
+        let stored_message = match entry.kind {
+            Some(UpdateKind::MessageSeq(seq)) => messages.remove(&(entry.conversation_id.clone(), seq)),
+            _ => None,
+        };
+        let conversation_now = snapshots.get(&entry.conversation_id).cloned();
+        let Some(kind) = replayed_frame(&entry.conversation_id, entry.kind, stored_message, conversation_now) else {
+            continue; // removed from storage since (retention)
         };
         frames.push(OpenStreamResponse {
             frame: Some(open_stream_response::Frame::Event(imsg_proto::v1::Event {

@@ -11,10 +11,10 @@
 use std::sync::Arc;
 
 use imsg_proto::v1::{
-    Accepted, ApplyUpdatesCall, HideReadChangedCall, LoggedChange, LoggedReceipt, LoggedUpdate, MessagesCall,
-    MessagesResult, PresenceFanoutCall, PresenceQueryCall, PresenceQueryResult, PushEphemeralCall, SnapshotsCall,
-    SnapshotsResult, SummariesCall, SummariesResult, TypingUpdate, UserContextCall, UserContextResult,
-    call_partition_request::Call, call_partition_response::Result as Answer, logged_update, push_ephemeral_call,
+    Accepted, ApplyUpdatesCall, HideReadChangedCall, LoggedUpdate, MessagesCall, MessagesResult, PresenceFanoutCall,
+    PresenceQueryCall, PresenceQueryResult, PushEphemeralCall, SnapshotsCall, SnapshotsResult, SummariesCall,
+    SummariesResult, TypingUpdate, UserContextCall, UserContextResult, call_partition_request::Call,
+    call_partition_response::Result as Answer, push_ephemeral_call,
 };
 use tokio::sync::oneshot;
 
@@ -131,25 +131,7 @@ fn tell(peers: &Arc<Peers>, owner: Owner, partition: PartitionId, call: Call) {
 pub fn encode_updates(items: &[UpdateItem]) -> ApplyUpdatesCall {
     let updates = items
         .iter()
-        .map(|item| LoggedUpdate {
-            user_ids: item.user_ids.clone(),
-            event: Some(match &*item.event {
-                LoggedEvent::Message(message) => logged_update::Event::Message((**message).clone()),
-                LoggedEvent::Receipt { conversation_id, user_id, delivered_seq, read_seq, hide_read } => {
-                    logged_update::Event::Receipt(LoggedReceipt {
-                        conversation_id: conversation_id.clone(),
-                        user_id: user_id.clone(),
-                        delivered_seq: *delivered_seq,
-                        read_seq: *read_seq,
-                        hide_read: *hide_read,
-                    })
-                }
-                LoggedEvent::Changed { conversation, removed_user_ids } => logged_update::Event::Change(LoggedChange {
-                    conversation: Some((**conversation).clone()),
-                    removed_user_ids: removed_user_ids.to_vec(),
-                }),
-            }),
-        })
+        .map(|item| LoggedUpdate { user_ids: item.user_ids.clone(), event: Some(item.event.to_wire()) })
         .collect();
     ApplyUpdatesCall { updates }
 }
@@ -158,24 +140,8 @@ fn decode_updates(call: ApplyUpdatesCall) -> Result<Vec<UpdateItem>> {
     call.updates
         .into_iter()
         .map(|update| {
-            let event = match update.event.ok_or_else(|| Error::invalid("updates.event", "must be set"))? {
-                logged_update::Event::Message(message) => LoggedEvent::Message(Arc::new(message)),
-                logged_update::Event::Receipt(r) => LoggedEvent::Receipt {
-                    conversation_id: r.conversation_id,
-                    user_id: r.user_id,
-                    delivered_seq: r.delivered_seq,
-                    read_seq: r.read_seq,
-                    hide_read: r.hide_read,
-                },
-                logged_update::Event::Change(change) => LoggedEvent::Changed {
-                    conversation: Arc::new(
-                        change
-                            .conversation
-                            .ok_or_else(|| Error::invalid("updates.change.conversation", "must be set"))?,
-                    ),
-                    removed_user_ids: change.removed_user_ids.into(),
-                },
-            };
+            let event =
+                LoggedEvent::from_wire(update.event.ok_or_else(|| Error::invalid("updates.event", "must be set"))?)?;
             Ok(UpdateItem { user_ids: update.user_ids, event: Arc::new(event) })
         })
         .collect()

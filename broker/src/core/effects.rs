@@ -7,7 +7,7 @@ use imsg_proto::v1::Message;
 
 use crate::{
     events::{Ephemeral, LoggedEvent},
-    storage::{ConversationRecord, OutboxEvent, ReceiptRecord},
+    storage::{ConversationRecord, ReceiptRecord},
 };
 
 /// The effects of one command, in order.
@@ -39,13 +39,12 @@ pub enum Write {
     Receipt { conversation_id: String, user_id: String, record: ReceiptRecord },
 }
 
-/// A durable event for `recipients`' update logs, and its outbox record
-/// (what a restart re-sends from).
+/// A durable event for `recipients`' update logs (its outbox record and
+/// other forms follow from it: `crate::events`).
 #[derive(Debug)]
 pub struct Logged {
     pub recipients: Vec<String>,
     pub event: LoggedEvent,
-    pub record: OutboxEvent,
 }
 
 /// An ephemeral signal for `recipients`' live sessions.

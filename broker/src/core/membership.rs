@@ -21,7 +21,7 @@ use crate::{
     config::Limits,
     error::{Error, Result},
     events::LoggedEvent,
-    storage::{ChangedEvent, ConversationRecord, MemberRecord, OutboxEvent},
+    storage::{ConversationRecord, MemberRecord},
 };
 
 /// A group conversation to create, or the peer of a direct one.
@@ -184,16 +184,9 @@ impl Conversation {
 
     /// The members (and those just removed) learn the new membership.
     fn log_change(&self, effects: &mut Effects, removed: Vec<String>) {
-        let mut recipients = self.member_ids();
-        recipients.extend(removed.iter().cloned());
-        effects.logged.push(Logged {
-            recipients,
-            event: LoggedEvent::Changed {
-                conversation: Arc::new(self.snapshot(None)),
-                removed_user_ids: removed.clone().into(),
-            },
-            record: OutboxEvent::Changed(ChangedEvent { removed_user_ids: removed }),
-        });
+        let event =
+            LoggedEvent::Changed { conversation: Arc::new(self.snapshot(None)), removed_user_ids: removed.into() };
+        effects.logged.push(Logged { recipients: event.recipients(self.member_ids()), event });
     }
 }
 
@@ -297,7 +290,9 @@ mod tests {
         assert!(!conversation.receipts.contains_key("carol") && !conversation.typing.contains_key("carol"));
         let logged = &effects.logged[0];
         assert!(logged.recipients.contains(&"carol".to_string()), "the removed member learns it");
-        assert!(matches!(&logged.record, OutboxEvent::Changed(c) if c.removed_user_ids == ["carol"]));
+        assert!(
+            matches!(&logged.event, LoggedEvent::Changed { removed_user_ids, .. } if removed_user_ids[..] == ["carol"])
+        );
     }
 
     #[test]

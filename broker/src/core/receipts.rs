@@ -9,7 +9,6 @@ use super::{Conversation, Effects, Logged, Write};
 use crate::{
     error::{Error, Result},
     events::LoggedEvent,
-    storage::{OutboxEvent, ReceiptEvent},
 };
 
 /// Which watermark a mark moves.
@@ -63,12 +62,6 @@ impl Conversation {
                 read_seq: after.read_seq,
                 hide_read,
             },
-            record: OutboxEvent::Receipt(ReceiptEvent {
-                user_id: caller.user_id.clone(),
-                delivered_seq: after.delivered_seq,
-                read_seq: after.read_seq,
-                hide_read,
-            }),
         });
         Ok(effects)
     }

@@ -11,7 +11,6 @@ use super::{Conversation, Effects, Logged, Signal, Write};
 use crate::{
     error::{Error, Result},
     events::{Ephemeral, LoggedEvent},
-    storage::OutboxEvent,
 };
 
 impl Conversation {
@@ -73,11 +72,7 @@ impl Conversation {
             });
         }
         effects.writes.push(Write::Message(message.clone()));
-        effects.logged.push(Logged {
-            recipients: self.member_ids(),
-            event: LoggedEvent::Message(message),
-            record: OutboxEvent::MessageSeq(seq),
-        });
+        effects.logged.push(Logged { recipients: self.member_ids(), event: LoggedEvent::Message(message) });
         Ok((SendMessageResponse { seq, server_time_ms, duplicate: false }, effects))
     }
 }
@@ -184,7 +179,7 @@ mod tests {
         assert!(matches!(&effects.writes[..], [Write::Message(m)] if m.seq == 1 && m.sender_id == "alice"));
         assert_eq!(effects.logged.len(), 1);
         assert_eq!(effects.logged[0].recipients.len(), 3, "the sender's other devices too");
-        assert!(matches!(effects.logged[0].record, OutboxEvent::MessageSeq(1)));
+        assert!(matches!(&effects.logged[0].event, LoggedEvent::Message(m) if m.seq == 1));
     }
 
     #[test]

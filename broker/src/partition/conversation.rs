@@ -90,13 +90,16 @@ impl Partition {
             self.push_ephemeral_to(&signal.recipients, signal.event);
         }
         for logged in effects.logged {
-            self.publish(logged.recipients, logged.event, logged.record);
+            self.publish(logged.recipients, logged.event);
         }
     }
 
     /// Queues a durable change for the members' update logs.
-    fn publish(&mut self, recipients: Vec<String>, event: LoggedEvent, record: OutboxEvent) {
-        self.batch.outbox.push(OutboxItem { conversation_id: event.conversation_id().to_owned(), event: Some(record) });
+    fn publish(&mut self, recipients: Vec<String>, event: LoggedEvent) {
+        self.batch.outbox.push(OutboxItem {
+            conversation_id: event.conversation_id().to_owned(),
+            event: Some(event.outbox_record()),
+        });
         self.batch.outbox_items.push(UpdateItem { user_ids: recipients, event: Arc::new(event) });
     }
 
@@ -344,42 +347,18 @@ impl Partition {
             let mut items = Vec::with_capacity(record.items.len());
             for item in record.items {
                 let id = item.conversation_id;
+                let Some(record) = item.event else { continue };
                 if !self.load_conversation(&id)? {
                     continue;
                 }
-                let members = self.conversation(&id)?.member_ids();
-                match item.event {
-                    Some(OutboxEvent::MessageSeq(seq)) => {
-                        if let Some(message) = self.store.message(&id, seq)? {
-                            items.push(UpdateItem {
-                                user_ids: members,
-                                event: Arc::new(LoggedEvent::Message(Arc::new(message))),
-                            });
-                        }
-                    }
-                    Some(OutboxEvent::Receipt(r)) => items.push(UpdateItem {
-                        user_ids: members,
-                        event: Arc::new(LoggedEvent::Receipt {
-                            conversation_id: id,
-                            user_id: r.user_id,
-                            delivered_seq: r.delivered_seq,
-                            read_seq: r.read_seq,
-                            hide_read: r.hide_read,
-                        }),
-                    }),
-                    Some(OutboxEvent::Changed(changed)) => {
-                        let conversation = self.conversation(&id)?;
-                        let mut recipients = members;
-                        recipients.extend(changed.removed_user_ids.iter().cloned());
-                        items.push(UpdateItem {
-                            user_ids: recipients,
-                            event: Arc::new(LoggedEvent::Changed {
-                                conversation: Arc::new(conversation.snapshot(None)),
-                                removed_user_ids: changed.removed_user_ids.into(),
-                            }),
-                        });
-                    }
-                    None => {}
+                let stored_message = match record {
+                    OutboxEvent::MessageSeq(seq) => self.store.message(&id, seq)?,
+                    _ => None,
+                };
+                let conversation = self.conversation(&id)?;
+                let (members, now) = (conversation.member_ids(), conversation.snapshot(None));
+                if let Some(event) = LoggedEvent::from_outbox(&id, record, stored_message, now) {
+                    items.push(UpdateItem { user_ids: event.recipients(members), event: Arc::new(event) });
                 }
             }
             tracing::info!(partition = self.id, batch, "re-sending unconfirmed outbox batch");

@@ -10,8 +10,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use imsg_proto::v1::{
-    ConversationUpdate, Event, OpenStreamResponse, Presence, PresenceUpdate, Ready, ReceiptUpdate, Settings,
-    TypingUpdate, UpdateSettingsRequest, event, open_stream_response,
+    Event, OpenStreamResponse, Presence, PresenceUpdate, Ready, Settings, TypingUpdate, UpdateSettingsRequest, event,
+    open_stream_response,
 };
 use tokio::sync::{mpsc::error::TrySendError, oneshot};
 
@@ -19,13 +19,12 @@ use super::{Command, Deferred, Partition, SessionHandle, UserContext};
 use crate::{
     core::{
         presence::{self, receives_presence},
-        receipts::read_seq_for,
         update_log::{Resume, Retention, UserLog},
     },
     error::{Error, Result},
     events::{Ephemeral, LoggedEvent, UpdateItem},
     now_ms,
-    storage::{PartitionMeta, PartitionStore, ReceiptEvent, SettingsRecord, UpdateEntry, UpdateKind},
+    storage::{PartitionMeta, PartitionStore, SettingsRecord, UpdateEntry, UpdateKind},
 };
 
 /// One step of opening a session: a page of missed entries, or live.
@@ -120,54 +119,22 @@ impl Partition {
             for user in &item.user_ids {
                 let state = self.users.map.entry(user.clone()).or_default();
                 let conversation_id = item.event.conversation_id().to_owned();
-                let (kind, frame_kind) = match &*item.event {
-                    LoggedEvent::Message(message) => {
-                        if !state.log.accept_message(&conversation_id, message.seq) {
-                            continue; // a re-sent batch: already logged
+                if let LoggedEvent::Message(message) = &*item.event
+                    && !state.log.accept_message(&conversation_id, message.seq)
+                {
+                    continue; // a re-sent batch: already logged
+                }
+                let (kind, frame_kind) = item.event.entry_for(user, state.settings.hide_read_receipts);
+                // Inbox membership follows membership changes.
+                if let UpdateKind::ConversationRemoved(removed) = kind {
+                    if removed {
+                        if state.conversations.remove(&conversation_id) {
+                            self.batch.writes.remove_inbox_entry(user, &conversation_id);
                         }
-                        (UpdateKind::MessageSeq(message.seq), event::Kind::Message((**message).clone()))
+                    } else if state.conversations.insert(conversation_id.clone()) {
+                        self.batch.writes.put_inbox_entry(user, &conversation_id);
                     }
-                    LoggedEvent::Receipt { user_id, delivered_seq, read_seq, hide_read, .. } => {
-                        let read_seq =
-                            read_seq_for(user, state.settings.hide_read_receipts, user_id, *hide_read, *read_seq);
-                        (
-                            UpdateKind::Receipt(ReceiptEvent {
-                                user_id: user_id.clone(),
-                                delivered_seq: *delivered_seq,
-                                read_seq,
-                                hide_read: false,
-                            }),
-                            event::Kind::Receipt(ReceiptUpdate {
-                                conversation_id: conversation_id.clone(),
-                                user_id: user_id.clone(),
-                                delivered_seq: *delivered_seq,
-                                read_seq,
-                            }),
-                        )
-                    }
-                    LoggedEvent::Changed { conversation, removed_user_ids } => {
-                        let removed = removed_user_ids.contains(user);
-                        if removed {
-                            if state.conversations.remove(&conversation_id) {
-                                self.batch.writes.remove_inbox_entry(user, &conversation_id);
-                            }
-                        } else if state.conversations.insert(conversation_id.clone()) {
-                            self.batch.writes.put_inbox_entry(user, &conversation_id);
-                        }
-                        let conversation = if removed {
-                            imsg_proto::v1::Conversation {
-                                conversation_id: conversation_id.clone(),
-                                ..Default::default()
-                            }
-                        } else {
-                            (**conversation).clone()
-                        };
-                        (
-                            UpdateKind::ConversationRemoved(removed),
-                            event::Kind::Conversation(ConversationUpdate { conversation: Some(conversation), removed }),
-                        )
-                    }
-                };
+                }
                 let cursor = self.meta.next_cursor;
                 self.meta.next_cursor += 1;
                 state.log.record(cursor);
