@@ -113,7 +113,7 @@ impl RunningGateway {
             imsg_broker::cli::spawn_health_port(health_addr, health.clone(), stop.clone()).await?;
         }
         let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(imsg_proto::FILE_DESCRIPTOR_SET)
+            .register_file_descriptor_set(imsg_proto::public_file_descriptor_set())
             .build_v1()?;
         let api = MessagingServiceServer::new(MessagingApi::new(gateway.clone())).max_decoding_message_size(256 * 1024);
         let server_stop = stop.clone();

@@ -56,5 +56,18 @@ pub mod codec {
     }
 }
 
-/// Encoded `FileDescriptorSet` of imsg.v1, for gRPC server reflection.
+/// Encoded `FileDescriptorSet` of every imsg proto file, public and internal.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/imsg_descriptor.bin"));
+
+/// The file of the public client API; the others are internal (gateways to
+/// broker nodes, node to node).
+pub const PUBLIC_API_FILE: &str = "imsg/v1/messaging.proto";
+
+/// The descriptors of the public API only, for reflection on the client
+/// port: clients have no business with the internal broker API.
+pub fn public_file_descriptor_set() -> prost_types::FileDescriptorSet {
+    use prost::Message as _;
+    let mut set = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).unwrap_or_default();
+    set.file.retain(|file| file.name() == PUBLIC_API_FILE);
+    set
+}

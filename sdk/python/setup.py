@@ -11,7 +11,8 @@ from setuptools import setup
 
 HERE = pathlib.Path(__file__).resolve().parent
 PROTO_ROOT = HERE.parent.parent / "proto"
-PROTOS = ["imsg/v1/messaging.proto", "imsg/v1/broker.proto"]
+# The public API only: the internal broker API is not the SDK's business.
+PROTOS = ["imsg/v1/messaging.proto"]
 
 
 def generate(out_dir: pathlib.Path) -> None:

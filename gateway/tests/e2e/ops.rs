@@ -1,4 +1,5 @@
-//! Operations: health and reflection on the client port, graceful SIGTERM.
+//! Operations: health and reflection (of the public API only) on the client
+//! port, graceful SIGTERM.
 
 use imsg_proto::v1::open_stream_response::Frame as Down;
 use tokio_stream::StreamExt;
@@ -33,6 +34,7 @@ async fn health_and_reflection_are_served_on_the_client_port() {
     };
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"imsg.v1.MessagingService"), "{names:?}");
+    assert!(!names.iter().any(|name| name.contains("BrokerService")), "the internal API is not listed: {names:?}");
 }
 
 #[tokio::test]
