@@ -17,19 +17,19 @@ use std::collections::HashMap;
 
 use dashmap::DashMap;
 use imsg_proto::v1::{
-    AddConversationMembersResponse, Caller, ExportPartitionRequest, GetConversationResponse, GetPresenceResponse,
-    GetSettingsResponse, LeaveConversationResponse, ListConversationsResponse, RemoveConversationMemberResponse, Route,
-    UpdateConversationResponse, UpdateSettingsResponse, create_conversation_request, execute_request, execute_response,
+    Caller, ExportPartitionRequest, GetPresenceResponse, ListConversationsResponse, Route, execute_request,
+    execute_response,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     cluster::Peers,
+    commands,
     config::BrokerConfig,
     error::{Error, Result},
-    ids::{PartitionId, direct_conversation_id, group_conversation_id},
-    partition::{Command, Mailbox, MarkKind, MembershipChange, NewConversation, Partition, Reply, UserContext, Viewer},
+    ids::PartitionId,
+    partition::{Command, Mailbox, MarkKind, MembershipChange, Partition, Reply, UserContext, Viewer},
     router::{PartitionQueues, Router, Slot},
     session::{SessionFields, SessionStream},
     storage::{OWNERSHIP_KEY, OwnershipRecord, PartitionStore, Store, WriteBatch},
@@ -347,23 +347,23 @@ impl Broker {
         self.inner.store.rows_written()
     }
 
-    fn partition_of(&self, key: &str) -> PartitionId {
+    pub(crate) fn partition_of(&self, key: &str) -> PartitionId {
         self.inner.router.partition_of(key)
     }
 
     /// Submits a client command to a partition and waits for its answer.
-    async fn call<T>(&self, partition: PartitionId, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+    pub(crate) async fn call<T>(&self, partition: PartitionId, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
         let (reply, answer) = oneshot::channel();
         self.inner.router.submit(partition, make(reply))?;
         answer.await.map_err(|_| Error::Unavailable(format!("partition {partition} stopped")))?
     }
 
-    async fn user_context(&self, user_id: &str) -> Result<UserContext> {
+    pub(crate) async fn user_context(&self, user_id: &str) -> Result<UserContext> {
         let user_id = user_id.to_owned();
         self.call(self.partition_of(&user_id), |reply| Command::UserContext { user_id, reply }).await
     }
 
-    async fn viewer(&self, caller: &Caller) -> Result<Viewer> {
+    pub(crate) async fn viewer(&self, caller: &Caller) -> Result<Viewer> {
         let context = self.user_context(&caller.user_id).await?;
         Ok(Viewer { user_id: caller.user_id.clone(), hide_read_receipts: context.settings.hide_read_receipts })
     }
@@ -382,105 +382,21 @@ impl Broker {
 
     /// Runs one client command as `caller` (already authenticated). The
     /// command's home partition must be served here, at `epoch` if given.
+    /// What each command checks and does is in the command table
+    /// ([`crate::commands`]).
     pub async fn execute(
         &self,
         caller: &Caller,
         route: Option<&Route>,
         command: execute_request::Command,
     ) -> Result<execute_response::Result> {
-        use execute_request::Command as C;
-        use execute_response::Result as R;
-        validate::command(&self.inner.config.limits, caller, &command)?;
-        let home = home_key(caller, &command);
+        commands::validate(&self.inner.config.limits, caller, &command)?;
+        let home = commands::home_key(caller, &command);
         self.check_route(&home, route)?;
-        let caller = caller.clone();
-        Ok(match command {
-            C::CreateConversation(request) => {
-                // The home key of a create is the derived conversation id.
-                let conversation_id = home;
-                let spec = match request.kind {
-                    Some(create_conversation_request::Kind::Direct(direct)) => {
-                        NewConversation::Direct { peer_user_id: direct.peer_user_id }
-                    }
-                    Some(create_conversation_request::Kind::Group(group)) => {
-                        NewConversation::Group { title: group.title, member_ids: group.member_ids }
-                    }
-                    None => return Err(Error::invalid("kind", "set `direct` or `group`")),
-                };
-                let partition = self.partition_of(&conversation_id);
-                R::CreateConversation(
-                    self.call(partition, |reply| Command::CreateConversation { caller, conversation_id, spec, reply })
-                        .await?,
-                )
-            }
-            C::GetConversation(request) => {
-                let viewer = self.viewer(&caller).await?;
-                let conversation_id = request.conversation_id;
-                let partition = self.partition_of(&conversation_id);
-                let conversation =
-                    self.call(partition, |reply| Command::GetConversation { viewer, conversation_id, reply }).await?;
-                R::GetConversation(GetConversationResponse { conversation: Some(conversation) })
-            }
-            C::ListConversations(request) => R::ListConversations(self.list_conversations(&caller, &request).await?),
-            C::UpdateConversation(request) => {
-                let change = MembershipChange::Title(request.title);
-                let conversation = self.change(caller, request.conversation_id, change).await?;
-                R::UpdateConversation(UpdateConversationResponse { conversation: Some(conversation) })
-            }
-            C::AddConversationMembers(request) => {
-                let change = MembershipChange::Add(request.user_ids);
-                let conversation = self.change(caller, request.conversation_id, change).await?;
-                R::AddConversationMembers(AddConversationMembersResponse { conversation: Some(conversation) })
-            }
-            C::RemoveConversationMember(request) => {
-                let change = MembershipChange::Remove(request.user_id);
-                let conversation = self.change(caller, request.conversation_id, change).await?;
-                R::RemoveConversationMember(RemoveConversationMemberResponse { conversation: Some(conversation) })
-            }
-            C::LeaveConversation(request) => {
-                let change = MembershipChange::Remove(caller.user_id.clone());
-                self.change(caller, request.conversation_id, change).await?;
-                R::LeaveConversation(LeaveConversationResponse {})
-            }
-            C::SendMessage(request) => {
-                let partition = self.partition_of(&request.conversation_id);
-                R::SendMessage(self.call(partition, |reply| Command::Send { caller, request, reply }).await?)
-            }
-            C::ListMessages(request) => {
-                let partition = self.partition_of(&request.conversation_id);
-                R::ListMessages(self.call(partition, |reply| Command::ListMessages { caller, request, reply }).await?)
-            }
-            C::GetSettings(_) => {
-                let context = self.user_context(&caller.user_id).await?;
-                R::GetSettings(GetSettingsResponse { settings: Some(context.settings) })
-            }
-            C::UpdateSettings(request) => {
-                let user_id = caller.user_id.clone();
-                let partition = self.partition_of(&user_id);
-                let settings =
-                    self.call(partition, |reply| Command::UpdateSettings { user_id, request, reply }).await?;
-                R::UpdateSettings(UpdateSettingsResponse { settings: Some(settings) })
-            }
-            C::GetPresence(request) => R::GetPresence(self.presence(&caller, request.user_ids).await?),
-            C::Typing(signal) => {
-                let conversation_id = signal.conversation_id;
-                let active = signal.active;
-                let partition = self.partition_of(&conversation_id);
-                self.call(partition, |reply| Command::Typing { caller, conversation_id, active, reply }).await?;
-                R::Accepted(imsg_proto::v1::Accepted {})
-            }
-            C::MarkDelivered(mark) => {
-                self.mark(caller, mark.conversation_id, mark.seq, MarkKind::Delivered).await?;
-                R::Accepted(imsg_proto::v1::Accepted {})
-            }
-            C::MarkRead(mark) => {
-                self.mark(caller, mark.conversation_id, mark.seq, MarkKind::Read).await?;
-                R::Accepted(imsg_proto::v1::Accepted {})
-            }
-        })
+        self.dispatch(caller.clone(), home, command).await
     }
 
-    async fn change(
+    pub(crate) async fn change(
         &self,
         caller: Caller,
         conversation_id: String,
@@ -490,14 +406,15 @@ impl Broker {
         self.call(partition, |reply| Command::ChangeMembership { caller, conversation_id, change, reply }).await
     }
 
-    async fn mark(&self, caller: Caller, conversation_id: String, seq: u64, kind: MarkKind) -> Result<()> {
+    pub(crate) async fn mark(&self, caller: Caller, conversation_id: String, seq: u64, kind: MarkKind) -> Result<()> {
         // The reader's setting comes from their own partition, not the request.
         let hide_read = self.user_context(&caller.user_id).await?.settings.hide_read_receipts;
         let partition = self.partition_of(&conversation_id);
         self.call(partition, |reply| Command::Mark { caller, conversation_id, seq, kind, hide_read, reply }).await
     }
 
-    async fn list_conversations(
+    /// The caller's inbox: their conversations by last activity.
+    pub(crate) async fn inbox(
         &self,
         caller: &Caller,
         request: &imsg_proto::v1::ListConversationsRequest,
@@ -526,7 +443,7 @@ impl Broker {
         })
     }
 
-    async fn presence(&self, caller: &Caller, user_ids: Vec<String>) -> Result<GetPresenceResponse> {
+    pub(crate) async fn presence(&self, caller: &Caller, user_ids: Vec<String>) -> Result<GetPresenceResponse> {
         let context = self.user_context(&caller.user_id).await?;
         // Reciprocal: who hides their activity sees nobody's.
         if context.settings.hide_activity_status {
@@ -602,37 +519,6 @@ impl Broker {
         self.inner.store.close()?;
         tracing::info!("broker stopped; storage synced");
         Ok(())
-    }
-}
-
-/// The key whose partition a client command starts at: the conversation's
-/// for conversation commands, the caller's for their settings, inbox and
-/// presence. Gateways send each command to the node owning this partition.
-pub fn home_key(caller: &Caller, command: &execute_request::Command) -> String {
-    use execute_request::Command as C;
-    match command {
-        C::CreateConversation(request) => match &request.kind {
-            Some(create_conversation_request::Kind::Direct(direct)) => {
-                direct_conversation_id(&caller.user_id, &direct.peer_user_id)
-            }
-            Some(create_conversation_request::Kind::Group(_)) => {
-                group_conversation_id(&caller.user_id, &request.request_id)
-            }
-            None => caller.user_id.clone(),
-        },
-        C::GetConversation(r) => r.conversation_id.clone(),
-        C::UpdateConversation(r) => r.conversation_id.clone(),
-        C::AddConversationMembers(r) => r.conversation_id.clone(),
-        C::RemoveConversationMember(r) => r.conversation_id.clone(),
-        C::LeaveConversation(r) => r.conversation_id.clone(),
-        C::SendMessage(r) => r.conversation_id.clone(),
-        C::ListMessages(r) => r.conversation_id.clone(),
-        C::Typing(r) => r.conversation_id.clone(),
-        C::MarkDelivered(r) => r.conversation_id.clone(),
-        C::MarkRead(r) => r.conversation_id.clone(),
-        C::ListConversations(_) | C::GetSettings(_) | C::UpdateSettings(_) | C::GetPresence(_) => {
-            caller.user_id.clone()
-        }
     }
 }
 

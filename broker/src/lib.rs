@@ -8,6 +8,7 @@
 pub mod broker;
 pub mod cli;
 pub mod cluster;
+pub mod commands;
 pub mod config;
 pub mod core;
 pub mod error;

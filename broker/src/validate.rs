@@ -2,8 +2,6 @@
 //! hop) and the broker (which must not trust its callers' shapes either).
 //! Every check names the field it refers to.
 
-use imsg_proto::v1::{Caller, create_conversation_request, execute_request, send_message_request};
-
 use crate::{
     config::Limits,
     error::{Error, Result},
@@ -77,91 +75,8 @@ pub fn page_token(value: &str) -> Result<Option<u64>> {
     value.parse::<u64>().map(Some).map_err(|_| Error::invalid("page_token", "not a token this server issued"))
 }
 
-/// Validates a whole client command: every id, size and shape, so that a
-/// refused command is refused before anything runs (and names its field).
-pub fn command(limits: &Limits, caller: &Caller, command: &execute_request::Command) -> Result<()> {
-    use execute_request::Command as C;
-    id("caller.user_id", &caller.user_id)?;
-    id("caller.device_id", &caller.device_id)?;
-    match command {
-        C::CreateConversation(request) => match &request.kind {
-            Some(create_conversation_request::Kind::Direct(direct)) => {
-                id("direct.peer_user_id", &direct.peer_user_id)?;
-                if direct.peer_user_id == caller.user_id {
-                    return Err(Error::invalid("direct.peer_user_id", "a direct conversation needs another user"));
-                }
-                if !request.request_id.is_empty() {
-                    id("request_id", &request.request_id)?;
-                }
-            }
-            Some(create_conversation_request::Kind::Group(group)) => {
-                id("request_id", &request.request_id)?;
-                title(limits, &group.title)?;
-                if group.member_ids.len() >= limits.max_group_members {
-                    return Err(Error::GroupFull { max: limits.max_group_members });
-                }
-                for member in &group.member_ids {
-                    id("group.member_ids", member)?;
-                }
-            }
-            None => return Err(Error::invalid("kind", "set `direct` or `group`")),
-        },
-        C::GetConversation(r) => conversation_id("conversation_id", &r.conversation_id)?,
-        C::ListConversations(r) => {
-            page_size(r.page_size)?;
-            page_token(&r.page_token)?;
-        }
-        C::UpdateConversation(r) => {
-            conversation_id("conversation_id", &r.conversation_id)?;
-            title(limits, &r.title)?;
-        }
-        C::AddConversationMembers(r) => {
-            conversation_id("conversation_id", &r.conversation_id)?;
-            if r.user_ids.is_empty() {
-                return Err(Error::invalid("user_ids", "must not be empty"));
-            }
-            if r.user_ids.len() >= limits.max_group_members {
-                return Err(Error::GroupFull { max: limits.max_group_members });
-            }
-            for user in &r.user_ids {
-                id("user_ids", user)?;
-            }
-        }
-        C::RemoveConversationMember(r) => {
-            conversation_id("conversation_id", &r.conversation_id)?;
-            id("user_id", &r.user_id)?;
-        }
-        C::LeaveConversation(r) => conversation_id("conversation_id", &r.conversation_id)?,
-        C::SendMessage(r) => {
-            conversation_id("conversation_id", &r.conversation_id)?;
-            id("client_message_id", &r.client_message_id)?;
-            match &r.content {
-                Some(send_message_request::Content::Text(t)) => text(limits, &t.text)?,
-                None => return Err(Error::invalid("content", "must be set")),
-            }
-        }
-        C::ListMessages(r) => {
-            conversation_id("conversation_id", &r.conversation_id)?;
-            page_size(r.page_size)?;
-            page_token(&r.page_token)?;
-        }
-        C::GetSettings(_) | C::UpdateSettings(_) => {}
-        C::GetPresence(r) => {
-            if r.user_ids.len() > MAX_PRESENCE_BATCH {
-                return Err(Error::invalid("user_ids", format!("at most {MAX_PRESENCE_BATCH} users")));
-            }
-            for user in &r.user_ids {
-                id("user_ids", user)?;
-            }
-        }
-        C::Typing(r) => conversation_id("conversation_id", &r.conversation_id)?,
-        C::MarkDelivered(r) => mark(&r.conversation_id, r.seq)?,
-        C::MarkRead(r) => mark(&r.conversation_id, r.seq)?,
-    }
-    Ok(())
-}
-
-fn mark(conversation: &str, seq: u64) -> Result<()> {
+/// A mark: a conversation and a seq of at least 1.
+pub fn mark(conversation: &str, seq: u64) -> Result<()> {
     conversation_id("conversation_id", conversation)?;
     if seq == 0 {
         return Err(Error::invalid("seq", "must be at least 1"));

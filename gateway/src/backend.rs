@@ -7,10 +7,9 @@ use std::{pin::Pin, sync::Arc, time::Duration};
 
 use imsg_broker::{
     Broker, Limits,
-    broker::home_key,
     cluster::{Owner, Peers},
+    commands,
     ids::partition_of,
-    validate,
 };
 use imsg_common::retry::transient;
 use imsg_proto::v1::{
@@ -151,8 +150,8 @@ impl Backend {
         match self {
             Self::Embedded(broker) => Ok(broker.execute(&caller, None, command).await?),
             Self::Remote(remote) => {
-                validate::command(&remote.limits, &caller, &command)?;
-                let home = home_key(&caller, &command);
+                commands::validate(&remote.limits, &caller, &command)?;
+                let home = commands::home_key(&caller, &command);
                 remote
                     .routed(&home, |mut client, route| {
                         let request = ExecuteRequest {
