@@ -33,6 +33,38 @@ impl FromStr for FsyncMode {
     }
 }
 
+/// A fault injected into the writer thread, for the tests that prove the
+/// node fail-stops (set with `--inject-fault`; never in production).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InjectedFault {
+    /// The writer panics in its `n`-th round that has work.
+    WriterPanic { round: u64 },
+    /// The writer stops making progress (sleeps forever) in that round.
+    WriterStall { round: u64 },
+}
+
+impl InjectedFault {
+    pub fn round(&self) -> u64 {
+        match self {
+            Self::WriterPanic { round } | Self::WriterStall { round } => *round,
+        }
+    }
+}
+
+impl FromStr for InjectedFault {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, round) = s.split_once(':').ok_or_else(|| format!("expected `<kind>:<round>`, got `{s}`"))?;
+        let round = round.parse::<u64>().map_err(|_| format!("round must be a number, got `{round}`"))?;
+        match kind {
+            "writer-panic" => Ok(Self::WriterPanic { round }),
+            "writer-stall" => Ok(Self::WriterStall { round }),
+            _ => Err(format!("unknown fault `{kind}` (writer-panic, writer-stall)")),
+        }
+    }
+}
+
 /// Limits the broker enforces on every request, queue and stream.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -104,10 +136,10 @@ pub struct BrokerConfig {
     /// writer making progress (see `storage::failstop`).
     pub writer_stall_timeout: Duration,
     /// A fault injected into the writer, for fail-stop tests only.
-    pub inject_fault: Option<crate::storage::failstop::InjectedFault>,
+    pub inject_fault: Option<InjectedFault>,
     pub limits: Limits,
     /// Where the node sits in the cluster (standalone by default).
-    pub cluster: crate::cluster::ClusterConfig,
+    pub cluster: crate::layout::ClusterConfig,
 }
 
 impl BrokerConfig {
@@ -121,7 +153,7 @@ impl BrokerConfig {
             writer_stall_timeout: Duration::from_secs(30),
             inject_fault: None,
             limits: Limits::default(),
-            cluster: crate::cluster::ClusterConfig::standalone(),
+            cluster: crate::layout::ClusterConfig::standalone(),
         }
     }
 

@@ -12,14 +12,17 @@ pub mod commands;
 pub mod config;
 pub mod core;
 pub mod error;
-pub mod events;
 pub mod grpc;
+pub mod layout;
+pub mod mailbox;
 pub mod partition;
 pub mod router;
 pub mod session;
 pub mod storage;
 pub mod validate;
 
+/// The event catalog lives with the rules that make the events.
+pub use crate::core::events;
 pub use broker::Broker;
 pub use config::{BrokerConfig, FsyncMode, Limits};
 pub use error::{Error, Result};

@@ -42,7 +42,7 @@ use crate::{
     error::{Error, Result},
     events::UpdateItem,
     ids::{PartitionId, partition_of},
-    partition::Command,
+    mailbox::Command,
 };
 
 /// The queues of one local partition.

@@ -20,10 +20,11 @@ use tokio::sync::oneshot;
 
 use super::{Owner, Peers};
 use crate::{
+    core::Viewer,
     error::{Error, Result},
     events::{Ephemeral, LoggedEvent, UpdateItem},
     ids::PartitionId,
-    partition::{Command, Reply, UserContext, Viewer},
+    mailbox::{Command, Reply, UserContext},
 };
 
 /// Sends `command` to the partition's owner on another node. Answers go to

@@ -13,6 +13,7 @@
 
 pub mod conversation;
 pub mod effects;
+pub mod events;
 pub mod membership;
 pub mod presence;
 pub mod receipts;

@@ -15,7 +15,7 @@ use imsg_proto::v1::{
 };
 use tokio::sync::{mpsc::error::TrySendError, oneshot};
 
-use super::{Command, Deferred, Partition, SessionHandle, UserContext};
+use super::{Command, Deferred, OpenStep, Partition, SessionHandle, UserContext};
 use crate::{
     core::{
         presence::{self, receives_presence},
@@ -26,18 +26,6 @@ use crate::{
     now_ms,
     storage::{PartitionMeta, PartitionStore, SettingsRecord, UpdateEntry, UpdateKind},
 };
-
-/// One step of opening a session: a page of missed entries, or live.
-#[derive(Debug)]
-pub enum OpenStep {
-    /// The cursor is older than what is retained (or unknown): reload state
-    /// and reconnect with `cursor`.
-    Resync { cursor: u64 },
-    /// Entries after the requested cursor; ask again after the last one.
-    Page { entries: Vec<UpdateEntry> },
-    /// Caught up: the session is registered and `Ready` is queued on it.
-    Live,
-}
 
 #[derive(Default)]
 struct UserState {

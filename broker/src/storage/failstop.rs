@@ -13,7 +13,6 @@
 //! recovery replays the write-ahead log.
 
 use std::{
-    str::FromStr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -90,37 +89,7 @@ impl FailStop {
     }
 }
 
-/// A fault injected into the writer thread, for the tests that prove the
-/// node fail-stops (set with `--inject-fault`; never in production).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InjectedFault {
-    /// The writer panics in its `n`-th round that has work.
-    WriterPanic { round: u64 },
-    /// The writer stops making progress (sleeps forever) in that round.
-    WriterStall { round: u64 },
-}
-
-impl InjectedFault {
-    pub fn round(&self) -> u64 {
-        match self {
-            Self::WriterPanic { round } | Self::WriterStall { round } => *round,
-        }
-    }
-}
-
-impl FromStr for InjectedFault {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (kind, round) = s.split_once(':').ok_or_else(|| format!("expected `<kind>:<round>`, got `{s}`"))?;
-        let round = round.parse::<u64>().map_err(|_| format!("round must be a number, got `{round}`"))?;
-        match kind {
-            "writer-panic" => Ok(Self::WriterPanic { round }),
-            "writer-stall" => Ok(Self::WriterStall { round }),
-            _ => Err(format!("unknown fault `{kind}` (writer-panic, writer-stall)")),
-        }
-    }
-}
+pub use crate::config::InjectedFault;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,207 @@
+//! What partitions are sent: the [`Command`]s a partition task takes, the
+//! queues they arrive on, and the types they carry. Kept apart from the
+//! partition itself so the router and the cluster wire (which deliver
+//! commands) do not depend on the partition (which uses the router).
+
+use std::sync::Arc;
+
+use imsg_proto::v1::{
+    Caller, ConversationSummary, CreateConversationResponse, ListMessagesRequest, ListMessagesResponse, Message,
+    OpenStreamResponse, Presence, SendMessageRequest, SendMessageResponse, Settings, UpdateSettingsRequest,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    core::{MarkKind, MembershipChange, NewConversation, Viewer},
+    error::Result,
+    events::{Ephemeral, UpdateItem},
+    storage::UpdateEntry,
+};
+
+/// Where a command's result goes.
+pub type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// A user's state other partitions need: settings and conversations.
+#[derive(Debug, Clone)]
+pub struct UserContext {
+    pub settings: Settings,
+    pub conversation_ids: Arc<[String]>,
+}
+
+/// A device session, as the user partition holds it.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    pub id: u64,
+    pub user_id: String,
+    pub gateway_id: String,
+    /// Boxed: a queue allocates slots 32 at a time, and an idle session
+    /// should hold 32 pointers, not 32 frames.
+    pub frames: mpsc::Sender<Box<OpenStreamResponse>>,
+    /// Set before the partition drops the session, so its stream can tell
+    /// the device why it ends.
+    pub close_reason: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// Everything a partition does. Client commands arrive on the bounded
+/// queue; partition-to-partition traffic on the internal one.
+pub enum Command {
+    // ---- conversation role ----
+    CreateConversation {
+        caller: Caller,
+        conversation_id: String,
+        spec: NewConversation,
+        reply: Reply<CreateConversationResponse>,
+    },
+    GetConversation {
+        viewer: Viewer,
+        conversation_id: String,
+        reply: Reply<imsg_proto::v1::Conversation>,
+    },
+    ChangeMembership {
+        caller: Caller,
+        conversation_id: String,
+        change: MembershipChange,
+        reply: Reply<imsg_proto::v1::Conversation>,
+    },
+    Send {
+        caller: Caller,
+        request: SendMessageRequest,
+        reply: Reply<SendMessageResponse>,
+    },
+    ListMessages {
+        caller: Caller,
+        request: ListMessagesRequest,
+        reply: Reply<ListMessagesResponse>,
+    },
+    Typing {
+        caller: Caller,
+        conversation_id: String,
+        active: bool,
+        reply: Reply<()>,
+    },
+    Mark {
+        caller: Caller,
+        conversation_id: String,
+        seq: u64,
+        kind: MarkKind,
+        hide_read: bool,
+        reply: Reply<()>,
+    },
+    /// Inbox rows for the viewer's conversations held here.
+    Summaries {
+        viewer: Viewer,
+        conversation_ids: Vec<String>,
+        reply: Reply<Vec<ConversationSummary>>,
+    },
+    /// Message bodies for a replay (the user partition already checked
+    /// that these belong to the user's log).
+    Messages {
+        conversation_id: String,
+        seqs: Vec<u64>,
+        reply: Reply<Vec<Message>>,
+    },
+    /// Current snapshots (watermarks zeroed) for a replay.
+    Snapshots {
+        conversation_ids: Vec<String>,
+        reply: Reply<Vec<imsg_proto::v1::Conversation>>,
+    },
+    /// A user's presence changed: tell the members of these conversations.
+    PresenceFanout {
+        presence: Presence,
+        conversation_ids: Vec<String>,
+    },
+    /// A user's read-receipt setting changed.
+    HideReadChanged {
+        user_id: String,
+        hide_read: bool,
+        conversation_ids: Vec<String>,
+    },
+    /// Every target partition durably appended this outbox batch.
+    FanoutDone {
+        batch: u64,
+    },
+
+    // ---- user role ----
+    ApplyUpdates {
+        items: Vec<UpdateItem>,
+        done: oneshot::Sender<()>,
+    },
+    PushEphemeral {
+        user_ids: Vec<String>,
+        event: Ephemeral,
+    },
+    OpenSession {
+        session: SessionHandle,
+        after_cursor: u64,
+        replayed: u64,
+        page: usize,
+        reply: Reply<OpenStep>,
+    },
+    CloseSession {
+        user_id: String,
+        session_id: u64,
+    },
+    DropGateway {
+        gateway_id: String,
+    },
+    UserContext {
+        user_id: String,
+        reply: Reply<UserContext>,
+    },
+    UpdateSettings {
+        user_id: String,
+        request: UpdateSettingsRequest,
+        reply: Reply<Settings>,
+    },
+    /// Presence of `user_ids` as seen by someone in `viewer_conversations`.
+    PresenceQuery {
+        user_ids: Vec<String>,
+        viewer_conversations: Arc<[String]>,
+        reply: Reply<Vec<Presence>>,
+    },
+
+    // ---- node ----
+    /// Make everything durable, reply, and stop.
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+    /// A move: stop taking writes, wait until everything is durable and the
+    /// outbox confirmed, close the sessions, reply, and stop (see `freeze`).
+    Freeze {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+impl Command {
+    /// Client commands that would write; refused while freezing.
+    pub(crate) fn writes_as_client(&self) -> bool {
+        matches!(
+            self,
+            Self::CreateConversation { .. }
+                | Self::ChangeMembership { .. }
+                | Self::Send { .. }
+                | Self::Typing { .. }
+                | Self::Mark { .. }
+                | Self::UpdateSettings { .. }
+                | Self::OpenSession { .. }
+        )
+    }
+}
+
+/// Queues of one partition.
+pub struct Mailbox {
+    pub commands: mpsc::Receiver<Command>,
+    pub internal: mpsc::UnboundedReceiver<Command>,
+}
+
+/// One step of opening a session: a page of missed entries, or live.
+#[derive(Debug)]
+pub enum OpenStep {
+    /// The cursor is older than what is retained (or unknown): reload state
+    /// and reconnect with `cursor`.
+    Resync { cursor: u64 },
+    /// Entries after the requested cursor; ask again after the last one.
+    Page { entries: Vec<UpdateEntry> },
+    /// Caught up: the session is registered and `Ready` is queued on it.
+    Live,
+}
