@@ -12,12 +12,16 @@
 //! - The writer applies a round's batches to sled right after logging them,
 //!   and closes a segment only between rounds, so when a segment is closed
 //!   every batch in it is already in sled.
-//! - A checkpoint flushes sled and fdatasyncs its files, then deletes the
-//!   closed segments: their batches are now durable in sled itself.
+//! - A checkpoint records in sled that it holds every closed segment
+//!   (`wal_from`), flushes sled and fdatasyncs its files, then deletes the
+//!   closed segments: their batches are now durable in sled itself
+//!   (`durability` says why at any instant of a power cut).
 //! - Recovery opens sled (which recovers some state at least as new as the
-//!   last checkpoint) and replays every remaining segment in order. Replay is
-//!   idempotent: each record holds absolute puts and removes, every change
-//!   since the checkpoint is in the log, and per key the last one wins.
+//!   last checkpoint) and replays, in order, every remaining segment from
+//!   `wal_from` on. Replay is idempotent: each record holds absolute puts and
+//!   removes, every change since the checkpoint is in the log, and per key
+//!   the last one wins; a covered segment whose deletion a cut undid is
+//!   skipped, not replayed over newer values.
 //! - A record carries its length and a CRC32; replay stops at the first torn
 //!   or corrupt record, which can only be the tail of the newest segment
 //!   (no acknowledgement ever depended on it).
