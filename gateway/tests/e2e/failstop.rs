@@ -1,6 +1,7 @@
 //! Invariant 1, fail-stop: a node whose storage writer panics or stops
 //! making progress reports NOT_SERVING and exits non-zero, instead of
-//! serving reads forever while never acknowledging a write again.
+//! serving reads forever while never acknowledging a write again; a node
+//! that cannot open its data exits with an error naming the file.
 
 use std::time::Duration;
 
@@ -110,4 +111,55 @@ async fn a_node_restarted_after_a_writer_panic_has_every_acknowledged_message() 
         assert_eq!(&stored.client_message_id, id);
     }
     node.sigkill().await;
+}
+
+/// A node that cannot open its data stops at once with an error naming the
+/// file and the cause (here a WAL segment damaged before its end, which no
+/// crash can produce), instead of serving or spinning.
+#[tokio::test]
+async fn a_node_whose_log_is_damaged_exits_with_an_error_naming_the_file() {
+    let data = tempfile::tempdir().unwrap();
+    // Segments are closed only at checkpoints: none in this test.
+    let node = node_with_fault(data.path(), &["--checkpoint-interval-ms", "600000"]).await;
+    let alice = Client::connect(node.addr, "alice", "phone").await;
+    let conversation = alice.direct_with("bob").await;
+    for n in 0..20 {
+        alice.try_send(&conversation, &format!("m{n}"), "hello").await.unwrap();
+    }
+    node.sigkill().await;
+    let mut segments: Vec<_> = std::fs::read_dir(data.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("wal-"))
+        .collect();
+    segments.sort();
+    let damaged = segments.last().unwrap().clone();
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    assert!(bytes.len() > 64, "the log holds the sends");
+    let middle = bytes.len() / 2;
+    bytes[middle..middle + 16].fill(0xee);
+    std::fs::write(&damaged, &bytes).unwrap();
+    // A newer segment after it: the damage is not a torn tail.
+    let name = damaged.file_name().unwrap().to_string_lossy().into_owned();
+    let number: u64 = name.trim_start_matches("wal-").trim_end_matches(".log").parse().unwrap();
+    std::fs::write(data.path().join(format!("wal-{:012}.log", number + 1)), b"").unwrap();
+
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(binary("imsg-gateway"))
+            .args(["--embedded-broker", "--data-dir", &data.path().display().to_string()])
+            .args(["--listen", "127.0.0.1:0", "--partitions", "4"])
+            .env("IMSG_JWT_SECRET", crate::harness::SECRET)
+            .env("RUST_LOG", "error")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the node neither started nor exited: it spins")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a damaged log must not open");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("listening"), "it must not serve");
+    assert!(stderr.contains(&name) && stderr.contains("damaged"), "the error names the file and cause: {stderr}");
 }
