@@ -4,7 +4,7 @@
 use std::pin::Pin;
 
 use imsg_proto::v1::{
-    CallPartitionRequest, CallPartitionResponse, ExecuteRequest, ExecuteResponse, ExportPartitionRequest,
+    CallPartitionRequest, CallPartitionResponse, ClientLimits, ExecuteRequest, ExecuteResponse, ExportPartitionRequest,
     ExportPartitionResponse, FreezePartitionRequest, FreezePartitionResponse, GetClusterStateRequest,
     GetClusterStateResponse, ImportPartitionRequest, ImportPartitionResponse, OpenSessionRequest, OpenSessionResponse,
     PartitionRow, ReleasePartitionRequest, ReleasePartitionResponse, RenewLeaseRequest, RenewLeaseResponse, Route,
@@ -112,10 +112,16 @@ impl BrokerService for BrokerGrpc {
         _request: Request<GetClusterStateRequest>,
     ) -> Result<Response<GetClusterStateResponse>, Status> {
         let router = self.broker.router();
+        let limits = &self.broker.config().limits;
         Ok(Response::new(GetClusterStateResponse {
             node_index: self.broker.node_index(),
             partition_count: router.partition_count(),
             claims: router.claims(),
+            limits: Some(ClientLimits {
+                max_text_bytes: limits.max_text_bytes as u32,
+                max_group_members: limits.max_group_members as u32,
+                max_title_bytes: limits.max_title_bytes as u32,
+            }),
         }))
     }
 

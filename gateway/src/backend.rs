@@ -13,7 +13,7 @@ use imsg_broker::{
 };
 use imsg_common::retry::transient;
 use imsg_proto::v1::{
-    Caller, ExecuteRequest, OpenSessionRequest, OpenStreamResponse, RenewLeaseRequest, Route,
+    Caller, ExecuteRequest, GetClusterStateRequest, OpenSessionRequest, OpenStreamResponse, RenewLeaseRequest, Route,
     broker_service_client::BrokerServiceClient, execute_request, execute_response,
 };
 use tokio_stream::{Stream, StreamExt};
@@ -51,20 +51,21 @@ const RETRY_ROUTING_AFTER: Duration = Duration::from_millis(200);
 /// How long a unary command may wait on a broker node.
 const EXECUTE_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long a starting gateway waits for a broker node to tell it the
+/// cluster's partition count and limits.
+const DISCOVERY_PATIENCE: Duration = Duration::from_secs(60);
+
 impl RemoteBroker {
-    /// Connects lazily to every node (they may start after the gateway),
-    /// loads the partition map, and keeps the map fresh and this gateway's
-    /// leases renewed until `stop`.
-    pub async fn connect(
-        urls: &[String],
-        partitions: u32,
-        gateway_id: String,
-        limits: Limits,
-        stop: CancellationToken,
-    ) -> Result<Self, String> {
+    /// Learns the partition count and the client limits from the cluster
+    /// (waiting up to [`DISCOVERY_PATIENCE`] for a node to answer), loads the
+    /// partition map, and keeps the map fresh and this gateway's leases
+    /// renewed until `stop`. Nodes that start later are reached lazily.
+    pub async fn connect(urls: &[String], gateway_id: String, stop: CancellationToken) -> Result<Self, String> {
         if urls.is_empty() {
             return Err("at least one broker url is needed".into());
         }
+        let (partitions, limits) = discover(urls).await?;
+        tracing::info!(partitions, ?limits, "learned the cluster's partition count and limits");
         let peers = Peers::new(urls, None, partitions).map_err(|e| e.to_string())?;
         peers.refresh().await;
         tokio::spawn(peers.clone().run_refresher(Duration::from_secs(1), stop.clone(), |_| {}));
@@ -192,5 +193,38 @@ impl Backend {
                 })))
             }
         }
+    }
+}
+
+/// Asks the nodes, in turn, for the cluster's partition count and limits
+/// until one answers.
+async fn discover(urls: &[String]) -> Result<(u32, Limits), String> {
+    let deadline = tokio::time::Instant::now() + DISCOVERY_PATIENCE;
+    loop {
+        for url in urls {
+            let Ok(mut client) = imsg_broker::cluster::peers::connect(url) else { continue };
+            let answer =
+                tokio::time::timeout(Duration::from_secs(2), client.get_cluster_state(GetClusterStateRequest {}));
+            if let Ok(Ok(state)) = answer.await {
+                let state = state.into_inner();
+                let learned = state.limits.unwrap_or_default();
+                let defaults = Limits::default();
+                let or_default = |value: u32, default: usize| if value == 0 { default } else { value as usize };
+                let limits = Limits {
+                    max_text_bytes: or_default(learned.max_text_bytes, defaults.max_text_bytes),
+                    max_group_members: or_default(learned.max_group_members, defaults.max_group_members),
+                    max_title_bytes: or_default(learned.max_title_bytes, defaults.max_title_bytes),
+                    ..defaults
+                };
+                return Ok((state.partition_count, limits));
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "no broker node answered within {DISCOVERY_PATIENCE:?} at {}; cannot learn the partition count",
+                urls.join(", ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

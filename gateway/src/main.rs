@@ -90,16 +90,11 @@ async fn main() -> anyhow::Result<()> {
             .to_owned(),
         (None, None) => anyhow::bail!("--jwt-secret or --jwt-secret-file (IMSG_JWT_SECRET[_FILE]) is required"),
     };
-    // The same flags configure an embedded broker and, for a remote one,
-    // the limits the gateway checks before forwarding.
-    let broker_config = args.broker_args.config().map_err(anyhow::Error::msg)?;
+    // The broker flags configure an embedded broker; a gateway in front of
+    // remote brokers learns the partition count and limits from them.
     let target = match (args.embedded_broker, args.broker.is_empty()) {
-        (true, _) => BrokerTarget::Embedded(broker_config),
-        (false, false) => BrokerTarget::Remote {
-            urls: args.broker,
-            partitions: broker_config.partitions,
-            limits: broker_config.limits,
-        },
+        (true, _) => BrokerTarget::Embedded(args.broker_args.config().map_err(anyhow::Error::msg)?),
+        (false, false) => BrokerTarget::Remote { urls: args.broker },
         (false, true) => anyhow::bail!("choose --embedded-broker or --broker <url>[,<url>...]"),
     };
     let mut config = GatewayConfig::new(args.listen, target, secret);

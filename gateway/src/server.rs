@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use imsg_broker::{Broker, BrokerConfig, Limits};
+use imsg_broker::{Broker, BrokerConfig};
 use imsg_common::token::Authenticator;
 use imsg_proto::v1::messaging_service_server::MessagingServiceServer;
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -18,13 +18,14 @@ use crate::{
 
 /// Which broker the gateway uses.
 #[derive(Debug, Clone)]
+// Built once at start; boxing the config would only burden its callers.
+#[allow(clippy::large_enum_variant)]
 pub enum BrokerTarget {
     /// A broker inside this process: a complete single-node server.
     Embedded(BrokerConfig),
-    /// Broker nodes at these URLs (`http://host:port`), P partitions
-    /// between them; the gateway checks input against `limits`, which
-    /// should match the brokers' flags.
-    Remote { urls: Vec<String>, partitions: u32, limits: Limits },
+    /// Broker nodes at these URLs (`http://host:port`); the partition
+    /// count and the limits checked before the hop are learned from them.
+    Remote { urls: Vec<String> },
 }
 
 /// Everything a gateway needs to start.
@@ -81,11 +82,10 @@ impl RunningGateway {
                 let broker = Broker::open(broker_config.clone()).await?;
                 (Backend::Embedded(broker.clone()), Some(broker))
             }
-            BrokerTarget::Remote { urls, partitions, limits } => {
-                let remote =
-                    RemoteBroker::connect(urls, *partitions, config.gateway_id.clone(), limits.clone(), stop.clone())
-                        .await
-                        .map_err(anyhow::Error::msg)?;
+            BrokerTarget::Remote { urls } => {
+                let remote = RemoteBroker::connect(urls, config.gateway_id.clone(), stop.clone())
+                    .await
+                    .map_err(anyhow::Error::msg)?;
                 (Backend::Remote(remote), None)
             }
         };

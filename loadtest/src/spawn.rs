@@ -138,14 +138,9 @@ impl Deployment {
         }
         let mut gateways = Vec::new();
         for _ in 0..plan.gateways.max(1) {
-            let args = vec![
-                "--broker".into(),
-                nodes.join(","),
-                "--partitions".into(),
-                plan.partitions.to_string(),
-                "--listen".into(),
-                format!("127.0.0.1:{}", free_port()?),
-            ];
+            // The partition count and limits come from the brokers.
+            let args =
+                vec!["--broker".into(), nodes.join(","), "--listen".into(), format!("127.0.0.1:{}", free_port()?)];
             gateways.push(start("imsg-gateway", args, &plan.secret).await?);
         }
         Ok(Self {

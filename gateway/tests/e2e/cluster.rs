@@ -448,3 +448,26 @@ impl TextBody for Message {
         }
     }
 }
+
+/// A gateway in front of remote brokers learns the partition count and the
+/// limits it checks from them, not from its own flags: given a wrong
+/// `--partitions` and a looser text limit (both ignored), it still routes
+/// every command to the right partition and refuses what the brokers do.
+#[tokio::test]
+async fn a_gateway_learns_the_partition_count_and_limits_from_the_brokers() {
+    let data = tempfile::tempdir().unwrap();
+    let broker_args = crate::harness::broker_args(data.path(), "127.0.0.1:0", &["--max-text-bytes", "100"]);
+    let broker = Process::spawn(&binary("imsg-broker"), &broker_args).await;
+    let mut args = gateway_args_for(&format!("http://{}", broker.addr));
+    args.extend(["--partitions", "3", "--max-text-bytes", "60000"].map(String::from));
+    let gateway = Process::spawn(&binary("imsg-gateway"), &args).await;
+    let alice = Client::connect(gateway.addr, "alice", "phone").await;
+    for peer in ["bob", "carol", "dave", "erin"] {
+        let conversation = alice.direct_with(peer).await;
+        alice.send_retrying(&conversation, &format!("to-{peer}")).await;
+    }
+    let conversation = alice.direct_with("bob").await;
+    let refused = alice.try_send(&conversation, "long", &"x".repeat(200)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("over the limit of 100"), "the brokers' limit: {refused:?}");
+}

@@ -432,14 +432,8 @@ pub fn gateway_args(broker: SocketAddr) -> Vec<String> {
     gateway_args_for(&format!("http://{broker}"))
 }
 
-/// Flags for a gateway process in front of broker nodes (comma-separated URLs).
+/// Flags for a gateway process in front of broker nodes (comma-separated
+/// URLs); it learns the partition count and limits from them.
 pub fn gateway_args_for(broker_urls: &str) -> Vec<String> {
-    vec![
-        "--broker".into(),
-        broker_urls.into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--partitions".into(),
-        PARTITIONS.to_string(),
-    ]
+    vec!["--broker".into(), broker_urls.into(), "--listen".into(), "127.0.0.1:0".into()]
 }
