@@ -31,6 +31,9 @@
 //! and sled's own recovery handles (a torn tail of its log, after the
 //! durable prefix that holds the marker). Pausing the writer for the
 //! checkpoint instead cost 3-4x in p99 latency (docs/benchmarks.md).
+//! Between checkpoints the checkpointer also flushes sled every
+//! [`WRITE_BEHIND_EVERY`] (not a durability point), so a checkpoint's sync
+//! has little left to write and does not stall the WAL's syncs behind it.
 //!
 //! ## Fail-stop
 //! An error or panic in the writer or the checkpointer, a writer that makes
