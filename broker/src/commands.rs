@@ -4,7 +4,7 @@
 //! answer it gives, and the `Broker` method that runs it; the command's
 //! request type implements [`ClientCommand`] beside it: where it starts
 //! (its home key, which decides the partition and so the node) and what it
-//! checks before anything runs. From the table follow [`validate`] and
+//! checks before anything runs. From the table follow [`validate()`] and
 //! [`home_key`] (used by the broker and, before the hop, by a remote
 //! gateway) and the broker's dispatch. The gateway's unary RPCs are listed
 //! once more in `gateway/src/service.rs`, checked by the compiler against

@@ -14,10 +14,11 @@
 //! been published: a conversation's published seq, a partition's published
 //! cursor.
 //!
-//! The two roles of a partition live in their own modules:
-//! [`conversation`] (membership, sequencing, dedup, receipts, typing,
-//! history and the outbox that fans updates out) and [`user`] (settings,
-//! inbox membership, the per-user update log, sessions and presence).
+//! The rules themselves are in [`crate::core`], without I/O; the two roles
+//! of a partition are the shells around them: `conversation` (loading
+//! conversations, applying the rules' effects, history pages, the outbox
+//! that fans updates out) and `user` (settings, inbox membership, appending
+//! to update logs, sessions, replay and presence pushes).
 
 mod conversation;
 mod user;

@@ -32,7 +32,7 @@
 //! durable prefix that holds the marker). Pausing the writer for the
 //! checkpoint instead cost 3-4x in p99 latency (docs/benchmarks.md).
 //! Between checkpoints the checkpointer also flushes sled every
-//! [`WRITE_BEHIND_EVERY`] (not a durability point), so a checkpoint's sync
+//! `WRITE_BEHIND_EVERY` (not a durability point), so a checkpoint's sync
 //! has little left to write and does not stall the WAL's syncs behind it.
 //!
 //! ## Fail-stop

@@ -126,7 +126,7 @@ fn decode_payload(payload: &[u8]) -> Option<Vec<(u32, Op)>> {
 }
 
 /// Where the log's segments live: files in the data directory
-/// ([`Segments`]), or a simulated disk in tests ([`sim::SimDisk`]) that
+/// ([`Segments`]), or a simulated disk in tests (`sim::SimDisk`) that
 /// loses what was not synced, tears the last write, and fails an fsync on
 /// demand, so the durability argument above is tested deterministically.
 pub trait LogDir: Send + Sync {
