@@ -16,10 +16,7 @@ use std::{
 use std::collections::HashMap;
 
 use dashmap::DashMap;
-use imsg_proto::v1::{
-    Caller, ExportPartitionRequest, GetPresenceResponse, ListConversationsResponse, Route, execute_request,
-    execute_response,
-};
+use imsg_proto::v1::{Caller, ExportPartitionRequest, Route, execute_request, execute_response};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +26,7 @@ use crate::{
     config::BrokerConfig,
     error::{Error, Result},
     ids::PartitionId,
-    partition::{Command, Mailbox, MarkKind, MembershipChange, Partition, Reply, UserContext, Viewer},
+    partition::{Command, Mailbox, Partition, Reply, UserContext, Viewer},
     router::{PartitionQueues, Router, Slot},
     session::{SessionFields, SessionStream},
     storage::{OWNERSHIP_KEY, OwnershipRecord, PartitionStore, Store, WriteBatch},
@@ -394,71 +391,6 @@ impl Broker {
         let home = commands::home_key(caller, &command);
         self.check_route(&home, route)?;
         self.dispatch(caller.clone(), home, command).await
-    }
-
-    pub(crate) async fn change(
-        &self,
-        caller: Caller,
-        conversation_id: String,
-        change: MembershipChange,
-    ) -> Result<imsg_proto::v1::Conversation> {
-        let partition = self.partition_of(&conversation_id);
-        self.call(partition, |reply| Command::ChangeMembership { caller, conversation_id, change, reply }).await
-    }
-
-    pub(crate) async fn mark(&self, caller: Caller, conversation_id: String, seq: u64, kind: MarkKind) -> Result<()> {
-        // The reader's setting comes from their own partition, not the request.
-        let hide_read = self.user_context(&caller.user_id).await?.settings.hide_read_receipts;
-        let partition = self.partition_of(&conversation_id);
-        self.call(partition, |reply| Command::Mark { caller, conversation_id, seq, kind, hide_read, reply }).await
-    }
-
-    /// The caller's inbox: their conversations by last activity.
-    pub(crate) async fn inbox(
-        &self,
-        caller: &Caller,
-        request: &imsg_proto::v1::ListConversationsRequest,
-    ) -> Result<ListConversationsResponse> {
-        let page_size = validate::page_size(request.page_size)?;
-        let offset = validate::page_token(&request.page_token)?.unwrap_or(0) as usize;
-        let context = self.user_context(&caller.user_id).await?;
-        let viewer =
-            Viewer { user_id: caller.user_id.clone(), hide_read_receipts: context.settings.hide_read_receipts };
-        let mut summaries = Vec::new();
-        for (partition, conversation_ids) in self.inner.router.group_by_partition(context.conversation_ids.iter()) {
-            let viewer = viewer.clone();
-            summaries
-                .extend(self.call(partition, |reply| Command::Summaries { viewer, conversation_ids, reply }).await?);
-        }
-        let activity = |s: &imsg_proto::v1::ConversationSummary| {
-            s.conversation.as_ref().map(|c| (c.last_activity_ms, c.conversation_id.clone())).unwrap_or_default()
-        };
-        summaries.sort_by_key(|s| std::cmp::Reverse(activity(s)));
-        let total = summaries.len();
-        let page: Vec<_> = summaries.into_iter().skip(offset).take(page_size).collect();
-        let next = offset + page.len();
-        Ok(ListConversationsResponse {
-            conversations: page,
-            next_page_token: if next < total { next.to_string() } else { String::new() },
-        })
-    }
-
-    pub(crate) async fn presence(&self, caller: &Caller, user_ids: Vec<String>) -> Result<GetPresenceResponse> {
-        let context = self.user_context(&caller.user_id).await?;
-        // Reciprocal: who hides their activity sees nobody's.
-        if context.settings.hide_activity_status {
-            return Ok(GetPresenceResponse { presences: Vec::new() });
-        }
-        let others = user_ids.iter().filter(|u| **u != caller.user_id);
-        let mut presences = Vec::new();
-        for (partition, user_ids) in self.inner.router.group_by_partition(others) {
-            let viewer_conversations = context.conversation_ids.clone();
-            presences.extend(
-                self.call(partition, |reply| Command::PresenceQuery { user_ids, viewer_conversations, reply }).await?,
-            );
-        }
-        presences.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-        Ok(GetPresenceResponse { presences })
     }
 
     /// Opens a device session: replay after `cursor`, then live events.

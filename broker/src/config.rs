@@ -43,14 +43,6 @@ pub enum InjectedFault {
     WriterStall { round: u64 },
 }
 
-impl InjectedFault {
-    pub fn round(&self) -> u64 {
-        match self {
-            Self::WriterPanic { round } | Self::WriterStall { round } => *round,
-        }
-    }
-}
-
 impl FromStr for InjectedFault {
     type Err = String;
 

@@ -17,6 +17,11 @@ use crate::{Broker, error::Error, validate};
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
+        // Another node's status passes through with its retry advice.
+        let error = match error {
+            Error::Remote(status) => return status,
+            other => other,
+        };
         let message = error.to_string();
         let code = match &error {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
@@ -29,16 +34,15 @@ impl From<Error> for Status {
             | Error::SessionQueueFull => Code::ResourceExhausted,
             Error::PartitionMoving { .. } | Error::Unavailable(_) => Code::Unavailable,
             Error::NotOwner(_) => Code::Aborted,
-            Error::Remote(_) => Code::Unknown,
+            Error::Remote(_) => unreachable!("passed through above"),
             Error::Storage(_) | Error::Corrupt(_) | Error::Internal(_) => {
                 tracing::error!(%message, "internal error");
                 Code::Internal
             }
         };
-        match (error.retry_after(), error) {
-            (_, Error::Remote(status)) => status,
-            (Some(delay), _) => imsg_common::retry::transient(code, message, delay),
-            (None, _) => Status::new(code, message),
+        match error.retry_after() {
+            Some(delay) => imsg_common::retry::transient(code, message, delay),
+            None => Status::new(code, message),
         }
     }
 }

@@ -350,14 +350,13 @@ async fn send_with_retry(
     let started = Instant::now();
     let mut attempt = 0;
     loop {
-        match user.api(attempt).send_message(request.clone()).await {
-            Err(status) if started.elapsed() < client::RETRY_FOR && retry_after(&status).is_some() => {
-                attempt += 1;
-                let advised = retry_after(&status).unwrap_or_default();
-                tokio::time::sleep(client::backoff(attempt).max(advised)).await;
-            }
+        let status = match user.api(attempt).send_message(request.clone()).await {
+            Err(status) if started.elapsed() < client::RETRY_FOR => status,
             other => return other,
-        }
+        };
+        let Some(advised) = retry_after(&status) else { return Err(status) };
+        attempt += 1;
+        tokio::time::sleep(client::backoff(attempt).max(advised)).await;
     }
 }
 

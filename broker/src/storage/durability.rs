@@ -1,5 +1,5 @@
-//! Group commit, checkpoints and the watchdog: the one thread that makes
-//! writes durable, and what stops the node if it cannot.
+//! Group commit and the watchdog: the one thread that makes writes
+//! durable, and what stops the node if it cannot.
 //!
 //! Partitions hand their batches over; the writer thread logs them to the
 //! write-ahead log ([`wal`]) with one `write` and one `fdatasync` per round,
@@ -10,30 +10,8 @@
 //! *lazy* when nothing does (bookkeeping that a crash would redo): lazy
 //! writes never start a round, they ride along with the next one.
 //!
-//! ## Checkpoints (why deleting log segments is safe)
-//! Every `checkpoint_every` (and at [`MAX_SEGMENT_BYTES`]) the writer, between
-//! two rounds, starts a new segment N+1 (its directory entry synced) and
-//! hands the closed ones to the checkpointer thread. Every operation in a
-//! closed segment is already applied to sled (the writer applies a round
-//! before it closes a segment). The checkpointer then:
-//! 1. records in sled itself that sled holds every segment below N+1
-//!    ([`WAL_FROM_KEY`]);
-//! 2. flushes sled (everything inserted so far, the marker included, is
-//!    written to sled's file) and fdatasyncs its files ([`SledFiles::sync`]);
-//! 3. only then deletes the segments below N+1.
-//!
-//! The marker and the data it vouches for become durable in the same sync,
-//! so a crash anywhere in between leaves either the old marker (and every
-//! old segment is replayed: idempotent) or the new one (and the segments it
-//! covers are skipped even if their deletion was lost). The writer goes on
-//! inserting meanwhile: what it writes after the flush may reach the sync
-//! half-written, which is the state a process crash at that instant leaves
-//! and sled's own recovery handles (a torn tail of its log, after the
-//! durable prefix that holds the marker). Pausing the writer for the
-//! checkpoint instead cost 3-4x in p99 latency (docs/benchmarks.md).
-//! Between checkpoints the checkpointer also flushes sled every
-//! `WRITE_BEHIND_EVERY` (not a durability point), so a checkpoint's sync
-//! has little left to write and does not stall the WAL's syncs behind it.
+//! Closed segments go to the checkpointer ([`super::checkpoint`]), which
+//! makes them redundant.
 //!
 //! ## Fail-stop
 //! An error or panic in the writer or the checkpointer, a writer that makes
@@ -43,7 +21,6 @@
 
 use std::{
     panic::AssertUnwindSafe,
-    path::PathBuf,
     sync::{
         Arc, Condvar, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -55,7 +32,7 @@ use tokio::sync::Notify;
 
 use super::{
     failstop::{FailStop, InjectedFault},
-    sled_files::{SledFiles, panic_message},
+    sled_files::panic_message,
     wal,
 };
 use crate::{config::FsyncMode, error::Result};
@@ -63,23 +40,6 @@ use crate::{config::FsyncMode, error::Result};
 /// A segment is checkpointed at this size even before the checkpoint
 /// interval, bounding replay time.
 pub const MAX_SEGMENT_BYTES: usize = 64 * 1024 * 1024;
-
-/// How often the checkpointer writes sled's buffer out between checkpoints.
-const WRITE_BEHIND_EVERY: Duration = Duration::from_millis(100);
-
-/// Key, in sled's default tree, of the number of the oldest log segment
-/// sled does not already hold (big-endian u64). See the module docs.
-pub const WAL_FROM_KEY: &[u8] = b"wal_from";
-
-/// The number stored under [`WAL_FROM_KEY`] (0 when never checkpointed).
-pub fn wal_from(db: &sled::Db) -> Result<u64> {
-    Ok(db.get(WAL_FROM_KEY)?.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)).unwrap_or(0))
-}
-
-pub fn set_wal_from(db: &sled::Db, number: u64) -> Result<()> {
-    db.insert(WAL_FROM_KEY, &number.to_be_bytes())?;
-    Ok(())
-}
 
 pub struct Durability {
     mode: FsyncMode,
@@ -98,11 +58,11 @@ pub struct Durability {
     /// Partitions waiting for a generation to become durable.
     waiters: Mutex<Vec<(u64, Arc<Notify>)>>,
     /// Closed segments waiting for a checkpoint.
-    closed: Mutex<Vec<u64>>,
-    closed_signal: Condvar,
+    pub(super) closed: Mutex<Vec<u64>>,
+    pub(super) closed_signal: Condvar,
     /// When the running checkpoint started (0: none runs), for the watchdog.
-    checkpoint_started: Mutex<Option<Instant>>,
-    fail_stop: FailStop,
+    pub(super) checkpoint_started: Mutex<Option<Instant>>,
+    pub(super) fail_stop: FailStop,
 }
 
 /// What the writer thread starts with.
@@ -194,7 +154,7 @@ impl Durability {
         self.closed_signal.notify_all();
     }
 
-    fn stopping(&self) -> bool {
+    pub(super) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
 
@@ -282,42 +242,6 @@ impl Durability {
         self.stopping()
     }
 
-    /// The checkpointer thread's body: checkpoints closed segments until
-    /// stopped (the store's close takes the last one); any error or panic
-    /// fail-stops the node.
-    pub(super) fn run_checkpointer(&self, db: sled::Db, dir: PathBuf, log: Arc<dyn wal::LogDir>) {
-        let sled_files = SledFiles::new(&dir);
-        let checkpoints = || -> Result<()> {
-            loop {
-                let (closed, timed_out) = {
-                    let guard = self.closed.lock().unwrap_or_else(|e| e.into_inner());
-                    let (mut guard, wait) = self
-                        .closed_signal
-                        .wait_timeout_while(guard, WRITE_BEHIND_EVERY, |closed| closed.is_empty() && !self.stopping())
-                        .unwrap_or_else(|e| e.into_inner());
-                    (std::mem::take(&mut *guard), wait.timed_out())
-                };
-                if timed_out {
-                    // Write-behind: hand sled's buffer to the kernel now, so
-                    // the checkpoint's sync has little left to write (one
-                    // big burst delayed the WAL's syncs). Not a durability
-                    // point: nothing relies on it.
-                    db.flush()?;
-                    continue;
-                }
-                let Some(newest) = closed.iter().max() else { return Ok(()) };
-                *self.checkpoint_started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-                checkpoint(&db, &sled_files, &*log, newest + 1)?;
-                *self.checkpoint_started.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            }
-        };
-        match std::panic::catch_unwind(AssertUnwindSafe(checkpoints)) {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => self.fail_stop.trigger(format!("a checkpoint failed: {error}")),
-            Err(panic) => self.fail_stop.trigger(format!("the checkpointer panicked: {}", panic_message(&*panic))),
-        }
-    }
-
     /// The watchdog thread's body: fail-stops the node when urgent writes
     /// wait and the published watermark has not moved for `stall_timeout`
     /// (a writer stuck in sled, or on a disk that stopped answering), or
@@ -350,19 +274,6 @@ impl Durability {
             }
         }
     }
-}
-
-/// One checkpoint (module docs): sled holds every operation of the segments
-/// below `current`; make that durable, then delete them.
-fn checkpoint(db: &sled::Db, sled_files: &SledFiles, log: &dyn wal::LogDir, current: u64) -> Result<()> {
-    let started = Instant::now();
-    set_wal_from(db, current)?;
-    db.flush()?;
-    sled_files.sync()?;
-    let covered: Vec<u64> = log.list()?.into_iter().filter(|n| *n < current).collect();
-    log.remove(&covered)?;
-    tracing::debug!(segments = ?covered, took = ?started.elapsed(), "checkpoint");
-    Ok(())
 }
 
 /// Runs an injected fault when its round comes (tests only).

@@ -3,16 +3,17 @@
 //! serving reads forever while never acknowledging a write again; a node
 //! that cannot open its data exits with an error naming the file.
 
-use std::time::Duration;
+use std::{process::Stdio, time::Duration};
 
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
-use crate::harness::{Client, PATIENCE, Process, binary};
+use crate::harness::{Client, PATIENCE, Process, binary, server_command};
 
 /// Exit status of a node stopped by a storage failure (`EX_SOFTWARE`).
 const FAIL_STOP_EXIT: i32 = 70;
 
-async fn node_with_fault(data: &std::path::Path, extra: &[&str]) -> Process {
+/// Flags of a single-node server on `data`, plus `extra`.
+fn node_args(data: &std::path::Path, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "--embedded-broker",
         "--data-dir",
@@ -26,7 +27,11 @@ async fn node_with_fault(data: &std::path::Path, extra: &[&str]) -> Process {
     .map(|s| s.to_string())
     .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
-    Process::spawn(&binary("imsg-gateway"), &args).await
+    args
+}
+
+async fn node_with_fault(data: &std::path::Path, extra: &[&str]) -> Process {
+    Process::spawn(&binary("imsg-gateway"), &node_args(data, extra)).await
 }
 
 /// Sends until the node stops answering; watches overall health meanwhile.
@@ -147,13 +152,7 @@ async fn a_node_whose_log_is_damaged_exits_with_an_error_naming_the_file() {
 
     let output = tokio::time::timeout(
         Duration::from_secs(30),
-        tokio::process::Command::new(binary("imsg-gateway"))
-            .args(["--embedded-broker", "--data-dir", &data.path().display().to_string()])
-            .args(["--listen", "127.0.0.1:0", "--partitions", "4"])
-            .env("IMSG_JWT_SECRET", crate::harness::SECRET)
-            .env("RUST_LOG", "error")
-            .kill_on_drop(true)
-            .output(),
+        server_command(&binary("imsg-gateway"), &node_args(data.path(), &[])).stderr(Stdio::piped()).output(),
     )
     .await
     .expect("the node neither started nor exited: it spins")

@@ -152,11 +152,12 @@ impl Client {
         loop {
             match self.try_send(conversation, id, id).await {
                 Ok(ack) => return ack,
-                Err(status) if tokio::time::Instant::now() < deadline && retry_after(&status).is_some() => {
-                    let advised = retry_after(&status).unwrap_or_default();
-                    tokio::time::sleep(advised.max(Duration::from_millis(20))).await;
-                }
-                Err(status) => panic!("send {id} refused: {status:?}"),
+                Err(status) => match retry_after(&status) {
+                    Some(advised) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(advised.max(Duration::from_millis(20))).await
+                    }
+                    _ => panic!("send {id} refused: {status:?}"),
+                },
             }
         }
     }
@@ -360,18 +361,24 @@ pub struct Process {
     pub addr: SocketAddr,
 }
 
+/// `binary args...` as every test runs a server: the test secret, warnings
+/// on stderr, stdout piped (for the "listening on" line), killed on drop.
+pub fn server_command(binary: &Path, args: &[String]) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .args(args)
+        .env("IMSG_JWT_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    command
+}
+
 impl Process {
     /// Starts `binary args...` and waits for its "listening on ADDR" line.
     pub async fn spawn(binary: &Path, args: &[String]) -> Self {
-        let mut child = Command::new(binary)
-            .args(args)
-            .env("IMSG_JWT_SECRET", SECRET)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut child = server_command(binary, args).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let addr = tokio::time::timeout(PATIENCE, async {

@@ -21,7 +21,6 @@
 use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
-    process::Stdio,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -34,7 +33,7 @@ use imsg_proto::v1::{
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::harness::{Client, PATIENCE, Process, binary};
+use crate::harness::{Client, PATIENCE, Process, binary, server_command};
 
 /// What clients were told, the moment they were told it.
 #[derive(Default)]
@@ -227,15 +226,7 @@ impl Rig {
             Trigger::write_to("db").after(self.rng.random_range(0..8))
         };
         let armed = self.fs.arm(trigger);
-        let mut child = tokio::process::Command::new(server_binary())
-            .args(self.args())
-            .env("IMSG_JWT_SECRET", crate::harness::SECRET)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut child = server_command(&server_binary(), &self.args()).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let fired = tokio::task::spawn_blocking(move || armed.wait(Duration::from_secs(5))).await.unwrap();
         if !fired {
