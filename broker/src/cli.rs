@@ -55,6 +55,9 @@ pub struct BrokerArgs {
     /// How long a gateway's sessions survive without a lease renewal, in ms.
     #[arg(long, env = "IMSG_LEASE_TTL_MS", default_value_t = 10_000)]
     pub lease_ttl_ms: u64,
+    /// How long after sending a sender may edit a message, in seconds.
+    #[arg(long, env = "IMSG_EDIT_WINDOW_SECS", default_value_t = 15 * 60)]
+    pub edit_window_secs: u64,
 }
 
 impl BrokerArgs {
@@ -76,6 +79,7 @@ impl BrokerArgs {
                 max_sessions_per_user: self.max_sessions_per_user,
                 typing_ttl: Duration::from_millis(self.typing_ttl_ms),
                 lease_ttl: Duration::from_millis(self.lease_ttl_ms),
+                edit_window: Duration::from_secs(self.edit_window_secs),
                 ..Limits::default()
             },
             cluster: crate::cluster::ClusterConfig::standalone(),

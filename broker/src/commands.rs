@@ -16,12 +16,15 @@
 
 use imsg_proto::v1::{
     Accepted, AddConversationMembersRequest, AddConversationMembersResponse, Caller, CreateConversationRequest,
-    CreateConversationResponse, GetConversationRequest, GetConversationResponse, GetPresenceRequest,
-    GetPresenceResponse, GetSettingsRequest, GetSettingsResponse, LeaveConversationRequest, LeaveConversationResponse,
-    ListConversationsRequest, ListConversationsResponse, ListMessagesRequest, ListMessagesResponse, MarkDelivered,
-    MarkRead, RemoveConversationMemberRequest, RemoveConversationMemberResponse, SendMessageRequest,
-    SendMessageResponse, TypingSignal, UpdateConversationRequest, UpdateConversationResponse, UpdateSettingsRequest,
-    UpdateSettingsResponse, create_conversation_request, execute_request, execute_response, send_message_request,
+    CreateConversationResponse, DeleteMessageForMeRequest, DeleteMessageForMeResponse, EditMessageRequest,
+    EditMessageResponse, ForwardMessageRequest, ForwardMessageResponse, ForwardedMessage, GetConversationRequest,
+    GetConversationResponse, GetPresenceRequest, GetPresenceResponse, GetSettingsRequest, GetSettingsResponse,
+    LeaveConversationRequest, LeaveConversationResponse, ListConversationsRequest, ListConversationsResponse,
+    ListMessagesRequest, ListMessagesResponse, MarkDelivered, MarkRead, ReactToMessageRequest, ReactToMessageResponse,
+    RemoveConversationMemberRequest, RemoveConversationMemberResponse, SendMessageRequest, SendMessageResponse,
+    TypingSignal, UnsendMessageRequest, UnsendMessageResponse, UpdateConversationRequest, UpdateConversationResponse,
+    UpdateSettingsRequest, UpdateSettingsResponse, create_conversation_request, execute_request, execute_response,
+    send_message_request,
 };
 
 use crate::{
@@ -29,9 +32,13 @@ use crate::{
     config::Limits,
     error::{Error, Result},
     ids::{direct_conversation_id, group_conversation_id},
-    partition::{Command, MarkKind, MembershipChange, NewConversation, Viewer},
+    mailbox::{MessageAction, MessageOutcome},
+    partition::{Command, MarkKind, MembershipChange, NewConversation, NewMessage, Viewer},
     validate::{self, MAX_PRESENCE_BATCH, conversation_id, id, page_size, page_token, text, title},
 };
+
+/// Most conversations one ForwardMessage sends to.
+pub const MAX_FORWARD_TARGETS: usize = 5;
 
 /// What each client command declares.
 pub trait ClientCommand {
@@ -92,6 +99,11 @@ command_table! {
     LeaveConversation => LeaveConversation by leave_conversation,
     SendMessage => SendMessage by send_message,
     ListMessages => ListMessages by list_messages,
+    ReactToMessage => ReactToMessage by react_to_message,
+    EditMessage => EditMessage by edit_message,
+    UnsendMessage => UnsendMessage by unsend_message,
+    DeleteMessageForMe => DeleteMessageForMe by delete_message_for_me,
+    ForwardMessage => ForwardMessage by forward_message,
     GetSettings => GetSettings by get_settings,
     UpdateSettings => UpdateSettings by update_settings,
     GetPresence => GetPresence by get_presence,
@@ -224,8 +236,84 @@ impl ClientCommand for SendMessageRequest {
         id("client_message_id", &self.client_message_id)?;
         match &self.content {
             Some(send_message_request::Content::Text(t)) => text(limits, &t.text),
+            Some(send_message_request::Content::Shared(shared)) => validate::shared(limits, shared),
+            Some(send_message_request::Content::Link(link)) => validate::link(limits, link),
             None => Err(Error::invalid("content", "must be set")),
         }
+    }
+}
+
+/// A message named by conversation and seq.
+fn message_ref(conversation: &str, seq: u64) -> Result<()> {
+    conversation_id("conversation_id", conversation)?;
+    if seq == 0 {
+        return Err(Error::invalid("seq", "must be at least 1"));
+    }
+    Ok(())
+}
+
+impl ClientCommand for ReactToMessageRequest {
+    fn home_key(&self, _: &Caller) -> String {
+        self.conversation_id.clone()
+    }
+
+    fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
+        message_ref(&self.conversation_id, self.seq)?;
+        validate::emoji(&self.emoji)
+    }
+}
+
+impl ClientCommand for EditMessageRequest {
+    fn home_key(&self, _: &Caller) -> String {
+        self.conversation_id.clone()
+    }
+
+    fn validate(&self, limits: &Limits, _: &Caller) -> Result<()> {
+        message_ref(&self.conversation_id, self.seq)?;
+        validate::caption(limits, "text", &self.text)
+    }
+}
+
+impl ClientCommand for UnsendMessageRequest {
+    fn home_key(&self, _: &Caller) -> String {
+        self.conversation_id.clone()
+    }
+
+    fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
+        message_ref(&self.conversation_id, self.seq)
+    }
+}
+
+impl ClientCommand for DeleteMessageForMeRequest {
+    fn home_key(&self, _: &Caller) -> String {
+        self.conversation_id.clone()
+    }
+
+    fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
+        message_ref(&self.conversation_id, self.seq)
+    }
+}
+
+impl ClientCommand for ForwardMessageRequest {
+    /// The source conversation: its partition checks the caller may see
+    /// the message; the copies go from there.
+    fn home_key(&self, _: &Caller) -> String {
+        self.conversation_id.clone()
+    }
+
+    fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
+        message_ref(&self.conversation_id, self.seq)?;
+        id("client_message_id", &self.client_message_id)?;
+        if self.to_conversation_ids.is_empty() || self.to_conversation_ids.len() > MAX_FORWARD_TARGETS {
+            return Err(Error::invalid("to_conversation_ids", format!("1 to {MAX_FORWARD_TARGETS} conversations")));
+        }
+        for (i, target) in self.to_conversation_ids.iter().enumerate() {
+            conversation_id("to_conversation_ids", target)?;
+            if self.to_conversation_ids[..i].contains(target) {
+                return Err(Error::invalid("to_conversation_ids", format!("{target} is named twice")));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -386,8 +474,91 @@ impl Broker {
         conversation_id: String,
         request: SendMessageRequest,
     ) -> Result<SendMessageResponse> {
+        let message = NewMessage::from_request(request)?;
         let partition = self.partition_of(&conversation_id);
-        self.call(partition, |reply| Command::Send { caller, request, reply }).await
+        self.call(partition, |reply| Command::Send { caller, conversation_id, message, reply }).await
+    }
+
+    async fn react_to_message(
+        &self,
+        caller: Caller,
+        conversation_id: String,
+        request: ReactToMessageRequest,
+    ) -> Result<ReactToMessageResponse> {
+        let action = MessageAction::React { emoji: request.emoji };
+        self.act_on_message(caller, conversation_id, request.seq, action).await?;
+        Ok(ReactToMessageResponse {})
+    }
+
+    async fn edit_message(
+        &self,
+        caller: Caller,
+        conversation_id: String,
+        request: EditMessageRequest,
+    ) -> Result<EditMessageResponse> {
+        let action = MessageAction::Edit { text: request.text };
+        match self.act_on_message(caller, conversation_id, request.seq, action).await? {
+            MessageOutcome::Edited(response) => Ok(response),
+            other => Err(Error::Internal(format!("an edit answered {other:?}"))),
+        }
+    }
+
+    async fn unsend_message(
+        &self,
+        caller: Caller,
+        conversation_id: String,
+        request: UnsendMessageRequest,
+    ) -> Result<UnsendMessageResponse> {
+        self.act_on_message(caller, conversation_id, request.seq, MessageAction::Unsend).await?;
+        Ok(UnsendMessageResponse {})
+    }
+
+    async fn delete_message_for_me(
+        &self,
+        caller: Caller,
+        conversation_id: String,
+        request: DeleteMessageForMeRequest,
+    ) -> Result<DeleteMessageForMeResponse> {
+        self.act_on_message(caller, conversation_id, request.seq, MessageAction::DeleteForMe).await?;
+        Ok(DeleteMessageForMeResponse {})
+    }
+
+    /// Reads the message where it is (the caller must see it), then sends
+    /// a copy, marked forwarded, to each target in order: a copy is an
+    /// ordinary send there (membership, dedup by the one client message
+    /// id, so a retry after a partial failure completes the rest).
+    async fn forward_message(
+        &self,
+        caller: Caller,
+        conversation_id: String,
+        request: ForwardMessageRequest,
+    ) -> Result<ForwardMessageResponse> {
+        let content = match self
+            .act_on_message(caller.clone(), conversation_id, request.seq, MessageAction::ReadForForward)
+            .await?
+        {
+            MessageOutcome::Content(content) => content,
+            other => return Err(Error::Internal(format!("reading for a forward answered {other:?}"))),
+        };
+        let mut messages = Vec::with_capacity(request.to_conversation_ids.len());
+        for target in request.to_conversation_ids {
+            let message = NewMessage {
+                client_message_id: request.client_message_id.clone(),
+                reply_to_seq: 0,
+                content: content.clone(),
+                forwarded: true,
+            };
+            let (caller, conversation_id) = (caller.clone(), target.clone());
+            let partition = self.partition_of(&target);
+            let sent = self.call(partition, |reply| Command::Send { caller, conversation_id, message, reply }).await?;
+            messages.push(ForwardedMessage {
+                conversation_id: target,
+                seq: sent.seq,
+                server_time_ms: sent.server_time_ms,
+                duplicate: sent.duplicate,
+            });
+        }
+        Ok(ForwardMessageResponse { messages })
     }
 
     async fn list_messages(
@@ -452,6 +623,17 @@ impl Broker {
     }
 
     // ---- steps several commands share ----
+
+    async fn act_on_message(
+        &self,
+        caller: Caller,
+        conversation_id: String,
+        seq: u64,
+        action: MessageAction,
+    ) -> Result<MessageOutcome> {
+        let partition = self.partition_of(&conversation_id);
+        self.call(partition, |reply| Command::ActOnMessage { caller, conversation_id, seq, action, reply }).await
+    }
 
     async fn change(
         &self,

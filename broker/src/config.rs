@@ -83,6 +83,8 @@ pub struct Limits {
     pub typing_ttl: Duration,
     /// How long a gateway's sessions live without a lease renewal.
     pub lease_ttl: Duration,
+    /// How long after sending a sender may edit a message.
+    pub edit_window: Duration,
 }
 
 impl Default for Limits {
@@ -99,6 +101,7 @@ impl Default for Limits {
             max_sessions_per_user: 16,
             typing_ttl: Duration::from_secs(6),
             lease_ttl: Duration::from_secs(10),
+            edit_window: Duration::from_secs(15 * 60),
         }
     }
 }

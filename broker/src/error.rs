@@ -15,6 +15,10 @@ pub enum Error {
     ConversationNotFound(String),
     #[error("not a member of conversation {0}")]
     NotMember(String),
+    /// No such message the caller may see (the same answer whether it
+    /// never existed or predates their joining).
+    #[error("no message {seq} in conversation {conversation_id}")]
+    MessageNotFound { conversation_id: String, seq: u64 },
     #[error("{0}")]
     PermissionDenied(String),
     /// The request is well formed but the state does not allow it.
@@ -69,6 +73,7 @@ impl Error {
             Self::InvalidArgument { .. }
             | Self::ConversationNotFound(_)
             | Self::NotMember(_)
+            | Self::MessageNotFound { .. }
             | Self::PermissionDenied(_)
             | Self::FailedPrecondition(_)
             | Self::GroupFull { .. }

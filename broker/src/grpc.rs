@@ -25,7 +25,7 @@ impl From<Error> for Status {
         let message = error.to_string();
         let code = match &error {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
-            Error::ConversationNotFound(_) => Code::NotFound,
+            Error::ConversationNotFound(_) | Error::MessageNotFound { .. } => Code::NotFound,
             Error::NotMember(_) | Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::GroupFull { .. }

@@ -6,13 +6,14 @@
 use std::sync::Arc;
 
 use imsg_proto::v1::{
-    Caller, ConversationSummary, CreateConversationResponse, ListMessagesRequest, ListMessagesResponse, Message,
-    OpenStreamResponse, Presence, SendMessageRequest, SendMessageResponse, Settings, UpdateSettingsRequest,
+    Caller, ConversationSummary, CreateConversationResponse, EditMessageResponse, ListMessagesRequest,
+    ListMessagesResponse, Message, OpenStreamResponse, Presence, SendMessageResponse, Settings, UpdateSettingsRequest,
+    message::Content,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    core::{MarkKind, MembershipChange, NewConversation, Viewer},
+    core::{MarkKind, MembershipChange, NewConversation, NewMessage, Viewer},
     error::Result,
     events::{Ephemeral, UpdateItem},
     storage::UpdateEntry,
@@ -42,6 +43,30 @@ pub struct SessionHandle {
     pub close_reason: Arc<std::sync::Mutex<Option<String>>>,
 }
 
+/// What can be done to a sent message (`crate::core::reactions`,
+/// `crate::core::edits`).
+#[derive(Debug, Clone)]
+pub enum MessageAction {
+    React {
+        emoji: String,
+    },
+    Edit {
+        text: String,
+    },
+    Unsend,
+    DeleteForMe,
+    /// Read its content to forward it (nothing changes).
+    ReadForForward,
+}
+
+/// What a [`MessageAction`] answers.
+#[derive(Debug)]
+pub enum MessageOutcome {
+    Done,
+    Edited(EditMessageResponse),
+    Content(Content),
+}
+
 /// Everything a partition does. Client commands arrive on the bounded
 /// queue; partition-to-partition traffic on the internal one.
 pub enum Command {
@@ -63,10 +88,21 @@ pub enum Command {
         change: MembershipChange,
         reply: Reply<imsg_proto::v1::Conversation>,
     },
+    /// A client's message, or a forwarded copy (which may come from
+    /// another node).
     Send {
         caller: Caller,
-        request: SendMessageRequest,
+        conversation_id: String,
+        message: NewMessage,
         reply: Reply<SendMessageResponse>,
+    },
+    /// Something done to one sent message.
+    ActOnMessage {
+        caller: Caller,
+        conversation_id: String,
+        seq: u64,
+        action: MessageAction,
+        reply: Reply<MessageOutcome>,
     },
     ListMessages {
         caller: Caller,
@@ -180,6 +216,7 @@ impl Command {
             Self::CreateConversation { .. }
                 | Self::ChangeMembership { .. }
                 | Self::Send { .. }
+                | Self::ActOnMessage { .. }
                 | Self::Typing { .. }
                 | Self::Mark { .. }
                 | Self::UpdateSettings { .. }

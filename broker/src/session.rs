@@ -181,10 +181,10 @@ async fn materialize(router: &Router, entries: Vec<UpdateEntry>) -> Result<Vec<O
     let mut wanted_messages: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     let mut wanted_snapshots: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     for entry in &entries {
+        if let Some(seq) = entry.kind.as_ref().and_then(UpdateKind::message_seq) {
+            wanted_messages.entry(entry.conversation_id.clone()).or_default().push(seq);
+        }
         match entry.kind {
-            Some(UpdateKind::MessageSeq(seq)) => {
-                wanted_messages.entry(entry.conversation_id.clone()).or_default().push(seq)
-            }
             Some(UpdateKind::ConversationRemoved(false)) => wanted_snapshots
                 .entry(router.partition_of(&entry.conversation_id))
                 .or_default()
@@ -208,10 +208,13 @@ async fn materialize(router: &Router, entries: Vec<UpdateEntry>) -> Result<Vec<O
     }
     let mut frames = Vec::with_capacity(entries.len());
     for entry in entries {
-        let stored_message = match entry.kind {
-            Some(UpdateKind::MessageSeq(seq)) => messages.remove(&(entry.conversation_id.clone(), seq)),
-            _ => None,
-        };
+        // A message and its later changes replay from the one stored copy,
+        // as it is now.
+        let stored_message = entry
+            .kind
+            .as_ref()
+            .and_then(UpdateKind::message_seq)
+            .and_then(|seq| messages.get(&(entry.conversation_id.clone(), seq)).cloned());
         let conversation_now = snapshots.get(&entry.conversation_id).cloned();
         let Some(kind) = replayed_frame(&entry.conversation_id, entry.kind, stored_message, conversation_now) else {
             continue; // removed from storage since (retention)

@@ -47,6 +47,104 @@ pub fn text(limits: &Limits, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// Text that may be empty (a caption, a link's text): at most
+/// `max_text_bytes`.
+pub fn caption(limits: &Limits, field: &'static str, value: &str) -> Result<()> {
+    if value.len() > limits.max_text_bytes {
+        return Err(Error::invalid(
+            field,
+            format!("{} bytes is over the limit of {}", value.len(), limits.max_text_bytes),
+        ));
+    }
+    Ok(())
+}
+
+/// Longest URL accepted anywhere in a message.
+pub const MAX_URL_BYTES: usize = 2048;
+/// Longest shared item title (Instagram's caption limit, in characters).
+pub const MAX_SHARED_TITLE_CHARS: usize = 2200;
+/// Longest link preview title and description, in characters.
+pub const MAX_PREVIEW_TITLE_CHARS: usize = 300;
+pub const MAX_PREVIEW_DESCRIPTION_CHARS: usize = 1000;
+
+/// An absolute URL with one of `schemes`, at most [`MAX_URL_BYTES`];
+/// empty only when `optional`.
+pub fn url(field: &'static str, value: &str, schemes: &[&str], optional: bool) -> Result<()> {
+    if value.is_empty() {
+        return if optional { Ok(()) } else { Err(Error::invalid(field, "must not be empty")) };
+    }
+    if value.len() > MAX_URL_BYTES {
+        return Err(Error::invalid(field, format!("longer than {MAX_URL_BYTES} bytes")));
+    }
+    let parsed = ::url::Url::parse(value).map_err(|e| Error::invalid(field, format!("not a URL: {e}")))?;
+    if !schemes.contains(&parsed.scheme()) {
+        return Err(Error::invalid(field, format!("must be an {} URL", schemes.join(" or "))));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(Error::invalid(field, "must name a host"));
+    }
+    Ok(())
+}
+
+fn chars_at_most(field: &'static str, value: &str, max: usize) -> Result<()> {
+    if value.chars().count() > max {
+        return Err(Error::invalid(field, format!("longer than {max} characters")));
+    }
+    Ok(())
+}
+
+/// A shared post, reel or profile: what a client needs to render its card.
+pub fn shared(limits: &Limits, shared: &imsg_proto::v1::SharedContent) -> Result<()> {
+    use imsg_proto::v1::SharedKind;
+    if !matches!(SharedKind::try_from(shared.kind), Ok(SharedKind::Post | SharedKind::Reel | SharedKind::Profile)) {
+        return Err(Error::invalid("content.shared.kind", "must be POST, REEL or PROFILE"));
+    }
+    if shared.item_id.is_empty() || shared.item_id.len() > 128 || shared.item_id.chars().any(char::is_control) {
+        return Err(Error::invalid("content.shared.item_id", "1 to 128 bytes, no control characters"));
+    }
+    url("content.shared.url", &shared.url, &["https"], false)?;
+    if shared.author.len() > MAX_ID_LEN || shared.author.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "content.shared.author",
+            format!("at most {MAX_ID_LEN} bytes, no control characters"),
+        ));
+    }
+    chars_at_most("content.shared.title", &shared.title, MAX_SHARED_TITLE_CHARS)?;
+    url("content.shared.thumbnail_url", &shared.thumbnail_url, &["https"], true)?;
+    caption(limits, "content.shared.caption", &shared.caption)
+}
+
+/// A link (http or https) with optional text and client-supplied preview.
+pub fn link(limits: &Limits, link: &imsg_proto::v1::LinkContent) -> Result<()> {
+    url("content.link.url", &link.url, &["http", "https"], false)?;
+    caption(limits, "content.link.text", &link.text)?;
+    if let Some(preview) = &link.preview {
+        chars_at_most("content.link.preview.title", &preview.title, MAX_PREVIEW_TITLE_CHARS)?;
+        chars_at_most("content.link.preview.description", &preview.description, MAX_PREVIEW_DESCRIPTION_CHARS)?;
+        url("content.link.preview.image_url", &preview.image_url, &["https"], true)?;
+    }
+    Ok(())
+}
+
+/// One message's content, whatever its kind.
+pub fn content(limits: &Limits, content: Option<&imsg_proto::v1::message::Content>) -> Result<()> {
+    use imsg_proto::v1::message::Content;
+    match content {
+        Some(Content::Text(t)) => text(limits, &t.text),
+        Some(Content::Shared(s)) => shared(limits, s),
+        Some(Content::Link(l)) => link(limits, l),
+        None => Err(Error::invalid("content", "must be set")),
+    }
+}
+
+/// A reaction: exactly one emoji (with its modifiers), or empty to remove.
+pub fn emoji(value: &str) -> Result<()> {
+    if !value.is_empty() && emojis::get(value).is_none() {
+        return Err(Error::invalid("emoji", "must be exactly one emoji"));
+    }
+    Ok(())
+}
+
 /// A group title: at most `max_title_bytes`, no control characters.
 pub fn title(limits: &Limits, value: &str) -> Result<()> {
     if value.len() > limits.max_title_bytes {
@@ -103,6 +201,27 @@ mod tests {
         assert!(conversation_id("conversation_id", &dm).is_ok());
         assert!(conversation_id("conversation_id", "dm_xyz").is_err());
         assert!(conversation_id("conversation_id", "other_0123456789abcdef0123456789abcdef").is_err());
+    }
+
+    #[test]
+    fn links_must_be_absolute_http_with_a_host() {
+        let link = |url: &str| imsg_proto::v1::LinkContent { url: url.into(), ..Default::default() };
+        let limits = Limits::default();
+        assert!(super::link(&limits, &link("https://example.com/a?b=c")).is_ok());
+        assert!(super::link(&limits, &link("http://example.com")).is_ok());
+        for bad in ["", "javascript:alert(1)", "file:///etc/passwd", "example.com", "https://", "ftp://x.org"] {
+            assert!(super::link(&limits, &link(bad)).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_reaction_is_one_emoji_or_nothing() {
+        for good in ["", "❤️", "👍🏽", "👨‍👩‍👧", "🇫🇷"] {
+            assert!(emoji(good).is_ok(), "{good:?} refused");
+        }
+        for bad in ["a", "❤️❤️", "<3", "👍 ", ":+1:"] {
+            assert!(emoji(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

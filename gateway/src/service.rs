@@ -9,12 +9,15 @@ use std::sync::Arc;
 use imsg_common::{retry::transient, token::Authenticator};
 use imsg_proto::v1::{
     AddConversationMembersRequest, AddConversationMembersResponse, CreateConversationRequest,
-    CreateConversationResponse, GetConversationRequest, GetConversationResponse, GetPresenceRequest,
-    GetPresenceResponse, GetSettingsRequest, GetSettingsResponse, LeaveConversationRequest, LeaveConversationResponse,
-    ListConversationsRequest, ListConversationsResponse, ListMessagesRequest, ListMessagesResponse, OpenStreamRequest,
+    CreateConversationResponse, DeleteMessageForMeRequest, DeleteMessageForMeResponse, EditMessageRequest,
+    EditMessageResponse, ForwardMessageRequest, ForwardMessageResponse, GetConversationRequest,
+    GetConversationResponse, GetPresenceRequest, GetPresenceResponse, GetSettingsRequest, GetSettingsResponse,
+    LeaveConversationRequest, LeaveConversationResponse, ListConversationsRequest, ListConversationsResponse,
+    ListMessagesRequest, ListMessagesResponse, OpenStreamRequest, ReactToMessageRequest, ReactToMessageResponse,
     RemoveConversationMemberRequest, RemoveConversationMemberResponse, SendMessageRequest, SendMessageResponse,
-    UpdateConversationRequest, UpdateConversationResponse, UpdateSettingsRequest, UpdateSettingsResponse,
-    execute_request::Command, execute_response::Result as Outcome, messaging_service_server::MessagingService,
+    UnsendMessageRequest, UnsendMessageResponse, UpdateConversationRequest, UpdateConversationResponse,
+    UpdateSettingsRequest, UpdateSettingsResponse, execute_request::Command, execute_response::Result as Outcome,
+    messaging_service_server::MessagingService,
 };
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -91,6 +94,11 @@ messaging_service! {
     (leave_conversation, LeaveConversationRequest, LeaveConversationResponse, LeaveConversation),
     (send_message, SendMessageRequest, SendMessageResponse, SendMessage),
     (list_messages, ListMessagesRequest, ListMessagesResponse, ListMessages),
+    (react_to_message, ReactToMessageRequest, ReactToMessageResponse, ReactToMessage),
+    (edit_message, EditMessageRequest, EditMessageResponse, EditMessage),
+    (unsend_message, UnsendMessageRequest, UnsendMessageResponse, UnsendMessage),
+    (delete_message_for_me, DeleteMessageForMeRequest, DeleteMessageForMeResponse, DeleteMessageForMe),
+    (forward_message, ForwardMessageRequest, ForwardMessageResponse, ForwardMessage),
     (get_settings, GetSettingsRequest, GetSettingsResponse, GetSettings),
     (update_settings, UpdateSettingsRequest, UpdateSettingsResponse, UpdateSettings),
     (get_presence, GetPresenceRequest, GetPresenceResponse, GetPresence);

@@ -38,9 +38,11 @@ use std::{
 
 use imsg_common::retry::retry_after;
 use imsg_proto::v1::{
-    ConversationUpdate, CreateConversationRequest, DirectConversationSpec, Hello, ListMessagesRequest,
-    ListMessagesResponse, MarkRead, Message, OpenStreamRequest, Presence, ReceiptUpdate, SendMessageRequest,
-    SendMessageResponse, TextContent, TypingSignal, TypingUpdate, create_conversation_request, event,
+    ConversationUpdate, CreateConversationRequest, DeleteMessageForMeRequest, DirectConversationSpec,
+    EditMessageRequest, EditMessageResponse, ForwardMessageRequest, ForwardMessageResponse, Hello, LinkContent,
+    ListMessagesRequest, ListMessagesResponse, MarkRead, Message, MessageHidden, OpenStreamRequest, Presence,
+    ReactToMessageRequest, ReactionUpdate, ReceiptUpdate, SendMessageRequest, SendMessageResponse, SharedContent,
+    TextContent, TypingSignal, TypingUpdate, UnsendMessageRequest, create_conversation_request, event,
     messaging_service_client::MessagingServiceClient, open_stream_request, open_stream_response::Frame,
     send_message_request,
 };
@@ -91,6 +93,13 @@ impl ClientConfig {
 #[derive(Debug, Clone)]
 pub enum Event {
     Message(Message),
+    /// A member reacted to a message (an empty emoji: removed theirs).
+    Reaction(ReactionUpdate),
+    /// A message was edited or unsent: its state now (an unsent one has
+    /// `unsent` set and no content; remove what was shown).
+    MessageUpdated(Message),
+    /// This user deleted a message for themselves on another device.
+    MessageHidden(MessageHidden),
     Receipt(ReceiptUpdate),
     Typing(TypingUpdate),
     Presence(Presence),
@@ -194,16 +203,103 @@ impl Client {
     /// Sends a text; retried with the same client message id, while the
     /// error is retryable, until acknowledged.
     pub async fn send_text(&self, conversation: &str, text: &str) -> Result<SendMessageResponse, Error> {
-        let client_message_id = format!("sdk-{:016x}", rand::random::<u64>());
+        self.send(conversation, text_content(text), 0).await
+    }
+
+    /// Sends a text replying to message `reply_to_seq` (the recipients see a
+    /// preview of it).
+    pub async fn reply_text(
+        &self,
+        conversation: &str,
+        reply_to_seq: u64,
+        text: &str,
+    ) -> Result<SendMessageResponse, Error> {
+        self.send(conversation, text_content(text), reply_to_seq).await
+    }
+
+    /// Sends a link (http or https) with optional text.
+    pub async fn send_link(&self, conversation: &str, url: &str, text: &str) -> Result<SendMessageResponse, Error> {
+        let link = LinkContent { url: url.into(), text: text.into(), preview: None };
+        self.send(conversation, send_message_request::Content::Link(link), 0).await
+    }
+
+    /// Shares a post, reel or profile.
+    pub async fn share(&self, conversation: &str, shared: SharedContent) -> Result<SendMessageResponse, Error> {
+        self.send(conversation, send_message_request::Content::Shared(shared), 0).await
+    }
+
+    /// Sends any content; retried with one client message id, while the
+    /// error is retryable, until acknowledged.
+    pub async fn send(
+        &self,
+        conversation: &str,
+        content: send_message_request::Content,
+        reply_to_seq: u64,
+    ) -> Result<SendMessageResponse, Error> {
         let request = SendMessageRequest {
             conversation_id: conversation.into(),
-            client_message_id,
-            reply_to_seq: 0,
-            content: Some(send_message_request::Content::Text(TextContent { text: text.into() })),
+            client_message_id: new_client_message_id(),
+            reply_to_seq,
+            content: Some(content),
         };
+        self.retrying(request, |mut api, request| async move { api.send_message(request).await }).await
+    }
+
+    /// Sets this user's reaction to a message (replacing theirs); an empty
+    /// `emoji` removes it.
+    pub async fn react(&self, conversation: &str, seq: u64, emoji: &str) -> Result<(), Error> {
+        let request = ReactToMessageRequest { conversation_id: conversation.into(), seq, emoji: emoji.into() };
+        self.retrying(request, |mut api, request| async move { api.react_to_message(request).await }).await?;
+        Ok(())
+    }
+
+    /// Replaces the text (or caption) of this user's own message, within
+    /// the server's edit window.
+    pub async fn edit(&self, conversation: &str, seq: u64, text: &str) -> Result<EditMessageResponse, Error> {
+        let request = EditMessageRequest { conversation_id: conversation.into(), seq, text: text.into() };
+        self.retrying(request, |mut api, request| async move { api.edit_message(request).await }).await
+    }
+
+    /// Unsends this user's own message for everyone.
+    pub async fn unsend(&self, conversation: &str, seq: u64) -> Result<(), Error> {
+        let request = UnsendMessageRequest { conversation_id: conversation.into(), seq };
+        self.retrying(request, |mut api, request| async move { api.unsend_message(request).await }).await?;
+        Ok(())
+    }
+
+    /// Hides a message from this user's history on all their devices.
+    pub async fn delete_for_me(&self, conversation: &str, seq: u64) -> Result<(), Error> {
+        let request = DeleteMessageForMeRequest { conversation_id: conversation.into(), seq };
+        self.retrying(request, |mut api, request| async move { api.delete_message_for_me(request).await }).await?;
+        Ok(())
+    }
+
+    /// Forwards a message to up to 5 conversations.
+    pub async fn forward(
+        &self,
+        conversation: &str,
+        seq: u64,
+        to_conversations: &[&str],
+    ) -> Result<ForwardMessageResponse, Error> {
+        let request = ForwardMessageRequest {
+            conversation_id: conversation.into(),
+            seq,
+            to_conversation_ids: to_conversations.iter().map(|c| c.to_string()).collect(),
+            client_message_id: new_client_message_id(),
+        };
+        self.retrying(request, |mut api, request| async move { api.forward_message(request).await }).await
+    }
+
+    /// Runs an idempotent call, retrying it unchanged while the server says
+    /// a retry may succeed (`google.rpc.RetryInfo`), no sooner than it says.
+    async fn retrying<Req: Clone, Resp, F, Fut>(&self, request: Req, call: F) -> Result<Resp, Error>
+    where
+        F: Fn(Api, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
         let mut backoff = Backoff::new(&self.config);
         loop {
-            match self.api.clone().send_message(request.clone()).await {
+            match call(self.api.clone(), request.clone()).await {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) => match retry_after(&status) {
                     Some(delay) => backoff.wait_at_least(delay).await,
@@ -253,6 +349,14 @@ impl Client {
         };
         Ok(self.api.clone().list_messages(request).await?.into_inner())
     }
+}
+
+fn text_content(text: &str) -> send_message_request::Content {
+    send_message_request::Content::Text(TextContent { text: text.into() })
+}
+
+fn new_client_message_id() -> String {
+    format!("sdk-{:016x}", rand::random::<u64>())
 }
 
 /// Jittered exponential backoff.
@@ -370,6 +474,9 @@ async fn stream_once(
                                     Some(Event::Message(message))
                                 }
                             }
+                            Some(event::Kind::Reaction(reaction)) => Some(Event::Reaction(reaction)),
+                            Some(event::Kind::MessageUpdate(update)) => update.message.map(Event::MessageUpdated),
+                            Some(event::Kind::MessageHidden(hidden)) => Some(Event::MessageHidden(hidden)),
                             Some(event::Kind::Receipt(receipt)) => Some(Event::Receipt(receipt)),
                             Some(event::Kind::Typing(typing)) => Some(Event::Typing(typing)),
                             Some(event::Kind::Presence(update)) => update.presence.map(Event::Presence),

@@ -4,23 +4,24 @@
 //!
 //! Only steps that one partition asks of another cross nodes: user
 //! contexts, inbox summaries, presence queries, replay bodies and
-//! snapshots, fan-out updates and ephemeral signals. Commands that carry
+//! snapshots, fan-out updates, ephemeral signals, and forwarded copies of
+//! a message (sent from the source conversation's node). Commands that carry
 //! live handles (sessions) or start a client command always run on the
 //! node that owns their home partition (the gateway routes them there).
 
 use std::sync::Arc;
 
 use imsg_proto::v1::{
-    Accepted, ApplyUpdatesCall, HideReadChangedCall, LoggedUpdate, MessagesCall, MessagesResult, PresenceFanoutCall,
-    PresenceQueryCall, PresenceQueryResult, PushEphemeralCall, SnapshotsCall, SnapshotsResult, SummariesCall,
-    SummariesResult, TypingUpdate, UserContextCall, UserContextResult, call_partition_request::Call,
-    call_partition_response::Result as Answer, push_ephemeral_call,
+    Accepted, ApplyUpdatesCall, HideReadChangedCall, LoggedUpdate, Message, MessagesCall, MessagesResult,
+    PresenceFanoutCall, PresenceQueryCall, PresenceQueryResult, PushEphemeralCall, SendForwardedCall, SnapshotsCall,
+    SnapshotsResult, SummariesCall, SummariesResult, TypingUpdate, UserContextCall, UserContextResult,
+    call_partition_request::Call, call_partition_response::Result as Answer, push_ephemeral_call,
 };
 use tokio::sync::oneshot;
 
 use super::{Owner, Peers};
 use crate::{
-    core::Viewer,
+    core::{NewMessage, Viewer},
     error::{Error, Result},
     events::{Ephemeral, LoggedEvent, UpdateItem},
     ids::PartitionId,
@@ -92,6 +93,19 @@ pub fn forward(peers: &Arc<Peers>, owner: Owner, partition: PartitionId, command
         Command::HideReadChanged { user_id, hide_read, conversation_ids } => {
             let call = Call::HideReadChanged(HideReadChangedCall { user_id, hide_read, conversation_ids });
             tell(peers, owner, partition, call);
+        }
+        // Only forwarded copies cross: a client's own send runs at its home.
+        Command::Send { caller, conversation_id, message, reply } if message.forwarded => {
+            let call = Call::SendForwarded(SendForwardedCall {
+                caller: Some(caller),
+                conversation_id,
+                client_message_id: message.client_message_id,
+                message: Some(Message { content: Some(message.content), ..Message::default() }),
+            });
+            ask(peers, owner, partition, call, reply, |answer| match answer {
+                Answer::Sent(sent) => Some(sent),
+                _ => None,
+            })
         }
         other => return Err(Box::new(other)),
     }
@@ -215,6 +229,16 @@ pub async fn serve(call: Call, submit: impl FnOnce(Command) -> Result<()>) -> Re
             let presence = call.presence.ok_or_else(|| Error::invalid("presence", "must be set"))?;
             submit(Command::PresenceFanout { presence, conversation_ids: call.conversation_ids })?;
             accepted
+        }
+        Call::SendForwarded(call) => {
+            let caller = call.caller.ok_or_else(|| Error::invalid("caller", "must be set"))?;
+            let content =
+                call.message.and_then(|m| m.content).ok_or_else(|| Error::invalid("message.content", "must be set"))?;
+            let message =
+                NewMessage { client_message_id: call.client_message_id, reply_to_seq: 0, content, forwarded: true };
+            let conversation_id = call.conversation_id;
+            let sent = answer(submit, |reply| Command::Send { caller, conversation_id, message, reply }).await?;
+            Answer::Sent(sent)
         }
         Call::HideReadChanged(call) => {
             submit(Command::HideReadChanged {

@@ -141,6 +141,25 @@ impl Conversation {
         self.member(user).ok_or_else(|| Error::NotMember(self.record.id.clone()))
     }
 
+    /// `stored`, the message `seq` as storage holds it, if `user` may see
+    /// it: a member, joined before it was sent. Anything else gets the same
+    /// answer as a message that does not exist.
+    pub fn visible_message<'m>(&self, user: &str, seq: u64, stored: Option<&'m Message>) -> Result<&'m Message> {
+        let joined_after = self.require_member(user)?.joined_after_seq;
+        match stored {
+            Some(message) if seq > joined_after && seq <= self.last_seq && message.seq == seq => Ok(message),
+            _ => Err(Error::MessageNotFound { conversation_id: self.record.id.clone(), seq }),
+        }
+    }
+
+    /// Keeps the inbox line's copy of the newest message in step with a
+    /// change to it (an edit must show, an unsent text must not).
+    pub(crate) fn message_changed(&mut self, message: &Arc<Message>) {
+        if self.last_message.as_ref().is_some_and(|last| last.seq == message.seq) {
+            self.last_message = Some(message.clone());
+        }
+    }
+
     pub fn is_group(&self) -> bool {
         self.record.kind == ConversationKind::Group as i32
     }

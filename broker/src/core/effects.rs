@@ -35,8 +35,24 @@ impl Effects {
 #[derive(Debug)]
 pub enum Write {
     Conversation(ConversationRecord),
+    /// A new message.
     Message(Arc<Message>),
-    Receipt { conversation_id: String, user_id: String, record: ReceiptRecord },
+    /// An existing message's new state: edited (its content sealed anew) or
+    /// unsent (its content erased from storage).
+    Rewrite(Arc<Message>),
+    /// A message's reactions, as they now are (none: the row goes).
+    Reactions(Arc<Message>),
+    /// A message deleted for one user.
+    Hidden {
+        conversation_id: String,
+        user_id: String,
+        seq: u64,
+    },
+    Receipt {
+        conversation_id: String,
+        user_id: String,
+        record: ReceiptRecord,
+    },
 }
 
 /// A durable event for `recipients`' update logs (its outbox record and

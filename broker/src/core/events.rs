@@ -21,14 +21,14 @@
 use std::sync::Arc;
 
 use imsg_proto::v1::{
-    Conversation, ConversationUpdate, LoggedChange, LoggedReceipt, Message, Presence, ReceiptUpdate, event,
-    logged_update,
+    Conversation, ConversationUpdate, LoggedChange, LoggedHidden, LoggedReceipt, Message, MessageHidden, MessageUpdate,
+    Presence, ReactionUpdate, ReceiptUpdate, event, logged_update,
 };
 
 use crate::{
     core::receipts::read_seq_for,
     error::{Error, Result},
-    storage::{ChangedEvent, OutboxEvent, ReceiptEvent, UpdateKind},
+    storage::{ChangedEvent, HiddenEvent, OutboxEvent, ReactionEvent, ReceiptEvent, UpdateKind},
 };
 
 /// An event that goes into each recipient's update log.
@@ -48,24 +48,48 @@ pub enum LoggedEvent {
         conversation: Arc<Conversation>,
         removed_user_ids: Arc<[String]>,
     },
+    /// A member set, changed or (empty emoji) removed their reaction.
+    Reaction {
+        conversation_id: String,
+        seq: u64,
+        user_id: String,
+        emoji: String,
+        react_time_ms: i64,
+    },
+    /// A message was edited or unsent: its new state. Its later forms are
+    /// re-read from storage, so an unsent message's content never returns.
+    MessageUpdated(Arc<Message>),
+    /// `user_id` deleted a message for themselves: only their devices hear.
+    Hidden {
+        conversation_id: String,
+        user_id: String,
+        seq: u64,
+    },
 }
 
 impl LoggedEvent {
     pub fn conversation_id(&self) -> &str {
         match self {
-            Self::Message(message) => &message.conversation_id,
-            Self::Receipt { conversation_id, .. } => conversation_id,
+            Self::Message(message) | Self::MessageUpdated(message) => &message.conversation_id,
+            Self::Receipt { conversation_id, .. }
+            | Self::Reaction { conversation_id, .. }
+            | Self::Hidden { conversation_id, .. } => conversation_id,
             Self::Changed { conversation, .. } => &conversation.conversation_id,
         }
     }
 
-    /// Who gets it: the members, and for a membership change also the
-    /// members it removed (who must learn they are out).
+    /// Who gets it: the members; for a membership change also the members
+    /// it removed (who must learn they are out); for a deletion for
+    /// oneself, only that user.
     pub fn recipients(&self, mut members: Vec<String>) -> Vec<String> {
-        if let Self::Changed { removed_user_ids, .. } = self {
-            members.extend(removed_user_ids.iter().cloned());
+        match self {
+            Self::Changed { removed_user_ids, .. } => {
+                members.extend(removed_user_ids.iter().cloned());
+                members
+            }
+            Self::Hidden { user_id, .. } => vec![user_id.clone()],
+            _ => members,
         }
-        members
     }
 
     /// Its outbox record. Bodies are not copied: a message is re-read by
@@ -82,12 +106,23 @@ impl LoggedEvent {
             Self::Changed { removed_user_ids, .. } => {
                 OutboxEvent::Changed(ChangedEvent { removed_user_ids: removed_user_ids.to_vec() })
             }
+            Self::Reaction { seq, user_id, emoji, react_time_ms, .. } => OutboxEvent::Reaction(ReactionEvent {
+                seq: *seq,
+                user_id: user_id.clone(),
+                emoji: emoji.clone(),
+                react_time_ms: *react_time_ms,
+            }),
+            Self::MessageUpdated(message) => OutboxEvent::MessageUpdatedSeq(message.seq),
+            Self::Hidden { user_id, seq, .. } => {
+                OutboxEvent::Hidden(HiddenEvent { user_id: user_id.clone(), seq: *seq })
+            }
         }
     }
 
     /// Rebuilds the event from its outbox record, given the stored message
-    /// for a message record and the conversation now (events carry it with
-    /// zeroed watermarks). `None` when the message is gone.
+    /// for a record naming one ([`OutboxEvent::message_seq`]) and the
+    /// conversation now (events carry it with zeroed watermarks). `None`
+    /// when the message is gone.
     pub fn from_outbox(
         conversation_id: &str,
         record: OutboxEvent,
@@ -107,6 +142,17 @@ impl LoggedEvent {
                 conversation: Arc::new(conversation_now),
                 removed_user_ids: changed.removed_user_ids.into(),
             },
+            OutboxEvent::Reaction(r) => Self::Reaction {
+                conversation_id: conversation_id.to_owned(),
+                seq: r.seq,
+                user_id: r.user_id,
+                emoji: r.emoji,
+                react_time_ms: r.react_time_ms,
+            },
+            OutboxEvent::MessageUpdatedSeq(_) => Self::MessageUpdated(Arc::new(stored_message?)),
+            OutboxEvent::Hidden(h) => {
+                Self::Hidden { conversation_id: conversation_id.to_owned(), user_id: h.user_id, seq: h.seq }
+            }
         })
     }
 
@@ -127,6 +173,27 @@ impl LoggedEvent {
                 conversation: Some((**conversation).clone()),
                 removed_user_ids: removed_user_ids.to_vec(),
             }),
+            Self::Reaction { .. } => logged_update::Event::Reaction(self.reaction_update()),
+            Self::MessageUpdated(message) => logged_update::Event::MessageUpdated((**message).clone()),
+            Self::Hidden { conversation_id, user_id, seq } => logged_update::Event::Hidden(LoggedHidden {
+                conversation_id: conversation_id.clone(),
+                user_id: user_id.clone(),
+                seq: *seq,
+            }),
+        }
+    }
+
+    /// A reaction's frame (a default one for any other event).
+    fn reaction_update(&self) -> ReactionUpdate {
+        match self {
+            Self::Reaction { conversation_id, seq, user_id, emoji, react_time_ms } => ReactionUpdate {
+                conversation_id: conversation_id.clone(),
+                seq: *seq,
+                user_id: user_id.clone(),
+                emoji: emoji.clone(),
+                react_time_ms: *react_time_ms,
+            },
+            _ => ReactionUpdate::default(),
         }
     }
 
@@ -146,6 +213,17 @@ impl LoggedEvent {
                 ),
                 removed_user_ids: change.removed_user_ids.into(),
             },
+            logged_update::Event::Reaction(r) => Self::Reaction {
+                conversation_id: r.conversation_id,
+                seq: r.seq,
+                user_id: r.user_id,
+                emoji: r.emoji,
+                react_time_ms: r.react_time_ms,
+            },
+            logged_update::Event::MessageUpdated(message) => Self::MessageUpdated(Arc::new(message)),
+            logged_update::Event::Hidden(h) => {
+                Self::Hidden { conversation_id: h.conversation_id, user_id: h.user_id, seq: h.seq }
+            }
         })
     }
 
@@ -181,6 +259,23 @@ impl LoggedEvent {
                     event::Kind::Conversation(ConversationUpdate { conversation: Some(conversation), removed }),
                 )
             }
+            Self::Reaction { seq, user_id, emoji, react_time_ms, .. } => (
+                UpdateKind::Reaction(ReactionEvent {
+                    seq: *seq,
+                    user_id: user_id.clone(),
+                    emoji: emoji.clone(),
+                    react_time_ms: *react_time_ms,
+                }),
+                event::Kind::Reaction(self.reaction_update()),
+            ),
+            Self::MessageUpdated(message) => (
+                UpdateKind::MessageUpdatedSeq(message.seq),
+                event::Kind::MessageUpdate(MessageUpdate { message: Some((**message).clone()) }),
+            ),
+            Self::Hidden { conversation_id, seq, .. } => (
+                UpdateKind::HiddenSeq(*seq),
+                event::Kind::MessageHidden(MessageHidden { conversation_id: conversation_id.clone(), seq: *seq }),
+            ),
         }
     }
 }
@@ -191,8 +286,9 @@ fn removed_view(conversation_id: &str) -> Conversation {
 }
 
 /// The frame a device replaying its update log gets for an entry, given
-/// the stored message (for a message entry) and the conversation now (for a
-/// change). `None` when that is gone (retention) or the entry is empty.
+/// the stored message (for an entry naming one: [`UpdateKind::message_seq`])
+/// and the conversation now (for a change). `None` when that is gone
+/// (retention) or the entry is empty.
 pub fn replayed_frame(
     conversation_id: &str,
     kind: Option<UpdateKind>,
@@ -210,6 +306,19 @@ pub fn replayed_frame(
         UpdateKind::ConversationRemoved(removed) => {
             let conversation = if removed { removed_view(conversation_id) } else { conversation_now? };
             event::Kind::Conversation(ConversationUpdate { conversation: Some(conversation), removed })
+        }
+        UpdateKind::Reaction(r) => event::Kind::Reaction(ReactionUpdate {
+            conversation_id: conversation_id.to_owned(),
+            seq: r.seq,
+            user_id: r.user_id,
+            emoji: r.emoji,
+            react_time_ms: r.react_time_ms,
+        }),
+        UpdateKind::MessageUpdatedSeq(_) => {
+            event::Kind::MessageUpdate(MessageUpdate { message: Some(stored_message?) })
+        }
+        UpdateKind::HiddenSeq(seq) => {
+            event::Kind::MessageHidden(MessageHidden { conversation_id: conversation_id.to_owned(), seq })
         }
     })
 }
@@ -256,6 +365,7 @@ mod tests {
             server_time_ms: 7,
             reply_to_seq: 1,
             content: Some(Content::Text(TextContent { text: "hi".into() })),
+            ..Default::default()
         }
     }
 
@@ -275,10 +385,24 @@ mod tests {
                 conversation: Arc::new(conversation()),
                 removed_user_ids: vec!["carol".into()].into(),
             },
+            LoggedEvent::Reaction {
+                conversation_id: "g_1".into(),
+                seq: 3,
+                user_id: "bob".into(),
+                emoji: "🔥".into(),
+                react_time_ms: 9,
+            },
+            LoggedEvent::MessageUpdated(Arc::new(Message { edit_time_ms: 8, ..message() })),
+            LoggedEvent::Hidden { conversation_id: "g_1".into(), user_id: "alice".into(), seq: 3 },
         ];
         for event in &events {
             match event {
-                LoggedEvent::Message(_) | LoggedEvent::Receipt { .. } | LoggedEvent::Changed { .. } => {}
+                LoggedEvent::Message(_)
+                | LoggedEvent::Receipt { .. }
+                | LoggedEvent::Changed { .. }
+                | LoggedEvent::Reaction { .. }
+                | LoggedEvent::MessageUpdated(_)
+                | LoggedEvent::Hidden { .. } => {}
             }
         }
         events
@@ -290,13 +414,15 @@ mod tests {
             let id = event.conversation_id().to_owned();
             assert_eq!(LoggedEvent::from_wire(event.to_wire()).unwrap(), event, "wire");
             let stored = match &event {
-                LoggedEvent::Message(message) => Some((**message).clone()),
+                LoggedEvent::Message(message) | LoggedEvent::MessageUpdated(message) => Some((**message).clone()),
                 _ => None,
             };
+            assert_eq!(event.outbox_record().message_seq().is_some(), stored.is_some(), "outbox names its message");
             let rebuilt = LoggedEvent::from_outbox(&id, event.outbox_record(), stored.clone(), conversation());
             assert_eq!(rebuilt.as_ref(), Some(&event), "outbox");
             for recipient in ["alice", "carol"] {
                 let (entry, live) = event.entry_for(recipient, false);
+                assert_eq!(entry.message_seq().is_some(), stored.is_some(), "entry names its message");
                 let replayed = replayed_frame(&id, Some(entry), stored.clone(), Some(conversation()));
                 assert_eq!(replayed.as_ref(), Some(&live), "replay of {recipient}'s entry = live frame");
             }
@@ -332,6 +458,12 @@ mod tests {
             hide_read: true,
         };
         assert_eq!(read(&hidden, "alice", false), 0, "bob hides his");
+    }
+
+    #[test]
+    fn a_deletion_for_oneself_reaches_only_that_users_devices() {
+        let hidden = &every_event()[5];
+        assert_eq!(hidden.recipients(vec!["alice".into(), "bob".into()]), vec!["alice".to_string()]);
     }
 
     #[test]

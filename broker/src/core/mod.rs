@@ -8,15 +8,19 @@
 //!
 //! One module per concept. Of a conversation: [`conversation`] (the state
 //! and how members see it), [`membership`], [`send`] (sequencing and
-//! dedup), [`receipts`], [`typing`]. Of a user: [`update_log`] (cursors,
-//! resume, retention), [`presence`] (who sees what).
+//! dedup, forwarding), [`replies`], [`reactions`], [`edits`] (edit, unsend,
+//! delete for me), [`receipts`], [`typing`]. Of a user: [`update_log`]
+//! (cursors, resume, retention), [`presence`] (who sees what).
 
 pub mod conversation;
+pub mod edits;
 pub mod effects;
 pub mod events;
 pub mod membership;
 pub mod presence;
+pub mod reactions;
 pub mod receipts;
+pub mod replies;
 pub mod send;
 pub mod typing;
 pub mod update_log;
@@ -26,16 +30,38 @@ pub use self::{
     effects::{Effects, Logged, Signal, Write},
     membership::{MembershipChange, NewConversation},
     receipts::MarkKind,
+    send::NewMessage,
 };
 
 #[cfg(test)]
 pub(crate) mod testing {
     //! Small builders shared by the core's tests.
 
-    use imsg_proto::v1::Caller;
+    use imsg_proto::v1::{Caller, Message, TextContent, message::Content};
 
     use super::*;
     use crate::config::Limits;
+
+    pub fn new_text(client_id: &str, text: &str) -> NewMessage {
+        NewMessage {
+            client_message_id: client_id.into(),
+            reply_to_seq: 0,
+            content: Content::Text(TextContent { text: text.into() }),
+            forwarded: false,
+        }
+    }
+
+    /// The message a send's effects write.
+    pub fn sent_message(effects: &Effects) -> Message {
+        effects
+            .writes
+            .iter()
+            .find_map(|w| match w {
+                Write::Message(m) => Some((**m).clone()),
+                _ => None,
+            })
+            .expect("a send writes its message")
+    }
 
     pub const T0: i64 = 1_700_000_000_000;
 

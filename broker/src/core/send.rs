@@ -1,38 +1,78 @@
 //! Sending: membership, dedup by client message id (invariant 3), the next
 //! gap-free seq (invariant 2), server time that never goes backwards in a
-//! conversation, and what a send implies (the sender has read everything
-//! up to it, and stopped typing).
+//! conversation, replies to what the sender may see, and what a send
+//! implies (the sender has read everything up to it, and stopped typing).
+//! A forwarded copy is a send too, marked as such.
 
 use std::sync::Arc;
 
-use imsg_proto::v1::{Caller, Message, SendMessageRequest, SendMessageResponse, message::Content};
+use imsg_proto::v1::{
+    Caller, Message, SendMessageRequest, SendMessageResponse, message::Content, send_message_request,
+};
 
-use super::{Conversation, Effects, Logged, Signal, Write};
+use super::{Conversation, Effects, Logged, Signal, Write, replies};
 use crate::{
     error::{Error, Result},
     events::{Ephemeral, LoggedEvent},
 };
 
+/// A message to append, as the send rule takes it.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub client_message_id: String,
+    pub reply_to_seq: u64,
+    pub content: Content,
+    /// A copy of a message from another conversation.
+    pub forwarded: bool,
+}
+
+impl NewMessage {
+    /// What a client's SendMessage asks for (validated before).
+    pub fn from_request(request: SendMessageRequest) -> Result<Self> {
+        let content = request.content.ok_or_else(|| Error::invalid("content", "must be set"))?;
+        Ok(Self {
+            client_message_id: request.client_message_id,
+            reply_to_seq: request.reply_to_seq,
+            content: message_content(content),
+            forwarded: false,
+        })
+    }
+}
+
+/// A request's content as a message holds it (the two oneofs carry the
+/// same kinds).
+pub fn message_content(content: send_message_request::Content) -> Content {
+    match content {
+        send_message_request::Content::Text(text) => Content::Text(text),
+        send_message_request::Content::Shared(shared) => Content::Shared(shared),
+        send_message_request::Content::Link(link) => Content::Link(link),
+    }
+}
+
 impl Conversation {
     /// Sends a message. The dedup window must be loaded
     /// ([`Conversation::needs_dedup_window`]); a retry of a remembered
     /// (sender, client id) answers the original seq and changes nothing.
+    /// `quoted` is the stored message `reply_to_seq` names, if any.
     pub fn send(
         &mut self,
         caller: &Caller,
-        request: SendMessageRequest,
+        new: NewMessage,
+        quoted: Option<&Message>,
         dedup_capacity: usize,
         now_ms: i64,
     ) -> Result<(SendMessageResponse, Effects)> {
-        self.require_member(&caller.user_id)?;
+        let joined_after = self.require_member(&caller.user_id)?.joined_after_seq;
         let dedup = self.dedup.as_ref().ok_or_else(|| Error::Internal("dedup window not loaded".into()))?;
-        if let Some((seq, server_time_ms)) = dedup.get(&caller.user_id, &request.client_message_id) {
+        if let Some((seq, server_time_ms)) = dedup.get(&caller.user_id, &new.client_message_id) {
             return Ok((SendMessageResponse { seq, server_time_ms, duplicate: true }, Effects::default()));
         }
-        if request.reply_to_seq > self.last_seq {
+        // Only what the sender may see can be quoted: a later joiner quoting
+        // an older message would read it in the preview.
+        if new.reply_to_seq > self.last_seq || (new.reply_to_seq != 0 && new.reply_to_seq <= joined_after) {
             return Err(Error::invalid(
                 "reply_to_seq",
-                format!("no message {} in this conversation", request.reply_to_seq),
+                format!("no message {} in this conversation", new.reply_to_seq),
             ));
         }
         let seq = self.last_seq + 1;
@@ -42,12 +82,13 @@ impl Conversation {
             seq,
             sender_id: caller.user_id.clone(),
             sender_device_id: caller.device_id.clone(),
-            client_message_id: request.client_message_id,
+            client_message_id: new.client_message_id,
             server_time_ms,
-            reply_to_seq: request.reply_to_seq,
-            content: request.content.map(|c| match c {
-                imsg_proto::v1::send_message_request::Content::Text(text) => Content::Text(text),
-            }),
+            reply_to_seq: new.reply_to_seq,
+            content: Some(new.content),
+            forwarded: new.forwarded,
+            reply_preview: (new.reply_to_seq != 0).then(|| replies::preview(new.reply_to_seq, quoted)),
+            ..Message::default()
         });
         self.last_seq = seq;
         self.last_activity_ms = server_time_ms;
@@ -79,18 +120,11 @@ impl Conversation {
 
 #[cfg(test)]
 mod tests {
-    use imsg_proto::v1::{TextContent, send_message_request};
-
     use super::*;
-    use crate::core::{DedupWindow, testing::*};
+    use crate::core::{DedupWindow, MembershipChange, testing::*};
 
-    fn text(client_id: &str) -> SendMessageRequest {
-        SendMessageRequest {
-            conversation_id: "g_0001".into(),
-            client_message_id: client_id.into(),
-            reply_to_seq: 0,
-            content: Some(send_message_request::Content::Text(TextContent { text: "hi".into() })),
-        }
+    fn text(client_id: &str) -> NewMessage {
+        new_text(client_id, "hi")
     }
 
     fn send(
@@ -99,7 +133,7 @@ mod tests {
         client_id: &str,
         at: i64,
     ) -> Result<(SendMessageResponse, Effects)> {
-        conversation.send(&caller(by), text(client_id), limits().dedup_window, at)
+        conversation.send(&caller(by), text(client_id), None, limits().dedup_window, at)
     }
 
     #[test]
@@ -156,12 +190,50 @@ mod tests {
         send(&mut conversation, "alice", "a", T0).unwrap();
         let mut request = text("r");
         request.reply_to_seq = 2;
-        let error = conversation.send(&caller("bob"), request, 4, T0).unwrap_err();
+        let error = conversation.send(&caller("bob"), request, None, 4, T0).unwrap_err();
         assert!(matches!(error, Error::InvalidArgument { field: "reply_to_seq", .. }));
         assert_eq!(conversation.last_seq(), 1);
         let mut request = text("r");
         request.reply_to_seq = 1;
-        assert_eq!(conversation.send(&caller("bob"), request, 4, T0).unwrap().0.seq, 2);
+        assert_eq!(conversation.send(&caller("bob"), request, None, 4, T0).unwrap().0.seq, 2);
+    }
+
+    #[test]
+    fn a_reply_carries_a_preview_of_what_it_quotes() {
+        let mut conversation = group("alice", &["bob"]);
+        let (_, effects) = send(&mut conversation, "alice", "a", T0).unwrap();
+        let quoted = sent_message(&effects);
+        let mut reply = new_text("r", "me too");
+        reply.reply_to_seq = 1;
+        let (_, effects) = conversation.send(&caller("bob"), reply, Some(&quoted), 4, T0).unwrap();
+        let preview = sent_message(&effects).reply_preview.unwrap();
+        assert_eq!((preview.seq, preview.sender_id.as_str(), preview.snippet.as_str()), (1, "alice", "hi"));
+        assert!(!preview.unavailable);
+    }
+
+    #[test]
+    fn a_later_joiner_cannot_quote_what_predates_them() {
+        let mut conversation = group("alice", &["bob"]);
+        send(&mut conversation, "alice", "a", T0).unwrap();
+        conversation
+            .change_membership(&caller("alice"), MembershipChange::Add(vec!["carol".into()]), &limits(), T0)
+            .unwrap();
+        let mut reply = text("c");
+        reply.reply_to_seq = 1;
+        let error = conversation.send(&caller("carol"), reply, None, 4, T0).unwrap_err();
+        assert!(matches!(error, Error::InvalidArgument { field: "reply_to_seq", .. }));
+        assert_eq!(conversation.last_seq(), 1, "nothing changed");
+    }
+
+    #[test]
+    fn a_forwarded_copy_is_marked_and_keeps_its_content() {
+        let mut conversation = group("alice", &["bob"]);
+        let mut copy = new_text("f", "look");
+        copy.forwarded = true;
+        let (_, effects) = conversation.send(&caller("bob"), copy, None, 4, T0).unwrap();
+        let message = sent_message(&effects);
+        assert!(message.forwarded);
+        assert_eq!(message.content, new_text("x", "look").content.into());
     }
 
     #[test]

@@ -14,17 +14,21 @@ use std::{
 
 use imsg_proto::v1::{
     Caller, Conversation as ConversationView, ConversationSummary, CreateConversationResponse, ListMessagesRequest,
-    ListMessagesResponse, Message, Presence, SendMessageRequest, SendMessageResponse,
+    ListMessagesResponse, Message, Presence, SendMessageResponse,
 };
 
 use super::{Command, Deferred, Partition};
 use crate::{
-    core::{Conversation, DedupWindow, Effects, MarkKind, MembershipChange, NewConversation, Viewer, Write},
+    core::{
+        Conversation, DedupWindow, Effects, MarkKind, MembershipChange, NewConversation, NewMessage, Viewer, Write,
+        replies,
+    },
     error::{Error, Result},
     events::{Ephemeral, LoggedEvent, UpdateItem},
     ids::PartitionId,
+    mailbox::{MessageAction, MessageOutcome},
     now_ms,
-    storage::{OutboxEvent, OutboxItem},
+    storage::OutboxItem,
     validate,
 };
 
@@ -43,6 +47,12 @@ pub(super) struct Conversations {
     /// Conversations where someone may be typing: the expiry tick visits
     /// these, not every loaded conversation.
     typing_in: HashSet<String>,
+    /// Messages written (new, edited, reacted to, unsent) but not yet
+    /// published, with their content-key slot: what storage will hold once
+    /// they are. The next change to one of them must start from here, not
+    /// from sled (an edit on top of a pending unsend would bring the
+    /// content back).
+    unpublished: HashMap<(String, u64), (Arc<Message>, u64)>,
 }
 
 impl Partition {
@@ -66,18 +76,49 @@ impl Partition {
         self.conversations.map.get_mut(id).ok_or_else(|| Error::ConversationNotFound(id.to_owned()))
     }
 
+    /// Message `seq` as storage holds it (or will, once the batches in
+    /// flight are published), with its content-key slot.
+    fn stored_message(&self, id: &str, seq: u64) -> Result<Option<(Arc<Message>, Option<u64>)>> {
+        if let Some((message, slot)) = self.conversations.unpublished.get(&(id.to_owned(), seq)) {
+            return Ok(Some((message.clone(), Some(*slot))));
+        }
+        Ok(self.store.stored_message(id, seq)?.map(|(message, slot)| (Arc::new(message), slot)))
+    }
+
+    /// Writes a message row (new or rewritten: its slot is reused, so an
+    /// edit overwrites the old key and an unsend erases it) and remembers
+    /// it until published.
+    fn write_message(&mut self, message: Arc<Message>, new: bool) -> Result<()> {
+        let existing = if new { None } else { self.stored_message(&message.conversation_id, message.seq)? };
+        let slot = existing.and_then(|(_, slot)| slot).unwrap_or_else(|| self.store.new_content_slot());
+        self.batch.writes.put_message(&message, slot);
+        self.remember_unpublished(message, slot);
+        Ok(())
+    }
+
+    fn remember_unpublished(&mut self, message: Arc<Message>, slot: u64) {
+        let key = (message.conversation_id.clone(), message.seq);
+        self.conversations.unpublished.insert(key, (message.clone(), slot));
+        self.defer(Deferred::MessagePublished { message });
+    }
+
     /// Carries out what a rule decided: rows into this batch, logged events
     /// into the outbox, signals to live sessions.
-    fn apply_effects(&mut self, effects: Effects) {
+    fn apply_effects(&mut self, effects: Effects) -> Result<()> {
         for write in effects.writes {
             match write {
                 Write::Conversation(record) => self.batch.writes.put_conversation(&record),
-                Write::Message(message) => {
-                    self.batch.writes.put_message(&message);
-                    self.defer(Deferred::MessagePublished {
-                        conversation_id: message.conversation_id.clone(),
-                        seq: message.seq,
-                    });
+                Write::Message(message) => self.write_message(message, true)?,
+                Write::Rewrite(message) => self.write_message(message, false)?,
+                Write::Reactions(message) => {
+                    self.batch.writes.put_reactions(&message.conversation_id, message.seq, &message.reactions);
+                    let slot = self.stored_message(&message.conversation_id, message.seq)?.and_then(|(_, slot)| slot);
+                    if let Some(slot) = slot {
+                        self.remember_unpublished(message, slot);
+                    }
+                }
+                Write::Hidden { conversation_id, user_id, seq } => {
+                    self.batch.writes.put_hidden(&conversation_id, &user_id, seq);
                 }
                 Write::Receipt { conversation_id, user_id, record } => {
                     self.batch.writes.put_receipt(&conversation_id, &user_id, &record);
@@ -92,6 +133,7 @@ impl Partition {
         for logged in effects.logged {
             self.publish(logged.recipients, logged.event);
         }
+        Ok(())
     }
 
     /// Queues a durable change for the members' update logs.
@@ -122,7 +164,7 @@ impl Partition {
         }
         let (conversation, response, effects) = Conversation::create(caller, id, spec, &self.limits, now_ms())?;
         self.conversations.map.insert(id.to_owned(), conversation);
-        self.apply_effects(effects);
+        self.apply_effects(effects)?;
         Ok(response)
     }
 
@@ -140,23 +182,81 @@ impl Partition {
     ) -> Result<ConversationView> {
         let limits = self.limits.clone();
         let (view, effects) = self.conversation(id)?.change_membership(caller, change, &limits, now_ms())?;
-        self.apply_effects(effects);
+        self.apply_effects(effects)?;
         Ok(view)
     }
 
-    pub(super) fn send(&mut self, caller: &Caller, request: SendMessageRequest) -> Result<SendMessageResponse> {
-        let id = request.conversation_id.clone();
+    pub(super) fn send(&mut self, caller: &Caller, id: &str, new: NewMessage) -> Result<SendMessageResponse> {
         let window = self.limits.dedup_window;
-        let conversation = self.conversation(&id)?;
+        let conversation = self.conversation(id)?;
         conversation.require_member(&caller.user_id)?;
         if conversation.needs_dedup_window() {
             let last_seq = conversation.last_seq();
-            let tail = self.store.messages(&id, 1, last_seq, window, true)?;
-            self.conversation(&id)?.set_dedup_window(DedupWindow::from_tail(window, &tail));
+            let tail = self.store.messages(id, 1, last_seq, window, true)?;
+            self.conversation(id)?.set_dedup_window(DedupWindow::from_tail(window, &tail));
         }
-        let (response, effects) = self.conversation(&id)?.send(caller, request, window, now_ms())?;
-        self.apply_effects(effects);
+        let quoted = match new.reply_to_seq {
+            0 => None,
+            seq => self.stored_message(id, seq)?.map(|(message, _)| message),
+        };
+        let (response, effects) = self.conversation(id)?.send(caller, new, quoted.as_deref(), window, now_ms())?;
+        self.apply_effects(effects)?;
         Ok(response)
+    }
+
+    /// Reacting to, editing, unsending, deleting for oneself, or reading
+    /// for a forward one message.
+    pub(super) fn act_on_message(
+        &mut self,
+        caller: &Caller,
+        id: &str,
+        seq: u64,
+        action: MessageAction,
+    ) -> Result<MessageOutcome> {
+        let window = self.limits.edit_window;
+        let stored = self.stored_message(id, seq)?.map(|(message, _)| message);
+        let stored = stored.as_deref();
+        let conversation = self.conversation(id)?;
+        let (outcome, effects) = match action {
+            MessageAction::React { emoji } => {
+                (MessageOutcome::Done, conversation.react(caller, seq, stored, &emoji, now_ms())?)
+            }
+            MessageAction::Edit { text } => {
+                let (response, effects) = conversation.edit(caller, seq, stored, text, window, now_ms())?;
+                (MessageOutcome::Edited(response), effects)
+            }
+            MessageAction::Unsend => (MessageOutcome::Done, conversation.unsend(caller, seq, stored)?),
+            MessageAction::DeleteForMe => (MessageOutcome::Done, conversation.delete_for_me(caller, seq, stored)?),
+            MessageAction::ReadForForward => {
+                let message = conversation.visible_message(&caller.user_id, seq, stored)?;
+                let content = message
+                    .content
+                    .clone()
+                    .ok_or_else(|| Error::FailedPrecondition(format!("message {seq} was unsent")))?;
+                (MessageOutcome::Content(content), Effects::default())
+            }
+        };
+        self.apply_effects(effects)?;
+        Ok(outcome)
+    }
+
+    /// Fills in what a served message shows of the message it replies to,
+    /// as that is now.
+    fn attach_reply_previews(&self, id: &str, messages: &mut [Message]) -> Result<()> {
+        let page: HashMap<u64, Message> = messages
+            .iter()
+            .filter(|m| messages.iter().any(|r| r.reply_to_seq == m.seq))
+            .map(|m| (m.seq, m.clone()))
+            .collect();
+        for message in messages.iter_mut().filter(|m| m.reply_to_seq != 0) {
+            let seq = message.reply_to_seq;
+            let quoted = match page.get(&seq) {
+                Some(quoted) => Some(quoted.clone()),
+                None => self.store.message(id, seq)?,
+            };
+            message.reply_preview = Some(replies::preview(seq, quoted.as_ref()));
+        }
+        Ok(())
     }
 
     pub(super) fn list_messages(
@@ -190,12 +290,24 @@ impl Partition {
                 (page, next)
             }
         };
+        let mut messages = messages;
+        if let (Some(first), Some(last)) = (messages.first().map(|m| m.seq), messages.last().map(|m| m.seq)) {
+            let hidden = self.store.hidden_between(&request.conversation_id, &caller.user_id, first, last)?;
+            messages.retain(|m| !hidden.contains(&m.seq));
+        }
+        self.attach_reply_previews(&request.conversation_id, &mut messages)?;
         Ok(ListMessagesResponse { messages, next_page_token: next.map(|n| n.to_string()).unwrap_or_default() })
     }
 
-    pub(super) fn message_published(&mut self, id: &str, seq: u64) {
-        if let Some(conversation) = self.conversations.map.get_mut(id) {
-            conversation.message_published(seq);
+    /// A write of `message` is published: history reads may include it, and
+    /// storage holds it (unless a newer write of it is still in flight).
+    pub(super) fn message_published(&mut self, message: &Arc<Message>) {
+        let key = (message.conversation_id.clone(), message.seq);
+        if self.conversations.unpublished.get(&key).is_some_and(|(newest, _)| Arc::ptr_eq(newest, message)) {
+            self.conversations.unpublished.remove(&key);
+        }
+        if let Some(conversation) = self.conversations.map.get_mut(&message.conversation_id) {
+            conversation.message_published(message.seq);
         }
     }
 
@@ -206,8 +318,7 @@ impl Partition {
         if conversation.anyone_typing() {
             self.conversations.typing_in.insert(id.to_owned());
         }
-        self.apply_effects(effects);
-        Ok(())
+        self.apply_effects(effects)
     }
 
     /// Typing that was not renewed within the TTL stops, on the server.
@@ -221,7 +332,7 @@ impl Partition {
             conversation.anyone_typing()
         });
         for effects in expired {
-            self.apply_effects(effects);
+            self.apply_effects_or_log(effects);
         }
     }
 
@@ -229,8 +340,7 @@ impl Partition {
     /// reader's setting, supplied by their user partition.
     pub(super) fn mark(&mut self, caller: &Caller, id: &str, seq: u64, kind: MarkKind, hide_read: bool) -> Result<()> {
         let effects = self.conversation(id)?.mark(caller, seq, kind, hide_read)?;
-        self.apply_effects(effects);
-        Ok(())
+        self.apply_effects(effects)
     }
 
     /// Writes receipts that moved in memory only (a sender's own).
@@ -246,7 +356,7 @@ impl Partition {
         for id in ids {
             let Ok(conversation) = self.conversation(id) else { continue };
             let effects = conversation.set_hide_read(user, hide_read);
-            self.apply_effects(effects);
+            self.apply_effects_or_log(effects);
         }
     }
 
@@ -268,7 +378,16 @@ impl Partition {
                 messages.push(message);
             }
         }
+        self.attach_reply_previews(id, &mut messages)?;
         Ok(messages)
+    }
+
+    /// For work no caller waits on (ticks, signals from other partitions):
+    /// effects that cannot be applied are logged, not returned.
+    fn apply_effects_or_log(&mut self, effects: Effects) {
+        if let Err(error) = self.apply_effects(effects) {
+            tracing::error!(partition = self.id, %error, "applying effects failed");
+        }
     }
 
     pub(super) fn snapshots(&mut self, ids: &[String]) -> Result<Vec<ConversationView>> {
@@ -351,9 +470,9 @@ impl Partition {
                 if !self.load_conversation(&id)? {
                     continue;
                 }
-                let stored_message = match record {
-                    OutboxEvent::MessageSeq(seq) => self.store.message(&id, seq)?,
-                    _ => None,
+                let stored_message = match record.message_seq() {
+                    Some(seq) => self.store.message(&id, seq)?,
+                    None => None,
                 };
                 let conversation = self.conversation(&id)?;
                 let (members, now) = (conversation.member_ids(), conversation.snapshot(None));

@@ -28,7 +28,7 @@ use std::{collections::VecDeque, sync::Arc, time::Duration};
 use imsg_proto::v1::OpenStreamResponse;
 use tokio::sync::{Notify, oneshot};
 
-pub use crate::core::{MarkKind, MembershipChange, NewConversation, Viewer};
+pub use crate::core::{MarkKind, MembershipChange, NewConversation, NewMessage, Viewer};
 pub use crate::mailbox::{Command, Mailbox, OpenStep, Reply, SessionHandle, UserContext};
 use crate::{
     config::Limits,
@@ -73,10 +73,9 @@ enum Deferred {
         cursor: u64,
         frame: OpenStreamResponse,
     },
-    /// A message is published: history reads may now include it.
+    /// A message write is published: history reads may now include it.
     MessagePublished {
-        conversation_id: String,
-        seq: u64,
+        message: Arc<imsg_proto::v1::Message>,
     },
     /// Tell the source partition its updates are durable here.
     Done(oneshot::Sender<()>),
@@ -298,8 +297,12 @@ impl Partition {
                 let result = self.change_membership(&caller, &conversation_id, change);
                 self.reply(reply, result);
             }
-            Command::Send { caller, request, reply } => {
-                let result = self.send(&caller, request);
+            Command::Send { caller, conversation_id, message, reply } => {
+                let result = self.send(&caller, &conversation_id, message);
+                self.reply(reply, result);
+            }
+            Command::ActOnMessage { caller, conversation_id, seq, action, reply } => {
+                let result = self.act_on_message(&caller, &conversation_id, seq, action);
                 self.reply(reply, result);
             }
             Command::ListMessages { caller, request, reply } => {
@@ -445,7 +448,7 @@ impl Partition {
                     self.users.published_cursor(cursor);
                     self.push_to_sessions(&user_id, &frame);
                 }
-                Deferred::MessagePublished { conversation_id, seq } => self.message_published(&conversation_id, seq),
+                Deferred::MessagePublished { message } => self.message_published(&message),
                 Deferred::Done(done) => {
                     let _ = done.send(());
                 }

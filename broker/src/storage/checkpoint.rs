@@ -4,6 +4,8 @@
 //! hands the closed ones to the checkpointer thread. Every operation in a
 //! closed segment is already applied to sled (the writer applies a round
 //! before it closes a segment). The checkpointer then:
+//! 0. syncs the content-key files ([`super::shred`]), which the writer
+//!    also applied the segments to;
 //! 1. records in sled itself that sled holds every segment below N+1
 //!    ([`WAL_FROM_KEY`]);
 //! 2. flushes sled (everything inserted so far, the marker included, is
@@ -33,6 +35,7 @@ use std::{
 
 use super::{
     durability::Durability,
+    shred::KeyFiles,
     sled_files::{SledFiles, panic_message},
     wal,
 };
@@ -59,7 +62,7 @@ impl Durability {
     /// The checkpointer thread's body: checkpoints closed segments until
     /// stopped (the store's close takes the last one); any error or panic
     /// fail-stops the node.
-    pub(super) fn run_checkpointer(&self, db: sled::Db, dir: PathBuf, log: Arc<dyn wal::LogDir>) {
+    pub(super) fn run_checkpointer(&self, db: sled::Db, keys: Arc<KeyFiles>, dir: PathBuf, log: Arc<dyn wal::LogDir>) {
         let sled_files = SledFiles::new(&dir);
         let checkpoints = || -> Result<()> {
             loop {
@@ -81,7 +84,7 @@ impl Durability {
                 }
                 let Some(newest) = closed.iter().max() else { return Ok(()) };
                 *self.checkpoint_started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-                checkpoint(&db, &sled_files, &*log, newest + 1)?;
+                checkpoint(&db, &keys, &sled_files, &*log, newest + 1)?;
                 *self.checkpoint_started.lock().unwrap_or_else(|e| e.into_inner()) = None;
             }
         };
@@ -95,8 +98,15 @@ impl Durability {
 
 /// One checkpoint (module docs): sled holds every operation of the segments
 /// below `current`; make that durable, then delete them.
-fn checkpoint(db: &sled::Db, sled_files: &SledFiles, log: &dyn wal::LogDir, current: u64) -> Result<()> {
+pub(super) fn checkpoint(
+    db: &sled::Db,
+    keys: &KeyFiles,
+    sled_files: &SledFiles,
+    log: &dyn wal::LogDir,
+    current: u64,
+) -> Result<()> {
     let started = Instant::now();
+    keys.sync_all()?;
     set_wal_from(db, current)?;
     db.flush()?;
     sled_files.sync()?;

@@ -32,6 +32,7 @@ use tokio::sync::Notify;
 
 use super::{
     failstop::{FailStop, InjectedFault},
+    shred::{self, KeyFile},
     sled_files::panic_message,
     wal,
 };
@@ -96,11 +97,11 @@ impl Durability {
 
     /// Hands a batch over; returns its generation. Every round that starts
     /// later covers it. Only an urgent batch starts one.
-    pub(super) fn append(&self, tree: &sled::Tree, tree_id: u32, ops: Vec<wal::Op>, urgent: bool) -> u64 {
+    pub(super) fn append(&self, destination: &Destination, tree_id: u32, ops: Vec<wal::Op>, urgent: bool) -> u64 {
         let generation = {
             let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
             wal::encode_record(&mut log.bytes, tree_id, &ops);
-            log.ops.push((tree.clone(), ops));
+            log.ops.push((destination.clone(), ops));
             let generation = self.written.fetch_add(1, Ordering::SeqCst) + 1;
             log.last = generation;
             generation
@@ -297,25 +298,47 @@ fn inject(fault: Option<InjectedFault>, round: u64) {
 struct Pending {
     /// Their WAL records.
     bytes: Vec<u8>,
-    /// Their operations, to apply to sled after the log.
-    ops: Vec<(sled::Tree, Vec<wal::Op>)>,
+    /// Their operations, to apply after the log.
+    ops: Vec<(Destination, Vec<wal::Op>)>,
     /// The newest generation among them.
     last: u64,
 }
 
-/// Applies logged operations to sled, one by one: no sled batch, so no
-/// sealing of sled's log buffer (see the storage module docs).
-fn apply(batches: &[(sled::Tree, Vec<wal::Op>)]) -> Result<()> {
-    for (tree, ops) in batches {
+/// Where one partition's logged operations land: its sled tree, and its
+/// key file for content-key slots ([`shred`]).
+#[derive(Clone)]
+pub struct Destination {
+    pub tree: sled::Tree,
+    pub keys: Arc<KeyFile>,
+}
+
+impl Destination {
+    /// Applies one operation with a plain insert or remove (no sled batch,
+    /// so no sealing of sled's log buffer: see the storage module docs).
+    pub fn apply(&self, op: &wal::Op) -> Result<()> {
+        match op {
+            wal::Op::Put { key, value } => match shred::slot_of_row(key) {
+                Some(slot) => self.keys.put(slot, Some(value))?,
+                None => {
+                    self.tree.insert(key.as_slice(), value.as_slice())?;
+                }
+            },
+            wal::Op::Remove { key } => match shred::slot_of_row(key) {
+                Some(slot) => self.keys.put(slot, None)?,
+                None => {
+                    self.tree.remove(key.as_slice())?;
+                }
+            },
+        }
+        Ok(())
+    }
+}
+
+/// Applies logged operations, one by one.
+fn apply(batches: &[(Destination, Vec<wal::Op>)]) -> Result<()> {
+    for (destination, ops) in batches {
         for op in ops {
-            match op {
-                wal::Op::Put { key, value } => {
-                    tree.insert(key.as_slice(), value.as_slice())?;
-                }
-                wal::Op::Remove { key } => {
-                    tree.remove(key.as_slice())?;
-                }
-            }
+            destination.apply(op)?;
         }
     }
     Ok(())

@@ -13,7 +13,10 @@
 //! | key                       | value                  |
 //! |---------------------------|------------------------|
 //! | `c` conv                  | [`ConversationRecord`] |
-//! | `m` conv `/` seq (BE u64) | `imsg.v1.Message`      |
+//! | `m` conv `/` seq (BE u64) | `imsg.v1.Message` + [`SealedContent`] |
+//! | `a` conv `/` seq          | [`ReactionsRecord`]    |
+//! | `h` conv `/` user `/` seq | (empty): deleted for that user |
+//! | `K` slot (BE u64)         | content key, in the key file, not sled ([`shred`]) |
 //! | `r` conv `/` user         | [`ReceiptRecord`]      |
 //! | `o` batch (BE u64)        | [`OutboxRecord`]       |
 //! | `u` first cursor (BE u64) | [`UpdateBatchRecord`]  |
@@ -57,6 +60,7 @@ pub mod durability;
 pub mod failstop;
 pub mod records;
 pub mod rows;
+pub mod shred;
 pub mod sled_files;
 pub mod wal;
 
@@ -71,7 +75,13 @@ use std::{
 };
 
 pub use self::durability::Durability;
-use self::{durability::Writer, failstop::FailStop, sled_files::SledFiles, wal::LogDir};
+use self::{
+    durability::{Destination, Writer},
+    failstop::FailStop,
+    shred::KeyFiles,
+    sled_files::SledFiles,
+    wal::LogDir,
+};
 pub use self::{
     records::*,
     rows::{OWNERSHIP_KEY, PartitionStore, WriteBatch},
@@ -85,6 +95,7 @@ use crate::{
 /// The node's sled database and its durability machinery.
 pub struct Store {
     db: sled::Db,
+    keys: Arc<KeyFiles>,
     dir: PathBuf,
     log: Arc<dyn LogDir>,
     rows_written: Arc<AtomicU64>,
@@ -123,14 +134,12 @@ impl Store {
                 db.insert(partitions_key, &config.partitions.to_be_bytes())?;
             }
         }
-        let (replayed, next_segment) = replay(&db, &*log)?;
-        // Make the replayed state durable in sled, marked as holding every
-        // segment so far, then start an empty log.
-        checkpoint::set_wal_from(&db, next_segment)?;
-        db.flush()?;
-        SledFiles::new(&config.data_dir).sync()?;
+        let keys = Arc::new(KeyFiles::new(&config.data_dir));
+        let (replayed, next_segment) = replay(&db, &keys, &*log)?;
+        // Make the replayed state durable, marked as holding every segment
+        // so far, then start an empty log.
         let old = log.list()?;
-        log.remove(&old)?;
+        checkpoint::checkpoint(&db, &keys, &SledFiles::new(&config.data_dir), &*log, next_segment)?;
         if replayed > 0 {
             tracing::info!(operations = replayed, segments = old.len(), "replayed the write-ahead log");
         }
@@ -152,10 +161,10 @@ impl Store {
         };
         let checkpointer = {
             let durability = durability.clone();
-            let (db, dir, log) = (db.clone(), config.data_dir.clone(), log.clone());
+            let (db, keys, dir, log) = (db.clone(), keys.clone(), config.data_dir.clone(), log.clone());
             std::thread::Builder::new()
                 .name("imsg-checkpoint".into())
-                .spawn(move || durability.run_checkpointer(db, dir, log))
+                .spawn(move || durability.run_checkpointer(db, keys, dir, log))
                 .map_err(|e| Error::Internal(format!("spawning the checkpointer: {e}")))?
         };
         let watchdog = {
@@ -168,6 +177,7 @@ impl Store {
         };
         Ok(Arc::new(Self {
             db,
+            keys,
             dir: config.data_dir.clone(),
             log,
             rows_written: Arc::new(AtomicU64::new(0)),
@@ -180,7 +190,7 @@ impl Store {
     pub fn partition(&self, id: PartitionId) -> Result<PartitionStore> {
         Ok(PartitionStore {
             id,
-            tree: self.db.open_tree(tree_name(id))?,
+            files: Destination { tree: self.db.open_tree(tree_name(id))?, keys: self.keys.get(id)? },
             rows_written: self.rows_written.clone(),
             durability: self.durability.clone(),
         })
@@ -209,11 +219,8 @@ impl Store {
         }
         let all = self.log.list()?;
         // Keep the newest (empty after the last round) so numbering goes on.
-        let Some((&newest, covered)) = all.split_last() else { return Ok(()) };
-        checkpoint::set_wal_from(&self.db, newest)?;
-        self.db.flush()?;
-        SledFiles::new(&self.dir).sync()?;
-        self.log.remove(covered)
+        let Some(&newest) = all.last() else { return Ok(()) };
+        checkpoint::checkpoint(&self.db, &self.keys, &SledFiles::new(&self.dir), &*self.log, newest)
     }
 }
 
@@ -227,7 +234,7 @@ fn tree_name(id: PartitionId) -> String {
 /// Segments below sled's `wal_from` marker are skipped: a checkpoint made
 /// them redundant, and a deletion that a power cut undid must not replay
 /// old values over newer ones.
-fn replay(db: &sled::Db, log: &dyn LogDir) -> Result<(usize, u64)> {
+fn replay(db: &sled::Db, keys: &KeyFiles, log: &dyn LogDir) -> Result<(usize, u64)> {
     let wal_from = checkpoint::wal_from(db)?;
     let numbers: Vec<u64> = log.list()?.into_iter().filter(|n| *n >= wal_from).collect();
     let mut replayed = 0;
@@ -236,17 +243,16 @@ fn replay(db: &sled::Db, log: &dyn LogDir) -> Result<(usize, u64)> {
         if !complete && i + 1 < numbers.len() {
             return Err(Error::Internal(format!("WAL segment {} is damaged before its end", log.describe(*number))));
         }
-        let mut batches: BTreeMap<u32, sled::Batch> = BTreeMap::new();
+        let mut destinations: BTreeMap<u32, Destination> = BTreeMap::new();
         for (tree, op) in ops {
-            let batch = batches.entry(tree).or_default();
-            match op {
-                wal::Op::Put { key, value } => batch.insert(key, value),
-                wal::Op::Remove { key } => batch.remove(key),
-            }
+            let destination = match destinations.entry(tree) {
+                std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::btree_map::Entry::Vacant(entry) => {
+                    entry.insert(Destination { tree: db.open_tree(tree_name(tree))?, keys: keys.get(tree)? })
+                }
+            };
+            destination.apply(&op)?;
             replayed += 1;
-        }
-        for (tree, batch) in batches {
-            db.open_tree(tree_name(tree))?.apply_batch(batch)?;
         }
     }
     let after_listed = log.list()?.last().map_or(1, |n| n + 1);
@@ -374,18 +380,49 @@ mod tests {
         let long_id = |n: usize| format!("{n:064}");
         let conversation = format!("g_{}", "x".repeat(40));
         let mut batch = WriteBatch::default();
-        batch.put_message(&Message {
-            conversation_id: conversation.clone(),
-            seq: u64::MAX,
-            sender_id: long_id(1),
-            sender_device_id: long_id(2),
-            client_message_id: long_id(3),
-            server_time_ms: i64::MAX,
-            reply_to_seq: u64::MAX,
-            content: Some(imsg_proto::v1::message::Content::Text(imsg_proto::v1::TextContent {
-                text: "é".repeat(MAX_TEXT_BYTES_BOUND / 2),
-            })),
-        });
+        batch.put_message(
+            &Message {
+                conversation_id: conversation.clone(),
+                seq: u64::MAX,
+                sender_id: long_id(1),
+                sender_device_id: long_id(2),
+                client_message_id: long_id(3),
+                server_time_ms: i64::MAX,
+                reply_to_seq: u64::MAX,
+                content: Some(imsg_proto::v1::message::Content::Text(imsg_proto::v1::TextContent {
+                    text: "é".repeat(MAX_TEXT_BYTES_BOUND / 2),
+                })),
+                ..Message::default()
+            },
+            u64::MAX,
+        );
+        // The largest shared card: every field at its bound.
+        let url = format!("https://{}", "u".repeat(crate::validate::MAX_URL_BYTES - 8));
+        batch.put_message(
+            &Message {
+                conversation_id: conversation.clone(),
+                seq: u64::MAX,
+                sender_id: long_id(1),
+                content: Some(imsg_proto::v1::message::Content::Shared(imsg_proto::v1::SharedContent {
+                    kind: 1,
+                    item_id: "i".repeat(128),
+                    url: url.clone(),
+                    author: long_id(4),
+                    title: "é".repeat(crate::validate::MAX_SHARED_TITLE_CHARS),
+                    thumbnail_url: url,
+                    caption: "é".repeat(MAX_TEXT_BYTES_BOUND / 2),
+                })),
+                ..Message::default()
+            },
+            u64::MAX,
+        );
+        // Every member of the largest group reacting with a long emoji.
+        let family = "👨\u{200d}👩\u{200d}👧\u{200d}👦";
+        assert!(crate::validate::emoji(family).is_ok());
+        let reactions: Vec<imsg_proto::v1::Reaction> = (0..MAX_GROUP_MEMBERS_BOUND)
+            .map(|n| imsg_proto::v1::Reaction { user_id: long_id(n), emoji: family.into(), react_time_ms: i64::MAX })
+            .collect();
+        batch.put_reactions(&conversation, u64::MAX, &reactions);
         batch.put_conversation(&ConversationRecord {
             id: conversation.clone(),
             kind: 2,
@@ -413,7 +450,7 @@ mod tests {
             },
         );
         for op in &batch.ops {
-            let wal::Op::Put { key, value } = op else { unreachable!() };
+            let wal::Op::Put { key, value } = op else { continue };
             assert!(key.len() + value.len() <= MAX_ROW_BYTES, "row {:?}: {} bytes", key[0] as char, value.len());
         }
     }

@@ -1,6 +1,29 @@
 //! On-disk record types, encoded with prost so the format is compact,
 //! versionable (new fields get new tags) and independent of Rust layout.
-//! Messages themselves are stored as the public `imsg.v1.Message`.
+//! Messages themselves are stored as the public `imsg.v1.Message` without
+//! its content, followed by a [`SealedContent`] (see `shred`).
+
+/// The sealed content of a message row. Its tags are far above the
+/// message's own, so one row decodes both as `imsg.v1.Message` (which skips
+/// these) and as this (which skips the message's fields). Rows written
+/// before sealing have neither and keep their content in the clear.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SealedContent {
+    /// The slot of the key in the partition's key file.
+    #[prost(uint64, optional, tag = "1001")]
+    pub key_slot: Option<u64>,
+    /// The message's `content`, encoded as an `imsg.v1.Message` holding
+    /// only it, sealed under that key.
+    #[prost(bytes = "vec", tag = "1002")]
+    pub sealed: Vec<u8>,
+}
+
+/// The reactions to one message, one per member, oldest first.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReactionsRecord {
+    #[prost(message, repeated, tag = "1")]
+    pub reactions: Vec<imsg_proto::v1::Reaction>,
+}
 
 /// A conversation's durable metadata (members, title). Written only when
 /// membership or the title changes, never per message.
@@ -59,7 +82,7 @@ pub struct OutboxRecord {
 pub struct OutboxItem {
     #[prost(string, tag = "1")]
     pub conversation_id: String,
-    #[prost(oneof = "OutboxEvent", tags = "2, 3, 4")]
+    #[prost(oneof = "OutboxEvent", tags = "2, 3, 4, 5, 6, 7")]
     pub event: Option<OutboxEvent>,
 }
 
@@ -72,6 +95,45 @@ pub enum OutboxEvent {
     Receipt(ReceiptEvent),
     #[prost(message, tag = "4")]
     Changed(ChangedEvent),
+    #[prost(message, tag = "5")]
+    Reaction(ReactionEvent),
+    /// An edited or unsent message; re-read by seq, as it is then.
+    #[prost(uint64, tag = "6")]
+    MessageUpdatedSeq(u64),
+    #[prost(message, tag = "7")]
+    Hidden(HiddenEvent),
+}
+
+impl OutboxEvent {
+    /// The seq of the stored message this event is re-sent with, if any.
+    pub fn message_seq(&self) -> Option<u64> {
+        match self {
+            Self::MessageSeq(seq) | Self::MessageUpdatedSeq(seq) => Some(*seq),
+            _ => None,
+        }
+    }
+}
+
+/// A member's reaction to a message (empty emoji: removed).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReactionEvent {
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    #[prost(string, tag = "2")]
+    pub user_id: String,
+    #[prost(string, tag = "3")]
+    pub emoji: String,
+    #[prost(int64, tag = "4")]
+    pub react_time_ms: i64,
+}
+
+/// A user deleted a message for themselves.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HiddenEvent {
+    #[prost(string, tag = "1")]
+    pub user_id: String,
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -110,7 +172,7 @@ pub struct UpdateEntry {
     pub user_id: String,
     #[prost(string, tag = "3")]
     pub conversation_id: String,
-    #[prost(oneof = "UpdateKind", tags = "4, 5, 6")]
+    #[prost(oneof = "UpdateKind", tags = "4, 5, 6, 7, 8, 9")]
     pub kind: Option<UpdateKind>,
 }
 
@@ -124,6 +186,24 @@ pub enum UpdateKind {
     /// The conversation changed; `true` when this user was removed.
     #[prost(bool, tag = "6")]
     ConversationRemoved(bool),
+    #[prost(message, tag = "7")]
+    Reaction(ReactionEvent),
+    /// A message was edited or unsent; replayed as it is then.
+    #[prost(uint64, tag = "8")]
+    MessageUpdatedSeq(u64),
+    /// This user deleted the message for themselves.
+    #[prost(uint64, tag = "9")]
+    HiddenSeq(u64),
+}
+
+impl UpdateKind {
+    /// The seq of the stored message a replay of this entry needs, if any.
+    pub fn message_seq(&self) -> Option<u64> {
+        match self {
+            Self::MessageSeq(seq) | Self::MessageUpdatedSeq(seq) => Some(*seq),
+            _ => None,
+        }
+    }
 }
 
 /// A user's privacy settings.

@@ -7,11 +7,20 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use imsg_proto::v1::Message;
+use std::collections::{HashMap, HashSet};
+
+use imsg_proto::v1::{Message, Reaction};
 use prost::Message as _;
 use tokio::sync::Notify;
 
-use super::{Durability, records::*, sled_files::MAX_ROW_BYTES, wal};
+use super::{
+    Durability,
+    durability::Destination,
+    records::*,
+    shred::{self, KEY_ROW_TAG},
+    sled_files::MAX_ROW_BYTES,
+    wal,
+};
 use crate::{
     error::{Error, Result},
     ids::PartitionId,
@@ -38,6 +47,19 @@ fn message_key(conversation: &str, seq: u64) -> Vec<u8> {
     key(b'm', &[conversation.as_bytes(), &seq.to_be_bytes()])
 }
 
+fn reactions_key(conversation: &str, seq: u64) -> Vec<u8> {
+    key(b'a', &[conversation.as_bytes(), &seq.to_be_bytes()])
+}
+
+fn hidden_key(conversation: &str, user: &str, seq: u64) -> Vec<u8> {
+    key(b'h', &[conversation.as_bytes(), user.as_bytes(), &seq.to_be_bytes()])
+}
+
+/// What binds a message's sealed content to its place.
+fn seal_context(conversation: &str, seq: u64) -> Vec<u8> {
+    key(b'm', &[conversation.as_bytes(), &seq.to_be_bytes()])
+}
+
 fn be_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.get(bytes.len().checked_sub(8)?..)?.try_into().ok()?))
 }
@@ -54,14 +76,14 @@ fn text_after(key: &[u8], prefix_len: usize) -> Result<&str> {
 #[derive(Clone)]
 pub struct PartitionStore {
     pub(super) id: PartitionId,
-    pub(super) tree: sled::Tree,
+    pub(super) files: Destination,
     pub(super) rows_written: Arc<AtomicU64>,
     pub(super) durability: Arc<Durability>,
 }
 
 impl PartitionStore {
     pub fn meta(&self) -> Result<PartitionMeta> {
-        Ok(match self.tree.get(b"M")? {
+        Ok(match self.files.tree.get(b"M")? {
             Some(bytes) => decode(&bytes)?,
             None => PartitionMeta { next_outbox: 1, outbox_done: 1, next_cursor: 1 },
         })
@@ -69,17 +91,39 @@ impl PartitionStore {
 
     /// This node's claim on the partition; `None` if it never held it.
     pub fn ownership(&self) -> Result<Option<OwnershipRecord>> {
-        self.tree.get(OWNERSHIP_KEY)?.map(|bytes| decode(&bytes)).transpose()
+        self.files.tree.get(OWNERSHIP_KEY)?.map(|bytes| decode(&bytes)).transpose()
     }
 
     /// Up to `limit` rows after `after` (from the first when `None`), in key
     /// order: a partition move copies a frozen partition with these.
     pub fn rows_after(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let rows = match after {
-            Some(key) => self.tree.range::<&[u8], _>((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded)),
-            None => self.tree.iter(),
+            Some(key) => {
+                self.files.tree.range::<&[u8], _>((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded))
+            }
+            None => self.files.tree.iter(),
         };
-        rows.take(limit).map(|row| row.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Error::from)).collect()
+        let mut rows: Vec<(Vec<u8>, Vec<u8>)> = rows
+            .take(limit)
+            .map(|row| row.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Error::from))
+            .collect::<Result<_>>()?;
+        // The content-key slots are rows too, kept in the key file: merged
+        // in key order.
+        let first_slot = match after {
+            None => Some(0),
+            Some(key) => match (key.first(), shred::slot_of_row(key)) {
+                (_, Some(slot)) => slot.checked_add(1),
+                (Some(tag), None) if *tag > KEY_ROW_TAG => None,
+                _ => Some(0),
+            },
+        };
+        if let Some(first) = first_slot {
+            let slots = self.files.keys.slots_from(first, limit)?;
+            rows.extend(slots.into_iter().map(|(slot, key)| (shred::key_row(slot), key.to_vec())));
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            rows.truncate(limit);
+        }
+        Ok(rows)
     }
 
     /// Removes every row but the ownership record, a chunk at a time (a
@@ -117,11 +161,11 @@ impl PartitionStore {
     /// rows themselves: urgent batches do not rewrite the meta row, so the
     /// newest outbox and update-log keys are the truth about what was used.
     pub fn next_numbers_in_logs(&self) -> Result<(u64, u64)> {
-        let next_outbox = match self.tree.scan_prefix(b"o").next_back() {
+        let next_outbox = match self.files.tree.scan_prefix(b"o").next_back() {
             Some(row) => be_u64(&row?.0).unwrap_or(0) + 1,
             None => 0,
         };
-        let next_cursor = match self.tree.scan_prefix(b"u").next_back() {
+        let next_cursor = match self.files.tree.scan_prefix(b"u").next_back() {
             Some(row) => {
                 let (_, value) = row?;
                 let record: UpdateBatchRecord = decode(&value)?;
@@ -133,13 +177,13 @@ impl PartitionStore {
     }
 
     pub fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>> {
-        self.tree.get(key(b'c', &[id.as_bytes()]))?.map(|b| decode(&b)).transpose()
+        self.files.tree.get(key(b'c', &[id.as_bytes()]))?.map(|b| decode(&b)).transpose()
     }
 
     /// Seq of the newest message of a conversation, 0 when it has none.
     pub fn last_message_seq(&self, conversation: &str) -> Result<u64> {
         let prefix = key(b'm', &[conversation.as_bytes(), b""]);
-        match self.tree.scan_prefix(prefix).next_back() {
+        match self.files.tree.scan_prefix(prefix).next_back() {
             Some(row) => Ok(be_u64(&row?.0).unwrap_or(0)),
             None => Ok(0),
         }
@@ -158,26 +202,87 @@ impl PartitionStore {
         if from > to || limit == 0 {
             return Ok(Vec::new());
         }
-        let range = self.tree.range(message_key(conversation, from)..=message_key(conversation, to));
+        let range = self.files.tree.range(message_key(conversation, from)..=message_key(conversation, to));
         let rows: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
             if newest_first { Box::new(range.rev()) } else { Box::new(range) };
         let mut messages = rows
             .take(limit)
-            .map(|row| row.map_err(Error::from).and_then(|(_, v)| decode::<Message>(&v)))
+            .map(|row| row.map_err(Error::from).and_then(|(_, v)| Ok(self.unseal(conversation, &v)?.0)))
             .collect::<Result<Vec<_>>>()?;
         if newest_first {
             messages.reverse();
+        }
+        if let (Some(first), Some(last)) = (messages.first().map(|m| m.seq), messages.last().map(|m| m.seq)) {
+            let mut reactions = self.reactions_between(conversation, first, last)?;
+            for message in &mut messages {
+                message.reactions = reactions.remove(&message.seq).unwrap_or_default();
+            }
         }
         Ok(messages)
     }
 
     pub fn message(&self, conversation: &str, seq: u64) -> Result<Option<Message>> {
-        self.tree.get(message_key(conversation, seq))?.map(|b| decode(&b)).transpose()
+        Ok(self.stored_message(conversation, seq)?.map(|(message, _)| message))
+    }
+
+    /// A message as stored, its content opened and its reactions attached,
+    /// with the key slot its content is sealed under (`None` for a
+    /// tombstone).
+    pub fn stored_message(&self, conversation: &str, seq: u64) -> Result<Option<(Message, Option<u64>)>> {
+        let Some(row) = self.files.tree.get(message_key(conversation, seq))? else { return Ok(None) };
+        let (mut message, slot) = self.unseal(conversation, &row)?;
+        if let Some(row) = self.files.tree.get(reactions_key(conversation, seq))? {
+            message.reactions = decode::<ReactionsRecord>(&row)?.reactions;
+        }
+        Ok(Some((message, slot)))
+    }
+
+    /// Decodes a message row and opens its sealed content. A slot that was
+    /// erased (the message unsent) leaves the content empty.
+    fn unseal(&self, conversation: &str, row: &[u8]) -> Result<(Message, Option<u64>)> {
+        let mut message: Message = decode(row)?;
+        let sealed: SealedContent = decode(row)?;
+        let Some(slot) = sealed.key_slot else { return Ok((message, None)) };
+        if let Some(key) = self.files.keys.get(slot)? {
+            let plain = shred::open(&key, &seal_context(conversation, message.seq), &sealed.sealed)?;
+            message.content = decode::<Message>(&plain)?.content;
+        }
+        Ok((message, Some(slot)))
+    }
+
+    /// The reactions of the messages with `from <= seq <= to`, by seq.
+    fn reactions_between(&self, conversation: &str, from: u64, to: u64) -> Result<HashMap<u64, Vec<Reaction>>> {
+        self.files
+            .tree
+            .range(reactions_key(conversation, from)..=reactions_key(conversation, to))
+            .map(|row| {
+                let (k, v) = row?;
+                Ok((be_u64(&k).unwrap_or(0), decode::<ReactionsRecord>(&v)?.reactions))
+            })
+            .collect()
+    }
+
+    /// Which of the seqs `from..=to` `user` deleted for themselves.
+    pub fn hidden_between(&self, conversation: &str, user: &str, from: u64, to: u64) -> Result<HashSet<u64>> {
+        if from > to {
+            return Ok(HashSet::new());
+        }
+        self.files
+            .tree
+            .range(hidden_key(conversation, user, from)..=hidden_key(conversation, user, to))
+            .map(|row| Ok(be_u64(&row?.0).unwrap_or(0)))
+            .collect()
+    }
+
+    /// A slot to seal a new message's content under.
+    pub fn new_content_slot(&self) -> u64 {
+        self.files.keys.allocate()
     }
 
     pub fn receipts(&self, conversation: &str) -> Result<Vec<(String, ReceiptRecord)>> {
         let prefix = key(b'r', &[conversation.as_bytes(), b""]);
-        self.tree
+        self.files
+            .tree
             .scan_prefix(&prefix)
             .map(|row| {
                 let (k, v) = row?;
@@ -188,7 +293,8 @@ impl PartitionStore {
 
     /// Outbox batches at or after `from`, in order.
     pub fn outbox_from(&self, from: u64) -> Result<Vec<(u64, OutboxRecord)>> {
-        self.tree
+        self.files
+            .tree
             .range(key(b'o', &[&from.to_be_bytes()])..key(b'o', &[&u64::MAX.to_be_bytes()]))
             .map(|row| {
                 let (k, v) = row?;
@@ -206,20 +312,22 @@ impl PartitionStore {
     pub fn update_batches_from(&self, cursor: u64) -> impl Iterator<Item = Result<(u64, UpdateBatchRecord)>> + '_ {
         // The batch holding `cursor` may start before it.
         let start = self
+            .files
             .tree
             .range(key(b'u', &[&0u64.to_be_bytes()])..=key(b'u', &[&cursor.to_be_bytes()]))
             .next_back()
             .and_then(|row| row.ok())
             .and_then(|(k, _)| be_u64(&k))
             .unwrap_or(cursor);
-        self.tree.range(key(b'u', &[&start.to_be_bytes()])..=key(b'u', &[&u64::MAX.to_be_bytes()])).map(|row| {
+        self.files.tree.range(key(b'u', &[&start.to_be_bytes()])..=key(b'u', &[&u64::MAX.to_be_bytes()])).map(|row| {
             let (k, v) = row?;
             Ok((be_u64(&k).unwrap_or(0), decode(&v)?))
         })
     }
 
     pub fn all_settings(&self) -> Result<Vec<(String, SettingsRecord)>> {
-        self.tree
+        self.files
+            .tree
             .scan_prefix(b"s")
             .map(|row| {
                 let (k, v) = row?;
@@ -230,7 +338,8 @@ impl PartitionStore {
 
     /// Every (user, conversation) inbox membership of this partition's users.
     pub fn all_inbox_entries(&self) -> Result<Vec<(String, String)>> {
-        self.tree
+        self.files
+            .tree
             .scan_prefix(b"i")
             .map(|row| {
                 let (k, _) = row?;
@@ -247,7 +356,7 @@ impl PartitionStore {
     /// that generation is published, reads of this tree do not see it.
     pub fn apply(&self, batch: WriteBatch, urgent: bool) -> u64 {
         self.rows_written.fetch_add(batch.ops.len() as u64, Ordering::Relaxed);
-        self.durability.append(&self.tree, self.id, batch.ops, urgent)
+        self.durability.append(&self.files, self.id, batch.ops, urgent)
     }
 }
 
@@ -286,8 +395,41 @@ impl WriteBatch {
         self.put(key(b'c', &[record.id.as_bytes()]), record.encode_to_vec());
     }
 
-    pub fn put_message(&mut self, message: &Message) {
-        self.put(message_key(&message.conversation_id, message.seq), message.encode_to_vec());
+    /// Writes a message row. Its content is sealed under a fresh key in
+    /// `slot` (an edit reuses the slot, so the old key is overwritten in
+    /// place); a message without content (unsent) erases the slot instead.
+    /// Reactions and the reply preview are not part of the row (reactions
+    /// have their own, previews are made when served).
+    pub fn put_message(&mut self, message: &Message, slot: u64) {
+        let header = Message { content: None, reactions: Vec::new(), reply_preview: None, ..message.clone() };
+        let mut row = header.encode_to_vec();
+        match &message.content {
+            Some(content) => {
+                let key = shred::new_key();
+                let plain = Message { content: Some(content.clone()), ..Message::default() }.encode_to_vec();
+                let context = seal_context(&message.conversation_id, message.seq);
+                let sealed = SealedContent { key_slot: Some(slot), sealed: shred::seal(&key, &context, &plain) };
+                sealed.encode(&mut row).expect("encoding into a Vec cannot fail");
+                self.put(shred::key_row(slot), key.to_vec());
+            }
+            None => self.remove(shred::key_row(slot)),
+        }
+        self.put(message_key(&message.conversation_id, message.seq), row);
+    }
+
+    /// Writes a message's reactions (none: removes the row).
+    pub fn put_reactions(&mut self, conversation: &str, seq: u64, reactions: &[Reaction]) {
+        let key = reactions_key(conversation, seq);
+        if reactions.is_empty() {
+            self.remove(key);
+        } else {
+            self.put(key, ReactionsRecord { reactions: reactions.to_vec() }.encode_to_vec());
+        }
+    }
+
+    /// Hides a message from one user's history.
+    pub fn put_hidden(&mut self, conversation: &str, user: &str, seq: u64) {
+        self.put(hidden_key(conversation, user, seq), Vec::new());
     }
 
     pub fn put_receipt(&mut self, conversation: &str, user: &str, record: &ReceiptRecord) {

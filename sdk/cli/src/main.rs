@@ -1,9 +1,12 @@
 //! `imsg`: try imsg from a terminal.
 //!
-//! `imsg token` mints a local token; `send`, `inbox` and `history` are one
-//! call each; `chat` is an interactive session showing messages, who is
-//! typing, read state and presence as they change. A conversation is named
-//! by its id or, for a 1:1, by `@user`.
+//! `imsg token` mints a local token; `send`, `react`, `edit`, `unsend`,
+//! `delete-for-me`, `forward`, `inbox` and `history` are one call each;
+//! `chat` is an interactive session showing messages, reactions, edits,
+//! unsends, who is typing, read state and presence as they change. A
+//! conversation is named by its id or, for a 1:1, by `@user`.
+
+mod render;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -13,7 +16,7 @@ use crossterm::{
 };
 use imsg_client::{Client, ClientConfig, Event};
 use imsg_common::token::Authenticator;
-use imsg_proto::v1::{ListConversationsRequest, Message, message::Content};
+use imsg_proto::v1::{LinkContent, ListConversationsRequest, send_message_request};
 use tokio::sync::mpsc;
 
 /// A terminal client for imsg.
@@ -42,8 +45,33 @@ enum Command {
         #[arg(long, default_value_t = 86_400)]
         ttl_secs: u64,
     },
-    /// Send one message.
-    Send { conversation: String, text: String },
+    /// Send one message: a text, or with --link a link and optional text.
+    Send {
+        conversation: String,
+        #[arg(default_value = "")]
+        text: String,
+        /// Reply to this seq (recipients see a preview of it).
+        #[arg(long, default_value_t = 0)]
+        reply_to: u64,
+        /// Send a link (http or https); the text goes with it.
+        #[arg(long)]
+        link: Option<String>,
+    },
+    /// React to a message with one emoji; an empty emoji ("") removes yours.
+    React { conversation: String, seq: u64, emoji: String },
+    /// Change the text of your message (within the edit window).
+    Edit { conversation: String, seq: u64, text: String },
+    /// Unsend your message for everyone.
+    Unsend { conversation: String, seq: u64 },
+    /// Hide a message from your own history, on all your devices.
+    DeleteForMe { conversation: String, seq: u64 },
+    /// Forward a message to up to 5 conversations.
+    Forward {
+        conversation: String,
+        seq: u64,
+        #[arg(required = true, num_args = 1..=5)]
+        to: Vec<String>,
+    },
     /// List conversations, newest first, with unread counts.
     Inbox,
     /// Print the newest messages of a conversation.
@@ -103,13 +131,6 @@ async fn resolve(client: &Client, conversation: &str) -> anyhow::Result<String> 
     }
 }
 
-fn text_of(message: &Message) -> String {
-    match &message.content {
-        Some(Content::Text(text)) => text.text.clone(),
-        None => "(unsupported content)".into(),
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -125,10 +146,48 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::connect(ClientConfig::new(cli.server.clone(), token)).await?;
     match cli.command {
         Command::Token { .. } => unreachable!("handled above"),
-        Command::Send { conversation, text } => {
+        Command::Send { conversation, text, reply_to, link } => {
             let conversation = resolve(&client, &conversation).await?;
-            let ack = client.send_text(&conversation, &text).await?;
+            let content = match link {
+                Some(url) => send_message_request::Content::Link(LinkContent { url, text, preview: None }),
+                None => send_message_request::Content::Text(imsg_proto::v1::TextContent { text }),
+            };
+            let ack = client.send(&conversation, content, reply_to).await?;
             println!("sent to {conversation} as seq {}", ack.seq);
+        }
+        Command::React { conversation, seq, emoji } => {
+            let conversation = resolve(&client, &conversation).await?;
+            client.react(&conversation, seq, &emoji).await?;
+            println!(
+                "{} [{seq}] in {conversation}",
+                if emoji.is_empty() { "reaction removed from" } else { "reacted to" }
+            );
+        }
+        Command::Edit { conversation, seq, text } => {
+            let conversation = resolve(&client, &conversation).await?;
+            client.edit(&conversation, seq, &text).await?;
+            println!("edited [{seq}] in {conversation}");
+        }
+        Command::Unsend { conversation, seq } => {
+            let conversation = resolve(&client, &conversation).await?;
+            client.unsend(&conversation, seq).await?;
+            println!("unsent [{seq}] in {conversation}");
+        }
+        Command::DeleteForMe { conversation, seq } => {
+            let conversation = resolve(&client, &conversation).await?;
+            client.delete_for_me(&conversation, seq).await?;
+            println!("deleted [{seq}] in {conversation} for you");
+        }
+        Command::Forward { conversation, seq, to } => {
+            let conversation = resolve(&client, &conversation).await?;
+            let mut targets = Vec::with_capacity(to.len());
+            for target in &to {
+                targets.push(resolve(&client, target).await?);
+            }
+            let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+            for copy in client.forward(&conversation, seq, &targets).await?.messages {
+                println!("forwarded to {} as seq {}", copy.conversation_id, copy.seq);
+            }
         }
         Command::Inbox => {
             let inbox = client.api().list_conversations(ListConversationsRequest::default()).await?.into_inner();
@@ -137,15 +196,18 @@ async fn main() -> anyhow::Result<()> {
                 let others: Vec<_> =
                     conversation.members.iter().map(|m| m.user_id.as_str()).filter(|u| *u != me).collect();
                 let name = if conversation.title.is_empty() { others.join(", ") } else { conversation.title };
-                let last =
-                    row.last_message.as_ref().map(|m| format!("{}: {}", m.sender_id, text_of(m))).unwrap_or_default();
+                let last = row
+                    .last_message
+                    .as_ref()
+                    .map(|m| format!("{}: {}", m.sender_id, render::content(m)))
+                    .unwrap_or_default();
                 println!("{}  {:<24} unread {:>3}  {}", conversation.conversation_id, name, row.unread_count, last);
             }
         }
         Command::History { conversation, limit } => {
             let conversation = resolve(&client, &conversation).await?;
             for message in client.history(&conversation, limit, "").await?.messages {
-                println!("[{}] {}: {}", message.seq, message.sender_id, text_of(&message));
+                println!("{}", render::line(&message));
             }
         }
         Command::Chat { conversation } => chat(client, &me, &conversation).await?,
@@ -219,7 +281,7 @@ async fn chat(mut client: Client, me: &str, conversation: &str) -> anyhow::Resul
     let mut screen = Screen { prompt: format!("{me}> "), input: String::new() };
     screen.line(&format!("-- chatting in {conversation} as {me}; Enter sends, Ctrl-C leaves --"));
     for message in &history {
-        screen.line(&format!("[{}] {}: {}", message.seq, message.sender_id, text_of(message)));
+        screen.line(&render::line(message));
         if message.sender_id == me {
             newest_mine = message.seq;
         }
@@ -270,7 +332,16 @@ async fn chat(mut client: Client, me: &str, conversation: &str) -> anyhow::Resul
                             // On screen means read.
                             client.mark_read(&conversation, message.seq).await;
                         }
-                        screen.line(&format!("[{}] {}: {}", message.seq, message.sender_id, text_of(&message)));
+                        screen.line(&render::line(&message));
+                    }
+                    Event::Reaction(reaction) if reaction.conversation_id == conversation => {
+                        screen.line(&render::reaction(&reaction));
+                    }
+                    Event::MessageUpdated(message) if message.conversation_id == conversation => {
+                        screen.line(&render::update(&message));
+                    }
+                    Event::MessageHidden(hidden) if hidden.conversation_id == conversation => {
+                        screen.line(&format!("   [{}] deleted for you", hidden.seq));
                     }
                     Event::Typing(typing) if typing.conversation_id == conversation => {
                         let state = if typing.active { "is typing..." } else { "stopped typing" };

@@ -1,0 +1,243 @@
+//! Content keys, so that deleted content is gone from the disk
+//! (crypto-shredding).
+//!
+//! sled is log-structured: overwriting or removing a row appends the new
+//! state and leaves the old bytes in its file until the segment happens to
+//! be reused, which may be never. So a message's content is never written
+//! to sled in the clear: it is sealed (ChaCha20-Poly1305) under a key of its
+//! own, and the key lives here, in a plain file of fixed 32-byte slots per
+//! partition (`keys/p<partition>.keys`) that is overwritten in place. An
+//! edit seals the new content under a new key in the same slot; an unsend
+//! zeroes the slot. Once that write is synced, the old ciphertext left in
+//! sled (or anywhere) can no longer be read by anyone, the server included.
+//!
+//! Keys travel like rows: a slot is the row `K` + slot (big-endian u64) of
+//! its partition, written and removed through the write-ahead log with the
+//! message row it belongs to, so the same group commit makes both durable
+//! and replay restores both. The writer applies slot rows here instead of
+//! to sled; the checkpointer syncs the key files before it records that the
+//! log segments are covered (`checkpoint`). A partition move copies the
+//! slots with the other rows ([`super::PartitionStore::rows_after`]).
+
+use std::{
+    collections::BTreeMap,
+    fs::{File, OpenOptions},
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use chacha20poly1305::{
+    ChaCha20Poly1305, Key, KeyInit, Nonce,
+    aead::{Aead, Payload},
+};
+
+use crate::error::{Error, Result};
+
+/// Bytes of one key slot.
+pub const KEY_BYTES: usize = 32;
+
+/// First byte of a key slot's row key.
+pub const KEY_ROW_TAG: u8 = b'K';
+
+/// The row key of `slot`.
+pub fn key_row(slot: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9);
+    key.push(KEY_ROW_TAG);
+    key.extend_from_slice(&slot.to_be_bytes());
+    key
+}
+
+/// The slot a row key names, if it is a key slot's row.
+pub fn slot_of_row(key: &[u8]) -> Option<u64> {
+    match key {
+        [KEY_ROW_TAG, slot @ ..] => Some(u64::from_be_bytes(slot.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// A fresh random key.
+pub fn new_key() -> [u8; KEY_BYTES] {
+    rand::random()
+}
+
+/// Seals `plaintext` under `key`. Each key seals exactly one plaintext (an
+/// edit gets a new key), so a fixed nonce is safe; `context` (the message's
+/// place) is authenticated, so a sealed row cannot be moved to another.
+pub fn seal(key: &[u8; KEY_BYTES], context: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    ChaCha20Poly1305::new(&Key::from(*key))
+        .encrypt(&Nonce::default(), Payload { msg: plaintext, aad: context })
+        .expect("sealing into a Vec cannot fail")
+}
+
+/// Opens what [`seal`] sealed; an error when the key or context is wrong.
+pub fn open(key: &[u8; KEY_BYTES], context: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+    ChaCha20Poly1305::new(&Key::from(*key))
+        .decrypt(&Nonce::default(), Payload { msg: sealed, aad: context })
+        .map_err(|_| Error::Internal("sealed content does not open with its key".into()))
+}
+
+/// The node's key files, one per partition, opened on first use.
+pub struct KeyFiles {
+    dir: PathBuf,
+    files: Mutex<BTreeMap<u32, Arc<KeyFile>>>,
+}
+
+impl KeyFiles {
+    pub fn new(data_dir: &Path) -> Self {
+        Self { dir: data_dir.to_owned(), files: Mutex::new(BTreeMap::new()) }
+    }
+
+    pub fn get(&self, partition: u32) -> Result<Arc<KeyFile>> {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(file) = files.get(&partition) {
+            return Ok(file.clone());
+        }
+        let file = Arc::new(KeyFile::open(&self.dir, partition)?);
+        files.insert(partition, file.clone());
+        Ok(file)
+    }
+
+    /// Syncs every key file written since its last sync: before a
+    /// checkpoint records that the log segments are covered.
+    pub fn sync_all(&self) -> Result<()> {
+        let files: Vec<_> = self.files.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        files.iter().try_for_each(|file| file.sync())
+    }
+}
+
+/// One partition's key slots.
+pub struct KeyFile {
+    path: PathBuf,
+    file: File,
+    /// Written since the last sync.
+    dirty: AtomicBool,
+    /// The next slot to hand out: past every slot ever written.
+    next_slot: AtomicU64,
+}
+
+impl KeyFile {
+    pub fn open(dir: &Path, partition: u32) -> Result<Self> {
+        let keys_dir = dir.join("keys");
+        std::fs::create_dir_all(&keys_dir).map_err(|e| io("creating", &keys_dir, e))?;
+        let path = keys_dir.join(format!("p{partition:05}.keys"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io("opening", &path, e))?;
+        // The new file's name must survive a power cut before any key in it
+        // is relied on (it is, at the first checkpoint).
+        File::open(&keys_dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing", &keys_dir, e))?;
+        let len = file.metadata().map_err(|e| io("reading the size of", &path, e))?.len();
+        let next_slot = len.div_ceil(KEY_BYTES as u64);
+        Ok(Self { path, file, dirty: AtomicBool::new(false), next_slot: AtomicU64::new(next_slot) })
+    }
+
+    /// A slot no message uses (slots are never reused: one whose write a
+    /// crash lost is simply left empty).
+    pub fn allocate(&self) -> u64 {
+        self.next_slot.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The key in `slot`; `None` when it was erased or never written.
+    pub fn get(&self, slot: u64) -> Result<Option<[u8; KEY_BYTES]>> {
+        let mut key = [0u8; KEY_BYTES];
+        match self.file.read_exact_at(&mut key, slot * KEY_BYTES as u64) {
+            Ok(()) => Ok((key != [0; KEY_BYTES]).then_some(key)),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(io("reading", &self.path, e)),
+        }
+    }
+
+    /// Writes (or with `None` erases) a slot, in place. Durable at the next
+    /// [`Self::sync`].
+    pub fn put(&self, slot: u64, key: Option<&[u8]>) -> Result<()> {
+        let zero = [0u8; KEY_BYTES];
+        let bytes = match key {
+            Some(key) if key.len() == KEY_BYTES => key,
+            Some(key) => return Err(Error::Internal(format!("a content key of {} bytes", key.len()))),
+            None => &zero,
+        };
+        self.file.write_all_at(bytes, slot * KEY_BYTES as u64).map_err(|e| io("writing", &self.path, e))?;
+        self.next_slot.fetch_max(slot + 1, Ordering::Relaxed);
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Every written slot from `from` on, in order, at most `limit`.
+    pub fn slots_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, [u8; KEY_BYTES])>> {
+        let end = self.next_slot.load(Ordering::Relaxed);
+        let mut found = Vec::new();
+        let mut slot = from;
+        while slot < end && found.len() < limit {
+            if let Some(key) = self.get(slot)? {
+                found.push((slot, key));
+            }
+            slot += 1;
+        }
+        Ok(found)
+    }
+
+    /// Makes every write so far durable (a no-op when nothing changed).
+    pub fn sync(&self) -> Result<()> {
+        if self.dirty.swap(false, Ordering::AcqRel)
+            && let Err(e) = self.file.sync_data()
+        {
+            self.dirty.store(true, Ordering::Release);
+            return Err(io("syncing", &self.path, e));
+        }
+        Ok(())
+    }
+}
+
+fn io(what: &str, path: &Path, error: std::io::Error) -> Error {
+    Error::Internal(format!("{what} {}: {error}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_erased_slot_no_longer_opens_what_it_sealed_and_its_key_bytes_are_gone_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyFile::open(dir.path(), 3).unwrap();
+        let slot = keys.allocate();
+        let key = new_key();
+        let sealed = seal(&key, b"dm_1/7", b"meet me at noon");
+        assert!(!sealed.windows(4).any(|w| w == b"noon"), "sealed content is not in the clear");
+        keys.put(slot, Some(&key)).unwrap();
+        keys.sync().unwrap();
+        let stored = keys.get(slot).unwrap().unwrap();
+        assert_eq!(open(&stored, b"dm_1/7", &sealed).unwrap(), b"meet me at noon");
+        assert!(open(&stored, b"dm_1/8", &sealed).is_err(), "bound to its place");
+
+        keys.put(slot, None).unwrap();
+        keys.sync().unwrap();
+        assert_eq!(keys.get(slot).unwrap(), None);
+        let file = std::fs::read(dir.path().join("keys/p00003.keys")).unwrap();
+        assert!(!file.windows(KEY_BYTES).any(|w| w == key), "the key's bytes are overwritten");
+    }
+
+    #[test]
+    fn slots_are_never_handed_out_twice_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyFile::open(dir.path(), 0).unwrap();
+        let (a, b) = (keys.allocate(), keys.allocate());
+        keys.put(b, Some(&new_key())).unwrap();
+        keys.sync().unwrap();
+        drop(keys);
+        let keys = KeyFile::open(dir.path(), 0).unwrap();
+        let c = keys.allocate();
+        assert!(c > a && c > b, "{a} {b} {c}");
+        assert_eq!(keys.slots_from(0, 10).unwrap().iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![b]);
+        assert_eq!(slot_of_row(&key_row(b)), Some(b));
+        assert_eq!(slot_of_row(b"Kshort"), None);
+    }
+}
