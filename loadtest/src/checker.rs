@@ -1,5 +1,8 @@
 //! The correctness checker: every acknowledged message must reach every
-//! online member device exactly once and in seq order, and be in history.
+//! online member device exactly once and in seq order, and be in history;
+//! every acknowledged change to a message (a reaction, an edit, an unsend)
+//! must reach every member device exactly once, after the message itself,
+//! and an unsent message must be a tombstone in history.
 //!
 //! It only sees a trace (acks, deliveries, history reads), so it can be fed
 //! a crafted trace in tests to prove it catches each kind of fault.
@@ -13,8 +16,30 @@ use serde::Serialize;
 pub struct DeliveryLog {
     last_seq: u64,
     seen: HashSet<u64>,
+    /// Changes to messages, by key ([`change_key`]).
+    changes: HashSet<String>,
     pub duplicates: u64,
     pub reordered: u64,
+}
+
+/// What names one change to a message in a trace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Change {
+    Reaction { seq: u64, user: String, emoji: String },
+    Edit { seq: u64, edit_time_ms: i64 },
+    Unsend { seq: u64 },
+}
+
+impl Change {
+    pub fn seq(&self) -> u64 {
+        match self {
+            Self::Reaction { seq, .. } | Self::Edit { seq, .. } | Self::Unsend { seq } => *seq,
+        }
+    }
+
+    fn key(&self) -> String {
+        format!("{self:?}")
+    }
 }
 
 impl DeliveryLog {
@@ -28,8 +53,22 @@ impl DeliveryLog {
         self.last_seq = self.last_seq.max(seq);
     }
 
+    /// Records one delivery of a change: a duplicate if seen before, out
+    /// of order if the message it changes had not arrived yet.
+    pub fn record_change(&mut self, change: &Change) {
+        if !self.changes.insert(change.key()) {
+            self.duplicates += 1;
+        } else if !self.seen.contains(&change.seq()) {
+            self.reordered += 1;
+        }
+    }
+
     fn has(&self, seq: u64) -> bool {
         self.seen.contains(&seq)
+    }
+
+    fn has_change(&self, change: &Change) -> bool {
+        self.changes.contains(&change.key())
     }
 }
 
@@ -63,6 +102,10 @@ pub struct Checker {
     deliveries: HashMap<(String, String), DeliveryLog>,
     /// conversation -> (seq, client id) as read back
     history: HashMap<String, Vec<(u64, String)>>,
+    /// conversation -> acknowledged changes
+    changes: HashMap<String, Vec<Change>>,
+    /// conversation -> seqs history shows as unsent
+    unsent_in_history: HashMap<String, HashSet<u64>>,
 }
 
 impl Checker {
@@ -87,6 +130,14 @@ impl Checker {
         self.history.insert(conversation.to_owned(), messages);
     }
 
+    pub fn change_acked(&mut self, conversation: &str, change: Change) {
+        self.changes.entry(conversation.to_owned()).or_default().push(change);
+    }
+
+    pub fn unsent_in_history(&mut self, conversation: &str, seqs: HashSet<u64>) {
+        self.unsent_in_history.insert(conversation.to_owned(), seqs);
+    }
+
     /// Acknowledged messages in all conversations.
     pub fn acked_count(&self) -> u64 {
         self.acked.values().map(|a| a.len() as u64).sum()
@@ -94,7 +145,10 @@ impl Checker {
 
     /// Deliveries the acknowledged messages call for.
     pub fn expected_deliveries(&self) -> u64 {
-        self.acked.iter().map(|(c, a)| a.len() as u64 * self.audience.get(c).map_or(0, |d| d.len() as u64)).sum()
+        let audience = |c: &String| self.audience.get(c).map_or(0, |d| d.len() as u64);
+        let messages: u64 = self.acked.iter().map(|(c, a)| a.len() as u64 * audience(c)).sum();
+        let changes: u64 = self.changes.iter().map(|(c, a)| a.len() as u64 * audience(c)).sum();
+        messages + changes
     }
 
     pub fn verdict(&self) -> Verdict {
@@ -116,6 +170,19 @@ impl Checker {
                 if !gap_free {
                     verdict.reordered += 1;
                 }
+            }
+        }
+        for (conversation, changes) in &self.changes {
+            for device in self.audience.get(conversation).into_iter().flatten() {
+                let log = self.deliveries.get(&(device.clone(), conversation.clone())).unwrap_or(&empty);
+                verdict.lost += changes.iter().filter(|change| !log.has_change(change)).count() as u64;
+            }
+            if let Some(unsent) = self.unsent_in_history.get(conversation) {
+                let tombstones_missing = changes
+                    .iter()
+                    .filter(|change| matches!(change, Change::Unsend { seq } if !unsent.contains(seq)))
+                    .count();
+                verdict.lost += tombstones_missing as u64;
             }
         }
         verdict
@@ -182,6 +249,37 @@ mod tests {
             }
         }
         assert_eq!(checker.verdict(), Verdict { lost: 0, duplicates: 2, reordered: 0 });
+    }
+
+    #[test]
+    fn the_checker_catches_a_lost_duplicated_or_early_change() {
+        let reaction = Change::Reaction { seq: 2, user: "b".into(), emoji: "👍".into() };
+        let unsend = Change::Unsend { seq: 3 };
+        let mut checker = clean();
+        checker.change_acked("c", reaction.clone());
+        checker.change_acked("c", unsend.clone());
+        checker.unsent_in_history("c", [3].into());
+        for device in ["a", "b"] {
+            for seq in 1..=3 {
+                checker.delivered(device, "c", seq);
+            }
+        }
+        let mut logs: Vec<DeliveryLog> =
+            ["a", "b"].iter().map(|d| checker.deliveries[&(d.to_string(), "c".to_string())].clone()).collect();
+        logs[0].record_change(&reaction);
+        logs[0].record_change(&unsend);
+        logs[1].record_change(&reaction);
+        logs[1].record_change(&reaction);
+        checker.add_log("a", "c", logs[0].clone());
+        checker.add_log("b", "c", logs[1].clone());
+        assert_eq!(checker.verdict(), Verdict { lost: 1, duplicates: 1, reordered: 0 }, "b lost the unsend");
+        assert_eq!(checker.expected_deliveries(), 6 + 4);
+
+        let mut early = DeliveryLog::default();
+        early.record_change(&reaction);
+        assert_eq!(early.reordered, 1, "a change before its message");
+        checker.unsent_in_history("c", HashSet::new());
+        assert_eq!(checker.verdict().lost, 2, "history must show the tombstone");
     }
 
     #[test]

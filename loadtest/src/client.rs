@@ -16,7 +16,10 @@ use imsg_proto::v1::{
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
-use crate::{checker::DeliveryLog, metrics::Counters, metrics::LatencyRecorder};
+use crate::{
+    checker::{Change, DeliveryLog},
+    metrics::{Counters, LatencyRecorder},
+};
 
 pub use imsg_client::Api;
 
@@ -249,6 +252,25 @@ impl Session {
             Some(Frame::Event(event)) => {
                 if event.cursor > 0 {
                     self.cursor = event.cursor;
+                }
+                let change = match &event.kind {
+                    Some(event::Kind::Reaction(r)) => Some((
+                        r.conversation_id.clone(),
+                        Change::Reaction { seq: r.seq, user: r.user_id.clone(), emoji: r.emoji.clone() },
+                    )),
+                    Some(event::Kind::MessageUpdate(update)) => update.message.as_ref().map(|m| {
+                        let change = if m.unsent {
+                            Change::Unsend { seq: m.seq }
+                        } else {
+                            Change::Edit { seq: m.seq, edit_time_ms: m.edit_time_ms }
+                        };
+                        (m.conversation_id.clone(), change)
+                    }),
+                    _ => None,
+                };
+                if let Some((conversation, change)) = change {
+                    logs.entry(conversation).or_default().record_change(&change);
+                    context.counters.delivered.fetch_add(1, Ordering::Relaxed);
                 }
                 if let Some(event::Kind::Message(message)) = event.kind {
                     logs.entry(message.conversation_id.clone()).or_default().record(message.seq);

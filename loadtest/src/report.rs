@@ -33,6 +33,8 @@ pub struct Report {
     pub deliver_ms: Percentiles,
     pub sent: u64,
     pub acked: u64,
+    /// Acknowledged changes to messages (reactions, edits, unsends).
+    pub changes: u64,
     pub delivered: u64,
     pub expected_deliveries: u64,
     pub lost: u64,
@@ -111,8 +113,8 @@ pub fn summary(report: &Report) -> String {
     }
     let _ = writeln!(
         s,
-        "  ingested   {:>10.0} msg/s   ({} acked of {} sent)",
-        report.ingest_rate, report.acked, report.sent
+        "  ingested   {:>10.0} msg/s   ({} acked of {} sent, {} changes to messages)",
+        report.ingest_rate, report.acked, report.sent, report.changes
     );
     let _ = writeln!(
         s,

@@ -19,13 +19,14 @@ use std::{
 use anyhow::Context;
 use imsg_common::token::Authenticator;
 use imsg_proto::v1::{
-    CreateConversationRequest, DirectConversationSpec, GroupConversationSpec, ListMessagesRequest, SendMessageRequest,
-    TextContent, create_conversation_request, send_message_request,
+    CreateConversationRequest, DirectConversationSpec, EditMessageRequest, GroupConversationSpec, ListMessagesRequest,
+    ReactToMessageRequest, SendMessageRequest, TextContent, UnsendMessageRequest, create_conversation_request,
+    send_message_request,
 };
 use tokio::sync::{Semaphore, watch};
 
 use crate::{
-    checker::Checker,
+    checker::{Change, Checker},
     client::{self, DeviceCommand, DeviceContext, DeviceHandle, User},
     metrics::{Counters, LatencyRecorder, Percentiles},
     report::{Report, Second},
@@ -41,7 +42,9 @@ pub enum Scenario {
     Dm,
     /// Groups of `--group-size`: fan-out.
     Group,
-    /// 80% 1:1, 20% small groups, typing, read receipts, presence churn.
+    /// 80% 1:1, 20% small groups, typing, read receipts, presence churn,
+    /// and what people do to messages: 1 in 10 is a reply, 1 in 5 gets a
+    /// reaction, 1 in 20 is edited, 1 in 50 unsent.
     Mixed,
     /// 1:1 traffic while every device drops and resumes every few seconds.
     Reconnect,
@@ -76,7 +79,12 @@ struct Conversation {
 /// Acknowledgements, sharded so senders rarely contend.
 struct Acks {
     shards: Vec<Mutex<Vec<(u32, u64, u64)>>>,
+    /// Acknowledged messages and changes per conversation (each is one
+    /// delivery per member device).
     per_conversation: Vec<AtomicU64>,
+    /// The newest acknowledged seq per conversation (what a reply quotes).
+    newest: Vec<AtomicU64>,
+    changes: Mutex<Vec<(u32, Change)>>,
 }
 
 impl Acks {
@@ -84,13 +92,21 @@ impl Acks {
         Self {
             shards: (0..16).map(|_| Mutex::new(Vec::new())).collect(),
             per_conversation: (0..conversations).map(|_| AtomicU64::new(0)).collect(),
+            newest: (0..conversations).map(|_| AtomicU64::new(0)).collect(),
+            changes: Mutex::new(Vec::new()),
         }
     }
 
     fn record(&self, conversation: u32, seq: u64, message: u64) {
         self.per_conversation[conversation as usize].fetch_add(1, Ordering::Relaxed);
+        self.newest[conversation as usize].fetch_max(seq, Ordering::Relaxed);
         let shard = (message % self.shards.len() as u64) as usize;
         self.shards[shard].lock().unwrap_or_else(|e| e.into_inner()).push((conversation, seq, message));
+    }
+
+    fn record_change(&self, conversation: u32, change: Change) {
+        self.per_conversation[conversation as usize].fetch_add(1, Ordering::Relaxed);
+        self.changes.lock().unwrap_or_else(|e| e.into_inner()).push((conversation, change));
     }
 
     fn expected_deliveries(&self, conversations: &[Conversation]) -> u64 {
@@ -228,6 +244,11 @@ pub async fn run(
     for (conversation, seq, message) in acks.drain() {
         checker.acked(&conversations[conversation as usize].id, seq, &format!("m{message}"));
     }
+    let changes = std::mem::take(&mut *acks.changes.lock().unwrap_or_else(|e| e.into_inner()));
+    let changes_acked = changes.len() as u64;
+    for (conversation, change) in changes {
+        checker.change_acked(&conversations[conversation as usize].id, change);
+    }
     read_history(&users, &conversations, &mut checker).await?;
     let verdict = checker.verdict();
     let (ack_total, ack_seconds) = ack_latency.merged();
@@ -256,6 +277,7 @@ pub async fn run(
         deliver_histogram: crate::report::quantile_curve(&deliver_total),
         sent: Counters::get(&counters.sent),
         acked,
+        changes: changes_acked,
         delivered,
         expected_deliveries: checker.expected_deliveries(),
         lost: verdict.lost,
@@ -308,13 +330,29 @@ fn issue(
         .then(|| conversation.members.iter().copied().find(|m| *m != sender))
         .flatten()
         .map(|m| devices[m].commands.clone());
+    let mixed = options.scenario == Scenario::Mixed;
+    let reply_to_seq = match mixed && index % 10 == 3 {
+        true => acks.newest[conversation_index].load(Ordering::Relaxed),
+        false => 0,
+    };
     let request = SendMessageRequest {
         conversation_id: conversation.id.clone(),
         client_message_id: format!("m{index}"),
-        reply_to_seq: 0,
+        reply_to_seq,
         content: Some(send_message_request::Content::Text(TextContent {
             text: client::payload(intended_us, options.message_bytes),
         })),
+    };
+    // What is done to this message once acknowledged (disjoint, so each
+    // change is one event a checker can name).
+    let follow_up = match index {
+        _ if !mixed => None,
+        i if i % 5 == 0 => {
+            conversation.members.iter().find(|m| **m != sender).map(|m| FollowUp::React(users[*m].clone()))
+        }
+        i if i % 20 == 7 => Some(FollowUp::Edit),
+        i if i % 50 == 13 => Some(FollowUp::Unsend),
+        _ => None,
     };
     let (counters, ack_latency, acks, conversation_id) =
         (counters.clone(), ack_latency.clone(), acks.clone(), conversation.id.clone());
@@ -328,7 +366,15 @@ fn issue(
                 acks.record(conversation_index as u32, seq, index);
                 counters.acked.fetch_add(1, Ordering::Relaxed);
                 if let Some(reader) = reader {
-                    let _ = reader.try_send(DeviceCommand::MarkRead(conversation_id, seq));
+                    let _ = reader.try_send(DeviceCommand::MarkRead(conversation_id.clone(), seq));
+                }
+                if let Some(follow_up) = follow_up {
+                    match follow_up.run(&user, &conversation_id, seq).await {
+                        Ok(change) => acks.record_change(conversation_index as u32, change),
+                        Err(_) => {
+                            counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 }
             }
             Err(_) => {
@@ -339,6 +385,64 @@ fn issue(
     });
 }
 
+/// A change made to a message right after its ack.
+enum FollowUp {
+    /// Another member reacts.
+    React(User),
+    /// The sender edits it.
+    Edit,
+    /// The sender unsends it.
+    Unsend,
+}
+
+impl FollowUp {
+    async fn run(self, sender: &User, conversation: &str, seq: u64) -> Result<Change, tonic::Status> {
+        let conversation_id = conversation.to_owned();
+        match self {
+            FollowUp::React(reactor) => {
+                let request = ReactToMessageRequest { conversation_id, seq, emoji: "👍".into() };
+                retrying(&reactor, request, |mut api, r| async move { api.react_to_message(r).await }).await?;
+                Ok(Change::Reaction { seq, user: reactor.id.clone(), emoji: "👍".into() })
+            }
+            FollowUp::Edit => {
+                let request = EditMessageRequest { conversation_id, seq, text: format!("edited {seq}") };
+                let edited = retrying(sender, request, |mut api, r| async move { api.edit_message(r).await }).await?;
+                Ok(Change::Edit { seq, edit_time_ms: edited.into_inner().edit_time_ms })
+            }
+            FollowUp::Unsend => {
+                let request = UnsendMessageRequest { conversation_id, seq };
+                retrying(sender, request, |mut api, r| async move { api.unsend_message(r).await }).await?;
+                Ok(Change::Unsend { seq })
+            }
+        }
+    }
+}
+
+/// Runs an idempotent call like a real client: a failure that says "try
+/// again" is retried unchanged, through the next gateway, until
+/// [`client::RETRY_FOR`].
+async fn retrying<Req: Clone, Resp, F, Fut>(
+    user: &User,
+    request: Req,
+    call: F,
+) -> Result<tonic::Response<Resp>, tonic::Status>
+where
+    F: Fn(imsg_client::Api, Req) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+{
+    let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        let status = match call(user.api(attempt), request.clone()).await {
+            Err(status) if started.elapsed() < client::RETRY_FOR => status,
+            other => return other,
+        };
+        let Some(advised) = retry_after(&status) else { return Err(status) };
+        attempt += 1;
+        tokio::time::sleep(client::backoff(attempt).max(advised)).await;
+    }
+}
+
 /// Sends like a real client: a failure that says "try again" (a node
 /// down, a partition moving, a gateway gone) is retried with the same
 /// client message id, through the next gateway, until [`client::RETRY_FOR`].
@@ -347,17 +451,7 @@ async fn send_with_retry(
     user: &User,
     request: SendMessageRequest,
 ) -> Result<tonic::Response<imsg_proto::v1::SendMessageResponse>, tonic::Status> {
-    let started = Instant::now();
-    let mut attempt = 0;
-    loop {
-        let status = match user.api(attempt).send_message(request.clone()).await {
-            Err(status) if started.elapsed() < client::RETRY_FOR => status,
-            other => return other,
-        };
-        let Some(advised) = retry_after(&status) else { return Err(status) };
-        attempt += 1;
-        tokio::time::sleep(client::backoff(attempt).max(advised)).await;
-    }
+    retrying(user, request, |mut api, request| async move { api.send_message(request).await }).await
 }
 
 /// Mixed traffic sends 4 of 5 messages to 1:1 conversations (listed
@@ -460,6 +554,7 @@ async fn read_history(users: &[User], conversations: &[Conversation], checker: &
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let mut messages = Vec::new();
+            let mut unsent = std::collections::HashSet::new();
             let mut page_token = String::new();
             loop {
                 let page = reader
@@ -472,17 +567,19 @@ async fn read_history(users: &[User], conversations: &[Conversation], checker: &
                     })
                     .await?
                     .into_inner();
+                unsent.extend(page.messages.iter().filter(|m| m.unsent).map(|m| m.seq));
                 messages.extend(page.messages.into_iter().map(|m| (m.seq, m.client_message_id)));
                 if page.next_page_token.is_empty() {
-                    return Ok::<_, anyhow::Error>((id, messages));
+                    return Ok::<_, anyhow::Error>((id, messages, unsent));
                 }
                 page_token = page.next_page_token;
             }
         }));
     }
     for task in tasks {
-        let (id, messages) = task.await??;
+        let (id, messages, unsent) = task.await??;
         checker.history(&id, messages);
+        checker.unsent_in_history(&id, unsent);
     }
     Ok(())
 }

@@ -49,6 +49,15 @@ fn dm_smoke_run_delivers_everything_exactly_once() {
 }
 
 #[test]
+fn mixed_traffic_with_replies_reactions_edits_and_unsends_delivers_every_change_once() {
+    let report = run("mixed", &[]);
+    assert_clean(&report);
+    let changes = report["changes"].as_u64().unwrap();
+    // 1 in 5 messages gets a reaction, 1 in 20 an edit, 1 in 50 an unsend.
+    assert!(changes * 100 >= report["acked"].as_u64().unwrap() * 25, "too few changes: {report}");
+}
+
+#[test]
 fn devices_that_drop_and_resume_during_traffic_miss_nothing() {
     let report = run("reconnect", &[]);
     assert_clean(&report);

@@ -487,3 +487,89 @@ impl Partition {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::{
+        config::BrokerConfig,
+        core::testing::new_text,
+        router::Router,
+        storage::{Store, wal::Op},
+    };
+
+    /// The rows each command adds to its partition's batch, besides the
+    /// per-batch rows every command shares (one outbox row, the members'
+    /// update-log rows): the row budget of docs/benchmarks.md.
+    #[tokio::test]
+    async fn rows_a_message_a_reaction_an_edit_and_an_unsend_cost() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = BrokerConfig::new(dir.path());
+        config.partitions = 1;
+        config.cache_capacity_bytes = 4 * 1024 * 1024;
+        let store = Store::open(&config).unwrap();
+        let router = Router::new(config.partitions, None, CancellationToken::new());
+        let mut partition =
+            Partition::load(0, config.limits.clone(), store.partition(0).unwrap(), store.durability().clone(), router)
+                .unwrap();
+        let alice = Caller { user_id: "alice".into(), device_id: "phone".into() };
+        let bob = Caller { user_id: "bob".into(), device_id: "phone".into() };
+        let id = crate::ids::direct_conversation_id("alice", "bob");
+        partition.create_conversation(&alice, &id, NewConversation::Direct { peer_user_id: "bob".into() }).unwrap();
+        let mut rows = |partition: &mut Partition| {
+            let ops = std::mem::take(&mut partition.batch.writes).ops;
+            partition.batch = Default::default();
+            ops.iter()
+                .map(|op| match op {
+                    Op::Put { key, .. } => format!("put {}", key[0] as char),
+                    Op::Remove { key } => format!("remove {}", key[0] as char),
+                })
+                .collect::<Vec<_>>()
+        };
+        rows(&mut partition);
+
+        partition.send(&alice, &id, new_text("a1", "hi")).unwrap();
+        assert_eq!(rows(&mut partition), ["put K", "put m"], "a message: its content key and its row");
+        partition.act_on_message(&bob, &id, 1, MessageAction::React { emoji: "👍".into() }).unwrap();
+        assert_eq!(rows(&mut partition), ["put a"], "a reaction: the message's reaction row");
+        partition.act_on_message(&alice, &id, 1, MessageAction::Edit { text: "hello".into() }).unwrap();
+        assert_eq!(rows(&mut partition), ["put K", "put m"], "an edit: a new key in the same slot, the row");
+        partition.act_on_message(&alice, &id, 1, MessageAction::Unsend).unwrap();
+        assert_eq!(
+            rows(&mut partition),
+            ["remove K", "put m", "remove a"],
+            "an unsend: the key erased, the tombstone, the reactions gone"
+        );
+        partition.act_on_message(&bob, &id, 1, MessageAction::DeleteForMe).unwrap();
+        assert_eq!(rows(&mut partition), ["put h"], "a deletion for oneself: one marker row");
+        store.close().unwrap();
+    }
+
+    /// An edit arriving while an unsend of the same message is still in
+    /// flight (not yet published) must see the tombstone, not the old row
+    /// in sled, or it would write the content back.
+    #[tokio::test]
+    async fn a_change_starts_from_the_newest_unpublished_state_not_from_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = BrokerConfig::new(dir.path());
+        config.partitions = 1;
+        config.cache_capacity_bytes = 4 * 1024 * 1024;
+        let store = Store::open(&config).unwrap();
+        let router = Router::new(config.partitions, None, CancellationToken::new());
+        let mut partition =
+            Partition::load(0, config.limits.clone(), store.partition(0).unwrap(), store.durability().clone(), router)
+                .unwrap();
+        let alice = Caller { user_id: "alice".into(), device_id: "phone".into() };
+        let id = crate::ids::direct_conversation_id("alice", "bob");
+        partition.create_conversation(&alice, &id, NewConversation::Direct { peer_user_id: "bob".into() }).unwrap();
+        partition.send(&alice, &id, new_text("a1", "secret")).unwrap();
+        partition.act_on_message(&alice, &id, 1, MessageAction::Unsend).unwrap();
+        let error = partition.act_on_message(&alice, &id, 1, MessageAction::Edit { text: "back".into() }).unwrap_err();
+        assert!(matches!(error, Error::FailedPrecondition(_)), "{error:?}");
+        let reaction = partition.act_on_message(&alice, &id, 1, MessageAction::React { emoji: "👍".into() });
+        assert!(matches!(reaction, Err(Error::FailedPrecondition(_))));
+        store.close().unwrap();
+    }
+}

@@ -455,6 +455,54 @@ mod tests {
         }
     }
 
+    /// Deleted content is gone from storage: once an unsent message's
+    /// tombstone has been checkpointed, neither its text nor the key that
+    /// sealed it is in any file under the data dir, and the sealed bytes
+    /// that sled may still hold can no longer be opened.
+    #[test]
+    fn an_unsent_messages_text_and_key_are_in_no_file_after_the_next_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&config(dir.path())).unwrap();
+        let partition = store.partition(0).unwrap();
+        let text = format!("launch-code-{}", rand::random::<u64>());
+        let message = Message {
+            conversation_id: "dm_0123".into(),
+            seq: 1,
+            sender_id: "alice".into(),
+            content: Some(imsg_proto::v1::message::Content::Text(imsg_proto::v1::TextContent { text: text.clone() })),
+            ..Message::default()
+        };
+        let slot = partition.new_content_slot();
+        let mut batch = WriteBatch::default();
+        batch.put_message(&message, slot);
+        wait_published(&store, partition.apply(batch, true));
+        let key = partition.files.keys.get(slot).unwrap().expect("the key is written");
+        assert_eq!(partition.message("dm_0123", 1).unwrap().unwrap(), message, "sealed and opened again");
+
+        let tombstone = Message { content: None, unsent: true, ..message.clone() };
+        let mut batch = WriteBatch::default();
+        batch.put_message(&tombstone, slot);
+        wait_published(&store, partition.apply(batch, true));
+        assert_eq!(partition.message("dm_0123", 1).unwrap().unwrap(), tombstone);
+        store.close().unwrap(); // the last checkpoint
+        drop(partition);
+        drop(store);
+
+        let mut files = vec![dir.path().to_owned()];
+        let mut scanned = 0;
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            scanned += bytes.len();
+            assert!(!bytes.windows(text.len()).any(|w| w == text.as_bytes()), "the text is in {}", path.display());
+            assert!(!bytes.windows(key.len()).any(|w| w == key), "the key is in {}", path.display());
+        }
+        assert!(scanned > 0);
+    }
+
     /// Invariant 1 across a checkpoint: segments a checkpoint covered are
     /// never replayed, even when a power cut undid their deletion; else
     /// their old values would overwrite newer ones.

@@ -54,7 +54,15 @@ impl TestServer {
     }
 
     pub async fn start_with(tune: impl FnOnce(&mut Limits)) -> Self {
-        let data_dir = tempfile::tempdir().unwrap();
+        Self::start_configured(tempfile::tempdir().unwrap(), tune).await
+    }
+
+    /// A server on an existing data dir (a restart).
+    pub async fn start_in(data_dir: tempfile::TempDir) -> Self {
+        Self::start_configured(data_dir, |_| {}).await
+    }
+
+    async fn start_configured(data_dir: tempfile::TempDir, tune: impl FnOnce(&mut Limits)) -> Self {
         let mut broker = BrokerConfig::new(data_dir.path());
         broker.partitions = 8;
         broker.cache_capacity_bytes = 16 * 1024 * 1024;

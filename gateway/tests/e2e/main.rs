@@ -12,4 +12,5 @@ mod powercut;
 mod presence;
 mod receipts;
 mod resume;
+mod rich;
 mod typing;

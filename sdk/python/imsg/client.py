@@ -50,8 +50,11 @@ def retry_after(error: grpc.RpcError) -> Optional[float]:
 class Event:
     """One event for the application.
 
-    kind is one of: "message", "receipt", "typing", "presence",
-    "conversation", "connected", "disconnected", "resync_required".
+    kind is one of: "message", "reaction" (a ReactionUpdate; an empty emoji
+    removed one), "message_update" (the Message as it now is: edited, or
+    unsent with no content), "message_hidden" (deleted for this user on
+    another device), "receipt", "typing", "presence", "conversation",
+    "connected", "disconnected", "resync_required".
     """
 
     kind: str
@@ -126,18 +129,60 @@ class Client:
         response = await self._stub.CreateConversation(request, metadata=self._metadata)
         return response.conversation.conversation_id
 
-    async def send_text(self, conversation: str, text: str) -> pb.SendMessageResponse:
-        """Sends; retried with the same client message id while the error
-        is retryable, until acknowledged."""
+    async def send_text(self, conversation: str, text: str, reply_to_seq: int = 0) -> pb.SendMessageResponse:
+        """Sends a text (a reply when reply_to_seq is set); retried with the
+        same client message id while the error is retryable."""
+        return await self.send(conversation, reply_to_seq=reply_to_seq, text=pb.TextContent(text=text))
+
+    async def send_link(self, conversation: str, url: str, text: str = "") -> pb.SendMessageResponse:
+        return await self.send(conversation, link=pb.LinkContent(url=url, text=text))
+
+    async def share(self, conversation: str, shared: pb.SharedContent) -> pb.SendMessageResponse:
+        return await self.send(conversation, shared=shared)
+
+    async def send(self, conversation: str, reply_to_seq: int = 0, **content: Any) -> pb.SendMessageResponse:
+        """Sends any content (text=, link= or shared=)."""
         request = pb.SendMessageRequest(
             conversation_id=conversation,
             client_message_id=f"py-{uuid.uuid4().hex[:24]}",
-            text=pb.TextContent(text=text),
+            reply_to_seq=reply_to_seq,
+            **content,
         )
+        return await self._retrying(self._stub.SendMessage, request)
+
+    async def react(self, conversation: str, seq: int, emoji: str) -> None:
+        """Sets this user's reaction (replacing theirs); "" removes it."""
+        request = pb.ReactToMessageRequest(conversation_id=conversation, seq=seq, emoji=emoji)
+        await self._retrying(self._stub.ReactToMessage, request)
+
+    async def edit(self, conversation: str, seq: int, text: str) -> pb.EditMessageResponse:
+        request = pb.EditMessageRequest(conversation_id=conversation, seq=seq, text=text)
+        return await self._retrying(self._stub.EditMessage, request)
+
+    async def unsend(self, conversation: str, seq: int) -> None:
+        request = pb.UnsendMessageRequest(conversation_id=conversation, seq=seq)
+        await self._retrying(self._stub.UnsendMessage, request)
+
+    async def delete_for_me(self, conversation: str, seq: int) -> None:
+        request = pb.DeleteMessageForMeRequest(conversation_id=conversation, seq=seq)
+        await self._retrying(self._stub.DeleteMessageForMe, request)
+
+    async def forward(self, conversation: str, seq: int, to: list[str]) -> pb.ForwardMessageResponse:
+        request = pb.ForwardMessageRequest(
+            conversation_id=conversation,
+            seq=seq,
+            to_conversation_ids=to,
+            client_message_id=f"py-{uuid.uuid4().hex[:24]}",
+        )
+        return await self._retrying(self._stub.ForwardMessage, request)
+
+    async def _retrying(self, method: Any, request: Any) -> Any:
+        """Runs an idempotent call, retrying it unchanged while the server
+        says a retry may succeed, no sooner than it says."""
         backoff = Backoff(*self._backoff)
         while True:
             try:
-                return await self._stub.SendMessage(request, metadata=self._metadata)
+                return await method(request, metadata=self._metadata)
             except grpc.aio.AioRpcError as error:
                 delay = retry_after(error)
                 if delay is None:
@@ -206,6 +251,8 @@ class Client:
                 self._newest[payload.conversation_id] = payload.seq
         elif kind == "presence":
             payload = payload.presence
+        elif kind == "message_update":
+            payload = payload.message
         if kind:
             await self._events.put(Event(kind, payload))
         # The cursor moves past an event only once the application has it.

@@ -147,3 +147,41 @@ def test_transient_refusals_are_retried_as_told_and_permanent_ones_are_not(rate_
         await mallory.close()
 
     asyncio.run(scenario())
+
+
+def test_react_reply_edit_unsend_delete_for_me_and_forward(server):
+    async def scenario():
+        alice = await Client(server, token("alice")).start()
+        bob = await Client(server, token("bob")).start()
+        try:
+            with_bob = await alice.direct_with("bob")
+            with_carol = await alice.direct_with("carol")
+            await wait_for(bob, "connected")
+            first = await alice.send_text(with_bob, "lunch?")
+            await wait_for(bob, "message")
+            reply = await bob.send_text(with_bob, "sure", reply_to_seq=first.seq)
+            await bob.react(with_bob, first.seq, "👍")
+            reaction = (await wait_for(alice, "reaction")).payload
+            assert (reaction.seq, reaction.user_id, reaction.emoji) == (first.seq, "bob", "👍")
+            await alice.edit(with_bob, first.seq, "lunch at 1?")
+            edited = (await wait_for(bob, "message_update")).payload
+            assert edited.text.text == "lunch at 1?" and edited.edit_time_ms > 0
+            history = (await bob.history(with_bob)).messages
+            assert history[1].reply_preview.snippet == "lunch at 1?"
+            assert [(r.user_id, r.emoji) for r in history[0].reactions] == [("bob", "👍")]
+
+            copies = await alice.forward(with_bob, first.seq, [with_carol])
+            assert [c.conversation_id for c in copies.messages] == [with_carol]
+            assert (await alice.history(with_carol)).messages[0].forwarded
+
+            await alice.unsend(with_bob, first.seq)
+            unsent = (await wait_for(bob, "message_update")).payload
+            assert unsent.unsent and not unsent.HasField("text")
+            await bob.delete_for_me(with_bob, reply.seq)
+            assert [m.seq for m in (await bob.history(with_bob)).messages] == [first.seq]
+            assert [m.seq for m in (await alice.history(with_bob)).messages] == [first.seq, reply.seq]
+        finally:
+            await alice.close()
+            await bob.close()
+
+    asyncio.run(scenario())
