@@ -184,12 +184,11 @@ async fn materialize(router: &Router, entries: Vec<UpdateEntry>) -> Result<Vec<O
         if let Some(seq) = entry.kind.as_ref().and_then(UpdateKind::message_seq) {
             wanted_messages.entry(entry.conversation_id.clone()).or_default().push(seq);
         }
-        match entry.kind {
-            Some(UpdateKind::ConversationRemoved(false)) => wanted_snapshots
+        if let Some(UpdateKind::ConversationRemoved(false)) = entry.kind {
+            wanted_snapshots
                 .entry(router.partition_of(&entry.conversation_id))
                 .or_default()
-                .push(entry.conversation_id.clone()),
-            _ => {}
+                .push(entry.conversation_id.clone());
         }
     }
     let mut messages = HashMap::new();

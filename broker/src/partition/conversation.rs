@@ -518,10 +518,12 @@ mod tests {
         let bob = Caller { user_id: "bob".into(), device_id: "phone".into() };
         let id = crate::ids::direct_conversation_id("alice", "bob");
         partition.create_conversation(&alice, &id, NewConversation::Direct { peer_user_id: "bob".into() }).unwrap();
-        let mut rows = |partition: &mut Partition| {
-            let ops = std::mem::take(&mut partition.batch.writes).ops;
-            partition.batch = Default::default();
-            ops.iter()
+        let rows = |partition: &mut Partition| {
+            let batch = std::mem::take(&mut partition.batch);
+            batch
+                .writes
+                .ops()
+                .iter()
                 .map(|op| match op {
                     Op::Put { key, .. } => format!("put {}", key[0] as char),
                     Op::Remove { key } => format!("remove {}", key[0] as char),

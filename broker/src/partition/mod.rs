@@ -71,7 +71,8 @@ enum Deferred {
     Push {
         user_id: String,
         cursor: u64,
-        frame: OpenStreamResponse,
+        /// Boxed: a frame is large, most deferred items are small.
+        frame: Box<OpenStreamResponse>,
     },
     /// A message write is published: history reads may now include it.
     MessagePublished {

@@ -135,7 +135,7 @@ impl Partition {
                 self.batch.deferred.push(Deferred::Push {
                     user_id: user.clone(),
                     cursor,
-                    frame: event_frame(cursor, frame_kind),
+                    frame: Box::new(event_frame(cursor, frame_kind)),
                 });
             }
         }

@@ -217,10 +217,13 @@ impl Store {
         if let Some(reason) = self.durability.fail_stop().reason() {
             return Err(Error::Internal(format!("storage failed earlier: {reason}")));
         }
-        let all = self.log.list()?;
-        // Keep the newest (empty after the last round) so numbering goes on.
-        let Some(&newest) = all.last() else { return Ok(()) };
-        checkpoint::checkpoint(&self.db, &self.keys, &SledFiles::new(&self.dir), &*self.log, newest)
+        // Everything logged is applied: a fresh, empty segment carries the
+        // numbering on, and every older one goes at this last checkpoint
+        // (content keys of unsent messages must not wait in the log for
+        // the next start).
+        let Some(&newest) = self.log.list()?.last() else { return Ok(()) };
+        drop(self.log.create(newest + 1)?);
+        checkpoint::checkpoint(&self.db, &self.keys, &SledFiles::new(&self.dir), &*self.log, newest + 1)
     }
 }
 

@@ -55,6 +55,21 @@ fn hidden_key(conversation: &str, user: &str, seq: u64) -> Vec<u8> {
     key(b'h', &[conversation.as_bytes(), user.as_bytes(), &seq.to_be_bytes()])
 }
 
+/// A message row's content, opened with its key (none: erased, the
+/// message unsent; rows from before sealing carry it in the clear).
+fn open_content(
+    conversation: &str,
+    mut message: Message,
+    sealed: &SealedContent,
+    key: Option<&[u8; shred::KEY_BYTES]>,
+) -> Result<Message> {
+    if let Some(key) = key {
+        let plain = shred::open(key, &seal_context(conversation, message.seq), &sealed.sealed)?;
+        message.content = decode::<Message>(&plain)?.content;
+    }
+    Ok(message)
+}
+
 /// What binds a message's sealed content to its place.
 fn seal_context(conversation: &str, seq: u64) -> Vec<u8> {
     key(b'm', &[conversation.as_bytes(), &seq.to_be_bytes()])
@@ -205,9 +220,21 @@ impl PartitionStore {
         let range = self.files.tree.range(message_key(conversation, from)..=message_key(conversation, to));
         let rows: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
             if newest_first { Box::new(range.rev()) } else { Box::new(range) };
-        let mut messages = rows
+        let rows = rows
             .take(limit)
-            .map(|row| row.map_err(Error::from).and_then(|(_, v)| Ok(self.unseal(conversation, &v)?.0)))
+            .map(|row| {
+                let (_, value) = row?;
+                Ok((decode::<Message>(&value)?, decode::<SealedContent>(&value)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // The page's keys in a few reads (a page's slots are close together).
+        let keys = self.files.keys.get_many(rows.iter().filter_map(|(_, sealed)| sealed.key_slot))?;
+        let mut messages = rows
+            .into_iter()
+            .map(|(message, sealed)| {
+                let key = sealed.key_slot.and_then(|slot| keys.get(&slot));
+                open_content(conversation, message, &sealed, key)
+            })
             .collect::<Result<Vec<_>>>()?;
         if newest_first {
             messages.reverse();
@@ -240,14 +267,9 @@ impl PartitionStore {
     /// Decodes a message row and opens its sealed content. A slot that was
     /// erased (the message unsent) leaves the content empty.
     fn unseal(&self, conversation: &str, row: &[u8]) -> Result<(Message, Option<u64>)> {
-        let mut message: Message = decode(row)?;
         let sealed: SealedContent = decode(row)?;
-        let Some(slot) = sealed.key_slot else { return Ok((message, None)) };
-        if let Some(key) = self.files.keys.get(slot)? {
-            let plain = shred::open(&key, &seal_context(conversation, message.seq), &sealed.sealed)?;
-            message.content = decode::<Message>(&plain)?.content;
-        }
-        Ok((message, Some(slot)))
+        let key = sealed.key_slot.map(|slot| self.files.keys.get(slot)).transpose()?.flatten();
+        Ok((open_content(conversation, decode(row)?, &sealed, key.as_ref())?, sealed.key_slot))
     }
 
     /// The reactions of the messages with `from <= seq <= to`, by seq.
@@ -369,6 +391,12 @@ pub struct WriteBatch {
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// The operations so far (tests count rows with it).
+    #[cfg(test)]
+    pub fn ops(&self) -> &[wal::Op] {
+        &self.ops
     }
 
     /// Every row is at most [`MAX_ROW_BYTES`], so sled never writes a blob

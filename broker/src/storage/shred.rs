@@ -20,7 +20,7 @@
 //! slots with the other rows ([`super::PartitionStore::rows_after`]).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fs::{File, OpenOptions},
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
@@ -155,6 +155,35 @@ impl KeyFile {
         }
     }
 
+    /// The keys of `slots` (erased and unwritten ones left out), read in as
+    /// few reads as the slots allow: neighbours within [`READ_SPAN`] slots
+    /// share one read.
+    pub fn get_many(&self, slots: impl IntoIterator<Item = u64>) -> Result<HashMap<u64, [u8; KEY_BYTES]>> {
+        let mut slots: Vec<u64> = slots.into_iter().collect();
+        slots.sort_unstable();
+        slots.dedup();
+        let mut keys = HashMap::with_capacity(slots.len());
+        let mut rest = &slots[..];
+        while let Some(&first) = rest.first() {
+            let run = rest.iter().take_while(|slot| **slot - first < READ_SPAN).count();
+            let last = rest[run - 1];
+            let mut bytes = vec![0u8; ((last - first + 1) as usize) * KEY_BYTES];
+            let read = read_at_most(&self.file, &mut bytes, first * KEY_BYTES as u64)
+                .map_err(|e| io("reading", &self.path, e))?;
+            for &slot in &rest[..run] {
+                let at = ((slot - first) as usize) * KEY_BYTES;
+                if at + KEY_BYTES <= read {
+                    let key: [u8; KEY_BYTES] = bytes[at..at + KEY_BYTES].try_into().expect("a slot's bytes");
+                    if key != [0; KEY_BYTES] {
+                        keys.insert(slot, key);
+                    }
+                }
+            }
+            rest = &rest[run..];
+        }
+        Ok(keys)
+    }
+
     /// Writes (or with `None` erases) a slot, in place. Durable at the next
     /// [`Self::sync`].
     pub fn put(&self, slot: u64, key: Option<&[u8]>) -> Result<()> {
@@ -196,6 +225,24 @@ impl KeyFile {
     }
 }
 
+/// Slots one read of [`KeyFile::get_many`] may span (8 KiB).
+pub const READ_SPAN: u64 = 256;
+
+/// Reads into `buf` from `offset` until it is full or the file ends;
+/// returns how much was read.
+fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
 fn io(what: &str, path: &Path, error: std::io::Error) -> Error {
     Error::Internal(format!("{what} {}: {error}", path.display()))
 }
@@ -223,6 +270,27 @@ mod tests {
         assert_eq!(keys.get(slot).unwrap(), None);
         let file = std::fs::read(dir.path().join("keys/p00003.keys")).unwrap();
         assert!(!file.windows(KEY_BYTES).any(|w| w == key), "the key's bytes are overwritten");
+    }
+
+    #[test]
+    fn many_keys_are_read_together_and_match_one_by_one_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyFile::open(dir.path(), 1).unwrap();
+        let written: Vec<(u64, [u8; KEY_BYTES])> = [0u64, 1, 5, 255, 256, 900, 2000]
+            .into_iter()
+            .map(|slot| {
+                let key = new_key();
+                keys.put(slot, Some(&key)).unwrap();
+                (slot, key)
+            })
+            .collect();
+        keys.put(5, None).unwrap();
+        let asked = [2000u64, 0, 1, 5, 255, 256, 900, 901, 5000];
+        let found = keys.get_many(asked).unwrap();
+        for slot in asked {
+            assert_eq!(found.get(&slot).copied(), keys.get(slot).unwrap(), "slot {slot}");
+        }
+        assert_eq!(found.len(), written.len() - 1, "the erased slot and unwritten ones are left out");
     }
 
     #[test]
