@@ -1,5 +1,6 @@
-//! Generates the imsg.v1 types and gRPC stubs from `imsg/v1/*.proto` with
-//! protox (a pure-Rust protobuf compiler), so building needs no `protoc`.
+//! Generates the types and gRPC stubs of `imsg.v1` (the public API) and
+//! `imsg.internal.v1` (the broker API) with protox (a pure-Rust protobuf
+//! compiler), so building needs no `protoc`.
 //! The encoded descriptor set is written to OUT_DIR for gRPC reflection.
 
 use std::{env, fs, path::PathBuf};
@@ -7,7 +8,7 @@ use std::{env, fs, path::PathBuf};
 use prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["imsg/v1/messaging.proto", "imsg/v1/broker.proto"];
+    let files = ["imsg/v1/messaging.proto", "imsg/internal/v1/broker.proto"];
     for file in &files {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -11,9 +11,10 @@ use std::{
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use imsg_broker::{Broker, BrokerConfig};
+use imsg_proto::internal::v1::{Caller, execute_request::Command, execute_response::Result as Outcome};
 use imsg_proto::v1::{
-    Caller, CreateConversationRequest, DirectConversationSpec, SendMessageRequest, TextContent,
-    create_conversation_request, execute_request::Command, execute_response::Result as Outcome, send_message_request,
+    CreateConversationRequest, DirectConversationSpec, SendMessageRequest, TextContent, create_conversation_request,
+    send_message_request,
 };
 
 fn caller(user: &str) -> Caller {

@@ -16,7 +16,7 @@ use std::{
 use std::collections::HashMap;
 
 use dashmap::DashMap;
-use imsg_proto::v1::{Caller, ExportPartitionRequest, Route, execute_request, execute_response};
+use imsg_proto::internal::v1::{Caller, ExportPartitionRequest, Route, execute_request, execute_response};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 

@@ -14,8 +14,9 @@
 //! `ClientCommand` impl and handler, its rule in `crate::core`, and its
 //! partition step (`crate::partition`). See docs/ARCHITECTURE.md.
 
+use imsg_proto::internal::v1::{Accepted, Caller, execute_request, execute_response};
 use imsg_proto::v1::{
-    Accepted, AddConversationMembersRequest, AddConversationMembersResponse, Caller, CreateConversationRequest,
+    AddConversationMembersRequest, AddConversationMembersResponse, CreateConversationRequest,
     CreateConversationResponse, DeleteMessageForMeRequest, DeleteMessageForMeResponse, EditMessageRequest,
     EditMessageResponse, ForwardMessageRequest, ForwardMessageResponse, ForwardedMessage, GetConversationRequest,
     GetConversationResponse, GetPresenceRequest, GetPresenceResponse, GetSettingsRequest, GetSettingsResponse,
@@ -23,8 +24,7 @@ use imsg_proto::v1::{
     ListMessagesRequest, ListMessagesResponse, MarkDelivered, MarkRead, ReactToMessageRequest, ReactToMessageResponse,
     RemoveConversationMemberRequest, RemoveConversationMemberResponse, SendMessageRequest, SendMessageResponse,
     TypingSignal, UnsendMessageRequest, UnsendMessageResponse, UpdateConversationRequest, UpdateConversationResponse,
-    UpdateSettingsRequest, UpdateSettingsResponse, create_conversation_request, execute_request, execute_response,
-    send_message_request,
+    UpdateSettingsRequest, UpdateSettingsResponse, create_conversation_request, send_message_request,
 };
 
 use crate::{

@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 
-use imsg_proto::v1::{
+use imsg_proto::internal::v1::{
     CallPartitionRequest, CallPartitionResponse, ClientLimits, ExecuteRequest, ExecuteResponse, ExportPartitionRequest,
     ExportPartitionResponse, FreezePartitionRequest, FreezePartitionResponse, GetClusterStateRequest,
     GetClusterStateResponse, ImportPartitionRequest, ImportPartitionResponse, OpenSessionRequest, OpenSessionResponse,

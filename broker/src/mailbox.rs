@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
+use imsg_proto::internal::v1::Caller;
 use imsg_proto::v1::{
-    Caller, ConversationSummary, CreateConversationResponse, EditMessageResponse, ListMessagesRequest,
-    ListMessagesResponse, Message, OpenStreamResponse, Presence, SendMessageResponse, Settings, UpdateSettingsRequest,
-    message::Content,
+    ConversationSummary, CreateConversationResponse, EditMessageResponse, ListMessagesRequest, ListMessagesResponse,
+    Message, OpenStreamResponse, Presence, SendMessageResponse, Settings, UpdateSettingsRequest, message::Content,
 };
 use tokio::sync::{mpsc, oneshot};
 

@@ -11,7 +11,7 @@ use imsg_broker::{
     cluster::moves,
     grpc::BrokerGrpc,
 };
-use imsg_proto::v1::broker_service_server::BrokerServiceServer;
+use imsg_proto::internal::v1::broker_service_server::BrokerServiceServer;
 
 /// A broker node of imsg: owns partitions, persists conversation logs.
 #[derive(Parser, Debug)]

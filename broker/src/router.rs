@@ -30,7 +30,7 @@ use std::{
     time::Duration,
 };
 
-use imsg_proto::v1::{PartitionClaim, PartitionState, call_partition_request::Call};
+use imsg_proto::internal::v1::{PartitionClaim, PartitionState, call_partition_request::Call};
 use tokio::sync::{
     mpsc::{self, error::TrySendError},
     oneshot,

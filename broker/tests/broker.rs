@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use imsg_broker::{Broker, BrokerConfig, Error, FsyncMode};
+use imsg_proto::internal::v1::{Caller, execute_request::Command, execute_response::Result as Outcome};
 use imsg_proto::v1::{
-    Caller, CreateConversationRequest, DirectConversationSpec, MarkRead, SendMessageRequest, TextContent, TypingSignal,
-    create_conversation_request, execute_request::Command, execute_response::Result as Outcome,
-    open_stream_response::Frame, send_message_request,
+    CreateConversationRequest, DirectConversationSpec, MarkRead, SendMessageRequest, TextContent, TypingSignal,
+    create_conversation_request, open_stream_response::Frame, send_message_request,
 };
 use tokio_stream::StreamExt;
 

@@ -3,7 +3,7 @@
 //! Tokens are JWTs signed with HS256: `sub` is the user, `device` the
 //! device, `exp` is required. Identity never comes from a request field.
 
-use imsg_proto::v1::Caller;
+use imsg_proto::internal::v1::Caller;
 
 use crate::ids::check_id;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};

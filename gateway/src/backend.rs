@@ -12,10 +12,11 @@ use imsg_broker::{
     ids::partition_of,
 };
 use imsg_common::retry::transient;
-use imsg_proto::v1::{
-    Caller, ExecuteRequest, GetClusterStateRequest, OpenSessionRequest, OpenStreamResponse, RenewLeaseRequest, Route,
+use imsg_proto::internal::v1::{
+    Caller, ExecuteRequest, GetClusterStateRequest, OpenSessionRequest, RenewLeaseRequest, Route,
     broker_service_client::BrokerServiceClient, execute_request, execute_response,
 };
+use imsg_proto::v1::OpenStreamResponse;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status, transport::Channel};

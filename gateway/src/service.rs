@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use imsg_common::{retry::transient, token::Authenticator};
+use imsg_proto::internal::v1::{execute_request::Command, execute_response::Result as Outcome};
 use imsg_proto::v1::{
     AddConversationMembersRequest, AddConversationMembersResponse, CreateConversationRequest,
     CreateConversationResponse, DeleteMessageForMeRequest, DeleteMessageForMeResponse, EditMessageRequest,
@@ -16,8 +17,7 @@ use imsg_proto::v1::{
     ListMessagesRequest, ListMessagesResponse, OpenStreamRequest, ReactToMessageRequest, ReactToMessageResponse,
     RemoveConversationMemberRequest, RemoveConversationMemberResponse, SendMessageRequest, SendMessageResponse,
     UnsendMessageRequest, UnsendMessageResponse, UpdateConversationRequest, UpdateConversationResponse,
-    UpdateSettingsRequest, UpdateSettingsResponse, execute_request::Command, execute_response::Result as Outcome,
-    messaging_service_server::MessagingService,
+    UpdateSettingsRequest, UpdateSettingsResponse, messaging_service_server::MessagingService,
 };
 use tonic::{Code, Request, Response, Status, Streaming};
 

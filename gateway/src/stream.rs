@@ -18,9 +18,10 @@ use std::{
 };
 
 use imsg_common::retry::transient;
+use imsg_proto::internal::v1::{Caller, execute_request::Command};
 use imsg_proto::v1::{
-    Caller, Goodbye, OpenStreamRequest, OpenStreamResponse, Pong, StreamError, execute_request::Command,
-    open_stream_request::Frame as Up, open_stream_response::Frame as Down,
+    Goodbye, OpenStreamRequest, OpenStreamResponse, Pong, StreamError, open_stream_request::Frame as Up,
+    open_stream_response::Frame as Down,
 };
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};

@@ -1,12 +1,25 @@
-//! Wire types of imsg: the public client API (`MessagingService`) and the
-//! internal broker API (`BrokerService`), both in package `imsg.v1`.
+//! Wire types of imsg: the public client API (`MessagingService`, package
+//! `imsg.v1`, module [`v1`]) and the internal broker API (`BrokerService`,
+//! package `imsg.internal.v1`, module [`internal::v1`]), which gateways and
+//! broker nodes speak among themselves and clients never see.
 //!
-//! Generated at build time from `proto/imsg/v1/` — the single source of truth
-//! for every SDK — so there is nothing to edit here by hand.
+//! Generated at build time from `proto/imsg/` — the single source of truth
+//! for every SDK — so there is nothing to edit here by hand. The modules
+//! mirror the packages (the internal types name public ones by relative
+//! paths).
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("imsg.v1");
+}
+
+pub mod internal {
+    //! The internal broker API (`imsg.internal.v1`).
+
+    #[allow(clippy::all, clippy::pedantic, missing_docs)]
+    pub mod v1 {
+        tonic::include_proto!("imsg.internal.v1");
+    }
 }
 
 pub mod codec {

@@ -21,7 +21,7 @@
 
 use std::time::Duration;
 
-use imsg_proto::v1::{
+use imsg_proto::internal::v1::{
     FreezePartitionRequest, GetClusterStateRequest, ImportPartitionRequest, PartitionState, ReleasePartitionRequest,
     Route, ThawPartitionRequest,
 };

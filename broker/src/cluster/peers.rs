@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use imsg_proto::v1::{
+use imsg_proto::internal::v1::{
     CallPartitionRequest, GetClusterStateRequest, PartitionState, Route, broker_service_client::BrokerServiceClient,
     call_partition_request,
 };
@@ -189,7 +189,7 @@ impl Peers {
         owner: Owner,
         partition: PartitionId,
         call: call_partition_request::Call,
-    ) -> Result<imsg_proto::v1::call_partition_response::Result> {
+    ) -> Result<imsg_proto::internal::v1::call_partition_response::Result> {
         let mut client = self.client(owner.node)?;
         let request = CallPartitionRequest { route: Some(owner.route(partition)), call: Some(call) };
         let answer = tokio::time::timeout(CALL_TIMEOUT, client.call_partition(request))

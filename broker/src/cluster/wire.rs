@@ -11,12 +11,13 @@
 
 use std::sync::Arc;
 
-use imsg_proto::v1::{
-    Accepted, ApplyUpdatesCall, HideReadChangedCall, LoggedUpdate, Message, MessagesCall, MessagesResult,
-    PresenceFanoutCall, PresenceQueryCall, PresenceQueryResult, PushEphemeralCall, SendForwardedCall, SnapshotsCall,
-    SnapshotsResult, SummariesCall, SummariesResult, TypingUpdate, UserContextCall, UserContextResult,
-    call_partition_request::Call, call_partition_response::Result as Answer, push_ephemeral_call,
+use imsg_proto::internal::v1::{
+    Accepted, ApplyUpdatesCall, HideReadChangedCall, LoggedUpdate, MessagesCall, MessagesResult, PresenceFanoutCall,
+    PresenceQueryCall, PresenceQueryResult, PushEphemeralCall, SendForwardedCall, SnapshotsCall, SnapshotsResult,
+    SummariesCall, SummariesResult, UserContextCall, UserContextResult, call_partition_request::Call,
+    call_partition_response::Result as Answer, push_ephemeral_call,
 };
+use imsg_proto::v1::{Message, TypingUpdate};
 use tokio::sync::oneshot;
 
 use super::{Owner, Peers};

@@ -5,7 +5,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use imsg_proto::v1::{Caller, EditMessageResponse, Message, message::Content};
+use imsg_proto::internal::v1::Caller;
+use imsg_proto::v1::{EditMessageResponse, Message, message::Content};
 
 use super::{Conversation, Effects, Logged, Write};
 use crate::{

@@ -20,9 +20,10 @@
 
 use std::sync::Arc;
 
+use imsg_proto::internal::v1::{LoggedChange, LoggedHidden, LoggedReceipt, logged_update};
 use imsg_proto::v1::{
-    Conversation, ConversationUpdate, LoggedChange, LoggedHidden, LoggedReceipt, Message, MessageHidden, MessageUpdate,
-    Presence, ReactionUpdate, ReceiptUpdate, event, logged_update,
+    Conversation, ConversationUpdate, Message, MessageHidden, MessageUpdate, Presence, ReactionUpdate, ReceiptUpdate,
+    event,
 };
 
 use crate::{

@@ -12,9 +12,8 @@ use std::{
     sync::Arc,
 };
 
-use imsg_proto::v1::{
-    Caller, Conversation as ConversationView, ConversationKind, CreateConversationResponse, MemberRole,
-};
+use imsg_proto::internal::v1::Caller;
+use imsg_proto::v1::{Conversation as ConversationView, ConversationKind, CreateConversationResponse, MemberRole};
 
 use super::{Conversation, Effects, Logged, Viewer, Write};
 use crate::{

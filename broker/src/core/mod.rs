@@ -37,7 +37,8 @@ pub use self::{
 pub(crate) mod testing {
     //! Small builders shared by the core's tests.
 
-    use imsg_proto::v1::{Caller, Message, TextContent, message::Content};
+    use imsg_proto::internal::v1::Caller;
+    use imsg_proto::v1::{Message, TextContent, message::Content};
 
     use super::*;
     use crate::config::Limits;

@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use imsg_proto::v1::{Caller, Message, Reaction};
+use imsg_proto::internal::v1::Caller;
+use imsg_proto::v1::{Message, Reaction};
 
 use super::{Conversation, Effects, Logged, Write};
 use crate::{

@@ -3,7 +3,7 @@
 //! keeps their read position to themself (see
 //! [`Conversation::snapshot`]).
 
-use imsg_proto::v1::Caller;
+use imsg_proto::internal::v1::Caller;
 
 use super::{Conversation, Effects, Logged, Write};
 use crate::{

@@ -6,9 +6,8 @@
 
 use std::sync::Arc;
 
-use imsg_proto::v1::{
-    Caller, Message, SendMessageRequest, SendMessageResponse, message::Content, send_message_request,
-};
+use imsg_proto::internal::v1::Caller;
+use imsg_proto::v1::{Message, SendMessageRequest, SendMessageResponse, message::Content, send_message_request};
 
 use super::{Conversation, Effects, Logged, Signal, Write, replies};
 use crate::{

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use imsg_proto::v1::Caller;
+use imsg_proto::internal::v1::Caller;
 
 use super::{Conversation, Effects, Signal};
 use crate::{error::Result, events::Ephemeral};

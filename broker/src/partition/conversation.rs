@@ -12,8 +12,9 @@ use std::{
     time::Instant,
 };
 
+use imsg_proto::internal::v1::Caller;
 use imsg_proto::v1::{
-    Caller, Conversation as ConversationView, ConversationSummary, CreateConversationResponse, ListMessagesRequest,
+    Conversation as ConversationView, ConversationSummary, CreateConversationResponse, ListMessagesRequest,
     ListMessagesResponse, Message, Presence, SendMessageResponse,
 };
 

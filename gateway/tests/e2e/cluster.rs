@@ -13,12 +13,12 @@ use imsg_broker::{
     ids::{direct_conversation_id, partition_of},
     storage::{OWNERSHIP_KEY, OwnershipRecord},
 };
-use imsg_proto::v1::{
+use imsg_proto::internal::v1::{
     ApplyUpdatesCall, CallPartitionRequest, Caller, ExecuteRequest, FreezePartitionRequest, GetClusterStateRequest,
-    ImportPartitionRequest, LoggedUpdate, Message, Route, SendMessageRequest, TextContent,
-    broker_service_client::BrokerServiceClient, call_partition_request, event, execute_request, logged_update,
-    send_message_request,
+    ImportPartitionRequest, LoggedUpdate, Route, broker_service_client::BrokerServiceClient, call_partition_request,
+    execute_request, logged_update,
 };
+use imsg_proto::v1::{Message, SendMessageRequest, TextContent, event, send_message_request};
 use tonic::Code;
 
 use crate::harness::{Client, PARTITIONS, PATIENCE, Process, binary, gateway_args_for};
@@ -366,7 +366,7 @@ async fn an_old_owner_that_missed_the_release_steps_down_and_loses_nothing() {
             new.import_partition(request).await.unwrap();
         }
     };
-    let claim_on = |state: &imsg_proto::v1::GetClusterStateResponse, partition: u32| {
+    let claim_on = |state: &imsg_proto::internal::v1::GetClusterStateResponse, partition: u32| {
         state.claims.iter().find(|c| c.partition == partition).map(|c| c.epoch)
     };
 
