@@ -14,7 +14,9 @@
 //! `ClientCommand` impl and handler, its rule in `crate::core`, and its
 //! partition step (`crate::partition`). See docs/ARCHITECTURE.md.
 
-use imsg_proto::internal::v1::{Accepted, Caller, execute_request, execute_response};
+use imsg_proto::internal::v1::{
+    Accepted, Caller, MessageMediaRequest, MessageMediaResponse, execute_request, execute_response,
+};
 use imsg_proto::v1::{
     AddConversationMembersRequest, AddConversationMembersResponse, CreateConversationRequest,
     CreateConversationResponse, DeleteMessageForMeRequest, DeleteMessageForMeResponse, EditMessageRequest,
@@ -24,7 +26,7 @@ use imsg_proto::v1::{
     ListMessagesRequest, ListMessagesResponse, MarkDelivered, MarkRead, ReactToMessageRequest, ReactToMessageResponse,
     RemoveConversationMemberRequest, RemoveConversationMemberResponse, SendMessageRequest, SendMessageResponse,
     TypingSignal, UnsendMessageRequest, UnsendMessageResponse, UpdateConversationRequest, UpdateConversationResponse,
-    UpdateSettingsRequest, UpdateSettingsResponse, create_conversation_request, send_message_request,
+    UpdateSettingsRequest, UpdateSettingsResponse, create_conversation_request, message::Content, send_message_request,
 };
 
 use crate::{
@@ -104,6 +106,7 @@ command_table! {
     UnsendMessage => UnsendMessage by unsend_message,
     DeleteMessageForMe => DeleteMessageForMe by delete_message_for_me,
     ForwardMessage => ForwardMessage by forward_message,
+    MessageMedia => MessageMedia by message_media,
     GetSettings => GetSettings by get_settings,
     UpdateSettings => UpdateSettings by update_settings,
     GetPresence => GetPresence by get_presence,
@@ -238,6 +241,7 @@ impl ClientCommand for SendMessageRequest {
             Some(send_message_request::Content::Text(t)) => text(limits, &t.text),
             Some(send_message_request::Content::Shared(shared)) => validate::shared(limits, shared),
             Some(send_message_request::Content::Link(link)) => validate::link(limits, link),
+            Some(send_message_request::Content::Media(media)) => validate::media(limits, media),
             None => Err(Error::invalid("content", "must be set")),
         }
     }
@@ -285,6 +289,16 @@ impl ClientCommand for UnsendMessageRequest {
 }
 
 impl ClientCommand for DeleteMessageForMeRequest {
+    fn home_key(&self, _: &Caller) -> String {
+        self.conversation_id.clone()
+    }
+
+    fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
+        message_ref(&self.conversation_id, self.seq)
+    }
+}
+
+impl ClientCommand for MessageMediaRequest {
     fn home_key(&self, _: &Caller) -> String {
         self.conversation_id.clone()
     }
@@ -620,6 +634,25 @@ impl Broker {
     async fn mark_read(&self, caller: Caller, conversation_id: String, mark: MarkRead) -> Result<Accepted> {
         self.mark(caller, conversation_id, mark.seq, MarkKind::Read).await?;
         Ok(Accepted {})
+    }
+
+    /// The medium of a message the caller can see (gateways ask, to
+    /// authorize downloads and release unsent media).
+    async fn message_media(
+        &self,
+        caller: Caller,
+        conversation_id: String,
+        request: MessageMediaRequest,
+    ) -> Result<MessageMediaResponse> {
+        let media = match self.act_on_message(caller, conversation_id, request.seq, MessageAction::ReadForForward).await
+        {
+            Ok(MessageOutcome::Content(Content::Media(media))) => Some(media),
+            Ok(_) => None,
+            // An unsent message holds nothing any more.
+            Err(Error::FailedPrecondition(_)) => None,
+            Err(error) => return Err(error),
+        };
+        Ok(MessageMediaResponse { media })
     }
 
     // ---- steps several commands share ----

@@ -126,6 +126,19 @@ pub fn link(limits: &Limits, link: &imsg_proto::v1::LinkContent) -> Result<()> {
     Ok(())
 }
 
+/// A medium a client sends: an upload's id and a caption. (The gateway
+/// fills in the rest from what it verified at upload.)
+pub fn media(limits: &Limits, media: &imsg_proto::v1::MediaContent) -> Result<()> {
+    let ok = media
+        .media_id
+        .strip_prefix("m_")
+        .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !ok {
+        return Err(Error::invalid("content.media.media_id", "malformed media id"));
+    }
+    caption(limits, "content.media.caption", &media.caption)
+}
+
 /// One message's content, whatever its kind.
 pub fn content(limits: &Limits, content: Option<&imsg_proto::v1::message::Content>) -> Result<()> {
     use imsg_proto::v1::message::Content;
@@ -133,6 +146,7 @@ pub fn content(limits: &Limits, content: Option<&imsg_proto::v1::message::Conten
         Some(Content::Text(t)) => text(limits, &t.text),
         Some(Content::Shared(s)) => shared(limits, s),
         Some(Content::Link(l)) => link(limits, l),
+        Some(Content::Media(m)) => media(limits, m),
         None => Err(Error::invalid("content", "must be set")),
     }
 }

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     backend::{Backend, RemoteBroker},
+    media::{Media, MediaLimits, MediaStore, MediaStoreConfig},
     ratelimit::PerUserLimiter,
     service::{Gateway, MessagingApi},
     stream::{StreamSettings, Streams},
@@ -44,6 +45,13 @@ pub struct GatewayConfig {
     pub user_request_burst: u32,
     /// How long shutdown waits for streams and calls to finish.
     pub shutdown_grace: Duration,
+    /// Where media bytes go; an embedded broker defaults to
+    /// `<data dir>/media`, a gateway in front of remote brokers has no
+    /// media without one (its media RPCs answer FAILED_PRECONDITION).
+    pub media_store: Option<MediaStoreConfig>,
+    pub media_limits: MediaLimits,
+    /// How long an upload that no message references is kept.
+    pub media_unreferenced_ttl: Duration,
 }
 
 impl GatewayConfig {
@@ -58,6 +66,9 @@ impl GatewayConfig {
             user_requests_per_second: 1000.0,
             user_request_burst: 2000,
             shutdown_grace: Duration::from_secs(10),
+            media_store: None,
+            media_limits: MediaLimits::default(),
+            media_unreferenced_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -89,9 +100,26 @@ impl RunningGateway {
                 (Backend::Remote(remote), None)
             }
         };
+        let media_store = match (&config.media_store, &config.broker) {
+            (Some(store), _) => Some(store.clone()),
+            (None, BrokerTarget::Embedded(broker)) => Some(MediaStoreConfig::Local(broker.data_dir.join("media"))),
+            (None, BrokerTarget::Remote { .. }) => None,
+        };
+        let media = match media_store {
+            Some(store) => {
+                let mut media = Media::new(MediaStore::open(&store)?, config.media_limits.clone());
+                media.unreferenced_ttl = config.media_unreferenced_ttl;
+                Some(Arc::new(media))
+            }
+            None => None,
+        };
+        if let Some(media) = &media {
+            tokio::spawn(sweep_media(media.clone(), stop.clone()));
+        }
         let gateway = Arc::new(Gateway {
             auth,
             backend,
+            media,
             unary_limiter: PerUserLimiter::new(config.user_request_burst, config.user_requests_per_second),
             typing_limiter: PerUserLimiter::new(config.streams.typing_burst, config.streams.typing_per_second),
             streams: Streams::default(),
@@ -162,6 +190,25 @@ impl RunningGateway {
 /// `tcp_nodelay` only applies to sockets it binds itself.
 pub fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// Deletes unreferenced uploads past their TTL, every few minutes (and
+/// once soon after start).
+async fn sweep_media(media: Arc<Media>, stop: CancellationToken) {
+    let every = (media.unreferenced_ttl / 4).clamp(Duration::from_millis(200), Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+                match media.sweep(now).await {
+                    Ok((0, 0)) => {}
+                    Ok((media, uploads)) => tracing::info!(media, uploads, "deleted unreferenced media and stale uploads"),
+                    Err(error) => tracing::warn!(%error, "media sweep failed"),
+                }
+            }
+        }
+    }
 }
 
 async fn forget_idle_users(gateway: Arc<Gateway>, stop: CancellationToken) {

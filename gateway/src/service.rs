@@ -7,22 +7,24 @@
 use std::sync::Arc;
 
 use imsg_common::{retry::transient, token::Authenticator};
-use imsg_proto::internal::v1::{execute_request::Command, execute_response::Result as Outcome};
+use imsg_proto::internal::v1::{Caller, execute_request::Command, execute_response::Result as Outcome};
 use imsg_proto::v1::{
     AddConversationMembersRequest, AddConversationMembersResponse, CreateConversationRequest,
-    CreateConversationResponse, DeleteMessageForMeRequest, DeleteMessageForMeResponse, EditMessageRequest,
-    EditMessageResponse, ForwardMessageRequest, ForwardMessageResponse, GetConversationRequest,
+    CreateConversationResponse, DeleteMessageForMeRequest, DeleteMessageForMeResponse, DownloadMediaRequest,
+    EditMessageRequest, EditMessageResponse, ForwardMessageRequest, ForwardMessageResponse, GetConversationRequest,
     GetConversationResponse, GetPresenceRequest, GetPresenceResponse, GetSettingsRequest, GetSettingsResponse,
-    LeaveConversationRequest, LeaveConversationResponse, ListConversationsRequest, ListConversationsResponse,
-    ListMessagesRequest, ListMessagesResponse, OpenStreamRequest, ReactToMessageRequest, ReactToMessageResponse,
-    RemoveConversationMemberRequest, RemoveConversationMemberResponse, SendMessageRequest, SendMessageResponse,
-    UnsendMessageRequest, UnsendMessageResponse, UpdateConversationRequest, UpdateConversationResponse,
-    UpdateSettingsRequest, UpdateSettingsResponse, messaging_service_server::MessagingService,
+    GetUploadRequest, GetUploadResponse, LeaveConversationRequest, LeaveConversationResponse, ListConversationsRequest,
+    ListConversationsResponse, ListMessagesRequest, ListMessagesResponse, OpenStreamRequest, ReactToMessageRequest,
+    ReactToMessageResponse, RemoveConversationMemberRequest, RemoveConversationMemberResponse, SendMessageRequest,
+    SendMessageResponse, UnsendMessageRequest, UnsendMessageResponse, UpdateConversationRequest,
+    UpdateConversationResponse, UpdateSettingsRequest, UpdateSettingsResponse, UploadMediaRequest, UploadMediaResponse,
+    messaging_service_server::MessagingService,
 };
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::{
     backend::Backend,
+    media::Media,
     ratelimit::PerUserLimiter,
     stream::{DeviceStream, StreamSettings, Streams},
 };
@@ -31,6 +33,8 @@ use crate::{
 pub struct Gateway {
     pub auth: Authenticator,
     pub backend: Backend,
+    /// Uploads and downloads; `None` when no media store is configured.
+    pub media: Option<Arc<Media>>,
     pub unary_limiter: PerUserLimiter,
     /// Typing signals per user, across all of the user's streams here.
     pub typing_limiter: PerUserLimiter,
@@ -49,9 +53,8 @@ impl MessagingApi {
         Self { gateway }
     }
 
-    /// Authenticates and rate-limits, then runs the command (the backend
-    /// validates it).
-    async fn run(&self, metadata: &tonic::metadata::MetadataMap, command: Command) -> Result<Outcome, Status> {
+    /// Authenticates and rate-limits the caller.
+    fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, Status> {
         let caller = self.gateway.auth.authenticate(metadata)?;
         if let Err(wait) = self.gateway.unary_limiter.try_take(&caller.user_id) {
             return Err(transient(
@@ -60,7 +63,29 @@ impl MessagingApi {
                 wait,
             ));
         }
-        self.gateway.backend.execute(caller, command).await
+        Ok(caller)
+    }
+
+    fn media(&self) -> Result<&Media, Status> {
+        self.gateway
+            .media
+            .as_deref()
+            .ok_or_else(|| Status::failed_precondition("this gateway has no media store configured"))
+    }
+
+    /// Runs a command as the caller (the backend validates it); media in
+    /// it are resolved before and their references kept after.
+    async fn run(&self, metadata: &tonic::metadata::MetadataMap, mut command: Command) -> Result<Outcome, Status> {
+        let caller = self.caller(metadata)?;
+        let after = match &self.gateway.media {
+            Some(media) => media.before(&self.gateway.backend, &caller, &mut command).await?,
+            None => None,
+        };
+        let outcome = self.gateway.backend.execute(caller, command).await?;
+        if let (Some(media), Some(after)) = (&self.gateway.media, after) {
+            media.after(after, &outcome).await;
+        }
+        Ok(outcome)
     }
 }
 
@@ -104,6 +129,29 @@ messaging_service! {
     (get_presence, GetPresenceRequest, GetPresenceResponse, GetPresence);
 
     type OpenStreamStream = DeviceStream;
+    type DownloadMediaStream = crate::media::Download;
+
+    async fn upload_media(
+        &self,
+        request: Request<Streaming<UploadMediaRequest>>,
+    ) -> Result<Response<UploadMediaResponse>, Status> {
+        let caller = self.caller(request.metadata())?;
+        Ok(Response::new(self.media()?.upload(&caller, request.into_inner()).await?))
+    }
+
+    async fn get_upload(&self, request: Request<GetUploadRequest>) -> Result<Response<GetUploadResponse>, Status> {
+        let caller = self.caller(request.metadata())?;
+        Ok(Response::new(self.media()?.get_upload(&caller, request.into_inner()).await?))
+    }
+
+    async fn download_media(
+        &self,
+        request: Request<DownloadMediaRequest>,
+    ) -> Result<Response<Self::DownloadMediaStream>, Status> {
+        let caller = self.caller(request.metadata())?;
+        let download = self.media()?.download(&self.gateway.backend, &caller, request.into_inner()).await?;
+        Ok(Response::new(download))
+    }
 
     async fn open_stream(
         &self,

@@ -62,6 +62,7 @@ impl Conversation {
                 content.text = text;
             }
             Some(Content::Shared(shared)) => shared.caption = text,
+            Some(Content::Media(media)) => media.caption = text,
             Some(Content::Link(link)) => link.text = text,
             None => return Err(Error::FailedPrecondition(format!("message {seq} has nothing to edit"))),
         }

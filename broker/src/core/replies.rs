@@ -2,7 +2,7 @@
 //! served (sent live, listed, replayed), never stored, so it always shows
 //! the quoted message as it is now: edited, or unavailable once unsent.
 
-use imsg_proto::v1::{Message, ReplyPreview, SharedKind, message::Content};
+use imsg_proto::v1::{MediaKind, Message, ReplyPreview, SharedKind, message::Content};
 
 /// Characters of text a preview keeps.
 pub const SNIPPET_CHARS: usize = 100;
@@ -27,6 +27,15 @@ pub fn snippet(content: Option<&Content>) -> String {
         Some(Content::Link(link)) if !link.text.is_empty() => link.text.as_str(),
         Some(Content::Link(link)) => link.url.as_str(),
         Some(Content::Shared(shared)) if !shared.caption.is_empty() => shared.caption.as_str(),
+        Some(Content::Media(media)) if !media.caption.is_empty() => media.caption.as_str(),
+        Some(Content::Media(media)) => match MediaKind::try_from(media.kind) {
+            Ok(MediaKind::Photo) => "photo",
+            Ok(MediaKind::Video) => "video",
+            Ok(MediaKind::Voice) => "voice message",
+            Ok(MediaKind::Gif) => "GIF",
+            Ok(MediaKind::Sticker) => "sticker",
+            _ => "file",
+        },
         Some(Content::Shared(shared)) => match SharedKind::try_from(shared.kind) {
             Ok(SharedKind::Reel) => "shared a reel",
             Ok(SharedKind::Profile) => "shared a profile",

@@ -45,6 +45,7 @@ pub fn message_content(content: send_message_request::Content) -> Content {
         send_message_request::Content::Text(text) => Content::Text(text),
         send_message_request::Content::Shared(shared) => Content::Shared(shared),
         send_message_request::Content::Link(link) => Content::Link(link),
+        send_message_request::Content::Media(media) => Content::Media(media),
     }
 }
 

@@ -312,34 +312,31 @@ pub struct Destination {
     pub keys: Arc<KeyFile>,
 }
 
-impl Destination {
-    /// Applies one operation with a plain insert or remove (no sled batch,
-    /// so no sealing of sled's log buffer: see the storage module docs).
-    pub fn apply(&self, op: &wal::Op) -> Result<()> {
-        match op {
-            wal::Op::Put { key, value } => match shred::slot_of_row(key) {
-                Some(slot) => self.keys.put(slot, Some(value))?,
-                None => {
-                    self.tree.insert(key.as_slice(), value.as_slice())?;
-                }
-            },
-            wal::Op::Remove { key } => match shred::slot_of_row(key) {
-                Some(slot) => self.keys.put(slot, None)?,
-                None => {
-                    self.tree.remove(key.as_slice())?;
-                }
-            },
-        }
-        Ok(())
-    }
-}
-
-/// Applies logged operations, one by one.
-fn apply(batches: &[(Destination, Vec<wal::Op>)]) -> Result<()> {
+/// Applies logged operations: rows one by one, in order; the content-key
+/// slots of each batch after them, sorted, one write per run of adjacent
+/// slots (a busy partition's new messages have adjacent slots, so a batch
+/// of them costs one `pwrite`, not one each). Nothing reads either before
+/// the round is published, so the order between the two does not matter.
+pub(super) fn apply(batches: &[(Destination, Vec<wal::Op>)]) -> Result<()> {
     for (destination, ops) in batches {
+        let mut slots: Vec<(u64, Option<&[u8]>)> = Vec::new();
         for op in ops {
-            destination.apply(op)?;
+            match op {
+                wal::Op::Put { key, value } => match shred::slot_of_row(key) {
+                    Some(slot) => slots.push((slot, Some(value))),
+                    None => {
+                        destination.tree.insert(key.as_slice(), value.as_slice())?;
+                    }
+                },
+                wal::Op::Remove { key } => match shred::slot_of_row(key) {
+                    Some(slot) => slots.push((slot, None)),
+                    None => {
+                        destination.tree.remove(key.as_slice())?;
+                    }
+                },
+            }
         }
+        destination.keys.put_all(slots)?;
     }
     Ok(())
 }

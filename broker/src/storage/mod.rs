@@ -246,17 +246,16 @@ fn replay(db: &sled::Db, keys: &KeyFiles, log: &dyn LogDir) -> Result<(usize, u6
         if !complete && i + 1 < numbers.len() {
             return Err(Error::Internal(format!("WAL segment {} is damaged before its end", log.describe(*number))));
         }
-        let mut destinations: BTreeMap<u32, Destination> = BTreeMap::new();
+        let mut by_tree: BTreeMap<u32, Vec<wal::Op>> = BTreeMap::new();
         for (tree, op) in ops {
-            let destination = match destinations.entry(tree) {
-                std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
-                std::collections::btree_map::Entry::Vacant(entry) => {
-                    entry.insert(Destination { tree: db.open_tree(tree_name(tree))?, keys: keys.get(tree)? })
-                }
-            };
-            destination.apply(&op)?;
+            by_tree.entry(tree).or_default().push(op);
             replayed += 1;
         }
+        let mut batches = Vec::with_capacity(by_tree.len());
+        for (tree, ops) in by_tree {
+            batches.push((Destination { tree: db.open_tree(tree_name(tree))?, keys: keys.get(tree)? }, ops));
+        }
+        durability::apply(&batches)?;
     }
     let after_listed = log.list()?.last().map_or(1, |n| n + 1);
     Ok((replayed, after_listed.max(wal_from)))

@@ -187,15 +187,37 @@ impl KeyFile {
     /// Writes (or with `None` erases) a slot, in place. Durable at the next
     /// [`Self::sync`].
     pub fn put(&self, slot: u64, key: Option<&[u8]>) -> Result<()> {
-        let zero = [0u8; KEY_BYTES];
-        let bytes = match key {
-            Some(key) if key.len() == KEY_BYTES => key,
-            Some(key) => return Err(Error::Internal(format!("a content key of {} bytes", key.len()))),
-            None => &zero,
-        };
-        self.file.write_all_at(bytes, slot * KEY_BYTES as u64).map_err(|e| io("writing", &self.path, e))?;
-        self.next_slot.fetch_max(slot + 1, Ordering::Relaxed);
-        self.dirty.store(true, Ordering::Release);
+        self.put_all(vec![(slot, key)])
+    }
+
+    /// Writes (or with `None` erases) many slots, the last write of a slot
+    /// winning, with one write per run of adjacent slots.
+    pub fn put_all(&self, mut slots: Vec<(u64, Option<&[u8]>)>) -> Result<()> {
+        // Stable: of several writes to one slot, the last stays last.
+        slots.sort_by_key(|(slot, _)| *slot);
+        let mut newest: Vec<(u64, Option<&[u8]>)> = Vec::with_capacity(slots.len());
+        for (slot, key) in slots {
+            match newest.last_mut() {
+                Some(last) if last.0 == slot => last.1 = key,
+                _ => newest.push((slot, key)),
+            }
+        }
+        let mut rest = &newest[..];
+        while let Some(&(first, _)) = rest.first() {
+            let run = rest.iter().enumerate().take_while(|(i, (slot, _))| *slot == first + *i as u64).count();
+            let mut bytes = Vec::with_capacity(run * KEY_BYTES);
+            for (_, key) in &rest[..run] {
+                match key {
+                    Some(key) if key.len() == KEY_BYTES => bytes.extend_from_slice(key),
+                    Some(key) => return Err(Error::Internal(format!("a content key of {} bytes", key.len()))),
+                    None => bytes.extend_from_slice(&[0; KEY_BYTES]),
+                }
+            }
+            self.file.write_all_at(&bytes, first * KEY_BYTES as u64).map_err(|e| io("writing", &self.path, e))?;
+            self.next_slot.fetch_max(first + run as u64, Ordering::Relaxed);
+            self.dirty.store(true, Ordering::Release);
+            rest = &rest[run..];
+        }
         Ok(())
     }
 
@@ -291,6 +313,32 @@ mod tests {
             assert_eq!(found.get(&slot).copied(), keys.get(slot).unwrap(), "slot {slot}");
         }
         assert_eq!(found.len(), written.len() - 1, "the erased slot and unwritten ones are left out");
+    }
+
+    #[test]
+    fn many_writes_land_like_the_same_writes_one_by_one_the_last_of_a_slot_winning() {
+        let dir = tempfile::tempdir().unwrap();
+        let (batched, single) = (KeyFile::open(dir.path(), 1).unwrap(), KeyFile::open(dir.path(), 2).unwrap());
+        let keys: Vec<[u8; KEY_BYTES]> = (0..6).map(|_| new_key()).collect();
+        let writes: Vec<(u64, Option<&[u8]>)> = vec![
+            (7, Some(&keys[0])),
+            (3, Some(&keys[1])),
+            (4, Some(&keys[2])),
+            (3, None),
+            (5, Some(&keys[3])),
+            (9, Some(&keys[4])),
+            (4, Some(&keys[5])),
+        ];
+        for (slot, key) in &writes {
+            single.put(*slot, *key).unwrap();
+        }
+        batched.put_all(writes).unwrap();
+        for slot in 0..12 {
+            assert_eq!(batched.get(slot).unwrap(), single.get(slot).unwrap(), "slot {slot}");
+        }
+        assert_eq!(batched.get(4).unwrap(), Some(keys[5]), "the later write of a slot wins");
+        assert_eq!(batched.get(3).unwrap(), None, "erased after being written");
+        assert_eq!(batched.allocate(), 10);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! How messages and their changes read in a terminal: one line each, with
 //! what kind of message it is, its reply preview, edit mark and reactions.
 
-use imsg_proto::v1::{Message, ReactionUpdate, SharedKind, message::Content};
+use imsg_proto::v1::{MediaContent, MediaKind, Message, ReactionUpdate, SharedKind, message::Content};
 
 /// The content of a message as text.
 pub fn content(message: &Message) -> String {
@@ -21,8 +21,40 @@ pub fn content(message: &Message) -> String {
             let caption = if shared.caption.is_empty() { String::new() } else { format!("{} ", shared.caption) };
             format!("{caption}[shared {kind} by @{}: {}] {}", shared.author, shared.title, shared.url)
         }
+        Some(Content::Media(media)) => {
+            let caption = if media.caption.is_empty() { String::new() } else { format!(" {}", media.caption) };
+            format!("[{}]{caption}", medium(media))
+        }
         None => "(unsupported content)".into(),
     }
+}
+
+/// A medium in a few words: kind, size, dimensions or duration, name.
+pub fn medium(media: &MediaContent) -> String {
+    let kind = match MediaKind::try_from(media.kind) {
+        Ok(MediaKind::Photo) => "photo",
+        Ok(MediaKind::Video) => "video",
+        Ok(MediaKind::Voice) => "voice",
+        Ok(MediaKind::Gif) => "GIF",
+        Ok(MediaKind::Sticker) => "sticker",
+        _ => "file",
+    };
+    let size = match media.size_bytes {
+        n if n >= 1024 * 1024 => format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0)),
+        n if n >= 1024 => format!("{:.0} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    };
+    let mut parts = vec![kind.to_string(), size];
+    if media.width > 0 {
+        parts.push(format!("{}x{}", media.width, media.height));
+    }
+    if media.duration_ms > 0 {
+        parts.push(format!("{}:{:02}", media.duration_ms / 60_000, media.duration_ms / 1000 % 60));
+    }
+    if !media.file_name.is_empty() {
+        parts.push(media.file_name.clone());
+    }
+    parts.join(" ")
 }
 
 /// A whole message line: `[seq] sender: content`, then what decorates it.
@@ -91,6 +123,23 @@ mod tests {
             ..Message::default()
         };
         assert_eq!(line(&message), "[5] bob: (replying to [2] alice: \"lunch?\") (forwarded) yes (edited)  [👍 alice]");
+    }
+
+    #[test]
+    fn a_medium_reads_as_kind_size_and_dimensions() {
+        let photo = MediaContent {
+            kind: MediaKind::Photo as i32,
+            size_bytes: 1_572_864,
+            width: 640,
+            height: 480,
+            caption: "cat".into(),
+            ..Default::default()
+        };
+        let message = Message { content: Some(Content::Media(photo)), ..Message::default() };
+        assert_eq!(content(&message), "[photo 1.5 MiB 640x480] cat");
+        let voice =
+            MediaContent { kind: MediaKind::Voice as i32, size_bytes: 2048, duration_ms: 75_000, ..Default::default() };
+        assert_eq!(medium(&voice), "voice 2 KiB 1:15");
     }
 
     #[test]
