@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use imsg_broker::cli::{BrokerArgs, init_logging, shutdown_signal};
 use imsg_common::token::Authenticator;
-use imsg_gateway::{BrokerTarget, GatewayConfig, RunningGateway};
+use imsg_gateway::{BrokerTarget, GatewayConfig, RunningGateway, media::MediaStoreConfig};
 
 /// The imsg gateway: public gRPC API in front of the broker.
 #[derive(Parser, Debug)]
@@ -68,6 +68,27 @@ struct ServeArgs {
     /// Milliseconds shutdown waits for streams and calls to finish.
     #[arg(long, env = "IMSG_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     shutdown_grace_ms: u64,
+    /// Keep media (uploads, photos, videos) in this directory. An embedded
+    /// broker defaults to `<data dir>/media`; a gateway in front of
+    /// remote brokers needs this or an S3 bucket for media.
+    #[arg(long, env = "IMSG_MEDIA_DIR", conflicts_with = "media_s3_bucket")]
+    media_dir: Option<std::path::PathBuf>,
+    /// Keep media in this S3 bucket (shared by every gateway of a cluster).
+    /// Credentials: IMSG_MEDIA_S3_ACCESS_KEY_ID, IMSG_MEDIA_S3_SECRET_ACCESS_KEY.
+    #[arg(long, env = "IMSG_MEDIA_S3_BUCKET")]
+    media_s3_bucket: Option<String>,
+    /// The S3 endpoint (e.g. an S3-compatible server); default: AWS.
+    #[arg(long, env = "IMSG_MEDIA_S3_ENDPOINT", requires = "media_s3_bucket")]
+    media_s3_endpoint: Option<String>,
+    #[arg(long, env = "IMSG_MEDIA_S3_REGION", default_value = "us-east-1")]
+    media_s3_region: String,
+    #[arg(long, env = "IMSG_MEDIA_S3_ACCESS_KEY_ID", hide_env_values = true, default_value = "")]
+    media_s3_access_key_id: String,
+    #[arg(long, env = "IMSG_MEDIA_S3_SECRET_ACCESS_KEY", hide_env_values = true, default_value = "")]
+    media_s3_secret_access_key: String,
+    /// Hours an upload that no message references is kept.
+    #[arg(long, env = "IMSG_MEDIA_UNREFERENCED_TTL_HOURS", default_value_t = 24)]
+    media_unreferenced_ttl_hours: u64,
     #[command(flatten)]
     broker_args: BrokerArgs,
 }
@@ -106,6 +127,18 @@ async fn main() -> anyhow::Result<()> {
     config.user_requests_per_second = args.user_rps;
     config.user_request_burst = (args.user_rps * 2.0).max(1.0) as u32;
     config.shutdown_grace = std::time::Duration::from_millis(args.shutdown_grace_ms);
+    config.media_store = match (args.media_dir, args.media_s3_bucket) {
+        (Some(dir), _) => Some(MediaStoreConfig::Local(dir)),
+        (None, Some(bucket)) => Some(MediaStoreConfig::S3 {
+            bucket,
+            endpoint: args.media_s3_endpoint,
+            region: args.media_s3_region,
+            access_key_id: args.media_s3_access_key_id,
+            secret_access_key: args.media_s3_secret_access_key,
+        }),
+        (None, None) => None,
+    };
+    config.media_unreferenced_ttl = std::time::Duration::from_secs(args.media_unreferenced_ttl_hours * 3600);
     let gateway = RunningGateway::start(config).await?;
     // Machine-readable for scripts and tests that start us on port 0.
     println!("imsg-gateway listening on {}", gateway.addr);

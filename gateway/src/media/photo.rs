@@ -183,9 +183,12 @@ fn gps_ranges(bytes: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
     Some(ranges)
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
+/// Photos with a location, for tests here and end to end.
+#[doc(hidden)]
+pub mod fixtures {
+    use image::codecs::jpeg::JpegEncoder;
+
+    use super::GPS_INFO_TAG;
 
     /// A little-endian TIFF block with IFD0 holding a camera make and a GPS
     /// directory with a latitude (three rationals, out of line) and its
@@ -249,6 +252,11 @@ pub(crate) mod tests {
         jpeg.extend_from_slice(&plain[2..]);
         (jpeg, tiff_at + gps.start..tiff_at + gps.end)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fixtures::*, *};
 
     fn gps_fields(bytes: &[u8]) -> usize {
         let exif = exif::Reader::new().read_from_container(&mut std::io::Cursor::new(bytes)).unwrap();

@@ -49,9 +49,6 @@ fn check_start(start: &UploadStart) -> Result<MediaKind, Status> {
     if kind == MediaKind::Unspecified {
         return Err(Status::invalid_argument("start.kind: must be set"));
     }
-    if start.size_bytes == 0 {
-        return Err(Status::invalid_argument("start.size_bytes: must be at least 1"));
-    }
     if start.sha256.len() != 64 || !start.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Status::invalid_argument("start.sha256: 64 hex digits"));
     }
@@ -133,7 +130,7 @@ impl Media {
                 self.forget(owner, id).await;
                 return Err(over_limit(declared, limit));
             }
-            if received > start.size_bytes {
+            if start.size_bytes > 0 && received > start.size_bytes {
                 self.forget(owner, id).await;
                 return Err(Status::invalid_argument(format!(
                     "chunk: more bytes than start.size_bytes ({})",
@@ -141,7 +138,7 @@ impl Media {
                 )));
             }
             buffer.extend_from_slice(&chunk);
-            if !head_checked && (buffer.len() >= SNIFF_BYTES || received == start.size_bytes) {
+            if !head_checked && buffer.len() >= SNIFF_BYTES {
                 if let Err(reason) = sniff(declared, &buffer) {
                     self.forget(owner, id).await;
                     return Err(Status::invalid_argument(format!("chunk: {reason}")));
@@ -158,6 +155,9 @@ impl Media {
                 "{received} of {} bytes arrived; resume at offset {received}",
                 start.size_bytes
             )));
+        }
+        if received == 0 {
+            return Err(Status::invalid_argument("chunk: an upload needs at least one byte"));
         }
         let media = self.finish(owner, &start, declared).await?;
         Ok(UploadMediaResponse { media: Some(media) })

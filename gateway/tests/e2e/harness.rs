@@ -63,11 +63,21 @@ impl TestServer {
     }
 
     async fn start_configured(data_dir: tempfile::TempDir, tune: impl FnOnce(&mut Limits)) -> Self {
+        Self::start_gateway(data_dir, |config| {
+            if let BrokerTarget::Embedded(broker) = &mut config.broker {
+                tune(&mut broker.limits);
+            }
+        })
+        .await
+    }
+
+    /// A server whose gateway configuration `tune` adjusts.
+    pub async fn start_gateway(data_dir: tempfile::TempDir, tune: impl FnOnce(&mut GatewayConfig)) -> Self {
         let mut broker = BrokerConfig::new(data_dir.path());
         broker.partitions = 8;
         broker.cache_capacity_bytes = 16 * 1024 * 1024;
-        tune(&mut broker.limits);
-        let config = GatewayConfig::new("127.0.0.1:0".parse().unwrap(), BrokerTarget::Embedded(broker), SECRET);
+        let mut config = GatewayConfig::new("127.0.0.1:0".parse().unwrap(), BrokerTarget::Embedded(broker), SECRET);
+        tune(&mut config);
         let gateway = RunningGateway::start(config).await.unwrap();
         let addr = gateway.addr;
         Self { gateway: Some(gateway), addr, data_dir }

@@ -6,6 +6,7 @@ mod crash;
 mod errors;
 mod failstop;
 mod harness;
+mod media;
 mod messaging;
 mod ops;
 mod powercut;
