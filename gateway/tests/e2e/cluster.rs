@@ -36,6 +36,11 @@ impl Cluster {
     /// A layout of `layout` nodes of which the first `initial` start now
     /// and split the partitions; `gateways` gateways in front.
     async fn start(layout: usize, initial: usize, gateways: usize) -> Self {
+        Self::start_with_gateway_args(layout, initial, gateways, &[]).await
+    }
+
+    /// [`Self::start`] with `extra` flags for every gateway.
+    async fn start_with_gateway_args(layout: usize, initial: usize, gateways: usize, extra: &[String]) -> Self {
         let urls = (0..layout)
             .map(|_| {
                 let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -51,7 +56,8 @@ impl Cluster {
             }
         }
         for _ in 0..gateways {
-            let args = gateway_args_for(&cluster.urls.join(","));
+            let mut args = gateway_args_for(&cluster.urls.join(","));
+            args.extend_from_slice(extra);
             cluster.gateways.push(Process::spawn(&binary("imsg-gateway"), &args).await);
         }
         // Gateways load the map at start; make sure every node answered.
@@ -470,4 +476,76 @@ async fn a_gateway_learns_the_partition_count_and_limits_from_the_brokers() {
     let refused = alice.try_send(&conversation, "long", &"x".repeat(200)).await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("over the limit of 100"), "the brokers' limit: {refused:?}");
+}
+
+/// Media uploaded through one gateway is downloaded through another (the
+/// gateways share only the object store), and unsending it deletes it from
+/// the store. Run against a real S3-compatible server and against a shared
+/// local directory.
+async fn media_cross_gateways(store_args: Vec<String>, objects: impl AsyncFn() -> Vec<String>) {
+    use imsg_gateway::media::photo::fixtures::jpeg_with_gps;
+    use imsg_proto::v1::{MediaKind, UnsendMessageRequest};
+
+    use crate::media::{download, send_media, upload};
+
+    let cluster = Cluster::start_with_gateway_args(2, 2, 2, &store_args).await;
+    let alice = Client::connect(cluster.gateway(0), "alice", "phone").await;
+    let bob = Client::connect(cluster.gateway(1), "bob", "phone").await;
+    let alice_elsewhere = Client::connect(cluster.gateway(1), "alice", "laptop").await;
+    let conversation = alice.direct_with("bob").await;
+    let (photo, gps) = jpeg_with_gps(200, 100);
+    let media = upload(&alice, "holiday", MediaKind::Photo, &photo).await.unwrap();
+    let seq = send_media(&alice, &conversation, &media.media_id, "from the beach").await.unwrap();
+    let downloaded = download(&bob, &conversation, seq, false, (0, 0)).await.unwrap();
+    let mut expected = photo.clone();
+    expected[gps].fill(0);
+    assert_eq!(downloaded, expected, "through the other gateway, without the location");
+    assert!(objects().await.iter().any(|key| key.contains(&media.media_id)), "the medium is in the store");
+
+    let unsend = UnsendMessageRequest { conversation_id: conversation.clone(), seq };
+    alice_elsewhere.api.clone().unsend_message(unsend).await.unwrap();
+    assert_eq!(download(&bob, &conversation, seq, false, (0, 0)).await.unwrap_err().code(), tonic::Code::NotFound);
+    let left: Vec<String> = objects().await.into_iter().filter(|key| key.contains(&media.media_id)).collect();
+    assert_eq!(left, Vec::<String>::new(), "nothing of the medium is left in the store");
+}
+
+#[tokio::test]
+async fn media_cross_gateways_through_a_real_s3_compatible_server() {
+    let s3 = crate::harness::S3Server::start().await;
+    let args = vec![
+        "--media-s3-bucket".to_string(),
+        s3.bucket.clone(),
+        "--media-s3-endpoint".into(),
+        s3.endpoint.clone(),
+        "--media-s3-access-key-id".into(),
+        "test".into(),
+        "--media-s3-secret-access-key".into(),
+        "test".into(),
+    ];
+    media_cross_gateways(args, || s3.keys()).await;
+}
+
+#[tokio::test]
+async fn media_cross_gateways_through_a_shared_local_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = vec!["--media-dir".to_string(), dir.path().display().to_string()];
+    let root = dir.path().to_owned();
+    media_cross_gateways(args, || {
+        let root = root.clone();
+        async move {
+            let mut keys = Vec::new();
+            let mut stack = vec![root.clone()];
+            while let Some(dir) = stack.pop() {
+                for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    if entry.path().is_dir() {
+                        stack.push(entry.path());
+                    } else {
+                        keys.push(entry.path().strip_prefix(&root).unwrap().display().to_string());
+                    }
+                }
+            }
+            keys
+        }
+    })
+    .await;
 }

@@ -462,3 +462,71 @@ pub fn gateway_args(broker: SocketAddr) -> Vec<String> {
 pub fn gateway_args_for(broker_urls: &str) -> Vec<String> {
     vec!["--broker".into(), broker_urls.into(), "--listen".into(), "127.0.0.1:0".into()]
 }
+
+/// A real S3-compatible server for the tests: moto in server mode (PyPI
+/// `moto[server]`, which `.ci/test` installs into `.ci/.tools/venv`), on a
+/// loopback port, with one bucket. Stopped when dropped.
+pub struct S3Server {
+    _process: Child,
+    pub endpoint: String,
+    pub bucket: String,
+}
+
+impl S3Server {
+    pub async fn start() -> Self {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
+        let binary = std::env::var_os("IMSG_MOTO_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo.join(".ci/.tools/venv/bin/moto_server"));
+        assert!(
+            binary.exists(),
+            "{} is missing: run .ci/test (it installs moto[server]) or set IMSG_MOTO_SERVER",
+            binary.display()
+        );
+        let mut process = Command::new(&binary)
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(process.stderr.take().unwrap()).lines();
+        let endpoint = tokio::time::timeout(PATIENCE, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(at) = line.find("http://127.0.0.1:") {
+                    return line[at..].trim().to_owned();
+                }
+            }
+            panic!("moto_server exited before listening");
+        })
+        .await
+        .expect("moto_server did not start");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let server = Self { _process: process, endpoint, bucket: "imsg-media".into() };
+        let (status, _) = server.http("PUT", &format!("/{}", server.bucket)).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "creating the bucket: {status}");
+        server
+    }
+
+    /// Every key in the bucket.
+    pub async fn keys(&self) -> Vec<String> {
+        let (_, body) = self.http("GET", &format!("/{}?list-type=2&max-keys=1000", self.bucket)).await;
+        body.split("<Key>").skip(1).filter_map(|rest| rest.split("</Key>").next()).map(str::to_owned).collect()
+    }
+
+    /// A plain HTTP request (moto accepts unsigned ones); the status line
+    /// and the body.
+    async fn http(&self, method: &str, path: &str) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let host = self.endpoint.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+        let request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        let response = String::from_utf8_lossy(&response).into_owned();
+        let status = response.lines().next().unwrap_or_default().to_owned();
+        let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+        (status, body)
+    }
+}
