@@ -39,12 +39,13 @@ use std::{
 use imsg_common::retry::retry_after;
 use imsg_proto::v1::{
     ConversationUpdate, CreateConversationRequest, DeleteMessageForMeRequest, DirectConversationSpec,
-    EditMessageRequest, EditMessageResponse, ForwardMessageRequest, ForwardMessageResponse, Hello, LinkContent,
-    ListMessagesRequest, ListMessagesResponse, MarkRead, Message, MessageHidden, OpenStreamRequest, Presence,
-    ReactToMessageRequest, ReactionUpdate, ReceiptUpdate, SendMessageRequest, SendMessageResponse, SharedContent,
-    TextContent, TypingSignal, TypingUpdate, UnsendMessageRequest, create_conversation_request, event,
+    DownloadMediaRequest, EditMessageRequest, EditMessageResponse, ForwardMessageRequest, ForwardMessageResponse,
+    GetUploadRequest, Hello, LinkContent, ListMessagesRequest, ListMessagesResponse, MarkRead, MediaContent, MediaKind,
+    Message, MessageHidden, OpenStreamRequest, Presence, ReactToMessageRequest, ReactionUpdate, ReceiptUpdate,
+    SendMessageRequest, SendMessageResponse, SharedContent, TextContent, TypingSignal, TypingUpdate,
+    UnsendMessageRequest, UploadMediaRequest, UploadStart, create_conversation_request, event,
     messaging_service_client::MessagingServiceClient, open_stream_request, open_stream_response::Frame,
-    send_message_request,
+    send_message_request, upload_media_request,
 };
 use tokio::sync::mpsc;
 use tonic::{
@@ -290,6 +291,73 @@ impl Client {
         self.retrying(request, |mut api, request| async move { api.forward_message(request).await }).await
     }
 
+    /// Uploads a medium, resuming after a cut connection where the server
+    /// has it; answers the verified medium to send with [`Self::send_media`].
+    pub async fn upload(&self, kind: MediaKind, bytes: &[u8], file_name: &str) -> Result<MediaContent, Error> {
+        use sha2::Digest as _;
+        let upload_id = format!("up-{:016x}", rand::random::<u64>());
+        let sha256 = hex::encode(sha2::Sha256::digest(bytes));
+        let mut backoff = Backoff::new(&self.config);
+        let mut offset = 0u64;
+        loop {
+            let start = UploadStart {
+                upload_id: upload_id.clone(),
+                kind: kind as i32,
+                size_bytes: bytes.len() as u64,
+                sha256: sha256.clone(),
+                offset,
+                duration_ms: 0,
+                file_name: file_name.into(),
+            };
+            let mut frames = vec![UploadMediaRequest { frame: Some(upload_media_request::Frame::Start(start)) }];
+            frames.extend(
+                bytes[offset as usize..].chunks(UPLOAD_CHUNK).map(|chunk| UploadMediaRequest {
+                    frame: Some(upload_media_request::Frame::Chunk(chunk.to_vec())),
+                }),
+            );
+            let status = match self.api.clone().upload_media(tokio_stream::iter(frames)).await {
+                Ok(response) => {
+                    return response.into_inner().media.ok_or_else(|| Status::internal("no medium").into());
+                }
+                Err(status) => status,
+            };
+            let Some(delay) = retry_after(&status) else { return Err(status.into()) };
+            backoff.wait_at_least(delay).await;
+            // Resume where the server is.
+            let request = GetUploadRequest { upload_id: upload_id.clone() };
+            if let Ok(have) = self.api.clone().get_upload(request).await {
+                let have = have.into_inner();
+                if let Some(media) = have.media {
+                    return Ok(media);
+                }
+                offset = have.received_bytes.min(bytes.len() as u64);
+            }
+        }
+    }
+
+    /// Sends an uploaded medium with a caption.
+    pub async fn send_media(
+        &self,
+        conversation: &str,
+        media: &MediaContent,
+        caption: &str,
+    ) -> Result<SendMessageResponse, Error> {
+        let content = MediaContent { media_id: media.media_id.clone(), caption: caption.into(), ..Default::default() };
+        self.send(conversation, send_message_request::Content::Media(content), 0).await
+    }
+
+    /// The medium (or its thumbnail) of message `seq`.
+    pub async fn download(&self, conversation: &str, seq: u64, thumbnail: bool) -> Result<Vec<u8>, Error> {
+        let request =
+            DownloadMediaRequest { conversation_id: conversation.into(), seq, thumbnail, offset: 0, length: 0 };
+        let mut frames = self.api.clone().download_media(request).await?.into_inner();
+        let mut bytes = Vec::new();
+        while let Some(frame) = frames.message().await? {
+            bytes.extend_from_slice(&frame.chunk);
+        }
+        Ok(bytes)
+    }
+
     /// Runs an idempotent call, retrying it unchanged while the server says
     /// a retry may succeed (`google.rpc.RetryInfo`), no sooner than it says.
     async fn retrying<Req: Clone, Resp, F, Fut>(&self, request: Req, call: F) -> Result<Resp, Error>
@@ -350,6 +418,9 @@ impl Client {
         Ok(self.api.clone().list_messages(request).await?.into_inner())
     }
 }
+
+/// Bytes per upload frame (the server takes up to 240 KiB).
+const UPLOAD_CHUNK: usize = 128 * 1024;
 
 fn text_content(text: &str) -> send_message_request::Content {
     send_message_request::Content::Text(TextContent { text: text.into() })

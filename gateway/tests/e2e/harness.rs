@@ -520,7 +520,8 @@ impl S3Server {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let host = self.endpoint.trim_start_matches("http://");
         let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
-        let request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await.unwrap();

@@ -232,7 +232,7 @@ async fn a_cut_upload_resumes_where_the_server_has_it() {
         alice.api.clone().get_upload(GetUploadRequest { upload_id: "report-pdf".into() }).await.unwrap().into_inner();
     assert!(have.media.is_none());
     let offset = have.received_bytes as usize;
-    assert!(offset >= 1024 * 1024 && offset <= 3 * 512 * 1024, "{offset}");
+    assert!((1024 * 1024..=3 * 512 * 1024).contains(&offset), "{offset}");
     // Resuming elsewhere than where the server is is refused, precisely.
     let wrong = upload_from(&alice, "report-pdf", MediaKind::File, &file, offset + 1).await.unwrap_err();
     assert_eq!(wrong.code(), Code::FailedPrecondition);

@@ -1,7 +1,9 @@
 //! `imsg`: try imsg from a terminal.
 //!
-//! `imsg token` mints a local token; `send`, `react`, `edit`, `unsend`,
-//! `delete-for-me`, `forward`, `inbox` and `history` are one call each;
+//! `imsg token` mints a local token; `send` (a text, a link, or a photo,
+//! video, voice note or file it uploads first), `download`, `react`,
+//! `edit`, `unsend`, `delete-for-me`, `forward`, `inbox` and `history` are
+//! one call each;
 //! `chat` is an interactive session showing messages, reactions, edits,
 //! unsends, who is typing, read state and presence as they change. A
 //! conversation is named by its id or, for a 1:1, by `@user`.
@@ -16,7 +18,7 @@ use crossterm::{
 };
 use imsg_client::{Client, ClientConfig, Event};
 use imsg_common::token::Authenticator;
-use imsg_proto::v1::{LinkContent, ListConversationsRequest, send_message_request};
+use imsg_proto::v1::{LinkContent, ListConversationsRequest, MediaContent, MediaKind, send_message_request};
 use tokio::sync::mpsc;
 
 /// A terminal client for imsg.
@@ -56,6 +58,25 @@ enum Command {
         /// Send a link (http or https); the text goes with it.
         #[arg(long)]
         link: Option<String>,
+        /// Send a photo (JPEG, PNG, WebP, HEIC); the text is its caption.
+        #[arg(long, conflicts_with_all = ["link", "video", "voice", "file"])]
+        photo: Option<std::path::PathBuf>,
+        #[arg(long, conflicts_with_all = ["link", "voice", "file"])]
+        video: Option<std::path::PathBuf>,
+        /// A voice note (AAC, M4A, Ogg Opus).
+        #[arg(long, conflicts_with_all = ["link", "file"])]
+        voice: Option<std::path::PathBuf>,
+        #[arg(long, conflicts_with = "link")]
+        file: Option<std::path::PathBuf>,
+    },
+    /// Save the medium (or its thumbnail) of a message to a file.
+    Download {
+        conversation: String,
+        seq: u64,
+        #[arg(long, short)]
+        output: std::path::PathBuf,
+        #[arg(long)]
+        thumbnail: bool,
     },
     /// React to a message with one emoji; an empty emoji ("") removes yours.
     React { conversation: String, seq: u64, emoji: String },
@@ -146,14 +167,35 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::connect(ClientConfig::new(cli.server.clone(), token)).await?;
     match cli.command {
         Command::Token { .. } => unreachable!("handled above"),
-        Command::Send { conversation, text, reply_to, link } => {
+        Command::Send { conversation, text, reply_to, link, photo, video, voice, file } => {
             let conversation = resolve(&client, &conversation).await?;
-            let content = match link {
-                Some(url) => send_message_request::Content::Link(LinkContent { url, text, preview: None }),
-                None => send_message_request::Content::Text(imsg_proto::v1::TextContent { text }),
+            let medium = [
+                (photo, MediaKind::Photo),
+                (video, MediaKind::Video),
+                (voice, MediaKind::Voice),
+                (file, MediaKind::File),
+            ]
+            .into_iter()
+            .find_map(|(path, kind)| path.map(|path| (path, kind)));
+            let content = match (link, medium) {
+                (Some(url), _) => send_message_request::Content::Link(LinkContent { url, text, preview: None }),
+                (None, Some((path, kind))) => {
+                    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let media = client.upload(kind, &bytes, &name).await?;
+                    println!("uploaded {}", render::medium(&media));
+                    send_message_request::Content::Media(MediaContent { caption: text, ..media })
+                }
+                (None, None) => send_message_request::Content::Text(imsg_proto::v1::TextContent { text }),
             };
             let ack = client.send(&conversation, content, reply_to).await?;
             println!("sent to {conversation} as seq {}", ack.seq);
+        }
+        Command::Download { conversation, seq, output, thumbnail } => {
+            let conversation = resolve(&client, &conversation).await?;
+            let bytes = client.download(&conversation, seq, thumbnail).await?;
+            std::fs::write(&output, &bytes).with_context(|| format!("writing {}", output.display()))?;
+            println!("saved {} bytes to {}", bytes.len(), output.display());
         }
         Command::React { conversation, seq, emoji } => {
             let conversation = resolve(&client, &conversation).await?;

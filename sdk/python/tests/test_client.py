@@ -185,3 +185,27 @@ def test_react_reply_edit_unsend_delete_for_me_and_forward(server):
             await bob.close()
 
     asyncio.run(scenario())
+
+
+def test_upload_send_and_download_a_file(server):
+    async def scenario():
+        import os
+
+        from imsg.v1 import messaging_pb2 as pb
+
+        alice = await Client(server, token("alice")).start()
+        bob = await Client(server, token("bob")).start()
+        try:
+            conversation = await alice.direct_with("bob")
+            data = b"%PDF-1.7\n" + os.urandom(700 * 1024)
+            media = await alice.upload(pb.MEDIA_KIND_FILE, data, "report.pdf")
+            assert (media.kind, media.size_bytes, media.file_name) == (pb.MEDIA_KIND_FILE, len(data), "report.pdf")
+            sent = await alice.send_media(conversation, media, "the report")
+            assert await bob.download(conversation, sent.seq) == data
+            message = (await bob.history(conversation)).messages[0]
+            assert (message.media.caption, message.media.mime_type) == ("the report", "application/pdf")
+        finally:
+            await alice.close()
+            await bob.close()
+
+    asyncio.run(scenario())
