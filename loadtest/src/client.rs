@@ -275,9 +275,12 @@ impl Session {
                 if let Some(event::Kind::Message(message)) = event.kind {
                     logs.entry(message.conversation_id.clone()).or_default().record(message.seq);
                     context.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                    if let Some(imsg_proto::v1::message::Content::Text(text)) = &message.content
-                        && let Some(intended) = intended_us(&text.text)
-                    {
+                    let text = match &message.content {
+                        Some(imsg_proto::v1::message::Content::Text(text)) => Some(text.text.as_str()),
+                        Some(imsg_proto::v1::message::Content::Media(media)) => Some(media.caption.as_str()),
+                        _ => None,
+                    };
+                    if let Some(intended) = text.and_then(intended_us) {
                         let now = context.start.elapsed().as_micros() as u64;
                         let second = (intended / 1_000_000) as usize;
                         context.deliver_latency.record(second, now.saturating_sub(intended));

@@ -98,6 +98,8 @@ impl Percentiles {
 pub struct Counters {
     pub sent: AtomicU64,
     pub acked: AtomicU64,
+    /// Acknowledged messages that carried a photo.
+    pub photos: AtomicU64,
     pub delivered: AtomicU64,
     pub send_errors: AtomicU64,
     /// Sends not issued because too many were already in flight.

@@ -35,6 +35,8 @@ pub struct Report {
     pub acked: u64,
     /// Acknowledged changes to messages (reactions, edits, unsends).
     pub changes: u64,
+    /// Acknowledged messages that carried a photo (uploaded first).
+    pub photos: u64,
     pub delivered: u64,
     pub expected_deliveries: u64,
     pub lost: u64,
@@ -113,8 +115,8 @@ pub fn summary(report: &Report) -> String {
     }
     let _ = writeln!(
         s,
-        "  ingested   {:>10.0} msg/s   ({} acked of {} sent, {} changes to messages)",
-        report.ingest_rate, report.acked, report.sent, report.changes
+        "  ingested   {:>10.0} msg/s   ({} acked of {} sent, {} with photos, {} changes to messages)",
+        report.ingest_rate, report.acked, report.sent, report.photos, report.changes
     );
     let _ = writeln!(
         s,

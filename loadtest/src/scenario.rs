@@ -20,8 +20,8 @@ use anyhow::Context;
 use imsg_common::token::Authenticator;
 use imsg_proto::v1::{
     CreateConversationRequest, DirectConversationSpec, EditMessageRequest, GroupConversationSpec, ListMessagesRequest,
-    ReactToMessageRequest, SendMessageRequest, TextContent, UnsendMessageRequest, create_conversation_request,
-    send_message_request,
+    MediaContent, MediaKind, ReactToMessageRequest, SendMessageRequest, TextContent, UnsendMessageRequest,
+    UploadMediaRequest, UploadStart, create_conversation_request, send_message_request, upload_media_request,
 };
 use tokio::sync::{Semaphore, watch};
 
@@ -43,8 +43,9 @@ pub enum Scenario {
     /// Groups of `--group-size`: fan-out.
     Group,
     /// 80% 1:1, 20% small groups, typing, read receipts, presence churn,
-    /// and what people do to messages: 1 in 10 is a reply, 1 in 5 gets a
-    /// reaction, 1 in 20 is edited, 1 in 50 unsent.
+    /// and what people do to messages: 1 in 20 is a photo (uploaded, then
+    /// sent), 1 in 10 a reply, 1 in 5 gets a reaction, 1 in 20 is edited,
+    /// 1 in 50 unsent.
     Mixed,
     /// 1:1 traffic while every device drops and resumes every few seconds.
     Reconnect,
@@ -278,6 +279,7 @@ pub async fn run(
         sent: Counters::get(&counters.sent),
         acked,
         changes: changes_acked,
+        photos: Counters::get(&counters.photos),
         delivered,
         expected_deliveries: checker.expected_deliveries(),
         lost: verdict.lost,
@@ -335,13 +337,13 @@ fn issue(
         true => acks.newest[conversation_index].load(Ordering::Relaxed),
         false => 0,
     };
+    let payload = client::payload(intended_us, options.message_bytes);
+    let photo = (mixed && index % 20 == 11).then(|| PHOTO.clone());
     let request = SendMessageRequest {
         conversation_id: conversation.id.clone(),
         client_message_id: format!("m{index}"),
         reply_to_seq,
-        content: Some(send_message_request::Content::Text(TextContent {
-            text: client::payload(intended_us, options.message_bytes),
-        })),
+        content: Some(send_message_request::Content::Text(TextContent { text: payload })),
     };
     // What is done to this message once acknowledged (disjoint, so each
     // change is one event a checker can name).
@@ -357,7 +359,17 @@ fn issue(
     let (counters, ack_latency, acks, conversation_id) =
         (counters.clone(), ack_latency.clone(), acks.clone(), conversation.id.clone());
     tokio::spawn(async move {
-        match send_with_retry(&user, request).await {
+        let sent = match photo {
+            Some(photo) => {
+                let sent = send_photo(&user, request, &photo).await;
+                if sent.is_ok() {
+                    counters.photos.fetch_add(1, Ordering::Relaxed);
+                }
+                sent
+            }
+            None => send_with_retry(&user, request).await,
+        };
+        match sent {
             Ok(response) => {
                 let now_us = start.elapsed().as_micros() as u64;
                 let second = ((intended_us - phase_start_us) / 1_000_000) as usize;
@@ -383,6 +395,46 @@ fn issue(
         }
         counters.in_flight.fetch_sub(1, Ordering::Relaxed);
     });
+}
+
+/// The photo mixed traffic sends: a 256x256 JPEG (about 10 KiB), made
+/// once.
+static PHOTO: std::sync::LazyLock<Arc<Vec<u8>>> = std::sync::LazyLock::new(|| {
+    let image = image::RgbImage::from_fn(256, 256, |x, y| image::Rgb([x as u8, y as u8, (x ^ y) as u8]));
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80).encode_image(&image).expect("encoding a JPEG");
+    Arc::new(jpeg)
+});
+
+/// Uploads `photo` and sends it with the request's text as its caption.
+async fn send_photo(
+    user: &User,
+    mut request: SendMessageRequest,
+    photo: &[u8],
+) -> Result<tonic::Response<imsg_proto::v1::SendMessageResponse>, tonic::Status> {
+    use sha2::Digest as _;
+    let start = UploadStart {
+        upload_id: format!("{}-{}", request.client_message_id, rand::random::<u32>()),
+        kind: MediaKind::Photo as i32,
+        size_bytes: photo.len() as u64,
+        sha256: hex::encode(sha2::Sha256::digest(photo)),
+        ..UploadStart::default()
+    };
+    let frames = vec![
+        UploadMediaRequest { frame: Some(upload_media_request::Frame::Start(start)) },
+        UploadMediaRequest { frame: Some(upload_media_request::Frame::Chunk(photo.to_vec())) },
+    ];
+    let media = user.api(0).upload_media(tokio_stream::iter(frames)).await?.into_inner().media.unwrap_or_default();
+    let caption = match request.content.take() {
+        Some(send_message_request::Content::Text(text)) => text.text,
+        _ => String::new(),
+    };
+    request.content = Some(send_message_request::Content::Media(MediaContent {
+        media_id: media.media_id,
+        caption,
+        ..MediaContent::default()
+    }));
+    send_with_retry(user, request).await
 }
 
 /// A change made to a message right after its ack.

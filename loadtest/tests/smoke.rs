@@ -49,12 +49,15 @@ fn dm_smoke_run_delivers_everything_exactly_once() {
 }
 
 #[test]
-fn mixed_traffic_with_replies_reactions_edits_and_unsends_delivers_every_change_once() {
+fn mixed_traffic_with_photos_replies_reactions_edits_and_unsends_delivers_every_change_once() {
     let report = run("mixed", &[]);
     assert_clean(&report);
     let changes = report["changes"].as_u64().unwrap();
-    // 1 in 5 messages gets a reaction, 1 in 20 an edit, 1 in 50 an unsend.
-    assert!(changes * 100 >= report["acked"].as_u64().unwrap() * 25, "too few changes: {report}");
+    // 1 in 5 messages gets a reaction, 1 in 20 an edit, 1 in 50 an unsend;
+    // 1 in 20 is a photo.
+    let acked = report["acked"].as_u64().unwrap();
+    assert!(changes * 100 >= acked * 25, "too few changes: {report}");
+    assert!(report["photos"].as_u64().unwrap() * 25 >= acked, "too few photos: {report}");
 }
 
 #[test]
