@@ -547,6 +547,20 @@ mod tests {
         );
         partition.act_on_message(&bob, &id, 1, MessageAction::DeleteForMe).unwrap();
         assert_eq!(rows(&mut partition), ["put h"], "a deletion for oneself: one marker row");
+        let photo = imsg_proto::v1::MediaContent {
+            media_id: "m_0123456789abcdef0123456789abcdef".into(),
+            kind: imsg_proto::v1::MediaKind::Photo as i32,
+            size_bytes: 2_000_000,
+            caption: "cat".into(),
+            ..Default::default()
+        };
+        let media = NewMessage { content: imsg_proto::v1::message::Content::Media(photo), ..new_text("a2", "") };
+        partition.send(&alice, &id, media).unwrap();
+        assert_eq!(
+            rows(&mut partition),
+            ["put K", "put m"],
+            "a media message: as a text (the bytes are in the object store)"
+        );
         store.close().unwrap();
     }
 

@@ -39,7 +39,12 @@ pub fn inspect(bytes: &[u8]) -> Option<(u32, u32, Vec<u8>)> {
     reader.limits(limits);
     let image = reader.decode().ok()?;
     let (width, height) = (image.width(), image.height());
-    let thumbnail = image.thumbnail(THUMBNAIL_SIDE, THUMBNAIL_SIDE).to_rgb8();
+    // Already small: the picture is its own thumbnail (no resampling).
+    let thumbnail = if width <= THUMBNAIL_SIDE && height <= THUMBNAIL_SIDE {
+        image.to_rgb8()
+    } else {
+        image.thumbnail(THUMBNAIL_SIDE, THUMBNAIL_SIDE).to_rgb8()
+    };
     let mut jpeg = Vec::new();
     JpegEncoder::new_with_quality(&mut jpeg, 75).encode_image(&thumbnail).ok()?;
     Some((width, height, jpeg))

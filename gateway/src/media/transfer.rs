@@ -87,16 +87,18 @@ impl Media {
         if let Some(media_id) = self.store.upload_done(owner, id).await.map_err(store_error)? {
             return Ok(UploadMediaResponse { media: Some(self.completed(&media_id).await?) });
         }
+        // The start is recorded with the first part: an upload that arrives
+        // whole in one stream never touches the store until it is done.
         let record = StartRecord::of(&start, now_ms());
-        match self.store.upload_start(owner, id).await.map_err(store_error)? {
+        let mut parts_written = match self.store.upload_start(owner, id).await.map_err(store_error)? {
             Some(existing) if !existing.same_upload(&record) => {
                 return Err(Status::failed_precondition(format!(
                     "upload {id} was started with another kind, size, hash or name"
                 )));
             }
-            Some(_) => {}
-            None => self.store.put_upload_start(owner, id, &record).await.map_err(store_error)?,
-        }
+            Some(_) => true,
+            None => false,
+        };
         let parts = self.store.parts(owner, id).await.map_err(store_error)?;
         let committed: u64 = parts.iter().map(|(_, size)| size).sum();
         if start.offset != committed {
@@ -113,7 +115,7 @@ impl Media {
                 Ok(None) => break,
                 Err(status) => {
                     // Cut: keep what arrived whole, for a resume.
-                    self.flush(owner, id, received, &mut buffer).await?;
+                    self.flush(owner, &record, id, received, &mut buffer, &mut parts_written).await?;
                     return Err(status);
                 }
             };
@@ -146,10 +148,13 @@ impl Media {
                 head_checked = true;
             }
             if buffer.len() >= PART_BYTES {
-                self.flush(owner, id, received, &mut buffer).await?;
+                self.flush(owner, &record, id, received, &mut buffer, &mut parts_written).await?;
             }
         }
-        self.flush(owner, id, received, &mut buffer).await?;
+        let complete = received == start.size_bytes || (start.size_bytes == 0 && received > 0);
+        if !complete || parts_written {
+            self.flush(owner, &record, id, received, &mut buffer, &mut parts_written).await?;
+        }
         if received < start.size_bytes {
             return Err(Status::failed_precondition(format!(
                 "{received} of {} bytes arrived; resume at offset {received}",
@@ -159,14 +164,37 @@ impl Media {
         if received == 0 {
             return Err(Status::invalid_argument("chunk: an upload needs at least one byte"));
         }
-        let media = self.finish(owner, &start, declared).await?;
+        let bytes = match parts_written {
+            true => {
+                let parts = self.store.parts(owner, id).await.map_err(store_error)?;
+                self.store.read_parts(owner, id, &parts).await.map_err(store_error)?
+            }
+            false => buffer,
+        };
+        let media = self.finish(owner, &start, declared, bytes).await?;
+        if parts_written {
+            self.store.delete_upload(owner, id, true).await.map_err(store_error)?;
+        }
         Ok(UploadMediaResponse { media: Some(media) })
     }
 
-    /// Writes the buffered bytes as the part that ends at `received`.
-    async fn flush(&self, owner: &str, id: &str, received: u64, buffer: &mut Vec<u8>) -> Result<(), Status> {
+    /// Writes the buffered bytes as the part that ends at `received` (and
+    /// the upload's start before its first part).
+    async fn flush(
+        &self,
+        owner: &str,
+        record: &StartRecord,
+        id: &str,
+        received: u64,
+        buffer: &mut Vec<u8>,
+        parts_written: &mut bool,
+    ) -> Result<(), Status> {
         if buffer.is_empty() {
             return Ok(());
+        }
+        if !*parts_written {
+            self.store.put_upload_start(owner, id, record).await.map_err(store_error)?;
+            *parts_written = true;
         }
         let offset = received - buffer.len() as u64;
         let bytes = Bytes::from(std::mem::take(buffer));
@@ -180,68 +208,47 @@ impl Media {
         }
     }
 
-    /// Verifies and processes a complete upload, stores the medium.
+    /// Verifies and processes a complete upload (`bytes`), stores the
+    /// medium.
     async fn finish(
         &self,
         owner: &str,
         start: &UploadStart,
         declared: MediaKind,
+        bytes: Vec<u8>,
     ) -> Result<imsg_proto::v1::MediaContent, Status> {
         let id = start.upload_id.as_str();
-        let parts = self.store.parts(owner, id).await.map_err(store_error)?;
-        let mut bytes = self.store.read_parts(owner, id, &parts).await.map_err(store_error)?;
-        if hex::encode(Sha256::digest(&bytes)) != start.sha256.to_ascii_lowercase() {
-            self.forget(owner, id).await;
-            return Err(Status::invalid_argument("start.sha256: does not match the bytes received"));
-        }
-        let sniffed = match sniff(declared, &bytes[..bytes.len().min(SNIFF_BYTES)]) {
-            Ok(sniffed) => sniffed,
-            Err(reason) => {
+        // Hashing, decoding and thumbnailing are CPU work: off the runtime's
+        // threads, so other calls on this gateway do not wait behind them.
+        let (start_copy, limits) = (start.clone(), self.limits.clone());
+        let processed = tokio::task::spawn_blocking(move || process(bytes, &start_copy, declared, &limits))
+            .await
+            .map_err(|e| Status::internal(format!("processing the upload failed: {e}")))?;
+        let processed = match processed {
+            Ok(processed) => processed,
+            Err(refusal) => {
                 self.forget(owner, id).await;
-                return Err(Status::invalid_argument(format!("chunk: {reason}")));
+                return Err(refusal);
             }
         };
-        let (mut width, mut height, mut thumbnail, mut duration_ms) = (0, 0, None, start.duration_ms);
-        match sniffed.kind {
-            MediaKind::Photo | MediaKind::Sticker | MediaKind::Gif => {
-                photo::erase_location(sniffed.mime, &mut bytes);
-                if let Some((w, h, thumb)) = photo::inspect(&bytes) {
-                    (width, height, thumbnail) = (w, h, Some(thumb));
-                }
-            }
-            MediaKind::Video | MediaKind::Voice => {
-                if let Some(ms) = container::mp4_duration_ms(&bytes) {
-                    duration_ms = u32::try_from(ms).unwrap_or(u32::MAX);
-                }
-                if let Some(most) = self.limits.duration(sniffed.kind)
-                    && u64::from(duration_ms) > most.as_millis() as u64
-                {
-                    self.forget(owner, id).await;
-                    return Err(Status::resource_exhausted(format!(
-                        "a {} may last at most {} s",
-                        label(sniffed.kind),
-                        most.as_secs()
-                    )));
-                }
-            }
-            MediaKind::File | MediaKind::Unspecified => {}
-        }
         let record = MediaRecord {
             owner: owner.to_owned(),
             created_ms: now_ms(),
-            kind: sniffed.kind as i32,
-            mime_type: sniffed.mime.to_owned(),
-            size_bytes: bytes.len() as u64,
-            width,
-            height,
-            duration_ms,
-            sha256: hex::encode(Sha256::digest(&bytes)),
-            has_thumbnail: thumbnail.is_some(),
+            kind: processed.kind as i32,
+            mime_type: processed.mime.to_owned(),
+            size_bytes: processed.bytes.len() as u64,
+            width: processed.width,
+            height: processed.height,
+            duration_ms: processed.duration_ms,
+            sha256: processed.sha256,
+            has_thumbnail: processed.thumbnail.is_some(),
             file_name: start.file_name.clone(),
         };
         let media_id = format!("m_{:032x}", rand::random::<u128>());
-        self.store.put_media(owner, id, &media_id, bytes, thumbnail, &record).await.map_err(store_error)?;
-        self.store.delete_upload(owner, id, true).await.map_err(store_error)?;
+        self.store
+            .put_media(owner, id, &media_id, processed.bytes, processed.thumbnail, &record)
+            .await
+            .map_err(store_error)?;
         Ok(record.content(&media_id, String::new()))
     }
 
@@ -308,6 +315,61 @@ impl Media {
         });
         Ok(Box::pin(frames))
     }
+}
+
+/// A complete upload, verified and ready to store.
+struct Processed {
+    bytes: Vec<u8>,
+    kind: MediaKind,
+    mime: &'static str,
+    width: u32,
+    height: u32,
+    thumbnail: Option<Vec<u8>>,
+    duration_ms: u32,
+    /// Of the bytes as stored (a photo without its location).
+    sha256: String,
+}
+
+/// Checks the hash and the kind of a complete upload; erases a photo's
+/// location, reads its size and makes its thumbnail; reads a video's or
+/// voice note's duration and bounds it.
+fn process(
+    mut bytes: Vec<u8>,
+    start: &UploadStart,
+    declared: MediaKind,
+    limits: &super::MediaLimits,
+) -> Result<Processed, Status> {
+    if hex::encode(Sha256::digest(&bytes)) != start.sha256.to_ascii_lowercase() {
+        return Err(Status::invalid_argument("start.sha256: does not match the bytes received"));
+    }
+    let sniffed = sniff(declared, &bytes[..bytes.len().min(SNIFF_BYTES)])
+        .map_err(|reason| Status::invalid_argument(format!("chunk: {reason}")))?;
+    let (mut width, mut height, mut thumbnail, mut duration_ms) = (0, 0, None, start.duration_ms);
+    match sniffed.kind {
+        MediaKind::Photo | MediaKind::Sticker | MediaKind::Gif => {
+            photo::erase_location(sniffed.mime, &mut bytes);
+            if let Some((w, h, thumb)) = photo::inspect(&bytes) {
+                (width, height, thumbnail) = (w, h, Some(thumb));
+            }
+        }
+        MediaKind::Video | MediaKind::Voice => {
+            if let Some(ms) = container::mp4_duration_ms(&bytes) {
+                duration_ms = u32::try_from(ms).unwrap_or(u32::MAX);
+            }
+            if let Some(most) = limits.duration(sniffed.kind)
+                && u64::from(duration_ms) > most.as_millis() as u64
+            {
+                return Err(Status::resource_exhausted(format!(
+                    "a {} may last at most {} s",
+                    label(sniffed.kind),
+                    most.as_secs()
+                )));
+            }
+        }
+        MediaKind::File | MediaKind::Unspecified => {}
+    }
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    Ok(Processed { bytes, kind: sniffed.kind, mime: sniffed.mime, width, height, thumbnail, duration_ms, sha256 })
 }
 
 fn over_limit(kind: MediaKind, limit: u64) -> Status {
