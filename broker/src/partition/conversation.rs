@@ -53,7 +53,7 @@ pub(super) struct Conversations {
     /// they are. The next change to one of them must start from here, not
     /// from sled (an edit on top of a pending unsend would bring the
     /// content back).
-    unpublished: HashMap<(String, u64), (Arc<Message>, u64)>,
+    unpublished: HashMap<(String, u64), (Arc<Message>, Option<u64>)>,
 }
 
 impl Partition {
@@ -81,7 +81,7 @@ impl Partition {
     /// flight are published), with its content-key slot.
     fn stored_message(&self, id: &str, seq: u64) -> Result<Option<(Arc<Message>, Option<u64>)>> {
         if let Some((message, slot)) = self.conversations.unpublished.get(&(id.to_owned(), seq)) {
-            return Ok(Some((message.clone(), Some(*slot))));
+            return Ok(Some((message.clone(), *slot)));
         }
         Ok(self.store.stored_message(id, seq)?.map(|(message, slot)| (Arc::new(message), slot)))
     }
@@ -93,11 +93,11 @@ impl Partition {
         let existing = if new { None } else { self.stored_message(&message.conversation_id, message.seq)? };
         let slot = existing.and_then(|(_, slot)| slot).unwrap_or_else(|| self.store.new_content_slot());
         self.batch.writes.put_message(&message, slot);
-        self.remember_unpublished(message, slot);
+        self.remember_unpublished(message, Some(slot));
         Ok(())
     }
 
-    fn remember_unpublished(&mut self, message: Arc<Message>, slot: u64) {
+    fn remember_unpublished(&mut self, message: Arc<Message>, slot: Option<u64>) {
         let key = (message.conversation_id.clone(), message.seq);
         self.conversations.unpublished.insert(key, (message.clone(), slot));
         self.defer(Deferred::MessagePublished { message });
@@ -114,9 +114,7 @@ impl Partition {
                 Write::Reactions(message) => {
                     self.batch.writes.put_reactions(&message.conversation_id, message.seq, &message.reactions);
                     let slot = self.stored_message(&message.conversation_id, message.seq)?.and_then(|(_, slot)| slot);
-                    if let Some(slot) = slot {
-                        self.remember_unpublished(message, slot);
-                    }
+                    self.remember_unpublished(message, slot);
                 }
                 Write::Hidden { conversation_id, user_id, seq } => {
                     self.batch.writes.put_hidden(&conversation_id, &user_id, seq);
