@@ -308,17 +308,21 @@ impl MediaStore {
         Ok(old)
     }
 
-    /// Uploads whose start is older than `before_ms` and never completed.
+    /// Uploads older than `before_ms`: started and never completed, or
+    /// completed so long ago that no client still retries them (their
+    /// `done.json` only answers such retries).
     pub async fn stale_uploads_before(&self, before_ms: i64) -> StoreResult<Vec<(String, String)>> {
         let metas: Vec<_> = self.store.list(Some(&Path::from("uploads/"))).try_collect().await?;
         let mut stale = Vec::new();
         for meta in metas {
             let parts: Vec<_> = meta.location.parts().map(|p| p.as_ref().to_owned()).collect();
-            if let [_, owner, upload, name] = parts.as_slice()
-                && name == "start.json"
-                && let Some(start) = self.upload_start(owner, upload).await?
-                && start.created_ms < before_ms
-            {
+            let [_, owner, upload, name] = parts.as_slice() else { continue };
+            let old = match name.as_str() {
+                "start.json" => self.upload_start(owner, upload).await?.is_some_and(|s| s.created_ms < before_ms),
+                "done.json" => meta.last_modified.timestamp_millis() < before_ms,
+                _ => false,
+            };
+            if old && !stale.contains(&(owner.clone(), upload.clone())) {
                 stale.push((owner.clone(), upload.clone()));
             }
         }

@@ -334,5 +334,10 @@ async fn an_upload_no_message_references_is_deleted_after_its_ttl() {
     assert_eq!(files_containing(&media_dir, &orphan[100..164]).len(), 1);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(files_containing(&media_dir, &orphan[100..164]), Vec::<String>::new(), "the orphan went");
+    assert_eq!(
+        files_containing(&media_dir.join("uploads"), b"media_id"),
+        Vec::<String>::new(),
+        "and the uploads' records"
+    );
     assert_eq!(files_containing(&media_dir, &kept_photo[kept_photo.len() - 64..]).len(), 1, "the sent one stays");
 }
