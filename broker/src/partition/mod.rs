@@ -21,6 +21,9 @@
 //! to update logs, sessions, replay and presence pushes).
 
 mod conversation;
+mod messages;
+#[cfg(test)]
+mod testing;
 mod user;
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
@@ -471,13 +474,9 @@ impl Partition {
 #[cfg(test)]
 mod tests {
     use prost::Message as _;
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::{
-        config::BrokerConfig,
-        storage::{OutboxEvent, OutboxItem, Store},
-    };
+    use crate::storage::{OutboxEvent, OutboxItem};
 
     /// Architecture Invariant 2 (every member's log receives every message,
     /// across a crash): outbox progress, written lazily at each tick, must
@@ -488,15 +487,7 @@ mod tests {
     /// progress).
     #[tokio::test]
     async fn outbox_progress_never_passes_a_batch_before_every_target_confirmed_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = BrokerConfig::new(dir.path());
-        config.partitions = 2;
-        config.cache_capacity_bytes = 4 * 1024 * 1024;
-        let store = Store::open(&config).unwrap();
-        let router = Router::new(config.partitions, None, CancellationToken::new());
-        let mut partition =
-            Partition::load(0, config.limits.clone(), store.partition(0).unwrap(), store.durability().clone(), router)
-                .unwrap();
+        let (_dir, _store, mut partition) = super::testing::loaded_partition(2);
         let before = partition.meta.outbox_done;
 
         partition

@@ -531,3 +531,22 @@ impl S3Server {
         (status, body)
     }
 }
+
+/// Every file under `dir` (recursively; a missing directory has none) whose
+/// bytes contain `needle`: what a byte scan for deleted content looks for.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle)) {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}

@@ -2,7 +2,7 @@
 //! arrive), photos without their location, downloads only for those who
 //! can see the message, and media gone from the store once unsent.
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use imsg_gateway::media::photo::fixtures::jpeg_with_gps;
 use imsg_proto::v1::{
@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
-use crate::harness::{Client, TestServer};
+use crate::harness::{Client, TestServer, files_containing};
 
 const CHUNK: usize = 64 * 1024;
 
@@ -84,24 +84,6 @@ pub async fn download(
         bytes.extend_from_slice(&frame.chunk);
     }
     Ok(bytes)
-}
-
-/// Files under `dir` (recursively) whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle)) {
-                found.push(path.display().to_string());
-            }
-        }
-    }
-    found
 }
 
 fn gps_fields(bytes: &[u8]) -> usize {

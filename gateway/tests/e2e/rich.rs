@@ -1,7 +1,7 @@
 //! Rich messages end to end: reactions, replies, edits, unsend (with its
 //! content gone from disk), delete for me, forward, links and shared items.
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use imsg_proto::v1::{
     DeleteMessageForMeRequest, EditMessageRequest, ForwardMessageRequest, LinkContent, Message, ReactToMessageRequest,
@@ -10,7 +10,7 @@ use imsg_proto::v1::{
 };
 use tonic::{Code, Status};
 
-use crate::harness::{Client, Device, TestServer};
+use crate::harness::{Client, Device, TestServer, files_containing};
 
 async fn react(client: &Client, conversation: &str, seq: u64, emoji: &str) -> Result<(), Status> {
     let request = ReactToMessageRequest { conversation_id: conversation.into(), seq, emoji: emoji.into() };
@@ -65,25 +65,6 @@ fn text_of(message: &Message) -> Option<&str> {
         Some(Content::Text(t)) => Some(&t.text),
         _ => None,
     }
-}
-
-/// Every file under `dir` that contains `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path)
-                && bytes.windows(needle.len()).any(|w| w == needle)
-            {
-                found.push(path.display().to_string());
-            }
-        }
-    }
-    found
 }
 
 #[tokio::test]
