@@ -18,7 +18,7 @@ use imsg_proto::v1::{
 };
 
 fn caller(user: &str) -> Caller {
-    Caller { user_id: user.into(), device_id: "d".into() }
+    Caller { user_id: user.into(), device_id: "d".into(), ..Default::default() }
 }
 
 async fn open(dir: &std::path::Path) -> Broker {

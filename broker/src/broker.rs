@@ -25,13 +25,29 @@ use crate::{
     commands,
     config::BrokerConfig,
     error::{Error, Result},
-    ids::PartitionId,
+    ids::{IdKey, PartitionId},
     partition::{Command, Mailbox, Partition, Reply, UserContext, Viewer},
     router::{PartitionQueues, Router, Slot},
     session::{SessionFields, SessionStream},
     storage::{OWNERSHIP_KEY, OwnershipRecord, PartitionStore, Store, WriteBatch},
     validate,
 };
+
+/// The key conversation ids are derived with: configured, or (standalone
+/// only) kept in the data directory. Cluster nodes must be given the same
+/// one, or a pair's direct conversation would have one id per node.
+fn id_key(config: &BrokerConfig) -> Result<IdKey> {
+    let secret = match &config.id_secret {
+        Some(secret) => secret.clone(),
+        None if config.cluster.is_standalone() => crate::storage::id_secret::load_or_create(&config.data_dir)?,
+        None => {
+            return Err(Error::FailedPrecondition(
+                "a cluster node needs --id-secret (or --id-secret-file), the same on every node".into(),
+            ));
+        }
+    };
+    IdKey::new(secret.as_bytes()).map_err(Error::FailedPrecondition)
+}
 
 /// A running broker node. Cheap to clone.
 #[derive(Clone)]
@@ -41,6 +57,8 @@ pub struct Broker {
 
 struct Inner {
     config: BrokerConfig,
+    /// Derives conversation ids (see `imsg_common::ids`).
+    id_key: IdKey,
     store: Arc<Store>,
     router: Router,
     /// The task of every partition this node runs.
@@ -59,6 +77,7 @@ impl Broker {
     pub async fn open(config: BrokerConfig) -> Result<Self> {
         config.validate().map_err(Error::FailedPrecondition)?;
         let store = Store::open(&config)?;
+        let id_key = id_key(&config)?;
         let stop = CancellationToken::new();
         let cluster = &config.cluster;
         let peers = if cluster.is_standalone() {
@@ -69,6 +88,7 @@ impl Broker {
         let router = Router::new(config.partitions, peers.clone(), stop.clone());
         let inner = Arc::new(Inner {
             config,
+            id_key,
             store,
             router,
             partitions: std::sync::Mutex::new(HashMap::new()),
@@ -361,8 +381,12 @@ impl Broker {
     }
 
     pub(crate) async fn viewer(&self, caller: &Caller) -> Result<Viewer> {
-        let context = self.user_context(&caller.user_id).await?;
-        Ok(Viewer { user_id: caller.user_id.clone(), hide_read_receipts: context.settings.hide_read_receipts })
+        Ok(self.user_context(&caller.user_id).await?.viewer(&caller.user_id))
+    }
+
+    /// The key conversation ids are derived with.
+    pub(crate) fn id_key(&self) -> &IdKey {
+        &self.inner.id_key
     }
 
     /// Refuses a request whose home partition (that of `home_key`) this

@@ -58,11 +58,32 @@ pub struct BrokerArgs {
     /// How long after sending a sender may edit a message, in seconds.
     #[arg(long, env = "IMSG_EDIT_WINDOW_SECS", default_value_t = 15 * 60)]
     pub edit_window_secs: u64,
+    /// Messages a sender may send to someone who has not accepted their
+    /// message request yet.
+    #[arg(long, env = "IMSG_MAX_REQUEST_MESSAGES", default_value_t = 3)]
+    pub max_request_messages: u32,
+    /// The secret conversation ids are derived with (at least 16 bytes), the
+    /// same on every node of a cluster and never changed. Unset on a
+    /// standalone node: created in the data directory on first start.
+    #[arg(long, env = "IMSG_ID_SECRET", hide_env_values = true)]
+    pub id_secret: Option<String>,
+    /// A file holding the id secret (for Kubernetes secrets).
+    #[arg(long, env = "IMSG_ID_SECRET_FILE", conflicts_with = "id_secret")]
+    pub id_secret_file: Option<PathBuf>,
 }
 
 impl BrokerArgs {
     /// The validated configuration these flags describe.
     pub fn config(&self) -> Result<BrokerConfig, String> {
+        let id_secret = match &self.id_secret_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("reading the id secret {}: {e}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => self.id_secret.clone(),
+        };
         let config = BrokerConfig {
             data_dir: self.data_dir.clone(),
             partitions: self.partitions,
@@ -80,9 +101,11 @@ impl BrokerArgs {
                 typing_ttl: Duration::from_millis(self.typing_ttl_ms),
                 lease_ttl: Duration::from_millis(self.lease_ttl_ms),
                 edit_window: Duration::from_secs(self.edit_window_secs),
+                max_request_messages: self.max_request_messages,
                 ..Limits::default()
             },
             cluster: crate::cluster::ClusterConfig::standalone(),
+            id_secret,
         };
         config.validate()?;
         Ok(config)

@@ -85,6 +85,9 @@ pub struct Limits {
     pub lease_ttl: Duration,
     /// How long after sending a sender may edit a message.
     pub edit_window: Duration,
+    /// Messages a sender may send in a direct conversation whose other
+    /// member has not accepted it (a message request).
+    pub max_request_messages: u32,
 }
 
 impl Default for Limits {
@@ -102,6 +105,7 @@ impl Default for Limits {
             typing_ttl: Duration::from_secs(6),
             lease_ttl: Duration::from_secs(10),
             edit_window: Duration::from_secs(15 * 60),
+            max_request_messages: 3,
         }
     }
 }
@@ -135,6 +139,10 @@ pub struct BrokerConfig {
     pub limits: Limits,
     /// Where the node sits in the cluster (standalone by default).
     pub cluster: crate::layout::ClusterConfig,
+    /// The secret conversation ids are keyed with (`imsg_common::ids::IdKey`),
+    /// the same on every node. Unset: a standalone node creates one in its
+    /// data directory (`id.secret`) on first start.
+    pub id_secret: Option<String>,
 }
 
 impl BrokerConfig {
@@ -149,6 +157,7 @@ impl BrokerConfig {
             inject_fault: None,
             limits: Limits::default(),
             cluster: crate::layout::ClusterConfig::standalone(),
+            id_secret: None,
         }
     }
 

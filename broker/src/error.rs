@@ -13,8 +13,14 @@ pub enum Error {
     InvalidArgument { field: &'static str, reason: String },
     #[error("conversation {0} not found")]
     ConversationNotFound(String),
-    #[error("not a member of conversation {0}")]
+    /// Not a member: answered exactly as a conversation that does not
+    /// exist, so that nobody learns which conversations exist.
+    #[error("conversation {0} not found")]
     NotMember(String),
+    /// A user does not accept messages from the caller: their privacy
+    /// setting or their block (the caller cannot tell which).
+    #[error("{0} does not accept messages from you")]
+    Refused(String),
     /// No such message the caller may see (the same answer whether it
     /// never existed or predates their joining).
     #[error("no message {seq} in conversation {conversation_id}")]
@@ -75,6 +81,7 @@ impl Error {
             | Self::NotMember(_)
             | Self::MessageNotFound { .. }
             | Self::PermissionDenied(_)
+            | Self::Refused(_)
             | Self::FailedPrecondition(_)
             | Self::GroupFull { .. }
             | Self::TooManySessions { .. }

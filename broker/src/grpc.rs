@@ -25,8 +25,8 @@ impl From<Error> for Status {
         let message = error.to_string();
         let code = match &error {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
-            Error::ConversationNotFound(_) | Error::MessageNotFound { .. } => Code::NotFound,
-            Error::NotMember(_) | Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::ConversationNotFound(_) | Error::NotMember(_) | Error::MessageNotFound { .. } => Code::NotFound,
+            Error::PermissionDenied(_) | Error::Refused(_) => Code::PermissionDenied,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::GroupFull { .. }
             | Error::TooManySessions { .. }

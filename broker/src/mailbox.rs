@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use imsg_proto::internal::v1::Caller;
+use imsg_proto::internal::v1::{Caller, RelationChange, RelationsResult};
 use imsg_proto::v1::{
     ConversationSummary, CreateConversationResponse, EditMessageResponse, ListMessagesRequest, ListMessagesResponse,
     Message, OpenStreamResponse, Presence, SendMessageResponse, Settings, UpdateSettingsRequest, message::Content,
@@ -27,6 +27,19 @@ pub type Reply<T> = oneshot::Sender<Result<T>>;
 pub struct UserContext {
     pub settings: Settings,
     pub conversation_ids: Arc<[String]>,
+    /// Users the user blocks or is blocked by.
+    pub separated: Vec<String>,
+}
+
+impl UserContext {
+    /// The user as a viewer of conversations.
+    pub fn viewer(&self, user_id: &str) -> Viewer {
+        Viewer {
+            user_id: user_id.to_owned(),
+            hide_read_receipts: self.settings.hide_read_receipts,
+            separated: self.separated.clone(),
+        }
+    }
 }
 
 /// A device session, as the user partition holds it.
@@ -75,7 +88,23 @@ pub enum Command {
         caller: Caller,
         conversation_id: String,
         spec: NewConversation,
+        /// Members who join as message requests.
+        requests: Vec<String>,
         reply: Reply<CreateConversationResponse>,
+    },
+    /// A member accepts (`Some` view) or declines (`None`) their request.
+    Respond {
+        caller: Caller,
+        conversation_id: String,
+        accept: bool,
+        reply: Reply<Option<imsg_proto::v1::Conversation>>,
+    },
+    /// A block's copy in the pair's direct conversation.
+    PairBlock {
+        conversation_id: String,
+        blocker: String,
+        blocked: bool,
+        reply: Reply<()>,
     },
     GetConversation {
         viewer: Viewer,
@@ -189,8 +218,18 @@ pub enum Command {
         request: UpdateSettingsRequest,
         reply: Reply<Settings>,
     },
-    /// Presence of `user_ids` as seen by someone in `viewer_conversations`.
+    /// How a user stands toward others, after `change` (answered once
+    /// durable).
+    Relations {
+        user_id: String,
+        others: Vec<String>,
+        change: RelationChange,
+        reply: Reply<RelationsResult>,
+    },
+    /// Presence of `user_ids` as seen by `viewer`, who is in
+    /// `viewer_conversations`.
     PresenceQuery {
+        viewer: String,
         user_ids: Vec<String>,
         viewer_conversations: Arc<[String]>,
         reply: Reply<Vec<Presence>>,
@@ -214,6 +253,9 @@ impl Command {
         matches!(
             self,
             Self::CreateConversation { .. }
+                | Self::Respond { .. }
+                | Self::PairBlock { .. }
+                | Self::Relations { .. }
                 | Self::ChangeMembership { .. }
                 | Self::Send { .. }
                 | Self::ActOnMessage { .. }

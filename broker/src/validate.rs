@@ -211,7 +211,7 @@ mod tests {
 
     #[test]
     fn conversation_ids_must_look_derived() {
-        let dm = crate::ids::direct_conversation_id("a", "b");
+        let dm = crate::ids::IdKey::new(b"test-id-secret-0123").unwrap().direct_conversation_id("a", "b");
         assert!(conversation_id("conversation_id", &dm).is_ok());
         assert!(conversation_id("conversation_id", "dm_xyz").is_err());
         assert!(conversation_id("conversation_id", "other_0123456789abcdef0123456789abcdef").is_err());

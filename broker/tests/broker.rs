@@ -11,7 +11,7 @@ use imsg_proto::v1::{
 use tokio_stream::StreamExt;
 
 fn caller(user: &str) -> Caller {
-    Caller { user_id: user.into(), device_id: "phone".into() }
+    Caller { user_id: user.into(), device_id: "phone".into(), ..Default::default() }
 }
 
 /// Opens a data dir this process just closed: sled's I/O pool may hold the

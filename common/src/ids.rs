@@ -6,9 +6,13 @@
 //! Conversation ids are derived, not random, which is what makes creation
 //! idempotent: the direct conversation of a pair has exactly one id, and a
 //! group's id is fixed by (creator, request id), so a retried create lands on
-//! the same partition and finds what the first attempt wrote.
+//! the same partition and finds what the first attempt wrote. They are
+//! keyed with a server secret ([`IdKey`], HMAC-SHA256): nobody without it
+//! can compute the id of someone else's conversation and probe whether it
+//! exists.
 
-use sha2::{Digest, Sha256};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 /// Longest user, device, client message or request id.
 pub const MAX_ID_LEN: usize = 64;
@@ -51,14 +55,49 @@ pub fn partition_of(key: &str, partitions: u32) -> PartitionId {
     (fnv1a(key.as_bytes()) % u64::from(partitions)) as PartitionId
 }
 
-fn digest_hex(parts: &[&str]) -> String {
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update(part.as_bytes());
-        hasher.update([0u8]);
+/// The secret conversation ids are derived with. The same on every node
+/// of a cluster, and never changed (ids derived before would not be found
+/// again by creating the conversation).
+#[derive(Clone)]
+pub struct IdKey(Hmac<Sha256>);
+
+/// Shortest accepted id secret, in bytes.
+pub const MIN_ID_SECRET_BYTES: usize = 16;
+
+impl IdKey {
+    pub fn new(secret: &[u8]) -> Result<Self, String> {
+        if secret.len() < MIN_ID_SECRET_BYTES {
+            return Err(format!("the id secret must be at least {MIN_ID_SECRET_BYTES} bytes"));
+        }
+        Hmac::new_from_slice(secret).map(Self).map_err(|e| e.to_string())
     }
-    let digest = hasher.finalize();
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+
+    fn digest_hex(&self, parts: &[&str]) -> String {
+        let mut mac = self.0.clone();
+        for part in parts {
+            mac.update(part.as_bytes());
+            mac.update(&[0u8]);
+        }
+        let digest = mac.finalize().into_bytes();
+        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The one direct conversation of a pair, whatever the order of the pair.
+    pub fn direct_conversation_id(&self, a: &str, b: &str) -> String {
+        let (low, high) = if a <= b { (a, b) } else { (b, a) };
+        format!("{DIRECT_PREFIX}{}", self.digest_hex(&["direct", low, high]))
+    }
+
+    /// The group a creator makes with a given request id.
+    pub fn group_conversation_id(&self, creator: &str, request_id: &str) -> String {
+        format!("{GROUP_PREFIX}{}", self.digest_hex(&["group", creator, request_id]))
+    }
+}
+
+impl std::fmt::Debug for IdKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdKey(..)")
+    }
 }
 
 /// Prefix of direct conversation ids.
@@ -66,27 +105,26 @@ pub const DIRECT_PREFIX: &str = "dm_";
 /// Prefix of group conversation ids.
 pub const GROUP_PREFIX: &str = "g_";
 
-/// The one direct conversation of a pair, whatever the order of the pair.
-pub fn direct_conversation_id(a: &str, b: &str) -> String {
-    let (low, high) = if a <= b { (a, b) } else { (b, a) };
-    format!("{DIRECT_PREFIX}{}", digest_hex(&["direct", low, high]))
-}
-
-/// The group a creator makes with a given request id.
-pub fn group_conversation_id(creator: &str, request_id: &str) -> String {
-    format!("{GROUP_PREFIX}{}", digest_hex(&["group", creator, request_id]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn direct_id_is_the_same_for_either_order_and_differs_per_pair() {
-        assert_eq!(direct_conversation_id("alice", "bob"), direct_conversation_id("bob", "alice"));
-        assert_ne!(direct_conversation_id("alice", "bob"), direct_conversation_id("alice", "carol"));
+        let key = IdKey::new(b"0123456789abcdef").unwrap();
+        assert_eq!(key.direct_conversation_id("alice", "bob"), key.direct_conversation_id("bob", "alice"));
+        assert_ne!(key.direct_conversation_id("alice", "bob"), key.direct_conversation_id("alice", "carol"));
         // The separator keeps ("ab","c") and ("a","bc") apart.
-        assert_ne!(direct_conversation_id("ab", "c"), direct_conversation_id("a", "bc"));
+        assert_ne!(key.direct_conversation_id("ab", "c"), key.direct_conversation_id("a", "bc"));
+    }
+
+    #[test]
+    fn ids_cannot_be_computed_without_the_secret() {
+        let ours = IdKey::new(b"0123456789abcdef").unwrap();
+        let guess = IdKey::new(b"fedcba9876543210").unwrap();
+        assert_ne!(ours.direct_conversation_id("alice", "bob"), guess.direct_conversation_id("alice", "bob"));
+        assert_ne!(ours.group_conversation_id("alice", "r1"), guess.group_conversation_id("alice", "r1"));
+        assert!(IdKey::new(b"short").is_err());
     }
 
     #[test]

@@ -19,7 +19,17 @@ struct Claims {
     device: String,
     exp: u64,
     iat: u64,
+    /// What else the bearer may do (`moderator`, `service`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    roles: Vec<String>,
 }
+
+/// The role of a moderator (the admin API of reports).
+pub const ROLE_MODERATOR: &str = "moderator";
+/// The role of the host application's backend (declaring relationships).
+pub const ROLE_SERVICE: &str = "service";
+/// Every role a token may grant.
+pub const ROLES: [&str; 2] = [ROLE_MODERATOR, ROLE_SERVICE];
 
 /// Verifies (and, for local use, issues) tokens with one shared secret.
 #[derive(Clone)]
@@ -46,10 +56,24 @@ impl Authenticator {
 
     /// A token for `user` on `device`, valid for `ttl_secs`.
     pub fn issue(&self, user: &str, device: &str, ttl_secs: u64) -> Result<String, String> {
+        self.issue_with_roles(user, device, ttl_secs, &[])
+    }
+
+    /// A token that also grants `roles` (each one of [`ROLES`]).
+    pub fn issue_with_roles(&self, user: &str, device: &str, ttl_secs: u64, roles: &[&str]) -> Result<String, String> {
         check_id(user).map_err(|e| format!("user: {e}"))?;
         check_id(device).map_err(|e| format!("device: {e}"))?;
+        if let Some(unknown) = roles.iter().find(|r| !ROLES.contains(r)) {
+            return Err(format!("unknown role `{unknown}` (known: {})", ROLES.join(", ")));
+        }
         let now = unix_now();
-        let claims = Claims { sub: user.to_owned(), device: device.to_owned(), iat: now, exp: now + ttl_secs };
+        let claims = Claims {
+            sub: user.to_owned(),
+            device: device.to_owned(),
+            iat: now,
+            exp: now + ttl_secs,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|e| e.to_string())
     }
 
@@ -75,7 +99,9 @@ impl Authenticator {
         let claims = data.claims;
         check_id(&claims.sub).map_err(|e| Status::unauthenticated(format!("token claim sub: {e}")))?;
         check_id(&claims.device).map_err(|e| Status::unauthenticated(format!("token claim device: {e}")))?;
-        Ok(Caller { user_id: claims.sub, device_id: claims.device })
+        // Unknown roles grant nothing.
+        let roles = claims.roles.into_iter().filter(|r| ROLES.contains(&r.as_str())).collect();
+        Ok(Caller { user_id: claims.sub, device_id: claims.device, roles })
     }
 }
 
@@ -108,13 +134,23 @@ mod tests {
         let forged = other.issue("alice", "phone", 60).unwrap();
         assert_eq!(auth.authenticate(&metadata(&forged)).unwrap_err().code(), tonic::Code::Unauthenticated);
         let expired = {
-            let claims = Claims { sub: "alice".into(), device: "phone".into(), iat: 1, exp: 2 };
+            let claims = Claims { sub: "alice".into(), device: "phone".into(), iat: 1, exp: 2, roles: vec![] };
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &auth.encoding).unwrap()
         };
         let status = auth.authenticate(&metadata(&expired)).unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
         assert!(status.message().contains("expired"));
         assert_eq!(auth.authenticate(&MetadataMap::new()).unwrap_err().code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn roles_travel_in_the_token_and_unknown_ones_are_refused() {
+        let auth = Authenticator::new("0123456789abcdef0123").unwrap();
+        let token = auth.issue_with_roles("mod", "desk", 60, &[ROLE_MODERATOR]).unwrap();
+        assert_eq!(auth.authenticate(&metadata(&token)).unwrap().roles, vec![ROLE_MODERATOR.to_string()]);
+        assert!(auth.issue_with_roles("mod", "desk", 60, &["root"]).is_err());
+        let plain = auth.issue("alice", "phone", 60).unwrap();
+        assert!(auth.authenticate(&metadata(&plain)).unwrap().roles.is_empty());
     }
 
     #[test]

@@ -9,6 +9,9 @@ use std::sync::Arc;
 use imsg_common::{retry::transient, token::Authenticator};
 use imsg_proto::internal::v1::{Caller, execute_request::Command, execute_response::Result as Outcome};
 use imsg_proto::v1::{
+    AcceptConversationRequest, AcceptConversationResponse, BlockUserRequest, BlockUserResponse,
+    DeclareContactsRequest, DeclareContactsResponse, DeclineConversationRequest, DeclineConversationResponse,
+    ListBlockedUsersRequest, ListBlockedUsersResponse, UnblockUserRequest, UnblockUserResponse,
     AddConversationMembersRequest, AddConversationMembersResponse, CreateConversationRequest,
     CreateConversationResponse, DeleteMessageForMeRequest, DeleteMessageForMeResponse, DownloadMediaRequest,
     EditMessageRequest, EditMessageResponse, ForwardMessageRequest, ForwardMessageResponse, GetConversationRequest,
@@ -126,7 +129,13 @@ messaging_service! {
     (forward_message, ForwardMessageRequest, ForwardMessageResponse, ForwardMessage),
     (get_settings, GetSettingsRequest, GetSettingsResponse, GetSettings),
     (update_settings, UpdateSettingsRequest, UpdateSettingsResponse, UpdateSettings),
-    (get_presence, GetPresenceRequest, GetPresenceResponse, GetPresence);
+    (get_presence, GetPresenceRequest, GetPresenceResponse, GetPresence),
+    (block_user, BlockUserRequest, BlockUserResponse, BlockUser),
+    (unblock_user, UnblockUserRequest, UnblockUserResponse, UnblockUser),
+    (list_blocked_users, ListBlockedUsersRequest, ListBlockedUsersResponse, ListBlockedUsers),
+    (accept_conversation, AcceptConversationRequest, AcceptConversationResponse, AcceptConversation),
+    (decline_conversation, DeclineConversationRequest, DeclineConversationResponse, DeclineConversation),
+    (declare_contacts, DeclareContactsRequest, DeclareContactsResponse, DeclareContacts);
 
     type OpenStreamStream = DeviceStream;
     type DownloadMediaStream = crate::media::Download;

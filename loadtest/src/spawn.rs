@@ -45,6 +45,8 @@ async fn start(name: &'static str, args: Vec<String>, secret: &str) -> anyhow::R
     let mut child = Command::new(sibling(name)?)
         .args(&args)
         .env("IMSG_JWT_SECRET", secret)
+        // Cluster nodes must derive conversation ids alike.
+        .env("IMSG_ID_SECRET", format!("{secret}-conversation-ids"))
         .env("RUST_LOG", std::env::var("IMSG_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

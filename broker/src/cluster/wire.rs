@@ -4,25 +4,32 @@
 //!
 //! Only steps that one partition asks of another cross nodes: user
 //! contexts, inbox summaries, presence queries, replay bodies and
-//! snapshots, fan-out updates, ephemeral signals, and forwarded copies of
-//! a message (sent from the source conversation's node). Commands that carry
+//! snapshots, fan-out updates, ephemeral signals, forwarded copies of a
+//! message (sent from the source conversation's node), relations (read or
+//! changed on a user's partition), a block's copy in a direct
+//! conversation, and creating a conversation (from the creator's node,
+//! which derives its id and asked the members). Commands that carry
 //! live handles (sessions) or start a client command always run on the
 //! node that owns their home partition (the gateway routes them there).
 
 use std::sync::Arc;
 
 use imsg_proto::internal::v1::{
-    Accepted, ApplyUpdatesCall, HideReadChangedCall, LoggedUpdate, MessagesCall, MessagesResult, PresenceFanoutCall,
-    PresenceQueryCall, PresenceQueryResult, PushEphemeralCall, SendForwardedCall, SnapshotsCall, SnapshotsResult,
-    SummariesCall, SummariesResult, UserContextCall, UserContextResult, call_partition_request::Call,
+    Accepted, ApplyUpdatesCall, CreateConversationCall, HideReadChangedCall, LoggedUpdate, MessagesCall,
+    MessagesResult, PairBlockCall, PresenceFanoutCall, PresenceQueryCall, PresenceQueryResult, PushEphemeralCall,
+    RelationChange, RelationsCall, SendForwardedCall, SnapshotsCall, SnapshotsResult, SummariesCall,
+    SummariesResult, UserContextCall, UserContextResult, call_partition_request::Call,
     call_partition_response::Result as Answer, push_ephemeral_call,
 };
-use imsg_proto::v1::{Message, TypingUpdate};
+use imsg_proto::v1::{
+    CreateConversationRequest, DirectConversationSpec, GroupConversationSpec, Message, TypingUpdate,
+    create_conversation_request,
+};
 use tokio::sync::oneshot;
 
 use super::{Owner, Peers};
 use crate::{
-    core::{NewMessage, Viewer},
+    core::{NewConversation, NewMessage, Viewer},
     error::{Error, Result},
     events::{Ephemeral, LoggedEvent, UpdateItem},
     ids::PartitionId,
@@ -39,6 +46,7 @@ pub fn forward(peers: &Arc<Peers>, owner: Owner, partition: PartitionId, command
                 Answer::UserContext(context) => Some(UserContext {
                     settings: context.settings.unwrap_or_default(),
                     conversation_ids: context.conversation_ids.into(),
+                    separated: context.separated_user_ids,
                 }),
                 _ => None,
             })
@@ -48,16 +56,18 @@ pub fn forward(peers: &Arc<Peers>, owner: Owner, partition: PartitionId, command
                 viewer_user_id: viewer.user_id,
                 viewer_hides_read_receipts: viewer.hide_read_receipts,
                 conversation_ids,
+                viewer_separated_user_ids: viewer.separated,
             });
             ask(peers, owner, partition, call, reply, |answer| match answer {
                 Answer::Summaries(result) => Some(result.summaries),
                 _ => None,
             })
         }
-        Command::PresenceQuery { user_ids, viewer_conversations, reply } => {
+        Command::PresenceQuery { viewer, user_ids, viewer_conversations, reply } => {
             let call = Call::PresenceQuery(PresenceQueryCall {
                 user_ids,
                 viewer_conversation_ids: viewer_conversations.to_vec(),
+                viewer_user_id: viewer,
             });
             ask(peers, owner, partition, call, reply, |answer| match answer {
                 Answer::PresenceQuery(result) => Some(result.presences),
@@ -105,6 +115,40 @@ pub fn forward(peers: &Arc<Peers>, owner: Owner, partition: PartitionId, command
             });
             ask(peers, owner, partition, call, reply, |answer| match answer {
                 Answer::Sent(sent) => Some(sent),
+                _ => None,
+            })
+        }
+        Command::Relations { user_id, others, change, reply } => {
+            let call = Call::Relations(RelationsCall { user_id, other_user_ids: others, change: change as i32 });
+            ask(peers, owner, partition, call, reply, |answer| match answer {
+                Answer::Relations(result) => Some(result),
+                _ => None,
+            })
+        }
+        Command::PairBlock { conversation_id, blocker, blocked, reply } => {
+            let call = Call::PairBlock(PairBlockCall { conversation_id, blocker, blocked });
+            ask(peers, owner, partition, call, reply, |answer| match answer {
+                Answer::Accepted(_) => Some(()),
+                _ => None,
+            })
+        }
+        Command::CreateConversation { caller, conversation_id, spec, requests, reply } => {
+            let kind = match spec {
+                NewConversation::Direct { peer_user_id } => {
+                    create_conversation_request::Kind::Direct(DirectConversationSpec { peer_user_id })
+                }
+                NewConversation::Group { title, member_ids } => {
+                    create_conversation_request::Kind::Group(GroupConversationSpec { title, member_ids })
+                }
+            };
+            let call = Call::CreateConversation(CreateConversationCall {
+                caller: Some(caller),
+                conversation_id,
+                request: Some(CreateConversationRequest { kind: Some(kind), ..Default::default() }),
+                request_user_ids: requests,
+            });
+            ask(peers, owner, partition, call, reply, |answer| match answer {
+                Answer::Created(created) => Some(created),
                 _ => None,
             })
         }
@@ -181,18 +225,25 @@ pub async fn serve(call: Call, submit: impl FnOnce(Command) -> Result<()>) -> Re
             Answer::UserContext(UserContextResult {
                 settings: Some(context.settings),
                 conversation_ids: context.conversation_ids.to_vec(),
+                separated_user_ids: context.separated,
             })
         }
         Call::Summaries(call) => {
-            let viewer = Viewer { user_id: call.viewer_user_id, hide_read_receipts: call.viewer_hides_read_receipts };
+            let viewer = Viewer {
+                user_id: call.viewer_user_id,
+                hide_read_receipts: call.viewer_hides_read_receipts,
+                separated: call.viewer_separated_user_ids,
+            };
             let conversation_ids = call.conversation_ids;
             let summaries = answer(submit, |reply| Command::Summaries { viewer, conversation_ids, reply }).await?;
             Answer::Summaries(SummariesResult { summaries })
         }
         Call::PresenceQuery(call) => {
-            let (user_ids, viewer_conversations) = (call.user_ids, call.viewer_conversation_ids.into());
+            let (viewer, user_ids, viewer_conversations) =
+                (call.viewer_user_id, call.user_ids, call.viewer_conversation_ids.into());
             let presences =
-                answer(submit, |reply| Command::PresenceQuery { user_ids, viewer_conversations, reply }).await?;
+                answer(submit, |reply| Command::PresenceQuery { viewer, user_ids, viewer_conversations, reply })
+                    .await?;
             Answer::PresenceQuery(PresenceQueryResult { presences })
         }
         Call::Messages(call) => {
@@ -240,6 +291,34 @@ pub async fn serve(call: Call, submit: impl FnOnce(Command) -> Result<()>) -> Re
             let conversation_id = call.conversation_id;
             let sent = answer(submit, |reply| Command::Send { caller, conversation_id, message, reply }).await?;
             Answer::Sent(sent)
+        }
+        Call::Relations(call) => {
+            let change = RelationChange::try_from(call.change)
+                .map_err(|_| Error::invalid("change", format!("unknown relation change {}", call.change)))?;
+            let (user_id, others) = (call.user_id, call.other_user_ids);
+            Answer::Relations(answer(submit, |reply| Command::Relations { user_id, others, change, reply }).await?)
+        }
+        Call::PairBlock(call) => {
+            let (conversation_id, blocker, blocked) = (call.conversation_id, call.blocker, call.blocked);
+            answer(submit, |reply| Command::PairBlock { conversation_id, blocker, blocked, reply }).await?;
+            accepted
+        }
+        Call::CreateConversation(call) => {
+            let caller = call.caller.ok_or_else(|| Error::invalid("caller", "must be set"))?;
+            let spec = match call.request.and_then(|r| r.kind) {
+                Some(create_conversation_request::Kind::Direct(direct)) => {
+                    NewConversation::Direct { peer_user_id: direct.peer_user_id }
+                }
+                Some(create_conversation_request::Kind::Group(group)) => {
+                    NewConversation::Group { title: group.title, member_ids: group.member_ids }
+                }
+                None => return Err(Error::invalid("request.kind", "must be set")),
+            };
+            let (conversation_id, requests) = (call.conversation_id, call.request_user_ids);
+            Answer::Created(
+                answer(submit, |reply| Command::CreateConversation { caller, conversation_id, spec, requests, reply })
+                    .await?,
+            )
         }
         Call::HideReadChanged(call) => {
             submit(Command::HideReadChanged {

@@ -8,29 +8,52 @@ use crate::{
     Broker,
     error::{Error, Result},
     mailbox::{MessageAction, MessageOutcome},
-    partition::{Command, MarkKind, MembershipChange, NewConversation, NewMessage, Viewer},
+    partition::{Command, MarkKind, MembershipChange, NewConversation, NewMessage},
     validate,
 };
 use imsg_proto::v1::message::Content;
 
 impl Broker {
+    /// Derives the conversation's id, asks the members whether they accept
+    /// the caller (refused, or as a message request), creates it where it
+    /// lives; the peer of a direct conversation becomes the caller's
+    /// contact (the caller wrote to them).
     pub(super) async fn create_conversation(
         &self,
         caller: Caller,
-        conversation_id: String,
+        _: String,
         request: CreateConversationRequest,
     ) -> Result<CreateConversationResponse> {
-        let spec = match request.kind {
-            Some(create_conversation_request::Kind::Direct(direct)) => {
-                NewConversation::Direct { peer_user_id: direct.peer_user_id }
-            }
-            Some(create_conversation_request::Kind::Group(group)) => {
-                NewConversation::Group { title: group.title, member_ids: group.member_ids }
-            }
+        let (conversation_id, spec) = match request.kind {
+            Some(create_conversation_request::Kind::Direct(direct)) => (
+                self.id_key().direct_conversation_id(&caller.user_id, &direct.peer_user_id),
+                NewConversation::Direct { peer_user_id: direct.peer_user_id },
+            ),
+            Some(create_conversation_request::Kind::Group(group)) => (
+                self.id_key().group_conversation_id(&caller.user_id, &request.request_id),
+                NewConversation::Group { title: group.title, member_ids: group.member_ids },
+            ),
             None => return Err(Error::invalid("kind", "set `direct` or `group`")),
         };
+        let invited: Vec<String> = match &spec {
+            NewConversation::Direct { peer_user_id } => vec![peer_user_id.clone()],
+            NewConversation::Group { member_ids, .. } => {
+                let unique: std::collections::BTreeSet<&String> =
+                    member_ids.iter().filter(|m| **m != caller.user_id).collect();
+                unique.into_iter().cloned().collect()
+            }
+        };
+        let requests = self.admit(&caller.user_id, &invited).await?;
+        let direct = matches!(spec, NewConversation::Direct { .. });
+        let user = caller.user_id.clone();
         let partition = self.partition_of(&conversation_id);
-        self.call(partition, |reply| Command::CreateConversation { caller, conversation_id, spec, reply }).await
+        let created = self
+            .call(partition, |reply| Command::CreateConversation { caller, conversation_id, spec, requests, reply })
+            .await?;
+        if direct {
+            self.relate(&user, invited, RelationChange::Contact).await?;
+        }
+        Ok(created)
     }
 
     pub(super) async fn get_conversation(
@@ -62,7 +85,9 @@ impl Broker {
         conversation_id: String,
         request: AddConversationMembersRequest,
     ) -> Result<AddConversationMembersResponse> {
-        let conversation = self.change(caller, conversation_id, MembershipChange::Add(request.user_ids)).await?;
+        let requests = self.admit(&caller.user_id, &request.user_ids).await?;
+        let change = MembershipChange::Add { user_ids: request.user_ids, requests };
+        let conversation = self.change(caller, conversation_id, change).await?;
         Ok(AddConversationMembersResponse { conversation: Some(conversation) })
     }
 
@@ -314,14 +339,18 @@ impl Broker {
         let page_size = validate::page_size(request.page_size)?;
         let offset = validate::page_token(&request.page_token)?.unwrap_or(0) as usize;
         let context = self.user_context(&caller.user_id).await?;
-        let viewer =
-            Viewer { user_id: caller.user_id.clone(), hide_read_receipts: context.settings.hide_read_receipts };
+        let viewer = context.viewer(&caller.user_id);
+        let folder = match Folder::try_from(request.folder) {
+            Ok(Folder::Requests) => Folder::Requests,
+            _ => Folder::Inbox,
+        };
         let mut summaries = Vec::new();
         for (partition, conversation_ids) in self.router().group_by_partition(context.conversation_ids.iter()) {
             let viewer = viewer.clone();
             summaries
                 .extend(self.call(partition, |reply| Command::Summaries { viewer, conversation_ids, reply }).await?);
         }
+        summaries.retain(|s| s.folder == folder as i32);
         let activity = |s: &imsg_proto::v1::ConversationSummary| {
             s.conversation.as_ref().map(|c| (c.last_activity_ms, c.conversation_id.clone())).unwrap_or_default()
         };
@@ -344,9 +373,10 @@ impl Broker {
         let others = user_ids.iter().filter(|u| **u != caller.user_id);
         let mut presences = Vec::new();
         for (partition, user_ids) in self.router().group_by_partition(others) {
-            let viewer_conversations = context.conversation_ids.clone();
+            let (viewer, viewer_conversations) = (caller.user_id.clone(), context.conversation_ids.clone());
             presences.extend(
-                self.call(partition, |reply| Command::PresenceQuery { user_ids, viewer_conversations, reply }).await?,
+                self.call(partition, |reply| Command::PresenceQuery { viewer, user_ids, viewer_conversations, reply })
+                    .await?,
             );
         }
         presences.sort_by(|a, b| a.user_id.cmp(&b.user_id));

@@ -15,24 +15,29 @@
 //! partition step (`crate::partition`). See docs/ARCHITECTURE.md.
 
 use imsg_proto::internal::v1::{Caller, MessageMediaRequest, execute_request, execute_response};
+use imsg_common::token::ROLE_SERVICE;
 use imsg_proto::v1::{
-    AddConversationMembersRequest, CreateConversationRequest, DeleteMessageForMeRequest, EditMessageRequest,
+    AcceptConversationRequest, AddConversationMembersRequest, BlockUserRequest, CreateConversationRequest,
+    DeclareContactsRequest, DeclineConversationRequest, DeleteMessageForMeRequest, EditMessageRequest,
     ForwardMessageRequest, GetConversationRequest, GetPresenceRequest, GetSettingsRequest, LeaveConversationRequest,
-    ListConversationsRequest, ListMessagesRequest, MarkDelivered, MarkRead, ReactToMessageRequest,
-    RemoveConversationMemberRequest, SendMessageRequest, TypingSignal, UnsendMessageRequest, UpdateConversationRequest,
-    UpdateSettingsRequest, create_conversation_request, send_message_request,
+    ListBlockedUsersRequest, ListConversationsRequest, ListMessagesRequest, MarkDelivered, MarkRead,
+    ReactToMessageRequest, RemoveConversationMemberRequest, SendMessageRequest, TypingSignal, UnblockUserRequest,
+    UnsendMessageRequest, UpdateConversationRequest, UpdateSettingsRequest, WhoMayMessage,
+    create_conversation_request, send_message_request,
 };
 
 use crate::{
     Broker,
     config::Limits,
     error::{Error, Result},
-    ids::{direct_conversation_id, group_conversation_id},
     validate::{self, MAX_PRESENCE_BATCH, conversation_id, id, page_size, page_token, text, title},
 };
 
 /// Most conversations one ForwardMessage sends to.
 pub const MAX_FORWARD_TARGETS: usize = 5;
+
+/// Most users one DeclareContacts names.
+pub const MAX_DECLARED_CONTACTS: usize = 200;
 
 /// What each client command declares.
 pub trait ClientCommand {
@@ -102,6 +107,12 @@ command_table! {
     GetSettings => GetSettings by get_settings,
     UpdateSettings => UpdateSettings by update_settings,
     GetPresence => GetPresence by get_presence,
+    BlockUser => BlockUser by block_user,
+    UnblockUser => UnblockUser by unblock_user,
+    ListBlockedUsers => ListBlockedUsers by list_blocked_users,
+    AcceptConversation => AcceptConversation by accept_conversation,
+    DeclineConversation => DeclineConversation by decline_conversation,
+    DeclareContacts => DeclareContacts by declare_contacts,
     Typing => Accepted by typing,
     MarkDelivered => Accepted by mark_delivered,
     MarkRead => Accepted by mark_read,
@@ -110,18 +121,11 @@ command_table! {
 // ---- the rows: what each command checks and where it starts ----
 
 impl ClientCommand for CreateConversationRequest {
-    /// The derived id of the conversation to create: a retry lands on the
-    /// same partition and finds what the first attempt wrote.
+    /// The caller's: the conversation's id is derived there with the
+    /// brokers' secret (gateways do not hold it), the members asked whether
+    /// they accept the caller, and the conversation created where it lives.
     fn home_key(&self, caller: &Caller) -> String {
-        match &self.kind {
-            Some(create_conversation_request::Kind::Direct(direct)) => {
-                direct_conversation_id(&caller.user_id, &direct.peer_user_id)
-            }
-            Some(create_conversation_request::Kind::Group(_)) => {
-                group_conversation_id(&caller.user_id, &self.request_id)
-            }
-            None => caller.user_id.clone(),
-        }
+        caller.user_id.clone()
     }
 
     fn validate(&self, limits: &Limits, caller: &Caller) -> Result<()> {
@@ -351,6 +355,94 @@ impl ClientCommand for UpdateSettingsRequest {
     }
 
     fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
+        if let Some(who) = self.who_may_message
+            && WhoMayMessage::try_from(who).is_err()
+        {
+            return Err(Error::invalid("who_may_message", format!("unknown value {who}")));
+        }
+        Ok(())
+    }
+}
+
+/// Another user named by a block or unblock.
+fn other_user(caller: &Caller, user: &str) -> Result<()> {
+    id("user_id", user)?;
+    if user == caller.user_id {
+        return Err(Error::invalid("user_id", "names the caller"));
+    }
+    Ok(())
+}
+
+impl ClientCommand for BlockUserRequest {
+    fn home_key(&self, caller: &Caller) -> String {
+        caller.user_id.clone()
+    }
+
+    fn validate(&self, _: &Limits, caller: &Caller) -> Result<()> {
+        other_user(caller, &self.user_id)
+    }
+}
+
+impl ClientCommand for UnblockUserRequest {
+    fn home_key(&self, caller: &Caller) -> String {
+        caller.user_id.clone()
+    }
+
+    fn validate(&self, _: &Limits, caller: &Caller) -> Result<()> {
+        other_user(caller, &self.user_id)
+    }
+}
+
+impl ClientCommand for ListBlockedUsersRequest {
+    fn home_key(&self, caller: &Caller) -> String {
+        caller.user_id.clone()
+    }
+
+    fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl ClientCommand for AcceptConversationRequest {
+    fn home_key(&self, _: &Caller) -> String {
+        self.conversation_id.clone()
+    }
+
+    fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
+        conversation_id("conversation_id", &self.conversation_id)
+    }
+}
+
+impl ClientCommand for DeclineConversationRequest {
+    fn home_key(&self, _: &Caller) -> String {
+        self.conversation_id.clone()
+    }
+
+    fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
+        conversation_id("conversation_id", &self.conversation_id)
+    }
+}
+
+impl ClientCommand for DeclareContactsRequest {
+    /// The partition of the user whose contacts these are.
+    fn home_key(&self, _: &Caller) -> String {
+        self.user_id.clone()
+    }
+
+    fn validate(&self, _: &Limits, caller: &Caller) -> Result<()> {
+        if !caller.roles.iter().any(|r| r == ROLE_SERVICE) {
+            return Err(Error::PermissionDenied(format!("declaring contacts needs the `{ROLE_SERVICE}` role")));
+        }
+        id("user_id", &self.user_id)?;
+        if self.contact_user_ids.is_empty() || self.contact_user_ids.len() > MAX_DECLARED_CONTACTS {
+            return Err(Error::invalid("contact_user_ids", format!("1 to {MAX_DECLARED_CONTACTS} users")));
+        }
+        for contact in &self.contact_user_ids {
+            id("contact_user_ids", contact)?;
+            if *contact == self.user_id {
+                return Err(Error::invalid("contact_user_ids", "names the user themself"));
+            }
+        }
         Ok(())
     }
 }
@@ -399,3 +491,4 @@ impl ClientCommand for MarkRead {
 }
 
 mod handlers;
+mod relations;

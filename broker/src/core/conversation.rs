@@ -10,11 +10,13 @@ use std::{
     time::Instant,
 };
 
-use imsg_proto::v1::{Conversation as ConversationView, ConversationKind, ConversationSummary, Member, Message};
+use imsg_proto::v1::{
+    Conversation as ConversationView, ConversationKind, ConversationSummary, Folder, Member, Message,
+};
 
 use crate::{
     error::{Error, Result},
-    storage::{ConversationRecord, MemberRecord, ReceiptRecord},
+    storage::{ConversationRecord, MemberRecord, ReceiptRecord, RequestState},
 };
 
 /// The caller's identity plus the settings that shape what they may see.
@@ -22,11 +24,22 @@ use crate::{
 pub struct Viewer {
     pub user_id: String,
     pub hide_read_receipts: bool,
+    /// Users the viewer blocks or is blocked by: none of their read
+    /// receipts are shown (exactly as if they hid them).
+    pub separated: Vec<String>,
 }
 
 impl Viewer {
     pub fn new(user_id: impl Into<String>) -> Self {
-        Self { user_id: user_id.into(), hide_read_receipts: false }
+        Self { user_id: user_id.into(), hide_read_receipts: false, separated: Vec::new() }
+    }
+
+    /// Whether the viewer sees `member`'s read position here.
+    fn sees_read_of(&self, member: &str, receipt: &ReceiptRecord, conversation: &Conversation) -> bool {
+        !(self.hide_read_receipts
+            || receipt.hide_read
+            || self.separated.iter().any(|u| u == member)
+            || conversation.is_request_for(member))
     }
 }
 
@@ -191,7 +204,7 @@ impl Conversation {
                 let (delivered_seq, read_seq) = match viewer {
                     None => (0, 0),
                     Some(v) if v.user_id == m.user_id => (receipt.delivered_seq, receipt.read_seq),
-                    Some(v) if v.hide_read_receipts || receipt.hide_read => (receipt.delivered_seq, 0),
+                    Some(v) if !v.sees_read_of(&m.user_id, &receipt, self) => (receipt.delivered_seq, 0),
                     Some(_) => (receipt.delivered_seq, receipt.read_seq),
                 };
                 Member {
@@ -200,6 +213,7 @@ impl Conversation {
                     delivered_seq,
                     read_seq,
                     joined_after_seq: m.joined_after_seq,
+                    request_pending: m.request != RequestState::Accepted as i32,
                 }
             })
             .collect();
@@ -214,17 +228,23 @@ impl Conversation {
         }
     }
 
-    /// The inbox line of `viewer`; `None` if they are not a member. Unread
-    /// counts start after what they read and after they joined; a message
-    /// from before they joined is not shown.
+    /// The inbox line of `viewer`; `None` if they are not a member or
+    /// declined it. Unread counts start after what they read and after
+    /// they joined; a message from before they joined is not shown.
     pub fn summary(&self, viewer: &Viewer) -> Option<ConversationSummary> {
         let me = self.member(&viewer.user_id)?;
+        let folder = match RequestState::try_from(me.request) {
+            Ok(RequestState::Declined) => return None,
+            Ok(RequestState::Pending) => Folder::Requests,
+            _ => Folder::Inbox,
+        };
         let seen = self.receipt(&viewer.user_id).read_seq.max(me.joined_after_seq);
         let last_message = self.last_message.as_ref().filter(|m| m.seq > me.joined_after_seq).map(|m| (**m).clone());
         Some(ConversationSummary {
             conversation: Some(self.snapshot(Some(viewer))),
             unread_count: self.last_seq.saturating_sub(seen),
             last_message,
+            folder: folder as i32,
         })
     }
 }

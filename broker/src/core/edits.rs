@@ -134,7 +134,7 @@ mod tests {
     fn with_message() -> (Conversation, Message) {
         let mut conversation = group("alice", &["bob"]);
         conversation.set_dedup_window(Default::default());
-        let (_, effects) = conversation.send(&caller("alice"), new_text("a", "helo"), None, 4, T0).unwrap();
+        let (_, effects) = conversation.send(&caller("alice"), new_text("a", "helo"), None, &limits(), T0).unwrap();
         (conversation, sent_message(&effects))
     }
 

@@ -69,6 +69,17 @@ pub enum LoggedEvent {
 }
 
 impl LoggedEvent {
+    /// A membership change that leaves `user` a member who has not accepted
+    /// the conversation (a message request).
+    pub fn is_request_for(&self, user: &str) -> bool {
+        match self {
+            Self::Changed { conversation, .. } => {
+                conversation.members.iter().any(|m| m.user_id == user && m.request_pending)
+            }
+            _ => false,
+        }
+    }
+
     pub fn conversation_id(&self) -> &str {
         match self {
             Self::Message(message) | Self::MessageUpdated(message) => &message.conversation_id,
@@ -336,6 +347,16 @@ pub struct UpdateItem {
 pub enum Ephemeral {
     Typing { conversation_id: String, user_id: String, active: bool },
     Presence(Presence),
+}
+
+impl Ephemeral {
+    /// Whose signal it is.
+    pub fn user_id(&self) -> &str {
+        match self {
+            Self::Typing { user_id, .. } => user_id,
+            Self::Presence(presence) => &presence.user_id,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use crate::{
     config::Limits,
     error::{Error, Result},
     events::LoggedEvent,
-    storage::{ConversationRecord, MemberRecord},
+    storage::{ConversationRecord, MemberRecord, RequestState},
 };
 
 /// A group conversation to create, or the peer of a direct one.
@@ -33,10 +33,19 @@ pub enum NewConversation {
 /// A membership change of a group.
 #[derive(Debug)]
 pub enum MembershipChange {
-    Add(Vec<String>),
+    /// Adds users; those in `requests` join as message requests (the
+    /// caller is not their contact).
+    Add { user_ids: Vec<String>, requests: Vec<String> },
     /// Removes a member; when the caller removes themself, they leave.
     Remove(String),
     Title(String),
+}
+
+impl MembershipChange {
+    /// Adds users, none of them as a request.
+    pub fn add(user_ids: Vec<String>) -> Self {
+        Self::Add { user_ids, requests: Vec::new() }
+    }
 }
 
 impl Conversation {
@@ -49,6 +58,19 @@ impl Conversation {
         spec: NewConversation,
         limits: &Limits,
         now_ms: i64,
+    ) -> Result<(Self, CreateConversationResponse, Effects)> {
+        Self::create_with_requests(caller, id, spec, limits, now_ms, &[])
+    }
+
+    /// Creates a conversation where the members in `requests` join as
+    /// message requests (see `core::privacy`).
+    pub fn create_with_requests(
+        caller: &Caller,
+        id: &str,
+        spec: NewConversation,
+        limits: &Limits,
+        now_ms: i64,
+        requests: &[String],
     ) -> Result<(Self, CreateConversationResponse, Effects)> {
         let (kind, title, members) = match spec {
             NewConversation::Direct { peer_user_id } => {
@@ -81,10 +103,17 @@ impl Conversation {
             create_time_ms: now_ms,
             members: members
                 .into_iter()
-                .map(|(user_id, role)| MemberRecord { user_id, role: role as i32, joined_after_seq: 0 })
+                .map(|(user_id, role)| MemberRecord {
+                    request: request_state(requests, &user_id),
+                    user_id,
+                    role: role as i32,
+                    joined_after_seq: 0,
+                })
                 .collect(),
             creator: caller.user_id.clone(),
             change_time_ms: now_ms,
+            blocked_by: Vec::new(),
+            request_sends: 0,
         };
         let mut conversation = Self::restore(record, None, HashMap::new());
         conversation.dedup = Some(Default::default());
@@ -136,8 +165,8 @@ impl Conversation {
         }
         let mut removed = Vec::new();
         match change {
-            MembershipChange::Add(users) => {
-                let new: Vec<String> = users
+            MembershipChange::Add { user_ids, requests } => {
+                let new: Vec<String> = user_ids
                     .into_iter()
                     .collect::<BTreeSet<_>>()
                     .into_iter()
@@ -151,6 +180,7 @@ impl Conversation {
                 }
                 let joined_after_seq = self.last_seq;
                 self.record.members.extend(new.into_iter().map(|user_id| MemberRecord {
+                    request: request_state(&requests, &user_id),
                     user_id,
                     role: MemberRole::Member as i32,
                     joined_after_seq,
@@ -182,11 +212,15 @@ impl Conversation {
     }
 
     /// The members (and those just removed) learn the new membership.
-    fn log_change(&self, effects: &mut Effects, removed: Vec<String>) {
+    pub(super) fn log_change(&self, effects: &mut Effects, removed: Vec<String>) {
         let event =
             LoggedEvent::Changed { conversation: Arc::new(self.snapshot(None)), removed_user_ids: removed.into() };
-        effects.logged.push(Logged { recipients: event.recipients(self.member_ids()), event });
+        effects.logged.push(Logged { recipients: event.recipients(self.listeners()), event });
     }
+}
+
+fn request_state(requests: &[String], user: &str) -> i32 {
+    if requests.iter().any(|r| r == user) { RequestState::Pending as i32 } else { RequestState::Accepted as i32 }
 }
 
 #[cfg(test)]
@@ -248,7 +282,7 @@ mod tests {
     fn added_members_see_only_what_comes_after_they_joined() {
         let mut conversation = group("alice", &["bob"]);
         conversation.last_seq = 9;
-        change(&mut conversation, "alice", MembershipChange::Add(vec!["carol".into(), "carol".into()])).unwrap();
+        change(&mut conversation, "alice", MembershipChange::add(vec!["carol".into(), "carol".into()])).unwrap();
         assert_eq!(conversation.member("carol").unwrap().joined_after_seq, 9);
         assert_eq!(conversation.record.members.len(), 3);
     }
@@ -256,7 +290,7 @@ mod tests {
     #[test]
     fn adding_people_already_in_changes_nothing_and_writes_nothing() {
         let mut conversation = group("alice", &["bob"]);
-        let effects = change(&mut conversation, "alice", MembershipChange::Add(vec!["bob".into()])).unwrap();
+        let effects = change(&mut conversation, "alice", MembershipChange::add(vec!["bob".into()])).unwrap();
         assert!(effects.is_empty());
     }
 
@@ -264,7 +298,7 @@ mod tests {
     fn adding_past_the_limit_is_refused_and_changes_nothing() {
         let mut conversation = group("alice", &["b", "c", "d"]);
         let error =
-            change(&mut conversation, "alice", MembershipChange::Add(vec!["e".into(), "f".into()])).unwrap_err();
+            change(&mut conversation, "alice", MembershipChange::add(vec!["e".into(), "f".into()])).unwrap_err();
         assert!(matches!(error, Error::GroupFull { .. }));
         assert_eq!(conversation.record.members.len(), 4);
     }

@@ -10,7 +10,9 @@
 //! and how members see it), [`membership`], [`send`] (sequencing and
 //! dedup, forwarding), [`replies`], [`reactions`], [`edits`] (edit, unsend,
 //! delete for me), [`receipts`], [`typing`]. Of a user: [`update_log`]
-//! (cursors, resume, retention), [`presence`] (who sees what).
+//! (cursors, resume, retention), [`presence`] (who sees what). Between
+//! users: [`privacy`] (blocks, contacts, who may message whom, message
+//! requests).
 
 pub mod conversation;
 pub mod edits;
@@ -18,6 +20,7 @@ pub mod effects;
 pub mod events;
 pub mod membership;
 pub mod presence;
+pub mod privacy;
 pub mod reactions;
 pub mod receipts;
 pub mod replies;
@@ -67,7 +70,7 @@ pub(crate) mod testing {
     pub const T0: i64 = 1_700_000_000_000;
 
     pub fn caller(user: &str) -> Caller {
-        Caller { user_id: user.into(), device_id: "phone".into() }
+        Caller { user_id: user.into(), device_id: "phone".into(), ..Default::default() }
     }
 
     pub fn limits() -> Limits {

@@ -69,7 +69,7 @@ mod tests {
     fn with_message() -> (Conversation, Message) {
         let mut conversation = group("alice", &["bob", "carol"]);
         conversation.set_dedup_window(Default::default());
-        let (_, effects) = conversation.send(&caller("alice"), new_text("a", "hi"), None, 4, T0).unwrap();
+        let (_, effects) = conversation.send(&caller("alice"), new_text("a", "hi"), None, &limits(), T0).unwrap();
         (conversation, sent_message(&effects))
     }
 
@@ -121,7 +121,7 @@ mod tests {
             Err(Error::NotMember(_))
         ));
         conversation
-            .change_membership(&caller("alice"), MembershipChange::Add(vec!["dave".into()]), &limits(), T0)
+            .change_membership(&caller("alice"), MembershipChange::add(vec!["dave".into()]), &limits(), T0)
             .unwrap();
         let error = conversation.react(&caller("dave"), 1, Some(&message), "👍", T0).unwrap_err();
         assert!(matches!(error, Error::MessageNotFound { seq: 1, .. }));

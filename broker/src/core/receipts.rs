@@ -53,8 +53,11 @@ impl Conversation {
         if after.delivered_seq == before.delivered_seq && after.read_seq == before.read_seq {
             return Ok(effects); // only the setting changed: nothing to tell
         }
+        // A member who has not accepted tells only their own devices.
+        let recipients =
+            if self.is_request_for(&caller.user_id) { vec![caller.user_id.clone()] } else { self.listeners() };
         effects.logged.push(Logged {
-            recipients: self.member_ids(),
+            recipients,
             event: LoggedEvent::Receipt {
                 conversation_id: self.record.id.clone(),
                 user_id: caller.user_id.clone(),
@@ -154,7 +157,7 @@ mod tests {
         let alice = Viewer::new("alice");
         assert_eq!(read_seq_of(&alice, "bob"), (3, 0), "bob hides his read position, not delivery");
         assert_eq!(read_seq_of(&alice, "carol"), (2, 2));
-        let bob = Viewer { user_id: "bob".into(), hide_read_receipts: true };
+        let bob = Viewer { hide_read_receipts: true, ..Viewer::new("bob") };
         assert_eq!(read_seq_of(&bob, "carol"), (2, 0), "who hides theirs sees no one's");
         assert_eq!(read_seq_of(&bob, "bob"), (3, 3), "but always their own");
         assert_eq!(conversation.snapshot(None).members[1].read_seq, 0, "events carry no watermarks");

@@ -11,6 +11,7 @@ use imsg_proto::v1::{Message, SendMessageRequest, SendMessageResponse, message::
 
 use super::{Conversation, Effects, Logged, Signal, Write, replies};
 use crate::{
+    config::Limits,
     error::{Error, Result},
     events::{Ephemeral, LoggedEvent},
 };
@@ -59,7 +60,7 @@ impl Conversation {
         caller: &Caller,
         new: NewMessage,
         quoted: Option<&Message>,
-        dedup_capacity: usize,
+        limits: &Limits,
         now_ms: i64,
     ) -> Result<(SendMessageResponse, Effects)> {
         let joined_after = self.require_member(&caller.user_id)?.joined_after_seq;
@@ -67,6 +68,9 @@ impl Conversation {
         if let Some((seq, server_time_ms)) = dedup.get(&caller.user_id, &new.client_message_id) {
             return Ok((SendMessageResponse { seq, server_time_ms, duplicate: true }, Effects::default()));
         }
+        let mut effects = Effects::default();
+        // Blocks and message requests (`core::privacy`).
+        self.admit_send(&caller.user_id, limits, &mut effects)?;
         // Only what the sender may see can be quoted: a later joiner quoting
         // an older message would read it in the preview.
         if new.reply_to_seq > self.last_seq || (new.reply_to_seq != 0 && new.reply_to_seq <= joined_after) {
@@ -94,9 +98,8 @@ impl Conversation {
         self.last_activity_ms = server_time_ms;
         self.last_message = Some(message.clone());
         if let Some(dedup) = self.dedup.as_mut() {
-            dedup.remember(dedup_capacity, &message);
+            dedup.remember(limits.dedup_window, &message);
         }
-        let mut effects = Effects::default();
         // Sending implies having read and received everything before.
         let own = self.receipts.entry(caller.user_id.clone()).or_default();
         own.delivered_seq = seq;
@@ -113,7 +116,7 @@ impl Conversation {
             });
         }
         effects.writes.push(Write::Message(message.clone()));
-        effects.logged.push(Logged { recipients: self.member_ids(), event: LoggedEvent::Message(message) });
+        effects.logged.push(Logged { recipients: self.listeners(), event: LoggedEvent::Message(message) });
         Ok((SendMessageResponse { seq, server_time_ms, duplicate: false }, effects))
     }
 }
@@ -133,7 +136,7 @@ mod tests {
         client_id: &str,
         at: i64,
     ) -> Result<(SendMessageResponse, Effects)> {
-        conversation.send(&caller(by), text(client_id), None, limits().dedup_window, at)
+        conversation.send(&caller(by), text(client_id), None, &limits(), at)
     }
 
     #[test]
@@ -190,12 +193,12 @@ mod tests {
         send(&mut conversation, "alice", "a", T0).unwrap();
         let mut request = text("r");
         request.reply_to_seq = 2;
-        let error = conversation.send(&caller("bob"), request, None, 4, T0).unwrap_err();
+        let error = conversation.send(&caller("bob"), request, None, &limits(), T0).unwrap_err();
         assert!(matches!(error, Error::InvalidArgument { field: "reply_to_seq", .. }));
         assert_eq!(conversation.last_seq(), 1);
         let mut request = text("r");
         request.reply_to_seq = 1;
-        assert_eq!(conversation.send(&caller("bob"), request, None, 4, T0).unwrap().0.seq, 2);
+        assert_eq!(conversation.send(&caller("bob"), request, None, &limits(), T0).unwrap().0.seq, 2);
     }
 
     #[test]
@@ -205,7 +208,7 @@ mod tests {
         let quoted = sent_message(&effects);
         let mut reply = new_text("r", "me too");
         reply.reply_to_seq = 1;
-        let (_, effects) = conversation.send(&caller("bob"), reply, Some(&quoted), 4, T0).unwrap();
+        let (_, effects) = conversation.send(&caller("bob"), reply, Some(&quoted), &limits(), T0).unwrap();
         let preview = sent_message(&effects).reply_preview.unwrap();
         assert_eq!((preview.seq, preview.sender_id.as_str(), preview.snippet.as_str()), (1, "alice", "hi"));
         assert!(!preview.unavailable);
@@ -216,11 +219,11 @@ mod tests {
         let mut conversation = group("alice", &["bob"]);
         send(&mut conversation, "alice", "a", T0).unwrap();
         conversation
-            .change_membership(&caller("alice"), MembershipChange::Add(vec!["carol".into()]), &limits(), T0)
+            .change_membership(&caller("alice"), MembershipChange::add(vec!["carol".into()]), &limits(), T0)
             .unwrap();
         let mut reply = text("c");
         reply.reply_to_seq = 1;
-        let error = conversation.send(&caller("carol"), reply, None, 4, T0).unwrap_err();
+        let error = conversation.send(&caller("carol"), reply, None, &limits(), T0).unwrap_err();
         assert!(matches!(error, Error::InvalidArgument { field: "reply_to_seq", .. }));
         assert_eq!(conversation.last_seq(), 1, "nothing changed");
     }
@@ -230,7 +233,7 @@ mod tests {
         let mut conversation = group("alice", &["bob"]);
         let mut copy = new_text("f", "look");
         copy.forwarded = true;
-        let (_, effects) = conversation.send(&caller("bob"), copy, None, 4, T0).unwrap();
+        let (_, effects) = conversation.send(&caller("bob"), copy, None, &limits(), T0).unwrap();
         let message = sent_message(&effects);
         assert!(message.forwarded);
         assert_eq!(message.content, new_text("x", "look").content.into());

@@ -43,9 +43,16 @@ impl Conversation {
         !self.typing.is_empty()
     }
 
+    /// To the others who hear the conversation; nobody hears a member who
+    /// has not accepted it.
     fn typing_signal(&self, user: &str, active: bool) -> Signal {
+        let recipients = if self.is_request_for(user) {
+            Vec::new()
+        } else {
+            self.listeners().into_iter().filter(|u| u != user).collect()
+        };
         Signal {
-            recipients: self.others(user),
+            recipients,
             event: Ephemeral::Typing { conversation_id: self.record.id.clone(), user_id: user.to_owned(), active },
         }
     }

@@ -56,7 +56,7 @@ pub(super) struct Conversations {
 
 impl Partition {
     /// Loads a conversation if it exists; returns whether it does.
-    fn load_conversation(&mut self, id: &str) -> Result<bool> {
+    pub(super) fn load_conversation(&mut self, id: &str) -> Result<bool> {
         if self.conversations.map.contains_key(id) {
             return Ok(true);
         }
@@ -129,11 +129,19 @@ impl Partition {
         caller: &Caller,
         id: &str,
         spec: NewConversation,
+        requests: &[String],
     ) -> Result<CreateConversationResponse> {
         if self.load_conversation(id)? {
+            let conversation = self.conversation(id)?;
+            // Writing back to whoever wrote first accepts their request.
+            if !conversation.is_group() && conversation.is_request_for(&caller.user_id) {
+                let (_, effects) = conversation.accept(caller, now_ms())?;
+                self.apply_effects(effects)?;
+            }
             return self.conversation(id)?.recreate(caller, &spec);
         }
-        let (conversation, response, effects) = Conversation::create(caller, id, spec, &self.limits, now_ms())?;
+        let (conversation, response, effects) =
+            Conversation::create_with_requests(caller, id, spec, &self.limits, now_ms(), requests)?;
         self.conversations.map.insert(id.to_owned(), conversation);
         self.apply_effects(effects)?;
         Ok(response)
@@ -170,7 +178,8 @@ impl Partition {
             0 => None,
             seq => self.stored_message(id, seq)?.map(|(message, _)| message),
         };
-        let (response, effects) = self.conversation(id)?.send(caller, new, quoted.as_deref(), window, now_ms())?;
+        let limits = self.limits.clone();
+        let (response, effects) = self.conversation(id)?.send(caller, new, quoted.as_deref(), &limits, now_ms())?;
         self.apply_effects(effects)?;
         Ok(response)
     }
@@ -310,7 +319,8 @@ impl Partition {
         let mut audience = BTreeSet::new();
         for id in ids {
             let Ok(conversation) = self.conversation(id) else { continue };
-            if conversation.member(&presence.user_id).is_none() {
+            // A member who has not accepted shows nobody their presence.
+            if conversation.member(&presence.user_id).is_none() || conversation.is_request_for(&presence.user_id) {
                 continue;
             }
             audience.extend(conversation.others(&presence.user_id));

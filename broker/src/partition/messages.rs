@@ -126,10 +126,10 @@ mod tests {
     #[tokio::test]
     async fn rows_a_message_a_reaction_an_edit_and_an_unsend_cost() {
         let (_dir, store, mut partition) = super::super::testing::loaded_partition(1);
-        let alice = Caller { user_id: "alice".into(), device_id: "phone".into() };
-        let bob = Caller { user_id: "bob".into(), device_id: "phone".into() };
-        let id = crate::ids::direct_conversation_id("alice", "bob");
-        partition.create_conversation(&alice, &id, NewConversation::Direct { peer_user_id: "bob".into() }).unwrap();
+        let alice = Caller { user_id: "alice".into(), device_id: "phone".into(), ..Default::default() };
+        let bob = Caller { user_id: "bob".into(), device_id: "phone".into(), ..Default::default() };
+        let id = crate::ids::IdKey::new(b"test-id-secret-0123").unwrap().direct_conversation_id("alice", "bob");
+        partition.create_conversation(&alice, &id, NewConversation::Direct { peer_user_id: "bob".into() }, &[]).unwrap();
         let rows = |partition: &mut Partition| {
             let batch = std::mem::take(&mut partition.batch);
             batch
@@ -181,9 +181,9 @@ mod tests {
     #[tokio::test]
     async fn a_change_starts_from_the_newest_unpublished_state_not_from_sled() {
         let (_dir, store, mut partition) = super::super::testing::loaded_partition(1);
-        let alice = Caller { user_id: "alice".into(), device_id: "phone".into() };
-        let id = crate::ids::direct_conversation_id("alice", "bob");
-        partition.create_conversation(&alice, &id, NewConversation::Direct { peer_user_id: "bob".into() }).unwrap();
+        let alice = Caller { user_id: "alice".into(), device_id: "phone".into(), ..Default::default() };
+        let id = crate::ids::IdKey::new(b"test-id-secret-0123").unwrap().direct_conversation_id("alice", "bob");
+        partition.create_conversation(&alice, &id, NewConversation::Direct { peer_user_id: "bob".into() }, &[]).unwrap();
         partition.send(&alice, &id, new_text("a1", "secret")).unwrap();
         partition.act_on_message(&alice, &id, 1, MessageAction::Unsend).unwrap();
         let error = partition.act_on_message(&alice, &id, 1, MessageAction::Edit { text: "back".into() }).unwrap_err();

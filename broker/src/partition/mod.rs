@@ -22,6 +22,7 @@
 
 mod conversation;
 mod messages;
+mod relations;
 #[cfg(test)]
 mod testing;
 mod user;
@@ -289,8 +290,20 @@ impl Partition {
             }
         }
         match command {
-            Command::CreateConversation { caller, conversation_id, spec, reply } => {
-                let result = self.create_conversation(&caller, &conversation_id, spec);
+            Command::CreateConversation { caller, conversation_id, spec, requests, reply } => {
+                let result = self.create_conversation(&caller, &conversation_id, spec, &requests);
+                self.reply(reply, result);
+            }
+            Command::Respond { caller, conversation_id, accept, reply } => {
+                let result = self.respond(&caller, &conversation_id, accept);
+                self.reply(reply, result);
+            }
+            Command::PairBlock { conversation_id, blocker, blocked, reply } => {
+                let result = self.pair_block(&conversation_id, &blocker, blocked);
+                self.reply(reply, result);
+            }
+            Command::Relations { user_id, others, change, reply } => {
+                let result = self.relations(&user_id, &others, change);
                 self.reply(reply, result);
             }
             Command::GetConversation { viewer, conversation_id, reply } => {
@@ -354,8 +367,8 @@ impl Partition {
                 let result = self.update_settings(&user_id, &request);
                 self.reply(reply, result);
             }
-            Command::PresenceQuery { user_ids, viewer_conversations, reply } => {
-                let result = Ok(self.presence_query(&user_ids, &viewer_conversations));
+            Command::PresenceQuery { viewer, user_ids, viewer_conversations, reply } => {
+                let result = Ok(self.presence_query(&viewer, &user_ids, &viewer_conversations));
                 self.reply(reply, result);
             }
             Command::Freeze { reply } => {

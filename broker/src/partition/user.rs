@@ -24,22 +24,35 @@ use crate::{
     error::{Error, Result},
     events::{Ephemeral, LoggedEvent, UpdateItem},
     now_ms,
-    storage::{PartitionMeta, PartitionStore, SettingsRecord, UpdateEntry, UpdateKind},
+    storage::{PartitionMeta, PartitionStore, RelationRecord, SettingsRecord, UpdateEntry, UpdateKind},
 };
 
 #[derive(Default)]
-struct UserState {
-    settings: SettingsRecord,
+pub(super) struct UserState {
+    pub(super) settings: SettingsRecord,
     conversations: BTreeSet<String>,
+    /// Conversations the user has not accepted (message requests): they
+    /// show the user's presence to nobody.
+    requests: HashSet<String>,
+    /// How the user stands toward others (`core::privacy`).
+    pub(super) relations: HashMap<String, RelationRecord>,
     log: UserLog,
     sessions: Vec<SessionHandle>,
     last_active_ms: i64,
 }
 
+impl UserState {
+    /// Whether the user and `other` block each other either way: nothing
+    /// personal passes between them.
+    pub(super) fn separated_from(&self, other: &str) -> bool {
+        self.relations.get(other).is_some_and(RelationRecord::separated)
+    }
+}
+
 /// The users of one partition.
 #[derive(Default)]
 pub(super) struct Users {
-    map: HashMap<String, UserState>,
+    pub(super) map: HashMap<String, UserState>,
     retention: Retention,
     /// Entries up to this cursor are in sled (published); newer ones are
     /// only in memory and reach live sessions when published.
@@ -52,8 +65,15 @@ impl Users {
         for (user, settings) in store.all_settings()? {
             users.map.entry(user).or_default().settings = settings;
         }
-        for (user, conversation) in store.all_inbox_entries()? {
-            users.map.entry(user).or_default().conversations.insert(conversation);
+        for (user, conversation, request) in store.all_inbox_entries()? {
+            let state = users.map.entry(user).or_default();
+            if request {
+                state.requests.insert(conversation.clone());
+            }
+            state.conversations.insert(conversation);
+        }
+        for (user, other, relation) in store.all_relations()? {
+            users.map.entry(user).or_default().relations.insert(other, relation);
         }
         for batch in store.update_batches() {
             let (first, record) = batch?;
@@ -95,8 +115,12 @@ fn event_frame(cursor: u64, kind: event::Kind) -> OpenStreamResponse {
     OpenStreamResponse { frame: Some(open_stream_response::Frame::Event(Event { cursor, kind: Some(kind) })) }
 }
 
-fn settings_view(record: &SettingsRecord) -> Settings {
-    Settings { hide_read_receipts: record.hide_read_receipts, hide_activity_status: record.hide_activity_status }
+pub(super) fn settings_view(record: &SettingsRecord) -> Settings {
+    Settings {
+        hide_read_receipts: record.hide_read_receipts,
+        hide_activity_status: record.hide_activity_status,
+        who_may_message: record.who_may_message,
+    }
 }
 
 impl Partition {
@@ -112,15 +136,30 @@ impl Partition {
                 {
                     continue; // a re-sent batch: already logged
                 }
-                let (kind, frame_kind) = item.event.entry_for(user, state.settings.hide_read_receipts);
-                // Inbox membership follows membership changes.
+                // A separated pair sees no read receipts of each other,
+                // exactly as if they were hidden.
+                let hides_read = state.settings.hide_read_receipts
+                    || matches!(&*item.event, LoggedEvent::Receipt { user_id, .. } if state.separated_from(user_id));
+                let (kind, frame_kind) = item.event.entry_for(user, hides_read);
+                // Inbox membership (and whether it is a request) follows
+                // membership changes.
                 if let UpdateKind::ConversationRemoved(removed) = kind {
                     if removed {
+                        state.requests.remove(&conversation_id);
                         if state.conversations.remove(&conversation_id) {
                             self.batch.writes.remove_inbox_entry(user, &conversation_id);
                         }
-                    } else if state.conversations.insert(conversation_id.clone()) {
-                        self.batch.writes.put_inbox_entry(user, &conversation_id);
+                    } else {
+                        let request = item.event.is_request_for(user);
+                        let was_request = state.requests.contains(&conversation_id);
+                        if request {
+                            state.requests.insert(conversation_id.clone());
+                        } else {
+                            state.requests.remove(&conversation_id);
+                        }
+                        if state.conversations.insert(conversation_id.clone()) || request != was_request {
+                            self.batch.writes.put_inbox_entry(user, &conversation_id, request);
+                        }
                     }
                 }
                 let cursor = self.meta.next_cursor;
@@ -168,7 +207,7 @@ impl Partition {
     pub(super) fn push_ephemeral(&mut self, users: &[String], event: &Ephemeral) {
         for user in users {
             let Some(state) = self.users.map.get(user) else { continue };
-            if state.sessions.is_empty() {
+            if state.sessions.is_empty() || state.separated_from(event.user_id()) {
                 continue;
             }
             let kind = match event {
@@ -301,6 +340,9 @@ impl Partition {
         UserContext {
             settings: state.map(|s| settings_view(&s.settings)).unwrap_or_default(),
             conversation_ids: state.map(|s| s.conversations.iter().cloned().collect()).unwrap_or_default(),
+            separated: state
+                .map(|s| s.relations.iter().filter(|(_, r)| r.separated()).map(|(u, _)| u.clone()).collect())
+                .unwrap_or_default(),
         }
     }
 
@@ -312,6 +354,9 @@ impl Partition {
         }
         if let Some(hide) = request.hide_activity_status {
             state.settings.hide_activity_status = hide;
+        }
+        if let Some(who) = request.who_may_message {
+            state.settings.who_may_message = who;
         }
         let after = state.settings;
         if after == before {
@@ -336,18 +381,24 @@ impl Partition {
         Ok(settings_view(&after))
     }
 
-    /// Presence of this partition's `users` for a viewer whose
+    /// Presence of this partition's `users` for `viewer`, whose
     /// conversations are `viewer_conversations`: only users who share one
-    /// and do not hide their activity.
-    pub(super) fn presence_query(&mut self, users: &[String], viewer_conversations: &[String]) -> Vec<Presence> {
-        let viewer: HashSet<&str> = viewer_conversations.iter().map(String::as_str).collect();
+    /// (that they accepted), do not hide their activity, and neither block
+    /// nor are blocked by the viewer.
+    pub(super) fn presence_query(
+        &mut self,
+        viewer: &str,
+        users: &[String],
+        viewer_conversations: &[String],
+    ) -> Vec<Presence> {
+        let shared: HashSet<&str> = viewer_conversations.iter().map(String::as_str).collect();
         users
             .iter()
             .filter(|user| {
-                self.users
-                    .map
-                    .get(*user)
-                    .is_some_and(|s| presence::may_query(&s.settings, s.conversations.iter(), &viewer))
+                self.users.map.get(*user).is_some_and(|s| {
+                    let accepted = s.conversations.iter().filter(|c| !s.requests.contains(*c));
+                    !s.separated_from(viewer) && presence::may_query(&s.settings, accepted, &shared)
+                })
             })
             .map(|user| self.visible_presence(user))
             .collect()

@@ -21,7 +21,8 @@
 //! | `o` batch (BE u64)        | [`OutboxRecord`]       |
 //! | `u` first cursor (BE u64) | [`UpdateBatchRecord`]  |
 //! | `s` user                  | [`SettingsRecord`]     |
-//! | `i` user `/` conv         | (empty): inbox member  |
+//! | `i` user `/` conv         | (empty): inbox member; `r`: not accepted (a request) |
+//! | `l` user `/` other user   | [`RelationRecord`]: blocks, contact |
 //! | `M`                       | [`PartitionMeta`]      |
 //! | `O`                       | [`OwnershipRecord`]    |
 //!
@@ -58,6 +59,7 @@
 pub mod checkpoint;
 pub mod durability;
 pub mod failstop;
+pub mod id_secret;
 pub mod records;
 pub mod rows;
 pub mod shred;
@@ -311,12 +313,12 @@ mod tests {
         let (released, neighbour) = (store.partition(0).unwrap(), store.partition(1).unwrap());
         let mut batch = WriteBatch::default();
         for n in 0..2_500 {
-            batch.put_inbox_entry(&format!("user{n}"), "dm_0123");
+            batch.put_inbox_entry(&format!("user{n}"), "dm_0123", false);
         }
         batch.put_ownership(&OwnershipRecord { epoch: 3, released: true });
         wait_published(&store, released.apply(batch, true));
         let mut batch = WriteBatch::default();
-        batch.put_inbox_entry("alice", "dm_0123");
+        batch.put_inbox_entry("alice", "dm_0123", false);
         wait_published(&store, neighbour.apply(batch, true));
 
         wait_published(&store, released.clear_data().unwrap());
@@ -334,9 +336,9 @@ mod tests {
     fn recovery_replays_the_wal_up_to_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let mut logged = WriteBatch::default();
-        logged.put_settings("alice", &SettingsRecord { hide_read_receipts: true, hide_activity_status: false });
+        logged.put_settings("alice", &SettingsRecord { hide_read_receipts: true, hide_activity_status: false, who_may_message: 0 });
         let mut torn = WriteBatch::default();
-        torn.put_settings("bob", &SettingsRecord { hide_read_receipts: true, hide_activity_status: true });
+        torn.put_settings("bob", &SettingsRecord { hide_read_receipts: true, hide_activity_status: true, who_may_message: 0 });
         let mut bytes = Vec::new();
         wal::encode_record(&mut bytes, 1, &logged.ops);
         let whole = bytes.len();
@@ -362,9 +364,9 @@ mod tests {
         let store = Store::open(&config(dir.path())).unwrap();
         let partition = store.partition(0).unwrap();
         let mut batch = WriteBatch::default();
-        batch.put_inbox_entry("alice", "dm_0123");
+        batch.put_inbox_entry("alice", "dm_0123", false);
         wait_published(&store, partition.apply(batch, true));
-        assert_eq!(partition.all_inbox_entries().unwrap(), vec![("alice".to_string(), "dm_0123".to_string())]);
+        assert_eq!(partition.all_inbox_entries().unwrap(), vec![("alice".to_string(), "dm_0123".to_string(), false)]);
         store.close().unwrap();
         drop(partition);
         drop(store);
@@ -431,10 +433,12 @@ mod tests {
             title: "t".repeat(256),
             create_time_ms: i64::MAX,
             members: (0..MAX_GROUP_MEMBERS_BOUND)
-                .map(|n| MemberRecord { user_id: long_id(n), role: 2, joined_after_seq: u64::MAX })
+                .map(|n| MemberRecord { user_id: long_id(n), role: 2, joined_after_seq: u64::MAX, request: 2 })
                 .collect(),
             creator: long_id(0),
             change_time_ms: i64::MAX,
+            blocked_by: vec![long_id(0), long_id(1)],
+            request_sends: u32::MAX,
         });
         let receipt =
             ReceiptEvent { user_id: long_id(9), delivered_seq: u64::MAX, read_seq: u64::MAX, hide_read: true };
@@ -514,14 +518,14 @@ mod tests {
         let stale = {
             let mut bytes = Vec::new();
             let mut old = WriteBatch::default();
-            old.put_settings("alice", &SettingsRecord { hide_read_receipts: false, hide_activity_status: false });
+            old.put_settings("alice", &SettingsRecord { hide_read_receipts: false, hide_activity_status: false, who_may_message: 0 });
             wal::encode_record(&mut bytes, 0, &old.ops);
             bytes
         };
         let store = Store::open(&config(dir.path())).unwrap();
         let partition = store.partition(0).unwrap();
         let mut batch = WriteBatch::default();
-        batch.put_settings("alice", &SettingsRecord { hide_read_receipts: true, hide_activity_status: true });
+        batch.put_settings("alice", &SettingsRecord { hide_read_receipts: true, hide_activity_status: true, who_may_message: 0 });
         wait_published(&store, partition.apply(batch, true));
         store.close().unwrap();
         drop(partition);

@@ -44,6 +44,14 @@ pub struct ConversationRecord {
     pub creator: String,
     #[prost(int64, tag = "7")]
     pub change_time_ms: i64,
+    /// Direct conversations: the members who block the other (a copy of
+    /// their block, kept here so that a send needs no other partition).
+    #[prost(string, repeated, tag = "8")]
+    pub blocked_by: Vec<String>,
+    /// Direct conversations: messages sent while the other member has not
+    /// accepted the request.
+    #[prost(uint32, tag = "9")]
+    pub request_sends: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -55,6 +63,22 @@ pub struct MemberRecord {
     pub role: i32,
     #[prost(uint64, tag = "3")]
     pub joined_after_seq: u64,
+    /// [`RequestState`]: whether the member has accepted the conversation.
+    #[prost(int32, tag = "4")]
+    pub request: i32,
+}
+
+/// Where a member stands on a conversation they were brought into by
+/// someone who is not their contact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+pub enum RequestState {
+    /// Accepted (or never a request).
+    Accepted = 0,
+    /// A message request, in the member's requests folder.
+    Pending = 1,
+    /// Declined: hidden from the member, who hears nothing more of it; the
+    /// other side is not told.
+    Declined = 2,
 }
 
 /// One member's receipt watermarks in one conversation.
@@ -213,6 +237,41 @@ pub struct SettingsRecord {
     pub hide_read_receipts: bool,
     #[prost(bool, tag = "2")]
     pub hide_activity_status: bool,
+    /// `imsg.v1.WhoMayMessage`.
+    #[prost(int32, tag = "3")]
+    pub who_may_message: i32,
+}
+
+/// How a user stands toward one other user (kept on the user's partition).
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct RelationRecord {
+    /// The user blocks the other.
+    #[prost(bool, tag = "1")]
+    pub blocks: bool,
+    /// The other blocks the user.
+    #[prost(bool, tag = "2")]
+    pub blocked_by: bool,
+    /// The user accepted or wrote to the other.
+    #[prost(bool, tag = "3")]
+    pub contact: bool,
+    /// The host application declared the pair related.
+    #[prost(bool, tag = "4")]
+    pub declared: bool,
+}
+
+impl RelationRecord {
+    /// No block either way: presence, typing and read receipts pass.
+    pub fn separated(&self) -> bool {
+        self.blocks || self.blocked_by
+    }
+
+    pub fn is_contact(&self) -> bool {
+        self.contact || self.declared
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Per-partition bookkeeping, rewritten with each batch that changes it.

@@ -43,6 +43,9 @@ fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
 /// every other row and writes its own.
 pub const OWNERSHIP_KEY: &[u8] = b"O";
 
+/// The value of an inbox row whose conversation the user has not accepted.
+const INBOX_REQUEST: &[u8] = b"r";
+
 fn message_key(conversation: &str, seq: u64) -> Vec<u8> {
     key(b'm', &[conversation.as_bytes(), &seq.to_be_bytes()])
 }
@@ -358,17 +361,27 @@ impl PartitionStore {
             .collect()
     }
 
-    /// Every (user, conversation) inbox membership of this partition's users.
-    pub fn all_inbox_entries(&self) -> Result<Vec<(String, String)>> {
+    /// Every (user, conversation, is a request) inbox membership of this
+    /// partition's users.
+    pub fn all_inbox_entries(&self) -> Result<Vec<(String, String, bool)>> {
+        self.pairs(b'i', |v| Ok(v == INBOX_REQUEST))
+    }
+
+    /// Every (user, other user, relation) of this partition's users.
+    pub fn all_relations(&self) -> Result<Vec<(String, String, RelationRecord)>> {
+        self.pairs(b'l', decode)
+    }
+
+    /// The rows `tag` user `/` other, decoded.
+    fn pairs<T>(&self, tag: u8, value: impl Fn(&[u8]) -> Result<T>) -> Result<Vec<(String, String, T)>> {
         self.files
             .tree
-            .scan_prefix(b"i")
+            .scan_prefix([tag])
             .map(|row| {
-                let (k, _) = row?;
+                let (k, v) = row?;
                 let text = text_after(&k, 1)?;
-                let (user, conversation) =
-                    text.split_once('/').ok_or_else(|| Error::Internal("bad inbox key".into()))?;
-                Ok((user.to_owned(), conversation.to_owned()))
+                let (user, other) = text.split_once('/').ok_or_else(|| Error::Internal("bad pair key".into()))?;
+                Ok((user.to_owned(), other.to_owned(), value(&v)?))
             })
             .collect()
     }
@@ -484,8 +497,15 @@ impl WriteBatch {
         self.put(key(b's', &[user.as_bytes()]), record.encode_to_vec());
     }
 
-    pub fn put_inbox_entry(&mut self, user: &str, conversation: &str) {
-        self.put(key(b'i', &[user.as_bytes(), conversation.as_bytes()]), Vec::new());
+    pub fn put_inbox_entry(&mut self, user: &str, conversation: &str, request: bool) {
+        let value = if request { INBOX_REQUEST.to_vec() } else { Vec::new() };
+        self.put(key(b'i', &[user.as_bytes(), conversation.as_bytes()]), value);
+    }
+
+    /// A user's relation to another; an empty one is removed.
+    pub fn put_relation(&mut self, user: &str, other: &str, record: &RelationRecord) {
+        let key = key(b'l', &[user.as_bytes(), other.as_bytes()]);
+        if record.is_empty() { self.remove(key) } else { self.put(key, record.encode_to_vec()) }
     }
 
     pub fn remove_inbox_entry(&mut self, user: &str, conversation: &str) {

@@ -10,7 +10,7 @@ use std::{
 };
 
 use imsg_broker::{
-    ids::{direct_conversation_id, partition_of},
+    ids::partition_of,
     storage::{OWNERSHIP_KEY, OwnershipRecord},
 };
 use imsg_proto::internal::v1::{
@@ -21,7 +21,7 @@ use imsg_proto::internal::v1::{
 use imsg_proto::v1::{Message, SendMessageRequest, TextContent, event, send_message_request};
 use tonic::Code;
 
-use crate::harness::{Client, PARTITIONS, PATIENCE, Process, binary, gateway_args_for};
+use crate::harness::{Client, PARTITIONS, PATIENCE, Process, binary, direct_conversation_id, gateway_args_for};
 
 /// Broker nodes (some maybe not started yet) and gateways.
 struct Cluster {
@@ -195,7 +195,7 @@ async fn a_node_refuses_partitions_it_does_not_own_and_stale_epochs() {
     let (owner, epoch) = owners[&partition];
     let stranger = (owner + 1) % 3;
     let send = |route: Option<Route>| ExecuteRequest {
-        caller: Some(Caller { user_id: alice.clone(), device_id: "phone".into() }),
+        caller: Some(Caller { user_id: alice.clone(), device_id: "phone".into(), ..Default::default() }),
         route,
         command: Some(execute_request::Command::SendMessage(SendMessageRequest {
             conversation_id: conversation.clone(),

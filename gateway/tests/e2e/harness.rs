@@ -34,6 +34,16 @@ use tonic::{
 };
 
 pub const SECRET: &str = "test-secret-0123456789abcdef";
+
+/// The id secret of every broker process the tests start (cluster nodes
+/// must share one).
+pub const ID_SECRET: &str = "test-id-secret-0123456789abcdef";
+
+/// The id of the direct conversation of a pair, as brokers started by the
+/// tests derive it.
+pub fn direct_conversation_id(a: &str, b: &str) -> String {
+    imsg_common::ids::IdKey::new(ID_SECRET.as_bytes()).unwrap().direct_conversation_id(a, b)
+}
 /// How long a test waits for something that should happen promptly.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -386,6 +396,7 @@ pub fn server_command(binary: &Path, args: &[String]) -> Command {
     command
         .args(args)
         .env("IMSG_JWT_SECRET", SECRET)
+        .env("IMSG_ID_SECRET", ID_SECRET)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
