@@ -13,8 +13,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use imsg_broker::{Broker, BrokerConfig};
 use imsg_proto::internal::v1::{Caller, execute_request::Command, execute_response::Result as Outcome};
 use imsg_proto::v1::{
-    CreateConversationRequest, DirectConversationSpec, SendMessageRequest, TextContent, create_conversation_request,
-    send_message_request,
+    AcceptConversationRequest, CreateConversationRequest, DirectConversationSpec, SendMessageRequest, TextContent,
+    create_conversation_request, send_message_request,
 };
 
 fn caller(user: &str) -> Caller {
@@ -36,10 +36,18 @@ async fn conversations(broker: &Broker, pairs: usize) -> Vec<String> {
                 peer_user_id: format!("b{i}"),
             })),
         };
-        match broker.execute(&caller(&format!("a{i}")), None, Command::CreateConversation(request)).await.unwrap() {
-            Outcome::CreateConversation(r) => ids.push(r.conversation.unwrap().conversation_id),
+        let id = match broker
+            .execute(&caller(&format!("a{i}")), None, Command::CreateConversation(request))
+            .await
+            .unwrap()
+        {
+            Outcome::CreateConversation(r) => r.conversation.unwrap().conversation_id,
             _ => unreachable!(),
-        }
+        };
+        // Accepted, as between people who know each other.
+        let accept = AcceptConversationRequest { conversation_id: id.clone() };
+        broker.execute(&caller(&format!("b{i}")), None, Command::AcceptConversation(accept)).await.unwrap();
+        ids.push(id);
     }
     ids
 }

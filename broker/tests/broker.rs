@@ -5,8 +5,8 @@ use std::time::Duration;
 use imsg_broker::{Broker, BrokerConfig, Error, FsyncMode};
 use imsg_proto::internal::v1::{Caller, execute_request::Command, execute_response::Result as Outcome};
 use imsg_proto::v1::{
-    CreateConversationRequest, DirectConversationSpec, MarkRead, SendMessageRequest, TextContent, TypingSignal,
-    create_conversation_request, open_stream_response::Frame, send_message_request,
+    AcceptConversationRequest, CreateConversationRequest, DirectConversationSpec, MarkRead, SendMessageRequest,
+    TextContent, TypingSignal, create_conversation_request, open_stream_response::Frame, send_message_request,
 };
 use tokio_stream::StreamExt;
 
@@ -41,10 +41,14 @@ async fn direct(broker: &Broker, user: &str, peer: &str) -> String {
         request_id: String::new(),
         kind: Some(create_conversation_request::Kind::Direct(DirectConversationSpec { peer_user_id: peer.into() })),
     };
-    match broker.execute(&caller(user), None, Command::CreateConversation(request)).await.unwrap() {
+    let conversation = match broker.execute(&caller(user), None, Command::CreateConversation(request)).await.unwrap() {
         Outcome::CreateConversation(response) => response.conversation.unwrap().conversation_id,
         other => panic!("{other:?}"),
-    }
+    };
+    // The peer knows the user: the request is accepted.
+    let accept = AcceptConversationRequest { conversation_id: conversation.clone() };
+    broker.execute(&caller(peer), None, Command::AcceptConversation(accept)).await.unwrap();
+    conversation
 }
 
 async fn send(broker: &Broker, user: &str, conversation: &str, id: &str) -> u64 {

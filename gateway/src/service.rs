@@ -9,17 +9,17 @@ use std::sync::Arc;
 use imsg_common::{retry::transient, token::Authenticator};
 use imsg_proto::internal::v1::{Caller, execute_request::Command, execute_response::Result as Outcome};
 use imsg_proto::v1::{
-    AcceptConversationRequest, AcceptConversationResponse, BlockUserRequest, BlockUserResponse,
-    DeclareContactsRequest, DeclareContactsResponse, DeclineConversationRequest, DeclineConversationResponse,
-    ListBlockedUsersRequest, ListBlockedUsersResponse, UnblockUserRequest, UnblockUserResponse,
-    AddConversationMembersRequest, AddConversationMembersResponse, CreateConversationRequest,
-    CreateConversationResponse, DeleteMessageForMeRequest, DeleteMessageForMeResponse, DownloadMediaRequest,
+    AcceptConversationRequest, AcceptConversationResponse, AddConversationMembersRequest,
+    AddConversationMembersResponse, BlockUserRequest, BlockUserResponse, CreateConversationRequest,
+    CreateConversationResponse, DeclareContactsRequest, DeclareContactsResponse, DeclineConversationRequest,
+    DeclineConversationResponse, DeleteMessageForMeRequest, DeleteMessageForMeResponse, DownloadMediaRequest,
     EditMessageRequest, EditMessageResponse, ForwardMessageRequest, ForwardMessageResponse, GetConversationRequest,
     GetConversationResponse, GetPresenceRequest, GetPresenceResponse, GetSettingsRequest, GetSettingsResponse,
-    GetUploadRequest, GetUploadResponse, LeaveConversationRequest, LeaveConversationResponse, ListConversationsRequest,
-    ListConversationsResponse, ListMessagesRequest, ListMessagesResponse, OpenStreamRequest, ReactToMessageRequest,
-    ReactToMessageResponse, RemoveConversationMemberRequest, RemoveConversationMemberResponse, SendMessageRequest,
-    SendMessageResponse, UnsendMessageRequest, UnsendMessageResponse, UpdateConversationRequest,
+    GetUploadRequest, GetUploadResponse, LeaveConversationRequest, LeaveConversationResponse, ListBlockedUsersRequest,
+    ListBlockedUsersResponse, ListConversationsRequest, ListConversationsResponse, ListMessagesRequest,
+    ListMessagesResponse, OpenStreamRequest, ReactToMessageRequest, ReactToMessageResponse,
+    RemoveConversationMemberRequest, RemoveConversationMemberResponse, SendMessageRequest, SendMessageResponse,
+    UnblockUserRequest, UnblockUserResponse, UnsendMessageRequest, UnsendMessageResponse, UpdateConversationRequest,
     UpdateConversationResponse, UpdateSettingsRequest, UpdateSettingsResponse, UploadMediaRequest, UploadMediaResponse,
     messaging_service_server::MessagingService,
 };

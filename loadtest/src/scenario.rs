@@ -19,9 +19,10 @@ use std::{
 use anyhow::Context;
 use imsg_common::token::Authenticator;
 use imsg_proto::v1::{
-    CreateConversationRequest, DirectConversationSpec, EditMessageRequest, GroupConversationSpec, ListMessagesRequest,
-    MediaContent, MediaKind, ReactToMessageRequest, SendMessageRequest, TextContent, UnsendMessageRequest,
-    UploadMediaRequest, UploadStart, create_conversation_request, send_message_request, upload_media_request,
+    AcceptConversationRequest, CreateConversationRequest, DirectConversationSpec, EditMessageRequest,
+    GroupConversationSpec, ListMessagesRequest, MediaContent, MediaKind, ReactToMessageRequest, SendMessageRequest,
+    TextContent, UnsendMessageRequest, UploadMediaRequest, UploadStart, create_conversation_request,
+    send_message_request, upload_media_request,
 };
 use tokio::sync::{Semaphore, watch};
 
@@ -554,6 +555,7 @@ async fn create_conversations(users: &[User], options: &RunOptions) -> anyhow::R
     for (i, members) in plans.into_iter().enumerate() {
         let creator = users[members[0]].clone();
         let others: Vec<String> = members[1..].iter().map(|m| users[*m].id.clone()).collect();
+        let invited: Vec<User> = members[1..].iter().map(|m| users[*m].clone()).collect();
         let permit = limit.clone().acquire_owned().await?;
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
@@ -568,6 +570,12 @@ async fn create_conversations(users: &[User], options: &RunOptions) -> anyhow::R
             let request = CreateConversationRequest { request_id: format!("create-{i}"), kind: Some(kind) };
             let response = creator.api(0).create_conversation(request).await?.into_inner();
             let id = response.conversation.context("no conversation")?.conversation_id;
+            // Strangers' conversations arrive as message requests: the
+            // simulated users know each other, so each accepts.
+            for user in invited {
+                let accept = AcceptConversationRequest { conversation_id: id.clone() };
+                user.api(0).accept_conversation(accept).await?;
+            }
             Ok::<_, anyhow::Error>(Conversation { id, members })
         }));
     }

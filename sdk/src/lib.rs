@@ -27,6 +27,8 @@
 //! # Ok(()) }
 //! ```
 
+mod privacy;
+
 use std::{
     collections::HashMap,
     sync::{

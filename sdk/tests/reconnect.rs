@@ -93,6 +93,7 @@ async fn a_dropped_connection_is_resumed_with_no_gap_and_no_duplicate() {
     let alice = client(server.addr, "alice").await;
     let mut bob = client(proxy.addr, "bob").await;
     let conversation = alice.direct_with("bob").await.unwrap();
+    bob.accept(&conversation).await.unwrap();
 
     let total = 200u64;
     let sender = tokio::spawn(async move {
@@ -188,6 +189,7 @@ async fn a_server_restart_mid_conversation_is_resumed_with_no_gap_and_no_duplica
     let alice = client(addr, "alice").await;
     let mut bob = client(addr, "bob").await;
     let conversation = alice.direct_with("bob").await.unwrap();
+    bob.accept(&conversation).await.unwrap();
     for n in 1..=30 {
         alice.send_text(&conversation, &format!("before {n}")).await.unwrap();
     }

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use imsg_proto::internal::v1::{
     Accepted, ApplyUpdatesCall, CreateConversationCall, HideReadChangedCall, LoggedUpdate, MessagesCall,
     MessagesResult, PairBlockCall, PresenceFanoutCall, PresenceQueryCall, PresenceQueryResult, PushEphemeralCall,
-    RelationChange, RelationsCall, SendForwardedCall, SnapshotsCall, SnapshotsResult, SummariesCall,
-    SummariesResult, UserContextCall, UserContextResult, call_partition_request::Call,
-    call_partition_response::Result as Answer, push_ephemeral_call,
+    RelationChange, RelationsCall, SendForwardedCall, SnapshotsCall, SnapshotsResult, SummariesCall, SummariesResult,
+    UserContextCall, UserContextResult, call_partition_request::Call, call_partition_response::Result as Answer,
+    push_ephemeral_call,
 };
 use imsg_proto::v1::{
     CreateConversationRequest, DirectConversationSpec, GroupConversationSpec, Message, TypingUpdate,

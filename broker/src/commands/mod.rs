@@ -14,16 +14,16 @@
 //! `ClientCommand` impl and handler, its rule in `crate::core`, and its
 //! partition step (`crate::partition`). See docs/ARCHITECTURE.md.
 
-use imsg_proto::internal::v1::{Caller, MessageMediaRequest, execute_request, execute_response};
 use imsg_common::token::ROLE_SERVICE;
+use imsg_proto::internal::v1::{Caller, MessageMediaRequest, execute_request, execute_response};
 use imsg_proto::v1::{
     AcceptConversationRequest, AddConversationMembersRequest, BlockUserRequest, CreateConversationRequest,
     DeclareContactsRequest, DeclineConversationRequest, DeleteMessageForMeRequest, EditMessageRequest,
     ForwardMessageRequest, GetConversationRequest, GetPresenceRequest, GetSettingsRequest, LeaveConversationRequest,
     ListBlockedUsersRequest, ListConversationsRequest, ListMessagesRequest, MarkDelivered, MarkRead,
     ReactToMessageRequest, RemoveConversationMemberRequest, SendMessageRequest, TypingSignal, UnblockUserRequest,
-    UnsendMessageRequest, UpdateConversationRequest, UpdateSettingsRequest, WhoMayMessage,
-    create_conversation_request, send_message_request,
+    UnsendMessageRequest, UpdateConversationRequest, UpdateSettingsRequest, WhoMayMessage, create_conversation_request,
+    send_message_request,
 };
 
 use crate::{

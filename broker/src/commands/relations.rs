@@ -110,7 +110,9 @@ impl Broker {
     /// recipients who receive it as a message request.
     pub(super) async fn admit(&self, sender: &str, recipients: &[String]) -> Result<Vec<String>> {
         let stances = try_join_all(
-            recipients.iter().map(|recipient| self.relate(recipient, vec![sender.to_owned()], RelationChange::Unspecified)),
+            recipients
+                .iter()
+                .map(|recipient| self.relate(recipient, vec![sender.to_owned()], RelationChange::Unspecified)),
         )
         .await?;
         let mut requests = Vec::new();

@@ -35,7 +35,10 @@ pub enum NewConversation {
 pub enum MembershipChange {
     /// Adds users; those in `requests` join as message requests (the
     /// caller is not their contact).
-    Add { user_ids: Vec<String>, requests: Vec<String> },
+    Add {
+        user_ids: Vec<String>,
+        requests: Vec<String>,
+    },
     /// Removes a member; when the caller removes themself, they leave.
     Remove(String),
     Title(String),

@@ -178,7 +178,8 @@ mod tests {
         SettingsRecord { who_may_message: who as i32, ..SettingsRecord::default() }
     }
 
-    const STRANGER: RelationRecord = RelationRecord { blocks: false, blocked_by: false, contact: false, declared: false };
+    const STRANGER: RelationRecord =
+        RelationRecord { blocks: false, blocked_by: false, contact: false, declared: false };
     const CONTACT: RelationRecord = RelationRecord { contact: true, ..STRANGER };
     const DECLARED: RelationRecord = RelationRecord { declared: true, ..STRANGER };
     const BLOCKED: RelationRecord = RelationRecord { blocks: true, contact: true, ..STRANGER };

@@ -129,7 +129,9 @@ mod tests {
         let alice = Caller { user_id: "alice".into(), device_id: "phone".into(), ..Default::default() };
         let bob = Caller { user_id: "bob".into(), device_id: "phone".into(), ..Default::default() };
         let id = crate::ids::IdKey::new(b"test-id-secret-0123").unwrap().direct_conversation_id("alice", "bob");
-        partition.create_conversation(&alice, &id, NewConversation::Direct { peer_user_id: "bob".into() }, &[]).unwrap();
+        partition
+            .create_conversation(&alice, &id, NewConversation::Direct { peer_user_id: "bob".into() }, &[])
+            .unwrap();
         let rows = |partition: &mut Partition| {
             let batch = std::mem::take(&mut partition.batch);
             batch
@@ -183,7 +185,9 @@ mod tests {
         let (_dir, store, mut partition) = super::super::testing::loaded_partition(1);
         let alice = Caller { user_id: "alice".into(), device_id: "phone".into(), ..Default::default() };
         let id = crate::ids::IdKey::new(b"test-id-secret-0123").unwrap().direct_conversation_id("alice", "bob");
-        partition.create_conversation(&alice, &id, NewConversation::Direct { peer_user_id: "bob".into() }, &[]).unwrap();
+        partition
+            .create_conversation(&alice, &id, NewConversation::Direct { peer_user_id: "bob".into() }, &[])
+            .unwrap();
         partition.send(&alice, &id, new_text("a1", "secret")).unwrap();
         partition.act_on_message(&alice, &id, 1, MessageAction::Unsend).unwrap();
         let error = partition.act_on_message(&alice, &id, 1, MessageAction::Edit { text: "back".into() }).unwrap_err();

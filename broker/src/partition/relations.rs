@@ -18,7 +18,12 @@ impl Partition {
     /// Applies `change` to `user`'s relation with each of `others`, and
     /// answers the user's settings with those relations (every relation of
     /// the user when `others` is empty).
-    pub(super) fn relations(&mut self, user: &str, others: &[String], change: RelationChange) -> Result<RelationsResult> {
+    pub(super) fn relations(
+        &mut self,
+        user: &str,
+        others: &[String],
+        change: RelationChange,
+    ) -> Result<RelationsResult> {
         let state = self.users.map.entry(user.to_owned()).or_default();
         for other in others {
             let record = state.relations.entry(other.clone()).or_default();

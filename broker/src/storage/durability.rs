@@ -379,7 +379,10 @@ mod tests {
 
     fn settings(user: &str, hide: bool) -> WriteBatch {
         let mut batch = WriteBatch::default();
-        batch.put_settings(user, &SettingsRecord { hide_read_receipts: hide, hide_activity_status: hide, who_may_message: 0 });
+        batch.put_settings(
+            user,
+            &SettingsRecord { hide_read_receipts: hide, hide_activity_status: hide, who_may_message: 0 },
+        );
         batch
     }
 

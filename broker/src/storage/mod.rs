@@ -336,9 +336,15 @@ mod tests {
     fn recovery_replays_the_wal_up_to_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let mut logged = WriteBatch::default();
-        logged.put_settings("alice", &SettingsRecord { hide_read_receipts: true, hide_activity_status: false, who_may_message: 0 });
+        logged.put_settings(
+            "alice",
+            &SettingsRecord { hide_read_receipts: true, hide_activity_status: false, who_may_message: 0 },
+        );
         let mut torn = WriteBatch::default();
-        torn.put_settings("bob", &SettingsRecord { hide_read_receipts: true, hide_activity_status: true, who_may_message: 0 });
+        torn.put_settings(
+            "bob",
+            &SettingsRecord { hide_read_receipts: true, hide_activity_status: true, who_may_message: 0 },
+        );
         let mut bytes = Vec::new();
         wal::encode_record(&mut bytes, 1, &logged.ops);
         let whole = bytes.len();
@@ -518,14 +524,20 @@ mod tests {
         let stale = {
             let mut bytes = Vec::new();
             let mut old = WriteBatch::default();
-            old.put_settings("alice", &SettingsRecord { hide_read_receipts: false, hide_activity_status: false, who_may_message: 0 });
+            old.put_settings(
+                "alice",
+                &SettingsRecord { hide_read_receipts: false, hide_activity_status: false, who_may_message: 0 },
+            );
             wal::encode_record(&mut bytes, 0, &old.ops);
             bytes
         };
         let store = Store::open(&config(dir.path())).unwrap();
         let partition = store.partition(0).unwrap();
         let mut batch = WriteBatch::default();
-        batch.put_settings("alice", &SettingsRecord { hide_read_receipts: true, hide_activity_status: true, who_may_message: 0 });
+        batch.put_settings(
+            "alice",
+            &SettingsRecord { hide_read_receipts: true, hide_activity_status: true, who_may_message: 0 },
+        );
         wait_published(&store, partition.apply(batch, true));
         store.close().unwrap();
         drop(partition);

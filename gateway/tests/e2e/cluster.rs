@@ -24,7 +24,7 @@ use tonic::Code;
 use crate::harness::{Client, PARTITIONS, PATIENCE, Process, binary, direct_conversation_id, gateway_args_for};
 
 /// Broker nodes (some maybe not started yet) and gateways.
-struct Cluster {
+pub(crate) struct Cluster {
     urls: Vec<String>,
     initial: usize,
     nodes: Vec<Option<Process>>,
@@ -35,7 +35,7 @@ struct Cluster {
 impl Cluster {
     /// A layout of `layout` nodes of which the first `initial` start now
     /// and split the partitions; `gateways` gateways in front.
-    async fn start(layout: usize, initial: usize, gateways: usize) -> Self {
+    pub(crate) async fn start(layout: usize, initial: usize, gateways: usize) -> Self {
         Self::start_with_gateway_args(layout, initial, gateways, &[]).await
     }
 
@@ -90,7 +90,7 @@ impl Cluster {
         self.data.path().join(format!("node-{index}"))
     }
 
-    fn gateway(&self, index: usize) -> SocketAddr {
+    pub(crate) fn gateway(&self, index: usize) -> SocketAddr {
         self.gateways[index].addr
     }
 
@@ -128,7 +128,7 @@ impl Cluster {
 }
 
 /// A user id whose partition is on `node` (of three, round robin).
-fn user_on(node: u32, name: &str) -> String {
+pub(crate) fn user_on(node: u32, name: &str) -> String {
     (0..).map(|i| format!("{name}{i}")).find(|u| partition_of(u, PARTITIONS) % 3 == node).unwrap()
 }
 

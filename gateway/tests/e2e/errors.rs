@@ -18,22 +18,40 @@ fn text(conversation: &str, client_id: &str, body: &str) -> SendMessageRequest {
     }
 }
 
+/// The existence test: an outsider's every probe of a conversation that
+/// exists is answered exactly as the same probe of one that does not (the
+/// id named in the message is the caller's own input).
 #[tokio::test]
-async fn non_members_get_permission_denied_and_learn_nothing() {
+async fn an_outsider_cannot_tell_an_existing_conversation_from_a_missing_one() {
     let server = TestServer::start().await;
     let alice = server.client("alice", "phone").await;
     let carol = server.client("carol", "phone").await;
     let conversation = alice.direct_with("bob").await;
     alice.send(&conversation, "private").await;
-    let send = carol.try_send(&conversation, "c1", "let me in").await.unwrap_err();
-    assert_eq!(send.code(), Code::PermissionDenied);
-    let read = carol
-        .api
-        .clone()
-        .list_messages(ListMessagesRequest { conversation_id: conversation.clone(), ..Default::default() })
-        .await
-        .unwrap_err();
-    assert_eq!(read.code(), Code::PermissionDenied);
+    // Same length and prefix as a real id, never created.
+    let missing = format!("dm_{}", "0".repeat(conversation.len() - 3));
+    let answers = |id: &str| {
+        let (carol, id) = (carol.clone(), id.to_owned());
+        async move {
+            let send = carol.try_send(&id, "c1", "let me in").await.unwrap_err();
+            let read = carol
+                .api
+                .clone()
+                .list_messages(ListMessagesRequest { conversation_id: id.clone(), ..Default::default() })
+                .await
+                .unwrap_err();
+            let get = carol
+                .api
+                .clone()
+                .get_conversation(imsg_proto::v1::GetConversationRequest { conversation_id: id.clone() })
+                .await
+                .unwrap_err();
+            [send, read, get].map(|status| (status.code(), status.message().replace(&id, "<id>")))
+        }
+    };
+    let (existing, absent) = (answers(&conversation).await, answers(&missing).await);
+    assert_eq!(existing, absent);
+    assert!(existing.iter().all(|(code, _)| *code == Code::NotFound), "{existing:?}");
     let mut stream = carol.open(0).await;
     stream.ready().await;
     stream
@@ -41,7 +59,7 @@ async fn non_members_get_permission_denied_and_learn_nothing() {
         .await;
     match stream.frame().await {
         Some(imsg_proto::v1::open_stream_response::Frame::Error(e)) => {
-            assert_eq!(e.code, Code::PermissionDenied as i32)
+            assert_eq!(e.code, Code::NotFound as i32)
         }
         other => panic!("expected a permission error, got {other:?}"),
     }
@@ -217,6 +235,6 @@ async fn transient_errors_carry_retry_info_and_clients_retry_only_those() {
     let started = std::time::Instant::now();
     let refused = outsider.send_text(&conversation, "let me in").await.unwrap_err();
     assert!(started.elapsed() < std::time::Duration::from_millis(500), "retried a permanent refusal");
-    assert!(format!("{refused:?}").contains("PermissionDenied"), "{refused:?}");
+    assert!(format!("{refused:?}").contains("NotFound"), "{refused:?}");
     gateway.shutdown().await.unwrap();
 }

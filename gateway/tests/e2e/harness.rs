@@ -16,10 +16,10 @@ use imsg_common::retry::retry_after;
 use imsg_common::token::Authenticator;
 use imsg_gateway::{BrokerTarget, GatewayConfig, RunningGateway};
 use imsg_proto::v1::{
-    CreateConversationRequest, DirectConversationSpec, Event, GroupConversationSpec, Hello, ListMessagesRequest,
-    Message, OpenStreamRequest, OpenStreamResponse, SendMessageRequest, SendMessageResponse, TextContent,
-    create_conversation_request, event, messaging_service_client::MessagingServiceClient, open_stream_request,
-    open_stream_response, send_message_request,
+    AcceptConversationRequest, CreateConversationRequest, DirectConversationSpec, Event, GroupConversationSpec, Hello,
+    ListMessagesRequest, Message, OpenStreamRequest, OpenStreamResponse, SendMessageRequest, SendMessageResponse,
+    TextContent, create_conversation_request, event, messaging_service_client::MessagingServiceClient,
+    open_stream_request, open_stream_response, send_message_request,
 };
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -122,27 +122,54 @@ pub struct Client {
     pub user: String,
     pub device: String,
     pub api: Api,
+    channel: Channel,
 }
 
 impl Client {
     pub async fn connect(addr: SocketAddr, user: &str, device: &str) -> Self {
-        let token = tokens().issue(user, device, 3600).unwrap();
         let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        Self::on_channel(channel, user, device, &[])
+    }
+
+    fn on_channel(channel: Channel, user: &str, device: &str, roles: &[&str]) -> Self {
+        let token = tokens().issue_with_roles(user, device, 3600, roles).unwrap();
         let bearer = Bearer(format!("Bearer {token}").parse().unwrap());
         Self {
             user: user.into(),
             device: device.into(),
-            api: MessagingServiceClient::with_interceptor(channel, bearer),
+            api: MessagingServiceClient::with_interceptor(channel.clone(), bearer),
+            channel,
         }
     }
 
-    pub async fn direct_with(&self, peer: &str) -> String {
+    /// Another user (or this one with roles) on the same connection.
+    pub fn as_user(&self, user: &str, roles: &[&str]) -> Self {
+        Self::on_channel(self.channel.clone(), user, "other", roles)
+    }
+
+    /// `user` accepts `conversation` (a message request to them).
+    pub async fn accept_as(&self, user: &str, conversation: &str) {
+        let request = AcceptConversationRequest { conversation_id: conversation.into() };
+        self.as_user(user, &[]).api.accept_conversation(request).await.unwrap();
+    }
+
+    /// A direct conversation as a stranger opens it: a message request to
+    /// `peer`, not accepted.
+    pub async fn request_to(&self, peer: &str) -> String {
         let request = CreateConversationRequest {
             request_id: String::new(),
             kind: Some(create_conversation_request::Kind::Direct(DirectConversationSpec { peer_user_id: peer.into() })),
         };
         let response = self.api.clone().create_conversation(request).await.unwrap().into_inner();
         response.conversation.unwrap().conversation_id
+    }
+
+    /// The direct conversation with `peer`, accepted by them (as between
+    /// people who know each other).
+    pub async fn direct_with(&self, peer: &str) -> String {
+        let conversation = self.request_to(peer).await;
+        self.accept_as(peer, &conversation).await;
+        conversation
     }
 
     pub async fn group(&self, title: &str, members: &[&str]) -> String {
@@ -154,7 +181,14 @@ impl Client {
             })),
         };
         let response = self.api.clone().create_conversation(request).await.unwrap().into_inner();
-        response.conversation.unwrap().conversation_id
+        let conversation = response.conversation.unwrap().conversation_id;
+        // The members know the creator: each accepts.
+        for member in members {
+            if *member != self.user {
+                self.accept_as(member, &conversation).await;
+            }
+        }
+        conversation
     }
 
     pub async fn try_send(

@@ -11,6 +11,7 @@ mod messaging;
 mod ops;
 mod powercut;
 mod presence;
+mod privacy;
 mod receipts;
 mod resume;
 mod rich;

@@ -237,7 +237,7 @@ async fn only_members_download_and_nobody_else_learns_whether_a_medium_exists() 
     let text_only = alice.send(&conversation, "no media here").await;
     let existing = download(&mallory, &conversation, with_media, false, (0, 0)).await.unwrap_err();
     let missing = download(&mallory, &conversation, 999, false, (0, 0)).await.unwrap_err();
-    assert_eq!(existing.code(), Code::PermissionDenied);
+    assert_eq!(existing.code(), Code::NotFound);
     assert_eq!((existing.code(), existing.message()), (missing.code(), missing.message()));
     // A member asking for a message without a medium, or one that does not exist.
     assert_eq!(download(&alice, &conversation, text_only, false, (0, 0)).await.unwrap_err().code(), Code::NotFound);

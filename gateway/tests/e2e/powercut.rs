@@ -274,6 +274,11 @@ impl Rig {
                     };
                     let created = clients[0].api.clone().create_conversation(request).await.unwrap().into_inner();
                     let id = created.conversation.unwrap().conversation_id;
+                    // The senders know the creator; the others' invitations
+                    // stay message requests.
+                    for sender in &SENDERS[1..] {
+                        clients[0].accept_as(sender, &id).await;
+                    }
                     self.ledger.lock().unwrap().groups.push(id.clone());
                     self.group_count += 1;
                 }

@@ -71,7 +71,11 @@ async fn hidden_activity_status_is_reciprocal() {
     alice
         .api
         .clone()
-        .update_settings(UpdateSettingsRequest { hide_read_receipts: None, hide_activity_status: Some(true), who_may_message: None })
+        .update_settings(UpdateSettingsRequest {
+            hide_read_receipts: None,
+            hide_activity_status: Some(true),
+            who_may_message: None,
+        })
         .await
         .unwrap();
     let mut alice_phone = alice.open(0).await;

@@ -94,7 +94,11 @@ async fn hidden_read_receipts_are_reciprocal() {
     alice
         .api
         .clone()
-        .update_settings(UpdateSettingsRequest { hide_read_receipts: Some(true), hide_activity_status: None, who_may_message: None })
+        .update_settings(UpdateSettingsRequest {
+            hide_read_receipts: Some(true),
+            hide_activity_status: None,
+            who_may_message: None,
+        })
         .await
         .unwrap();
     let mut bob_phone = bob.open(0).await;

@@ -126,7 +126,7 @@ async fn reactions_are_refused_precisely_and_change_nothing() {
     assert_eq!(invalid.code(), Code::InvalidArgument);
     assert!(invalid.message().contains("emoji"), "{invalid:?}");
     assert_eq!(react(&alice, &conversation, 99, "👍").await.unwrap_err().code(), Code::NotFound);
-    assert_eq!(react(&mallory, &conversation, seq, "👍").await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(react(&mallory, &conversation, seq, "👍").await.unwrap_err().code(), Code::NotFound);
     assert!(alice.history(&conversation).await[0].reactions.is_empty());
 }
 
@@ -327,14 +327,14 @@ async fn forward_sends_a_marked_copy_to_each_target_and_refuses_what_the_caller_
         to_conversation_ids: vec![with_carol.clone()],
         client_message_id: "fwd-2".into(),
     };
-    assert_eq!(carol.api.clone().forward_message(stranger).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(carol.api.clone().forward_message(stranger).await.unwrap_err().code(), Code::NotFound);
     let into_foreign = ForwardMessageRequest {
         conversation_id: with_carol.clone(),
         seq: 1,
         to_conversation_ids: vec![with_bob.clone()],
         client_message_id: "fwd-3".into(),
     };
-    assert_eq!(carol.api.clone().forward_message(into_foreign).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(carol.api.clone().forward_message(into_foreign).await.unwrap_err().code(), Code::NotFound);
     let too_many = ForwardMessageRequest {
         conversation_id: with_bob.clone(),
         seq,

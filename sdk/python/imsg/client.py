@@ -154,6 +154,36 @@ class Client:
         )
         return await self._retrying(self._stub.SendMessage, request)
 
+    # ---- message requests, blocking, who may message me ----
+
+    async def accept(self, conversation: str) -> pb.Conversation:
+        """Accepts a message request: the conversation moves to the inbox."""
+        request = pb.AcceptConversationRequest(conversation_id=conversation)
+        return (await self._retrying(self._stub.AcceptConversation, request)).conversation
+
+    async def decline(self, conversation: str) -> None:
+        """Declines a message request (the sender is not told)."""
+        request = pb.DeclineConversationRequest(conversation_id=conversation)
+        await self._retrying(self._stub.DeclineConversation, request)
+
+    async def requests(self) -> pb.ListConversationsResponse:
+        """The message requests waiting for this user (first page)."""
+        request = pb.ListConversationsRequest(folder=pb.FOLDER_REQUESTS)
+        return await self._retrying(self._stub.ListConversations, request)
+
+    async def block(self, user: str) -> None:
+        await self._retrying(self._stub.BlockUser, pb.BlockUserRequest(user_id=user))
+
+    async def unblock(self, user: str) -> None:
+        await self._retrying(self._stub.UnblockUser, pb.UnblockUserRequest(user_id=user))
+
+    async def blocked_users(self) -> list[str]:
+        return list((await self._retrying(self._stub.ListBlockedUsers, pb.ListBlockedUsersRequest())).user_ids)
+
+    async def set_who_may_message(self, who: int) -> None:
+        """`pb.WHO_MAY_MESSAGE_EVERYONE`, `_CONTACTS` or `_NOBODY_NEW`."""
+        await self._retrying(self._stub.UpdateSettings, pb.UpdateSettingsRequest(who_may_message=who))
+
     async def react(self, conversation: str, seq: int, emoji: str) -> None:
         """Sets this user's reaction (replacing theirs); "" removes it."""
         request = pb.ReactToMessageRequest(conversation_id=conversation, seq=seq, emoji=emoji)

@@ -85,6 +85,7 @@ def test_a_cut_connection_resumes_with_no_gap_and_no_duplicate(server):
         bob = await Client(proxied, token("bob"), backoff_first=0.02, backoff_most=0.2).start()
         try:
             conversation = await alice.direct_with("bob")
+            await bob.accept(conversation)
             await wait_for(bob, "connected")
             total = 150
 
@@ -130,6 +131,9 @@ def test_transient_refusals_are_retried_as_told_and_permanent_ones_are_not(rate_
         alice = await Client(rate_limited_server, token("alice")).start()
         mallory = await Client(rate_limited_server, token("mallory")).start()
         conversation = await alice.direct_with("bob")
+        bob = await Client(rate_limited_server, token("bob")).start()
+        await bob.accept(conversation)
+        await bob.close()
         started = time.monotonic()
         for n in range(15):
             ack = await alice.send_text(conversation, f"message {n}")
@@ -156,6 +160,7 @@ def test_react_reply_edit_unsend_delete_for_me_and_forward(server):
         try:
             with_bob = await alice.direct_with("bob")
             with_carol = await alice.direct_with("carol")
+            await bob.accept(with_bob)
             await wait_for(bob, "connected")
             first = await alice.send_text(with_bob, "lunch?")
             await wait_for(bob, "message")
