@@ -59,6 +59,8 @@ struct Inner {
     config: BrokerConfig,
     /// Derives conversation ids (see `imsg_common::ids`).
     id_key: IdKey,
+    /// Sends push notifications (`None`: no webhook configured).
+    push: Option<crate::push::Outlet>,
     store: Arc<Store>,
     router: Router,
     /// The task of every partition this node runs.
@@ -86,9 +88,11 @@ impl Broker {
             Some(Peers::new(&cluster.nodes, Some(cluster.node_index), config.partitions)?)
         };
         let router = Router::new(config.partitions, peers.clone(), stop.clone());
+        let push = config.push.clone().map(|push| crate::push::Outlet::start(push, router.clone(), stop.clone()));
         let inner = Arc::new(Inner {
             config,
             id_key,
+            push,
             store,
             router,
             partitions: std::sync::Mutex::new(HashMap::new()),
@@ -163,6 +167,7 @@ impl Broker {
             self.inner.store.partition(partition)?,
             self.inner.store.durability().clone(),
             self.inner.router.clone(),
+            self.inner.push.clone(),
         )?;
         let handle = tokio::spawn(task.run(Mailbox { commands, internal }));
         self.inner.partitions.lock().unwrap_or_else(|e| e.into_inner()).insert(partition, handle);
@@ -440,6 +445,7 @@ impl Broker {
         let fields = SessionFields {
             session_id: self.inner.next_session.fetch_add(1, Ordering::Relaxed),
             user_id: caller.user_id.clone(),
+            device_id: caller.device_id.clone(),
             gateway_id: gateway_id.to_owned(),
         };
         Ok(SessionStream::open(self.inner.router.clone(), fields, cursor, self.inner.config.limits.session_queue))

@@ -70,6 +70,13 @@ pub struct BrokerArgs {
     /// A file holding the id secret (for Kubernetes secrets).
     #[arg(long, env = "IMSG_ID_SECRET_FILE", conflicts_with = "id_secret")]
     pub id_secret_file: Option<PathBuf>,
+    /// Where push notifications are posted (the operator's push gateway in
+    /// front of APNs/FCM). Unset: no push notifications.
+    #[arg(long, env = "IMSG_PUSH_WEBHOOK_URL", requires = "push_webhook_secret")]
+    pub push_webhook_url: Option<String>,
+    /// The key each webhook request is signed with (HMAC-SHA256).
+    #[arg(long, env = "IMSG_PUSH_WEBHOOK_SECRET", hide_env_values = true)]
+    pub push_webhook_secret: Option<String>,
 }
 
 impl BrokerArgs {
@@ -106,6 +113,10 @@ impl BrokerArgs {
             },
             cluster: crate::cluster::ClusterConfig::standalone(),
             id_secret,
+            push: self.push_webhook_url.clone().map(|webhook_url| crate::push::PushConfig {
+                webhook_url,
+                webhook_secret: self.push_webhook_secret.clone().unwrap_or_default(),
+            }),
         };
         config.validate()?;
         Ok(config)

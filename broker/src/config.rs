@@ -143,6 +143,8 @@ pub struct BrokerConfig {
     /// the same on every node. Unset: a standalone node creates one in its
     /// data directory (`id.secret`) on first start.
     pub id_secret: Option<String>,
+    /// Where push notifications go (none without).
+    pub push: Option<crate::push::PushConfig>,
 }
 
 impl BrokerConfig {
@@ -158,6 +160,7 @@ impl BrokerConfig {
             limits: Limits::default(),
             cluster: crate::layout::ClusterConfig::standalone(),
             id_secret: None,
+            push: None,
         }
     }
 
@@ -165,6 +168,12 @@ impl BrokerConfig {
     /// of surfacing later as odd behaviour.
     pub fn validate(&self) -> Result<(), String> {
         let l = &self.limits;
+        if let Some(push) = &self.push {
+            url::Url::parse(&push.webhook_url).map_err(|e| format!("push webhook url: {e}"))?;
+            if push.webhook_secret.len() < 16 {
+                return Err("the push webhook secret must be at least 16 bytes".into());
+            }
+        }
         if self.partitions == 0 || self.partitions > 4096 {
             return Err(format!("partitions must be 1..=4096, got {}", self.partitions));
         }

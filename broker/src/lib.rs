@@ -16,6 +16,7 @@ pub mod grpc;
 pub mod layout;
 pub mod mailbox;
 pub mod partition;
+pub mod push;
 pub mod router;
 pub mod session;
 pub mod storage;

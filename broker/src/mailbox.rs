@@ -29,6 +29,8 @@ pub struct UserContext {
     pub conversation_ids: Arc<[String]>,
     /// Users the user blocks or is blocked by.
     pub separated: Vec<String>,
+    /// Conversations the user muted, and until when.
+    pub muted: Vec<(String, i64)>,
 }
 
 impl UserContext {
@@ -47,6 +49,8 @@ impl UserContext {
 pub struct SessionHandle {
     pub id: u64,
     pub user_id: String,
+    /// The device: one with a live session gets no push notification.
+    pub device_id: String,
     pub gateway_id: String,
     /// Boxed: a queue allocates slots 32 at a time, and an idle session
     /// should hold 32 pointers, not 32 frames.
@@ -70,6 +74,15 @@ pub enum MessageAction {
     DeleteForMe,
     /// Read its content to forward it (nothing changes).
     ReadForForward,
+}
+
+/// A change to a user's notification setup.
+#[derive(Debug, Clone)]
+pub enum NotificationChange {
+    /// A device's push target (`None`: unregistered).
+    Target { device_id: String, target: Option<crate::storage::PushTargetRecord> },
+    /// The user's settings for one conversation.
+    Conversation { conversation_id: String, record: crate::storage::NotifyRecord },
 }
 
 /// What a [`MessageAction`] answers.
@@ -218,6 +231,16 @@ pub enum Command {
         request: UpdateSettingsRequest,
         reply: Reply<Settings>,
     },
+    /// A user's push targets and per-conversation notification settings.
+    Notifications {
+        user_id: String,
+        change: NotificationChange,
+        reply: Reply<()>,
+    },
+    /// The webhook took these push notifications: remove them.
+    PushDelivered {
+        numbers: Vec<u64>,
+    },
     /// How a user stands toward others, after `change` (answered once
     /// durable).
     Relations {
@@ -256,6 +279,7 @@ impl Command {
                 | Self::Respond { .. }
                 | Self::PairBlock { .. }
                 | Self::Relations { .. }
+                | Self::Notifications { .. }
                 | Self::ChangeMembership { .. }
                 | Self::Send { .. }
                 | Self::ActOnMessage { .. }

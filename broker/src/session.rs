@@ -48,6 +48,7 @@ impl SessionStream {
         let handle = SessionHandle {
             id: handle_fields.session_id,
             user_id: handle_fields.user_id.clone(),
+            device_id: handle_fields.device_id,
             gateway_id: handle_fields.gateway_id,
             frames: frames_tx,
             close_reason: close_reason.clone(),
@@ -69,6 +70,7 @@ impl SessionStream {
 pub(crate) struct SessionFields {
     pub session_id: u64,
     pub user_id: String,
+    pub device_id: String,
     pub gateway_id: String,
 }
 

@@ -17,11 +17,12 @@ use imsg_proto::v1::{
     GetConversationResponse, GetPresenceRequest, GetPresenceResponse, GetSettingsRequest, GetSettingsResponse,
     GetUploadRequest, GetUploadResponse, LeaveConversationRequest, LeaveConversationResponse, ListBlockedUsersRequest,
     ListBlockedUsersResponse, ListConversationsRequest, ListConversationsResponse, ListMessagesRequest,
-    ListMessagesResponse, OpenStreamRequest, ReactToMessageRequest, ReactToMessageResponse,
-    RemoveConversationMemberRequest, RemoveConversationMemberResponse, SendMessageRequest, SendMessageResponse,
-    UnblockUserRequest, UnblockUserResponse, UnsendMessageRequest, UnsendMessageResponse, UpdateConversationRequest,
-    UpdateConversationResponse, UpdateSettingsRequest, UpdateSettingsResponse, UploadMediaRequest, UploadMediaResponse,
-    messaging_service_server::MessagingService,
+    ListMessagesResponse, OpenStreamRequest, ReactToMessageRequest, ReactToMessageResponse, RegisterPushTargetRequest,
+    RegisterPushTargetResponse, RemoveConversationMemberRequest, RemoveConversationMemberResponse, SendMessageRequest,
+    SendMessageResponse, SetConversationNotificationsRequest, SetConversationNotificationsResponse, UnblockUserRequest,
+    UnblockUserResponse, UnregisterPushTargetRequest, UnregisterPushTargetResponse, UnsendMessageRequest,
+    UnsendMessageResponse, UpdateConversationRequest, UpdateConversationResponse, UpdateSettingsRequest,
+    UpdateSettingsResponse, UploadMediaRequest, UploadMediaResponse, messaging_service_server::MessagingService,
 };
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -135,7 +136,10 @@ messaging_service! {
     (list_blocked_users, ListBlockedUsersRequest, ListBlockedUsersResponse, ListBlockedUsers),
     (accept_conversation, AcceptConversationRequest, AcceptConversationResponse, AcceptConversation),
     (decline_conversation, DeclineConversationRequest, DeclineConversationResponse, DeclineConversation),
-    (declare_contacts, DeclareContactsRequest, DeclareContactsResponse, DeclareContacts);
+    (declare_contacts, DeclareContactsRequest, DeclareContactsResponse, DeclareContacts),
+    (register_push_target, RegisterPushTargetRequest, RegisterPushTargetResponse, RegisterPushTarget),
+    (unregister_push_target, UnregisterPushTargetRequest, UnregisterPushTargetResponse, UnregisterPushTarget),
+    (set_conversation_notifications, SetConversationNotificationsRequest, SetConversationNotificationsResponse, SetConversationNotifications);
 
     type OpenStreamStream = DeviceStream;
     type DownloadMediaStream = crate::media::Download;

@@ -16,10 +16,10 @@ use std::sync::Arc;
 
 use imsg_proto::internal::v1::{
     Accepted, ApplyUpdatesCall, CreateConversationCall, HideReadChangedCall, LoggedUpdate, MessagesCall,
-    MessagesResult, PairBlockCall, PresenceFanoutCall, PresenceQueryCall, PresenceQueryResult, PushEphemeralCall,
-    RelationChange, RelationsCall, SendForwardedCall, SnapshotsCall, SnapshotsResult, SummariesCall, SummariesResult,
-    UserContextCall, UserContextResult, call_partition_request::Call, call_partition_response::Result as Answer,
-    push_ephemeral_call,
+    MessagesResult, MutedConversation, PairBlockCall, PresenceFanoutCall, PresenceQueryCall, PresenceQueryResult,
+    PushEphemeralCall, RelationChange, RelationsCall, SendForwardedCall, SnapshotsCall, SnapshotsResult, SummariesCall,
+    SummariesResult, UserContextCall, UserContextResult, call_partition_request::Call,
+    call_partition_response::Result as Answer, push_ephemeral_call,
 };
 use imsg_proto::v1::{
     CreateConversationRequest, DirectConversationSpec, GroupConversationSpec, Message, TypingUpdate,
@@ -47,6 +47,7 @@ pub fn forward(peers: &Arc<Peers>, owner: Owner, partition: PartitionId, command
                     settings: context.settings.unwrap_or_default(),
                     conversation_ids: context.conversation_ids.into(),
                     separated: context.separated_user_ids,
+                    muted: context.muted.into_iter().map(|m| (m.conversation_id, m.until_ms)).collect(),
                 }),
                 _ => None,
             })
@@ -226,6 +227,11 @@ pub async fn serve(call: Call, submit: impl FnOnce(Command) -> Result<()>) -> Re
                 settings: Some(context.settings),
                 conversation_ids: context.conversation_ids.to_vec(),
                 separated_user_ids: context.separated,
+                muted: context
+                    .muted
+                    .into_iter()
+                    .map(|(conversation_id, until_ms)| MutedConversation { conversation_id, until_ms })
+                    .collect(),
             })
         }
         Call::Summaries(call) => {

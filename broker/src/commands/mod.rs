@@ -20,8 +20,9 @@ use imsg_proto::v1::{
     AcceptConversationRequest, AddConversationMembersRequest, BlockUserRequest, CreateConversationRequest,
     DeclareContactsRequest, DeclineConversationRequest, DeleteMessageForMeRequest, EditMessageRequest,
     ForwardMessageRequest, GetConversationRequest, GetPresenceRequest, GetSettingsRequest, LeaveConversationRequest,
-    ListBlockedUsersRequest, ListConversationsRequest, ListMessagesRequest, MarkDelivered, MarkRead,
-    ReactToMessageRequest, RemoveConversationMemberRequest, SendMessageRequest, TypingSignal, UnblockUserRequest,
+    ListBlockedUsersRequest, ListConversationsRequest, ListMessagesRequest, MarkDelivered, MarkRead, PushPlatform,
+    ReactToMessageRequest, RegisterPushTargetRequest, RemoveConversationMemberRequest, SendMessageRequest,
+    SetConversationNotificationsRequest, TypingSignal, UnblockUserRequest, UnregisterPushTargetRequest,
     UnsendMessageRequest, UpdateConversationRequest, UpdateSettingsRequest, WhoMayMessage, create_conversation_request,
     send_message_request,
 };
@@ -38,6 +39,9 @@ pub const MAX_FORWARD_TARGETS: usize = 5;
 
 /// Most users one DeclareContacts names.
 pub const MAX_DECLARED_CONTACTS: usize = 200;
+
+/// Longest push token, in bytes.
+pub const MAX_PUSH_TOKEN_BYTES: usize = 4096;
 
 /// What each client command declares.
 pub trait ClientCommand {
@@ -113,6 +117,9 @@ command_table! {
     AcceptConversation => AcceptConversation by accept_conversation,
     DeclineConversation => DeclineConversation by decline_conversation,
     DeclareContacts => DeclareContacts by declare_contacts,
+    RegisterPushTarget => RegisterPushTarget by register_push_target,
+    UnregisterPushTarget => UnregisterPushTarget by unregister_push_target,
+    SetConversationNotifications => SetConversationNotifications by set_conversation_notifications,
     Typing => Accepted by typing,
     MarkDelivered => Accepted by mark_delivered,
     MarkRead => Accepted by mark_read,
@@ -487,6 +494,51 @@ impl ClientCommand for MarkRead {
 
     fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
         validate::mark(&self.conversation_id, self.seq)
+    }
+}
+
+impl ClientCommand for RegisterPushTargetRequest {
+    fn home_key(&self, caller: &Caller) -> String {
+        caller.user_id.clone()
+    }
+
+    fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
+        match PushPlatform::try_from(self.platform) {
+            Ok(PushPlatform::Unspecified) | Err(_) => {
+                return Err(Error::invalid("platform", "set apns, fcm or web"));
+            }
+            Ok(_) => {}
+        }
+        if self.token.is_empty() || self.token.len() > MAX_PUSH_TOKEN_BYTES {
+            return Err(Error::invalid("token", format!("1 to {MAX_PUSH_TOKEN_BYTES} bytes")));
+        }
+        Ok(())
+    }
+}
+
+impl ClientCommand for UnregisterPushTargetRequest {
+    fn home_key(&self, caller: &Caller) -> String {
+        caller.user_id.clone()
+    }
+
+    fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl ClientCommand for SetConversationNotificationsRequest {
+    /// The caller's: these are their settings (nothing about the
+    /// conversation is read, so nothing is learnt about it).
+    fn home_key(&self, caller: &Caller) -> String {
+        caller.user_id.clone()
+    }
+
+    fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
+        conversation_id("conversation_id", &self.conversation_id)?;
+        if self.muted_until_ms < -1 {
+            return Err(Error::invalid("muted_until_ms", "a time, 0 (unmuted) or -1 (until unmuted)"));
+        }
+        Ok(())
     }
 }
 

@@ -117,12 +117,7 @@ impl Broker {
         .await?;
         let mut requests = Vec::new();
         for (recipient, stance) in recipients.iter().zip(stances) {
-            let settings = stance.settings.unwrap_or_default();
-            let settings = SettingsRecord {
-                hide_read_receipts: settings.hide_read_receipts,
-                hide_activity_status: settings.hide_activity_status,
-                who_may_message: settings.who_may_message,
-            };
+            let settings = SettingsRecord::from_view(&stance.settings.unwrap_or_default());
             let relation = stance.relations.first().map_or_else(RelationRecord::default, |r| RelationRecord {
                 blocks: r.blocks,
                 blocked_by: r.blocked_by,

@@ -245,6 +245,9 @@ impl Conversation {
             unread_count: self.last_seq.saturating_sub(seen),
             last_message,
             folder: folder as i32,
+            // The viewer's own setting, from their partition (the inbox
+            // fills it in).
+            muted_until_ms: 0,
         })
     }
 }

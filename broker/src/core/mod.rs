@@ -12,13 +12,14 @@
 //! delete for me), [`receipts`], [`typing`]. Of a user: [`update_log`]
 //! (cursors, resume, retention), [`presence`] (who sees what). Between
 //! users: [`privacy`] (blocks, contacts, who may message whom, message
-//! requests).
+//! requests), [`notify`] (who gets a push notification, saying what).
 
 pub mod conversation;
 pub mod edits;
 pub mod effects;
 pub mod events;
 pub mod membership;
+pub mod notify;
 pub mod presence;
 pub mod privacy;
 pub mod reactions;

@@ -22,6 +22,7 @@
 
 mod conversation;
 mod messages;
+mod push;
 mod relations;
 #[cfg(test)]
 mod testing;
@@ -33,7 +34,7 @@ use imsg_proto::v1::OpenStreamResponse;
 use tokio::sync::{Notify, oneshot};
 
 pub use crate::core::{MarkKind, MembershipChange, NewConversation, NewMessage, Viewer};
-pub use crate::mailbox::{Command, Mailbox, OpenStep, Reply, SessionHandle, UserContext};
+pub use crate::mailbox::{Command, Mailbox, NotificationChange, OpenStep, Reply, SessionHandle, UserContext};
 use crate::{
     config::Limits,
     error::Result,
@@ -116,6 +117,8 @@ pub struct Partition {
     conversations: conversation::Conversations,
     users: user::Users,
     freezing: Option<Freezing>,
+    /// Where durable push notifications go (`None`: no webhook set).
+    push: Option<crate::push::Outlet>,
 }
 
 /// Ticks (of 100 ms) between checkpoints of watermarks that moved in
@@ -160,6 +163,7 @@ impl Partition {
         store: PartitionStore,
         durability: Arc<Durability>,
         router: Router,
+        push: Option<crate::push::Outlet>,
     ) -> Result<Self> {
         let mut meta = store.meta()?;
         let (next_outbox, next_cursor) = store.next_numbers_in_logs()?;
@@ -181,6 +185,7 @@ impl Partition {
             store,
             durability,
             router,
+            push,
         })
     }
 
@@ -210,6 +215,9 @@ impl Partition {
         // Whatever a crash interrupted between commit and fan-out goes first.
         if let Err(error) = self.resend_outbox() {
             tracing::error!(partition = self.id, %error, "re-sending outbox failed");
+        }
+        if let Err(error) = self.resend_pushes() {
+            tracing::error!(partition = self.id, %error, "re-sending push notifications failed");
         }
         self.commit();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -302,6 +310,11 @@ impl Partition {
                 let result = self.pair_block(&conversation_id, &blocker, blocked);
                 self.reply(reply, result);
             }
+            Command::Notifications { user_id, change, reply } => {
+                let result = self.change_notifications(&user_id, change);
+                self.reply(reply, result);
+            }
+            Command::PushDelivered { numbers } => self.push_delivered(&numbers),
             Command::Relations { user_id, others, change, reply } => {
                 let result = self.relations(&user_id, &others, change);
                 self.reply(reply, result);

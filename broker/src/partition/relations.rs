@@ -11,7 +11,7 @@
 use imsg_proto::internal::v1::{Caller, Relation, RelationChange, RelationsResult};
 use imsg_proto::v1::Conversation as ConversationView;
 
-use super::{Partition, user::settings_view};
+use super::Partition;
 use crate::{core::Effects, error::Result, now_ms, storage::RelationRecord};
 
 impl Partition {
@@ -59,7 +59,7 @@ impl Partition {
             let none = RelationRecord::default();
             others.iter().map(|other| view((other, state.relations.get(other).unwrap_or(&none)))).collect()
         };
-        Ok(RelationsResult { settings: Some(settings_view(&state.settings)), relations })
+        Ok(RelationsResult { settings: Some(state.settings.view()), relations })
     }
 
     /// A member accepts (the view they now see) or declines (`None`) a

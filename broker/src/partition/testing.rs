@@ -14,8 +14,14 @@ pub(crate) fn loaded_partition(partitions: u32) -> (tempfile::TempDir, Arc<crate
     config.cache_capacity_bytes = 4 * 1024 * 1024;
     let store = crate::storage::Store::open(&config).unwrap();
     let router = Router::new(config.partitions, None, tokio_util::sync::CancellationToken::new());
-    let partition =
-        Partition::load(0, config.limits.clone(), store.partition(0).unwrap(), store.durability().clone(), router)
-            .unwrap();
+    let partition = Partition::load(
+        0,
+        config.limits.clone(),
+        store.partition(0).unwrap(),
+        store.durability().clone(),
+        router,
+        None,
+    )
+    .unwrap();
     (dir, store, partition)
 }

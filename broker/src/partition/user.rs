@@ -24,7 +24,10 @@ use crate::{
     error::{Error, Result},
     events::{Ephemeral, LoggedEvent, UpdateItem},
     now_ms,
-    storage::{PartitionMeta, PartitionStore, RelationRecord, SettingsRecord, UpdateEntry, UpdateKind},
+    storage::{
+        NotifyRecord, PartitionMeta, PartitionStore, PushTargetRecord, RelationRecord, SettingsRecord, UpdateEntry,
+        UpdateKind,
+    },
 };
 
 #[derive(Default)]
@@ -32,12 +35,16 @@ pub(super) struct UserState {
     pub(super) settings: SettingsRecord,
     conversations: BTreeSet<String>,
     /// Conversations the user has not accepted (message requests): they
-    /// show the user's presence to nobody.
-    requests: HashSet<String>,
+    /// show the user's presence to nobody and push nothing.
+    pub(super) requests: HashSet<String>,
     /// How the user stands toward others (`core::privacy`).
     pub(super) relations: HashMap<String, RelationRecord>,
+    /// Push targets by device (`core::notify`).
+    pub(super) push_targets: HashMap<String, PushTargetRecord>,
+    /// Notification settings by conversation.
+    pub(super) notify: HashMap<String, NotifyRecord>,
     log: UserLog,
-    sessions: Vec<SessionHandle>,
+    pub(super) sessions: Vec<SessionHandle>,
     last_active_ms: i64,
 }
 
@@ -57,6 +64,8 @@ pub(super) struct Users {
     /// Entries up to this cursor are in sled (published); newer ones are
     /// only in memory and reach live sessions when published.
     published: u64,
+    /// Number of the next push-outbox row.
+    pub(super) next_push: u64,
 }
 
 impl Users {
@@ -74,6 +83,12 @@ impl Users {
         }
         for (user, other, relation) in store.all_relations()? {
             users.map.entry(user).or_default().relations.insert(other, relation);
+        }
+        for (user, device, target) in store.all_push_targets()? {
+            users.map.entry(user).or_default().push_targets.insert(device, target);
+        }
+        for (user, conversation, record) in store.all_notify_settings()? {
+            users.map.entry(user).or_default().notify.insert(conversation, record);
         }
         for batch in store.update_batches() {
             let (first, record) = batch?;
@@ -115,18 +130,11 @@ fn event_frame(cursor: u64, kind: event::Kind) -> OpenStreamResponse {
     OpenStreamResponse { frame: Some(open_stream_response::Frame::Event(Event { cursor, kind: Some(kind) })) }
 }
 
-pub(super) fn settings_view(record: &SettingsRecord) -> Settings {
-    Settings {
-        hide_read_receipts: record.hide_read_receipts,
-        hide_activity_status: record.hide_activity_status,
-        who_may_message: record.who_may_message,
-    }
-}
-
 impl Partition {
     /// Appends fanned-out events to the recipients' update logs; they are
     /// pushed live and confirmed to the source once durable.
     pub(super) fn apply_updates(&mut self, items: Vec<UpdateItem>, done: oneshot::Sender<()>) {
+        let mut to_notify = Vec::new();
         for item in items {
             for user in &item.user_ids {
                 let state = self.users.map.entry(user.clone()).or_default();
@@ -162,6 +170,9 @@ impl Partition {
                         }
                     }
                 }
+                if let LoggedEvent::Message(message) = &*item.event {
+                    to_notify.push((user.clone(), message.clone()));
+                }
                 let cursor = self.meta.next_cursor;
                 self.meta.next_cursor += 1;
                 state.log.record(cursor);
@@ -177,6 +188,9 @@ impl Partition {
                     frame: Box::new(event_frame(cursor, frame_kind)),
                 });
             }
+        }
+        for (user, message) in to_notify {
+            self.notify(&user, &message);
         }
         self.defer(Deferred::Done(done));
     }
@@ -338,11 +352,18 @@ impl Partition {
     pub(super) fn user_context(&mut self, user: &str) -> UserContext {
         let state = self.users.map.get(user);
         UserContext {
-            settings: state.map(|s| settings_view(&s.settings)).unwrap_or_default(),
+            settings: state.map(|s| SettingsRecord::view(&s.settings)).unwrap_or_default(),
             conversation_ids: state.map(|s| s.conversations.iter().cloned().collect()).unwrap_or_default(),
             separated: state
                 .map(|s| s.relations.iter().filter(|(_, r)| r.separated()).map(|(u, _)| u.clone()).collect())
                 .unwrap_or_default(),
+            muted: state
+                .map(|s| {
+                    s.notify.iter().filter(|(_, n)| n.muted_until_ms != 0).map(|(c, n)| (c.clone(), n.muted_until_ms))
+                })
+                .into_iter()
+                .flatten()
+                .collect(),
         }
     }
 
@@ -355,12 +376,18 @@ impl Partition {
         if let Some(hide) = request.hide_activity_status {
             state.settings.hide_activity_status = hide;
         }
+        if let Some(until) = request.notifications_muted_until_ms {
+            state.settings.notifications_muted_until_ms = until;
+        }
+        if let Some(hide) = request.hide_push_previews {
+            state.settings.hide_push_previews = hide;
+        }
         if let Some(who) = request.who_may_message {
             state.settings.who_may_message = who;
         }
         let after = state.settings;
         if after == before {
-            return Ok(settings_view(&after));
+            return Ok(SettingsRecord::view(&after));
         }
         self.batch.writes.put_settings(user, &after);
         if after.hide_read_receipts != before.hide_read_receipts {
@@ -378,7 +405,7 @@ impl Partition {
         if after.hide_activity_status != before.hide_activity_status {
             self.presence_changed(user);
         }
-        Ok(settings_view(&after))
+        Ok(SettingsRecord::view(&after))
     }
 
     /// Presence of this partition's `users` for `viewer`, whose

@@ -381,7 +381,13 @@ mod tests {
         let mut batch = WriteBatch::default();
         batch.put_settings(
             user,
-            &SettingsRecord { hide_read_receipts: hide, hide_activity_status: hide, who_may_message: 0 },
+            &SettingsRecord {
+                hide_read_receipts: hide,
+                hide_activity_status: hide,
+                who_may_message: 0,
+                notifications_muted_until_ms: 0,
+                hide_push_previews: false,
+            },
         );
         batch
     }

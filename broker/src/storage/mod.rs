@@ -23,6 +23,9 @@
 //! | `s` user                  | [`SettingsRecord`]     |
 //! | `i` user `/` conv         | (empty): inbox member; `r`: not accepted (a request) |
 //! | `l` user `/` other user   | [`RelationRecord`]: blocks, contact |
+//! | `t` user `/` device       | [`PushTargetRecord`]   |
+//! | `n` user `/` conv         | [`NotifyRecord`]: mute, previews |
+//! | `P` number (BE u64)       | [`PushRecord`]: the push outbox |
 //! | `M`                       | [`PartitionMeta`]      |
 //! | `O`                       | [`OwnershipRecord`]    |
 //!
@@ -338,12 +341,24 @@ mod tests {
         let mut logged = WriteBatch::default();
         logged.put_settings(
             "alice",
-            &SettingsRecord { hide_read_receipts: true, hide_activity_status: false, who_may_message: 0 },
+            &SettingsRecord {
+                hide_read_receipts: true,
+                hide_activity_status: false,
+                who_may_message: 0,
+                notifications_muted_until_ms: 0,
+                hide_push_previews: false,
+            },
         );
         let mut torn = WriteBatch::default();
         torn.put_settings(
             "bob",
-            &SettingsRecord { hide_read_receipts: true, hide_activity_status: true, who_may_message: 0 },
+            &SettingsRecord {
+                hide_read_receipts: true,
+                hide_activity_status: true,
+                who_may_message: 0,
+                notifications_muted_until_ms: 0,
+                hide_push_previews: false,
+            },
         );
         let mut bytes = Vec::new();
         wal::encode_record(&mut bytes, 1, &logged.ops);
@@ -526,7 +541,13 @@ mod tests {
             let mut old = WriteBatch::default();
             old.put_settings(
                 "alice",
-                &SettingsRecord { hide_read_receipts: false, hide_activity_status: false, who_may_message: 0 },
+                &SettingsRecord {
+                    hide_read_receipts: false,
+                    hide_activity_status: false,
+                    who_may_message: 0,
+                    notifications_muted_until_ms: 0,
+                    hide_push_previews: false,
+                },
             );
             wal::encode_record(&mut bytes, 0, &old.ops);
             bytes
@@ -536,7 +557,13 @@ mod tests {
         let mut batch = WriteBatch::default();
         batch.put_settings(
             "alice",
-            &SettingsRecord { hide_read_receipts: true, hide_activity_status: true, who_may_message: 0 },
+            &SettingsRecord {
+                hide_read_receipts: true,
+                hide_activity_status: true,
+                who_may_message: 0,
+                notifications_muted_until_ms: 0,
+                hide_push_previews: false,
+            },
         );
         wait_published(&store, partition.apply(batch, true));
         store.close().unwrap();

@@ -240,6 +240,84 @@ pub struct SettingsRecord {
     /// `imsg.v1.WhoMayMessage`.
     #[prost(int32, tag = "3")]
     pub who_may_message: i32,
+    /// No push notification until then; -1: until unmuted.
+    #[prost(int64, tag = "4")]
+    pub notifications_muted_until_ms: i64,
+    #[prost(bool, tag = "5")]
+    pub hide_push_previews: bool,
+}
+
+/// Where one device of a user gets push notifications.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PushTargetRecord {
+    /// `imsg.v1.PushPlatform`.
+    #[prost(int32, tag = "1")]
+    pub platform: i32,
+    #[prost(string, tag = "2")]
+    pub token: String,
+}
+
+/// A user's notification settings for one conversation.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct NotifyRecord {
+    /// Muted until then; -1: until unmuted; 0: not muted.
+    #[prost(int64, tag = "1")]
+    pub muted_until_ms: i64,
+    #[prost(bool, tag = "2")]
+    pub hide_previews: bool,
+}
+
+/// One push notification waiting in a user partition's push outbox until
+/// the webhook took it (see `crate::push`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PushRecord {
+    /// The same for every attempt at this notification: the receiver drops
+    /// repeats by it.
+    #[prost(string, tag = "1")]
+    pub idempotency_key: String,
+    #[prost(string, tag = "2")]
+    pub user_id: String,
+    #[prost(string, tag = "3")]
+    pub device_id: String,
+    #[prost(int32, tag = "4")]
+    pub platform: i32,
+    #[prost(string, tag = "5")]
+    pub token: String,
+    #[prost(string, tag = "6")]
+    pub conversation_id: String,
+    #[prost(uint64, tag = "7")]
+    pub seq: u64,
+    #[prost(string, tag = "8")]
+    pub sender_id: String,
+    /// The preview, when the user's and the conversation's settings allow.
+    #[prost(string, optional, tag = "9")]
+    pub text: Option<String>,
+    #[prost(int64, tag = "10")]
+    pub created_ms: i64,
+}
+
+impl SettingsRecord {
+    /// The record of settings as the API shows them.
+    pub fn from_view(view: &imsg_proto::v1::Settings) -> Self {
+        Self {
+            hide_read_receipts: view.hide_read_receipts,
+            hide_activity_status: view.hide_activity_status,
+            who_may_message: view.who_may_message,
+            notifications_muted_until_ms: view.notifications_muted_until_ms,
+            hide_push_previews: view.hide_push_previews,
+        }
+    }
+
+    /// The settings as the API shows them.
+    pub fn view(&self) -> imsg_proto::v1::Settings {
+        imsg_proto::v1::Settings {
+            hide_read_receipts: self.hide_read_receipts,
+            hide_activity_status: self.hide_activity_status,
+            who_may_message: self.who_may_message,
+            notifications_muted_until_ms: self.notifications_muted_until_ms,
+            hide_push_previews: self.hide_push_previews,
+        }
+    }
 }
 
 /// How a user stands toward one other user (kept on the user's partition).

@@ -12,6 +12,7 @@ mod ops;
 mod powercut;
 mod presence;
 mod privacy;
+mod push;
 mod receipts;
 mod resume;
 mod rich;

@@ -75,6 +75,7 @@ async fn hidden_activity_status_is_reciprocal() {
             hide_read_receipts: None,
             hide_activity_status: Some(true),
             who_may_message: None,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -111,6 +111,7 @@ async fn a_blocked_user_learns_nothing_that_a_privacy_setting_would_not_tell() {
             hide_read_receipts: Some(true),
             hide_activity_status: Some(true),
             who_may_message: Some(WhoMayMessage::NobodyNew as i32),
+            ..Default::default()
         },
     )
     .await;

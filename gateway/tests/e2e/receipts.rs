@@ -98,6 +98,7 @@ async fn hidden_read_receipts_are_reciprocal() {
             hide_read_receipts: Some(true),
             hide_activity_status: None,
             who_may_message: None,
+            ..Default::default()
         })
         .await
         .unwrap();
