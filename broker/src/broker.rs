@@ -49,6 +49,12 @@ fn id_key(config: &BrokerConfig) -> Result<IdKey> {
     IdKey::new(secret.as_bytes()).map_err(Error::FailedPrecondition)
 }
 
+/// How long a node trusts what it read of a user's standing.
+const STANDING_TTL: Duration = Duration::from_secs(5);
+
+/// Most standings cached (the cache starts over beyond).
+const MAX_STANDING_CACHE: usize = 100_000;
+
 /// A running broker node. Cheap to clone.
 #[derive(Clone)]
 pub struct Broker {
@@ -61,6 +67,9 @@ struct Inner {
     id_key: IdKey,
     /// Sends push notifications (`None`: no webhook configured).
     push: Option<crate::push::Outlet>,
+    /// Users' standing (suspended or not) as last read from their
+    /// partitions, and when.
+    standing: DashMap<String, (bool, Instant)>,
     store: Arc<Store>,
     router: Router,
     /// The task of every partition this node runs.
@@ -93,6 +102,7 @@ impl Broker {
             config,
             id_key,
             push,
+            standing: DashMap::new(),
             store,
             router,
             partitions: std::sync::Mutex::new(HashMap::new()),
@@ -419,7 +429,39 @@ impl Broker {
         commands::validate(&self.inner.config.limits, caller, &command)?;
         let home = commands::home_key(caller, &command);
         self.check_route(&home, route)?;
+        self.refuse_if_suspended(&caller.user_id).await?;
         self.dispatch(caller.clone(), home, command).await
+    }
+
+    /// A suspended user's calls are refused. Their standing is read from
+    /// their partition and cached here for [`STANDING_TTL`], so a
+    /// suspension reaches every node's calls within that (and the user's
+    /// live streams at once, on their partition).
+    async fn refuse_if_suspended(&self, user: &str) -> Result<()> {
+        let cached = self.inner.standing.get(user).filter(|entry| entry.1.elapsed() < STANDING_TTL).map(|e| e.0);
+        let suspended = match cached {
+            Some(suspended) => suspended,
+            None => {
+                let suspended = self.set_standing(user, None).await?;
+                if self.inner.standing.len() >= MAX_STANDING_CACHE {
+                    self.inner.standing.clear();
+                }
+                self.inner.standing.insert(user.to_owned(), (suspended, Instant::now()));
+                suspended
+            }
+        };
+        if suspended { Err(Error::PermissionDenied("account suspended".into())) } else { Ok(()) }
+    }
+
+    /// Whether `user` is suspended, after (un)suspending them.
+    pub(crate) async fn set_standing(&self, user: &str, suspend: Option<bool>) -> Result<bool> {
+        let user_id = user.to_owned();
+        let partition = self.partition_of(&user_id);
+        let suspended = self.call(partition, |reply| Command::Standing { user_id, suspend, reply }).await?;
+        if suspend.is_some() {
+            self.inner.standing.remove(user);
+        }
+        Ok(suspended)
     }
 
     /// Opens a device session: replay after `cursor`, then live events.

@@ -76,6 +76,44 @@ pub enum MessageAction {
     ReadForForward,
 }
 
+/// What is done to the moderation queue or the audit log.
+#[derive(Debug, Clone)]
+pub enum ModerationOp {
+    File(Box<imsg_proto::v1::Report>),
+    List {
+        state: imsg_proto::v1::ReportState,
+        offset: usize,
+        limit: usize,
+    },
+    Claim {
+        report_id: String,
+        moderator: String,
+    },
+    Resolve {
+        report_id: String,
+        moderator: String,
+        resolution: imsg_proto::v1::Resolution,
+        note: String,
+        user_id: String,
+    },
+    /// An action outside the queue (lifting a suspension).
+    Audit(imsg_proto::v1::AuditEntry),
+    ListAudit {
+        offset: usize,
+        limit: usize,
+    },
+}
+
+/// What a [`ModerationOp`] answers.
+#[derive(Debug)]
+pub enum ModerationOutcome {
+    Filed(String),
+    Reports { reports: Vec<imsg_proto::v1::Report>, more: bool },
+    Report(Box<imsg_proto::v1::Report>, crate::core::moderation::Consequence),
+    Audited,
+    Audit { entries: Vec<imsg_proto::v1::AuditEntry>, more: bool },
+}
+
 /// A change to a user's notification setup.
 #[derive(Debug, Clone)]
 pub enum NotificationChange {
@@ -231,6 +269,32 @@ pub enum Command {
         request: UpdateSettingsRequest,
         reply: Reply<Settings>,
     },
+    /// The evidence of a report: the message (0: the newest) and those
+    /// before it that the reporter sees, and the members.
+    Evidence {
+        caller: Caller,
+        conversation_id: String,
+        seq: u64,
+        reply: Reply<(Vec<Message>, Vec<String>)>,
+    },
+    /// A moderator's removal of a message for everyone.
+    RemoveMessage {
+        conversation_id: String,
+        seq: u64,
+        reply: Reply<()>,
+    },
+    /// Whether a user is suspended, after suspending (`Some(true)`) or
+    /// reinstating them.
+    Standing {
+        user_id: String,
+        suspend: Option<bool>,
+        reply: Reply<bool>,
+    },
+    /// The moderation queue and the audit log (on their one partition).
+    Moderation {
+        op: ModerationOp,
+        reply: Reply<ModerationOutcome>,
+    },
     /// A user's push targets and per-conversation notification settings.
     Notifications {
         user_id: String,
@@ -280,6 +344,9 @@ impl Command {
                 | Self::PairBlock { .. }
                 | Self::Relations { .. }
                 | Self::Notifications { .. }
+                | Self::RemoveMessage { .. }
+                | Self::Standing { .. }
+                | Self::Moderation { .. }
                 | Self::ChangeMembership { .. }
                 | Self::Send { .. }
                 | Self::ActOnMessage { .. }

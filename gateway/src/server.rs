@@ -5,7 +5,9 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use imsg_broker::{Broker, BrokerConfig};
 use imsg_common::token::Authenticator;
-use imsg_proto::v1::messaging_service_server::MessagingServiceServer;
+use imsg_proto::v1::{
+    messaging_service_server::MessagingServiceServer, moderation_service_server::ModerationServiceServer,
+};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -144,6 +146,7 @@ impl RunningGateway {
             .register_file_descriptor_set(imsg_proto::public_file_descriptor_set())
             .build_v1()?;
         let api = MessagingServiceServer::new(MessagingApi::new(gateway.clone())).max_decoding_message_size(256 * 1024);
+        let moderation = ModerationServiceServer::new(MessagingApi::new(gateway.clone()));
         let server_stop = stop.clone();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
@@ -153,6 +156,7 @@ impl RunningGateway {
                 .add_service(health)
                 .add_service(reflection)
                 .add_service(api)
+                .add_service(moderation)
                 .serve_with_incoming_shutdown(incoming(listener), async move {
                     server_stop.cancelled().await;
                     health_reporter.set_not_serving::<MessagingServiceServer<MessagingApi>>().await;

@@ -8,22 +8,7 @@ use std::sync::Arc;
 
 use imsg_common::{retry::transient, token::Authenticator};
 use imsg_proto::internal::v1::{Caller, execute_request::Command, execute_response::Result as Outcome};
-use imsg_proto::v1::{
-    AcceptConversationRequest, AcceptConversationResponse, AddConversationMembersRequest,
-    AddConversationMembersResponse, BlockUserRequest, BlockUserResponse, CreateConversationRequest,
-    CreateConversationResponse, DeclareContactsRequest, DeclareContactsResponse, DeclineConversationRequest,
-    DeclineConversationResponse, DeleteMessageForMeRequest, DeleteMessageForMeResponse, DownloadMediaRequest,
-    EditMessageRequest, EditMessageResponse, ForwardMessageRequest, ForwardMessageResponse, GetConversationRequest,
-    GetConversationResponse, GetPresenceRequest, GetPresenceResponse, GetSettingsRequest, GetSettingsResponse,
-    GetUploadRequest, GetUploadResponse, LeaveConversationRequest, LeaveConversationResponse, ListBlockedUsersRequest,
-    ListBlockedUsersResponse, ListConversationsRequest, ListConversationsResponse, ListMessagesRequest,
-    ListMessagesResponse, OpenStreamRequest, ReactToMessageRequest, ReactToMessageResponse, RegisterPushTargetRequest,
-    RegisterPushTargetResponse, RemoveConversationMemberRequest, RemoveConversationMemberResponse, SendMessageRequest,
-    SendMessageResponse, SetConversationNotificationsRequest, SetConversationNotificationsResponse, UnblockUserRequest,
-    UnblockUserResponse, UnregisterPushTargetRequest, UnregisterPushTargetResponse, UnsendMessageRequest,
-    UnsendMessageResponse, UpdateConversationRequest, UpdateConversationResponse, UpdateSettingsRequest,
-    UpdateSettingsResponse, UploadMediaRequest, UploadMediaResponse, messaging_service_server::MessagingService,
-};
+use imsg_proto::v1::{messaging_service_server::MessagingService, moderation_service_server::ModerationService, *};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::{
@@ -93,12 +78,13 @@ impl MessagingApi {
     }
 }
 
-/// Writes the service impl: one unary method per (method, request,
-/// response, command variant), plus the streaming method given verbatim.
-macro_rules! messaging_service {
-    ($(($method:ident, $request:ty, $response:ty, $variant:ident)),* $(,)?; $($streaming:tt)*) => {
+/// Writes a service impl over [`MessagingApi`]: one unary method per
+/// (method, request, response, command variant), plus the methods given
+/// verbatim.
+macro_rules! unary_service {
+    ($service:ident: $(($method:ident, $request:ty, $response:ty, $variant:ident)),* $(,)?; $($streaming:tt)*) => {
         #[tonic::async_trait]
-        impl MessagingService for MessagingApi {
+        impl $service for MessagingApi {
             $(
                 async fn $method(&self, request: Request<$request>) -> Result<Response<$response>, Status> {
                     let (metadata, _, body) = request.into_parts();
@@ -113,7 +99,8 @@ macro_rules! messaging_service {
     };
 }
 
-messaging_service! {
+unary_service! {
+    MessagingService:
     (create_conversation, CreateConversationRequest, CreateConversationResponse, CreateConversation),
     (get_conversation, GetConversationRequest, GetConversationResponse, GetConversation),
     (list_conversations, ListConversationsRequest, ListConversationsResponse, ListConversations),
@@ -139,7 +126,8 @@ messaging_service! {
     (declare_contacts, DeclareContactsRequest, DeclareContactsResponse, DeclareContacts),
     (register_push_target, RegisterPushTargetRequest, RegisterPushTargetResponse, RegisterPushTarget),
     (unregister_push_target, UnregisterPushTargetRequest, UnregisterPushTargetResponse, UnregisterPushTarget),
-    (set_conversation_notifications, SetConversationNotificationsRequest, SetConversationNotificationsResponse, SetConversationNotifications);
+    (set_conversation_notifications, SetConversationNotificationsRequest, SetConversationNotificationsResponse, SetConversationNotifications),
+    (report, ReportRequest, ReportResponse, Report);
 
     type OpenStreamStream = DeviceStream;
     type DownloadMediaStream = crate::media::Download;
@@ -174,4 +162,15 @@ messaging_service! {
         let stream = crate::stream::open(self.gateway.clone(), caller, request.into_inner()).await?;
         Ok(Response::new(stream))
     }
+}
+
+// The moderators' API: the same gateway, the same authentication; the
+// broker checks the `moderator` role.
+unary_service! {
+    ModerationService:
+    (list_reports, ListReportsRequest, ListReportsResponse, ListReports),
+    (claim_report, ClaimReportRequest, ClaimReportResponse, ClaimReport),
+    (resolve_report, ResolveReportRequest, ResolveReportResponse, ResolveReport),
+    (lift_suspension, LiftSuspensionRequest, LiftSuspensionResponse, LiftSuspension),
+    (list_audit_log, ListAuditLogRequest, ListAuditLogResponse, ListAuditLog);
 }

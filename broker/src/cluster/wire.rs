@@ -15,14 +15,14 @@
 use std::sync::Arc;
 
 use imsg_proto::internal::v1::{
-    Accepted, ApplyUpdatesCall, CreateConversationCall, HideReadChangedCall, LoggedUpdate, MessagesCall,
-    MessagesResult, MutedConversation, PairBlockCall, PresenceFanoutCall, PresenceQueryCall, PresenceQueryResult,
-    PushEphemeralCall, RelationChange, RelationsCall, SendForwardedCall, SnapshotsCall, SnapshotsResult, SummariesCall,
-    SummariesResult, UserContextCall, UserContextResult, call_partition_request::Call,
-    call_partition_response::Result as Answer, push_ephemeral_call,
+    Accepted, ApplyUpdatesCall, CreateConversationCall, FileReportCall, HideReadChangedCall, LoggedUpdate,
+    MessagesCall, MessagesResult, MutedConversation, PairBlockCall, PresenceFanoutCall, PresenceQueryCall,
+    PresenceQueryResult, PushEphemeralCall, RelationChange, RelationsCall, RemoveMessageCall, SendForwardedCall,
+    SnapshotsCall, SnapshotsResult, StandingCall, StandingResult, SummariesCall, SummariesResult, UserContextCall,
+    UserContextResult, call_partition_request::Call, call_partition_response::Result as Answer, push_ephemeral_call,
 };
 use imsg_proto::v1::{
-    CreateConversationRequest, DirectConversationSpec, GroupConversationSpec, Message, TypingUpdate,
+    CreateConversationRequest, DirectConversationSpec, GroupConversationSpec, Message, ReportResponse, TypingUpdate,
     create_conversation_request,
 };
 use tokio::sync::oneshot;
@@ -33,7 +33,7 @@ use crate::{
     error::{Error, Result},
     events::{Ephemeral, LoggedEvent, UpdateItem},
     ids::PartitionId,
-    mailbox::{Command, Reply, UserContext},
+    mailbox::{Command, ModerationOp, ModerationOutcome, Reply, UserContext},
 };
 
 /// Sends `command` to the partition's owner on another node. Answers go to
@@ -150,6 +150,27 @@ pub fn forward(peers: &Arc<Peers>, owner: Owner, partition: PartitionId, command
             });
             ask(peers, owner, partition, call, reply, |answer| match answer {
                 Answer::Created(created) => Some(created),
+                _ => None,
+            })
+        }
+        Command::Moderation { op: ModerationOp::File(report), reply } => {
+            let call = Call::FileReport(FileReportCall { report: Some(*report) });
+            ask(peers, owner, partition, call, reply, |answer| match answer {
+                Answer::Filed(filed) => Some(ModerationOutcome::Filed(filed.report_id)),
+                _ => None,
+            })
+        }
+        Command::RemoveMessage { conversation_id, seq, reply } => {
+            let call = Call::RemoveMessage(RemoveMessageCall { conversation_id, seq });
+            ask(peers, owner, partition, call, reply, |answer| match answer {
+                Answer::Accepted(_) => Some(()),
+                _ => None,
+            })
+        }
+        Command::Standing { user_id, suspend, reply } => {
+            let call = Call::Standing(StandingCall { user_id, suspend });
+            ask(peers, owner, partition, call, reply, |answer| match answer {
+                Answer::Standing(standing) => Some(standing.suspended),
                 _ => None,
             })
         }
@@ -325,6 +346,24 @@ pub async fn serve(call: Call, submit: impl FnOnce(Command) -> Result<()>) -> Re
                 answer(submit, |reply| Command::CreateConversation { caller, conversation_id, spec, requests, reply })
                     .await?,
             )
+        }
+        Call::FileReport(call) => {
+            let report = call.report.ok_or_else(|| Error::invalid("report", "must be set"))?;
+            let op = ModerationOp::File(Box::new(report));
+            match answer(submit, |reply| Command::Moderation { op, reply }).await? {
+                ModerationOutcome::Filed(report_id) => Answer::Filed(ReportResponse { report_id }),
+                other => return Err(Error::Internal(format!("filing answered {other:?}"))),
+            }
+        }
+        Call::RemoveMessage(call) => {
+            let (conversation_id, seq) = (call.conversation_id, call.seq);
+            answer(submit, |reply| Command::RemoveMessage { conversation_id, seq, reply }).await?;
+            accepted
+        }
+        Call::Standing(call) => {
+            let (user_id, suspend) = (call.user_id, call.suspend);
+            let suspended = answer(submit, |reply| Command::Standing { user_id, suspend, reply }).await?;
+            Answer::Standing(StandingResult { suspended })
         }
         Call::HideReadChanged(call) => {
             submit(Command::HideReadChanged {

@@ -8,8 +8,7 @@ use crate::{
     Broker,
     error::{Error, Result},
     mailbox::{MessageAction, MessageOutcome},
-    partition::{Command, MarkKind, MembershipChange, NewConversation, NewMessage, NotificationChange},
-    storage::{NotifyRecord, PushTargetRecord},
+    partition::{Command, MarkKind, MembershipChange, NewConversation, NewMessage},
     validate,
 };
 use imsg_proto::v1::message::Content;
@@ -301,47 +300,7 @@ impl Broker {
         Ok(MessageMediaResponse { media })
     }
 
-    pub(super) async fn register_push_target(
-        &self,
-        caller: Caller,
-        user_id: String,
-        request: RegisterPushTargetRequest,
-    ) -> Result<RegisterPushTargetResponse> {
-        let target = PushTargetRecord { platform: request.platform, token: request.token };
-        let change = NotificationChange::Target { device_id: caller.device_id, target: Some(target) };
-        self.change_notifications(user_id, change).await?;
-        Ok(RegisterPushTargetResponse {})
-    }
-
-    pub(super) async fn unregister_push_target(
-        &self,
-        caller: Caller,
-        user_id: String,
-        _: UnregisterPushTargetRequest,
-    ) -> Result<UnregisterPushTargetResponse> {
-        let change = NotificationChange::Target { device_id: caller.device_id, target: None };
-        self.change_notifications(user_id, change).await?;
-        Ok(UnregisterPushTargetResponse {})
-    }
-
-    pub(super) async fn set_conversation_notifications(
-        &self,
-        _: Caller,
-        user_id: String,
-        request: SetConversationNotificationsRequest,
-    ) -> Result<SetConversationNotificationsResponse> {
-        let record = NotifyRecord { muted_until_ms: request.muted_until_ms, hide_previews: request.hide_previews };
-        let change = NotificationChange::Conversation { conversation_id: request.conversation_id, record };
-        self.change_notifications(user_id, change).await?;
-        Ok(SetConversationNotificationsResponse {})
-    }
-
     // ---- steps several commands share ----
-
-    async fn change_notifications(&self, user_id: String, change: NotificationChange) -> Result<()> {
-        let partition = self.partition_of(&user_id);
-        self.call(partition, |reply| Command::Notifications { user_id, change, reply }).await
-    }
 
     pub(super) async fn act_on_message(
         &self,

@@ -14,17 +14,13 @@
 //! `ClientCommand` impl and handler, its rule in `crate::core`, and its
 //! partition step (`crate::partition`). See docs/ARCHITECTURE.md.
 
-use imsg_common::token::ROLE_SERVICE;
 use imsg_proto::internal::v1::{Caller, MessageMediaRequest, execute_request, execute_response};
 use imsg_proto::v1::{
-    AcceptConversationRequest, AddConversationMembersRequest, BlockUserRequest, CreateConversationRequest,
-    DeclareContactsRequest, DeclineConversationRequest, DeleteMessageForMeRequest, EditMessageRequest,
+    AddConversationMembersRequest, CreateConversationRequest, DeleteMessageForMeRequest, EditMessageRequest,
     ForwardMessageRequest, GetConversationRequest, GetPresenceRequest, GetSettingsRequest, LeaveConversationRequest,
-    ListBlockedUsersRequest, ListConversationsRequest, ListMessagesRequest, MarkDelivered, MarkRead, PushPlatform,
-    ReactToMessageRequest, RegisterPushTargetRequest, RemoveConversationMemberRequest, SendMessageRequest,
-    SetConversationNotificationsRequest, TypingSignal, UnblockUserRequest, UnregisterPushTargetRequest,
-    UnsendMessageRequest, UpdateConversationRequest, UpdateSettingsRequest, WhoMayMessage, create_conversation_request,
-    send_message_request,
+    ListConversationsRequest, ListMessagesRequest, MarkDelivered, MarkRead, ReactToMessageRequest,
+    RemoveConversationMemberRequest, SendMessageRequest, TypingSignal, UnsendMessageRequest, UpdateConversationRequest,
+    UpdateSettingsRequest, WhoMayMessage, create_conversation_request, send_message_request,
 };
 
 use crate::{
@@ -36,12 +32,6 @@ use crate::{
 
 /// Most conversations one ForwardMessage sends to.
 pub const MAX_FORWARD_TARGETS: usize = 5;
-
-/// Most users one DeclareContacts names.
-pub const MAX_DECLARED_CONTACTS: usize = 200;
-
-/// Longest push token, in bytes.
-pub const MAX_PUSH_TOKEN_BYTES: usize = 4096;
 
 /// What each client command declares.
 pub trait ClientCommand {
@@ -120,6 +110,12 @@ command_table! {
     RegisterPushTarget => RegisterPushTarget by register_push_target,
     UnregisterPushTarget => UnregisterPushTarget by unregister_push_target,
     SetConversationNotifications => SetConversationNotifications by set_conversation_notifications,
+    Report => Report by report,
+    ListReports => ListReports by list_reports,
+    ClaimReport => ClaimReport by claim_report,
+    ResolveReport => ResolveReport by resolve_report,
+    LiftSuspension => LiftSuspension by lift_suspension,
+    ListAuditLog => ListAuditLog by list_audit_log,
     Typing => Accepted by typing,
     MarkDelivered => Accepted by mark_delivered,
     MarkRead => Accepted by mark_read,
@@ -371,89 +367,6 @@ impl ClientCommand for UpdateSettingsRequest {
     }
 }
 
-/// Another user named by a block or unblock.
-fn other_user(caller: &Caller, user: &str) -> Result<()> {
-    id("user_id", user)?;
-    if user == caller.user_id {
-        return Err(Error::invalid("user_id", "names the caller"));
-    }
-    Ok(())
-}
-
-impl ClientCommand for BlockUserRequest {
-    fn home_key(&self, caller: &Caller) -> String {
-        caller.user_id.clone()
-    }
-
-    fn validate(&self, _: &Limits, caller: &Caller) -> Result<()> {
-        other_user(caller, &self.user_id)
-    }
-}
-
-impl ClientCommand for UnblockUserRequest {
-    fn home_key(&self, caller: &Caller) -> String {
-        caller.user_id.clone()
-    }
-
-    fn validate(&self, _: &Limits, caller: &Caller) -> Result<()> {
-        other_user(caller, &self.user_id)
-    }
-}
-
-impl ClientCommand for ListBlockedUsersRequest {
-    fn home_key(&self, caller: &Caller) -> String {
-        caller.user_id.clone()
-    }
-
-    fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
-        Ok(())
-    }
-}
-
-impl ClientCommand for AcceptConversationRequest {
-    fn home_key(&self, _: &Caller) -> String {
-        self.conversation_id.clone()
-    }
-
-    fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
-        conversation_id("conversation_id", &self.conversation_id)
-    }
-}
-
-impl ClientCommand for DeclineConversationRequest {
-    fn home_key(&self, _: &Caller) -> String {
-        self.conversation_id.clone()
-    }
-
-    fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
-        conversation_id("conversation_id", &self.conversation_id)
-    }
-}
-
-impl ClientCommand for DeclareContactsRequest {
-    /// The partition of the user whose contacts these are.
-    fn home_key(&self, _: &Caller) -> String {
-        self.user_id.clone()
-    }
-
-    fn validate(&self, _: &Limits, caller: &Caller) -> Result<()> {
-        if !caller.roles.iter().any(|r| r == ROLE_SERVICE) {
-            return Err(Error::PermissionDenied(format!("declaring contacts needs the `{ROLE_SERVICE}` role")));
-        }
-        id("user_id", &self.user_id)?;
-        if self.contact_user_ids.is_empty() || self.contact_user_ids.len() > MAX_DECLARED_CONTACTS {
-            return Err(Error::invalid("contact_user_ids", format!("1 to {MAX_DECLARED_CONTACTS} users")));
-        }
-        for contact in &self.contact_user_ids {
-            id("contact_user_ids", contact)?;
-            if *contact == self.user_id {
-                return Err(Error::invalid("contact_user_ids", "names the user themself"));
-            }
-        }
-        Ok(())
-    }
-}
-
 impl ClientCommand for GetPresenceRequest {
     fn home_key(&self, caller: &Caller) -> String {
         caller.user_id.clone()
@@ -497,50 +410,7 @@ impl ClientCommand for MarkRead {
     }
 }
 
-impl ClientCommand for RegisterPushTargetRequest {
-    fn home_key(&self, caller: &Caller) -> String {
-        caller.user_id.clone()
-    }
-
-    fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
-        match PushPlatform::try_from(self.platform) {
-            Ok(PushPlatform::Unspecified) | Err(_) => {
-                return Err(Error::invalid("platform", "set apns, fcm or web"));
-            }
-            Ok(_) => {}
-        }
-        if self.token.is_empty() || self.token.len() > MAX_PUSH_TOKEN_BYTES {
-            return Err(Error::invalid("token", format!("1 to {MAX_PUSH_TOKEN_BYTES} bytes")));
-        }
-        Ok(())
-    }
-}
-
-impl ClientCommand for UnregisterPushTargetRequest {
-    fn home_key(&self, caller: &Caller) -> String {
-        caller.user_id.clone()
-    }
-
-    fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
-        Ok(())
-    }
-}
-
-impl ClientCommand for SetConversationNotificationsRequest {
-    /// The caller's: these are their settings (nothing about the
-    /// conversation is read, so nothing is learnt about it).
-    fn home_key(&self, caller: &Caller) -> String {
-        caller.user_id.clone()
-    }
-
-    fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
-        conversation_id("conversation_id", &self.conversation_id)?;
-        if self.muted_until_ms < -1 {
-            return Err(Error::invalid("muted_until_ms", "a time, 0 (unmuted) or -1 (until unmuted)"));
-        }
-        Ok(())
-    }
-}
-
 mod handlers;
+mod moderation;
+mod notifications;
 mod relations;

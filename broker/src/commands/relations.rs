@@ -9,16 +9,106 @@
 //! step is idempotent, so a retry after a failure completes the rest.
 
 use futures::future::try_join_all;
+use imsg_common::token::ROLE_SERVICE;
 use imsg_proto::internal::v1::{Caller, RelationChange, RelationsResult};
 use imsg_proto::v1::*;
 
+use super::ClientCommand;
 use crate::{
     Broker,
+    config::Limits,
     core::privacy::{Admission, admission},
     error::{Error, Result},
     partition::Command,
     storage::{RelationRecord, SettingsRecord},
+    validate::{conversation_id, id},
 };
+
+/// Most users one DeclareContacts names.
+pub const MAX_DECLARED_CONTACTS: usize = 200;
+
+/// Another user named by a block or unblock.
+fn other_user(caller: &Caller, user: &str) -> Result<()> {
+    id("user_id", user)?;
+    if user == caller.user_id {
+        return Err(Error::invalid("user_id", "names the caller"));
+    }
+    Ok(())
+}
+
+impl ClientCommand for BlockUserRequest {
+    fn home_key(&self, caller: &Caller) -> String {
+        caller.user_id.clone()
+    }
+
+    fn validate(&self, _: &Limits, caller: &Caller) -> Result<()> {
+        other_user(caller, &self.user_id)
+    }
+}
+
+impl ClientCommand for UnblockUserRequest {
+    fn home_key(&self, caller: &Caller) -> String {
+        caller.user_id.clone()
+    }
+
+    fn validate(&self, _: &Limits, caller: &Caller) -> Result<()> {
+        other_user(caller, &self.user_id)
+    }
+}
+
+impl ClientCommand for ListBlockedUsersRequest {
+    fn home_key(&self, caller: &Caller) -> String {
+        caller.user_id.clone()
+    }
+
+    fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl ClientCommand for AcceptConversationRequest {
+    fn home_key(&self, _: &Caller) -> String {
+        self.conversation_id.clone()
+    }
+
+    fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
+        conversation_id("conversation_id", &self.conversation_id)
+    }
+}
+
+impl ClientCommand for DeclineConversationRequest {
+    fn home_key(&self, _: &Caller) -> String {
+        self.conversation_id.clone()
+    }
+
+    fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
+        conversation_id("conversation_id", &self.conversation_id)
+    }
+}
+
+impl ClientCommand for DeclareContactsRequest {
+    /// The partition of the user whose contacts these are.
+    fn home_key(&self, _: &Caller) -> String {
+        self.user_id.clone()
+    }
+
+    fn validate(&self, _: &Limits, caller: &Caller) -> Result<()> {
+        if !caller.roles.iter().any(|r| r == ROLE_SERVICE) {
+            return Err(Error::PermissionDenied(format!("declaring contacts needs the `{ROLE_SERVICE}` role")));
+        }
+        id("user_id", &self.user_id)?;
+        if self.contact_user_ids.is_empty() || self.contact_user_ids.len() > MAX_DECLARED_CONTACTS {
+            return Err(Error::invalid("contact_user_ids", format!("1 to {MAX_DECLARED_CONTACTS} users")));
+        }
+        for contact in &self.contact_user_ids {
+            id("contact_user_ids", contact)?;
+            if *contact == self.user_id {
+                return Err(Error::invalid("contact_user_ids", "names the user themself"));
+            }
+        }
+        Ok(())
+    }
+}
 
 impl Broker {
     pub(super) async fn block_user(

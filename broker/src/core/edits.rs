@@ -80,8 +80,21 @@ impl Conversation {
     /// changes nothing.
     pub fn unsend(&mut self, caller: &Caller, seq: u64, stored: Option<&Message>) -> Result<Effects> {
         let target = self.own_message(caller, seq, stored)?;
+        Ok(self.tombstone(target))
+    }
+
+    /// Removes message `seq` for everyone: a moderator's decision, the same
+    /// tombstone as an unsend (a missing or unsent message: nothing to do).
+    pub fn remove(&mut self, seq: u64, stored: Option<&Message>) -> Effects {
+        match stored {
+            Some(target) if target.seq == seq && seq <= self.last_seq => self.tombstone(target),
+            _ => Effects::default(),
+        }
+    }
+
+    fn tombstone(&mut self, target: &Message) -> Effects {
         if target.unsent {
-            return Ok(Effects::default());
+            return Effects::default();
         }
         let tombstone = Arc::new(Message {
             content: None,
@@ -97,7 +110,7 @@ impl Conversation {
             effects.writes.push(Write::Reactions(tombstone.clone()));
         }
         self.publish_change(tombstone, &mut effects);
-        Ok(effects)
+        effects
     }
 
     /// Hides message `seq` from the caller's own history, on all their

@@ -19,6 +19,7 @@ pub mod edits;
 pub mod effects;
 pub mod events;
 pub mod membership;
+pub mod moderation;
 pub mod notify;
 pub mod presence;
 pub mod privacy;

@@ -44,6 +44,7 @@ mod tests {
         who_may_message: 0,
         notifications_muted_until_ms: 0,
         hide_push_previews: false,
+        suspended: false,
     };
     const SHOWN: SettingsRecord = SettingsRecord {
         hide_read_receipts: false,
@@ -51,6 +52,7 @@ mod tests {
         who_may_message: 0,
         notifications_muted_until_ms: 0,
         hide_push_previews: false,
+        suspended: false,
     };
 
     #[test]

@@ -21,7 +21,9 @@
 //! to update logs, sessions, replay and presence pushes).
 
 mod conversation;
+mod dispatch;
 mod messages;
+mod moderation;
 mod push;
 mod relations;
 #[cfg(test)]
@@ -34,7 +36,9 @@ use imsg_proto::v1::OpenStreamResponse;
 use tokio::sync::{Notify, oneshot};
 
 pub use crate::core::{MarkKind, MembershipChange, NewConversation, NewMessage, Viewer};
-pub use crate::mailbox::{Command, Mailbox, NotificationChange, OpenStep, Reply, SessionHandle, UserContext};
+pub use crate::mailbox::{
+    Command, Mailbox, ModerationOp, ModerationOutcome, NotificationChange, OpenStep, Reply, SessionHandle, UserContext,
+};
 use crate::{
     config::Limits,
     error::Result,
@@ -119,6 +123,8 @@ pub struct Partition {
     freezing: Option<Freezing>,
     /// Where durable push notifications go (`None`: no webhook set).
     push: Option<crate::push::Outlet>,
+    /// The moderation queue, if this partition holds it (loaded on use).
+    moderation: Option<moderation::Queue>,
 }
 
 /// Ticks (of 100 ms) between checkpoints of watermarks that moved in
@@ -186,6 +192,7 @@ impl Partition {
             durability,
             router,
             push,
+            moderation: None,
         })
     }
 
@@ -286,112 +293,6 @@ impl Partition {
         }
         self.commit();
         None
-    }
-
-    fn handle(&mut self, command: Command) {
-        if let Some(freezing) = &self.freezing {
-            let refused = command.writes_as_client()
-                || (freezing.sealing
-                    && matches!(command, Command::ApplyUpdates { .. } | Command::HideReadChanged { .. }));
-            if refused {
-                return; // dropped: the caller sees UNAVAILABLE, a lane re-sends
-            }
-        }
-        match command {
-            Command::CreateConversation { caller, conversation_id, spec, requests, reply } => {
-                let result = self.create_conversation(&caller, &conversation_id, spec, &requests);
-                self.reply(reply, result);
-            }
-            Command::Respond { caller, conversation_id, accept, reply } => {
-                let result = self.respond(&caller, &conversation_id, accept);
-                self.reply(reply, result);
-            }
-            Command::PairBlock { conversation_id, blocker, blocked, reply } => {
-                let result = self.pair_block(&conversation_id, &blocker, blocked);
-                self.reply(reply, result);
-            }
-            Command::Notifications { user_id, change, reply } => {
-                let result = self.change_notifications(&user_id, change);
-                self.reply(reply, result);
-            }
-            Command::PushDelivered { numbers } => self.push_delivered(&numbers),
-            Command::Relations { user_id, others, change, reply } => {
-                let result = self.relations(&user_id, &others, change);
-                self.reply(reply, result);
-            }
-            Command::GetConversation { viewer, conversation_id, reply } => {
-                let result = self.get_conversation(&viewer, &conversation_id);
-                self.reply(reply, result);
-            }
-            Command::ChangeMembership { caller, conversation_id, change, reply } => {
-                let result = self.change_membership(&caller, &conversation_id, change);
-                self.reply(reply, result);
-            }
-            Command::Send { caller, conversation_id, message, reply } => {
-                let result = self.send(&caller, &conversation_id, message);
-                self.reply(reply, result);
-            }
-            Command::ActOnMessage { caller, conversation_id, seq, action, reply } => {
-                let result = self.act_on_message(&caller, &conversation_id, seq, action);
-                self.reply(reply, result);
-            }
-            Command::ListMessages { caller, request, reply } => {
-                let result = self.list_messages(&caller, &request);
-                self.reply(reply, result);
-            }
-            Command::Typing { caller, conversation_id, active, reply } => {
-                let result = self.typing(&caller, &conversation_id, active);
-                self.reply(reply, result);
-            }
-            Command::Mark { caller, conversation_id, seq, kind, hide_read, reply } => {
-                let result = self.mark(&caller, &conversation_id, seq, kind, hide_read);
-                self.reply(reply, result);
-            }
-            Command::Summaries { viewer, conversation_ids, reply } => {
-                let result = self.summaries(&viewer, &conversation_ids);
-                self.reply(reply, result);
-            }
-            Command::Messages { conversation_id, seqs, reply } => {
-                let result = self.messages_by_seq(&conversation_id, &seqs);
-                self.reply(reply, result);
-            }
-            Command::Snapshots { conversation_ids, reply } => {
-                let result = self.snapshots(&conversation_ids);
-                self.reply(reply, result);
-            }
-            Command::PresenceFanout { presence, conversation_ids } => self.presence_fanout(presence, &conversation_ids),
-            Command::HideReadChanged { user_id, hide_read, conversation_ids } => {
-                self.hide_read_changed(&user_id, hide_read, &conversation_ids);
-            }
-            Command::FanoutDone { batch } => self.fanout_done(batch),
-            Command::ApplyUpdates { items, done } => self.apply_updates(items, done),
-            Command::PushEphemeral { user_ids, event } => self.push_ephemeral(&user_ids, &event),
-            Command::OpenSession { session, after_cursor, replayed, page, reply } => {
-                let result = self.open_session(session, after_cursor, replayed, page);
-                self.reply(reply, result);
-            }
-            Command::CloseSession { user_id, session_id } => self.close_session(&user_id, session_id, None),
-            Command::DropGateway { gateway_id } => self.drop_gateway(&gateway_id),
-            Command::UserContext { user_id, reply } => {
-                let result = Ok(self.user_context(&user_id));
-                self.reply(reply, result);
-            }
-            Command::UpdateSettings { user_id, request, reply } => {
-                let result = self.update_settings(&user_id, &request);
-                self.reply(reply, result);
-            }
-            Command::PresenceQuery { viewer, user_ids, viewer_conversations, reply } => {
-                let result = Ok(self.presence_query(&viewer, &user_ids, &viewer_conversations));
-                self.reply(reply, result);
-            }
-            Command::Freeze { reply } => {
-                if self.freezing.is_none() {
-                    tracing::info!(partition = self.id, "freezing for a move");
-                    self.freezing = Some(Freezing { sealing: false, reply });
-                }
-            }
-            Command::Shutdown { .. } => unreachable!("handled by take"),
-        }
     }
 
     /// Replies once everything written so far is durable. A refusal changed

@@ -252,6 +252,9 @@ impl Partition {
         let head = self.meta.next_cursor - 1;
         let max_sessions = self.limits.max_sessions_per_user;
         let state = self.users.map.entry(session.user_id.clone()).or_default();
+        if state.settings.suspended {
+            return Err(Error::PermissionDenied("account suspended".into()));
+        }
         match state.log.resume(after_cursor, head, self.users.published, page) {
             Resume::Resync { cursor } => return Ok(OpenStep::Resync { cursor }),
             Resume::Replay(cursors) => {
@@ -308,6 +311,19 @@ impl Partition {
             state.last_active_ms = now_ms();
             self.presence_changed(user);
         }
+    }
+
+    /// Closes every live session of a user, telling each device why.
+    pub(super) fn close_user_sessions(&mut self, user: &str, reason: &str) {
+        let Some(state) = self.users.map.get_mut(user) else { return };
+        if state.sessions.is_empty() {
+            return;
+        }
+        for session in state.sessions.drain(..) {
+            close(&session, reason);
+        }
+        state.last_active_ms = now_ms();
+        self.presence_changed(user);
     }
 
     /// A gateway's lease ran out: its sessions are gone.

@@ -387,6 +387,7 @@ mod tests {
                 who_may_message: 0,
                 notifications_muted_until_ms: 0,
                 hide_push_previews: false,
+                suspended: false,
             },
         );
         batch

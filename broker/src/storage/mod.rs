@@ -26,6 +26,8 @@
 //! | `t` user `/` device       | [`PushTargetRecord`]   |
 //! | `n` user `/` conv         | [`NotifyRecord`]: mute, previews |
 //! | `P` number (BE u64)       | [`PushRecord`]: the push outbox |
+//! | `R` number (BE u64)       | `imsg.v1.Report` with its evidence (moderation partition) |
+//! | `A` number (BE u64)       | `imsg.v1.AuditEntry` (moderation partition) |
 //! | `M`                       | [`PartitionMeta`]      |
 //! | `O`                       | [`OwnershipRecord`]    |
 //!
@@ -63,10 +65,12 @@ pub mod checkpoint;
 pub mod durability;
 pub mod failstop;
 pub mod id_secret;
+pub mod moderation_rows;
 pub mod records;
 pub mod rows;
 pub mod shred;
 pub mod sled_files;
+pub mod user_rows;
 pub mod wal;
 
 use std::{
@@ -347,6 +351,7 @@ mod tests {
                 who_may_message: 0,
                 notifications_muted_until_ms: 0,
                 hide_push_previews: false,
+                suspended: false,
             },
         );
         let mut torn = WriteBatch::default();
@@ -358,6 +363,7 @@ mod tests {
                 who_may_message: 0,
                 notifications_muted_until_ms: 0,
                 hide_push_previews: false,
+                suspended: false,
             },
         );
         let mut bytes = Vec::new();
@@ -547,6 +553,7 @@ mod tests {
                     who_may_message: 0,
                     notifications_muted_until_ms: 0,
                     hide_push_previews: false,
+                    suspended: false,
                 },
             );
             wal::encode_record(&mut bytes, 0, &old.ops);
@@ -563,6 +570,7 @@ mod tests {
                 who_may_message: 0,
                 notifications_muted_until_ms: 0,
                 hide_push_previews: false,
+                suspended: false,
             },
         );
         wait_published(&store, partition.apply(batch, true));

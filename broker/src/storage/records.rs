@@ -245,6 +245,9 @@ pub struct SettingsRecord {
     pub notifications_muted_until_ms: i64,
     #[prost(bool, tag = "5")]
     pub hide_push_previews: bool,
+    /// Suspended by a moderator: every call and stream is refused.
+    #[prost(bool, tag = "6")]
+    pub suspended: bool,
 }
 
 /// Where one device of a user gets push notifications.
@@ -305,6 +308,7 @@ impl SettingsRecord {
             who_may_message: view.who_may_message,
             notifications_muted_until_ms: view.notifications_muted_until_ms,
             hide_push_previews: view.hide_push_previews,
+            suspended: false,
         }
     }
 

@@ -19,7 +19,8 @@ use imsg_proto::v1::{
     AcceptConversationRequest, CreateConversationRequest, DirectConversationSpec, Event, GroupConversationSpec, Hello,
     ListMessagesRequest, Message, OpenStreamRequest, OpenStreamResponse, SendMessageRequest, SendMessageResponse,
     TextContent, create_conversation_request, event, messaging_service_client::MessagingServiceClient,
-    open_stream_request, open_stream_response, send_message_request,
+    moderation_service_client::ModerationServiceClient, open_stream_request, open_stream_response,
+    send_message_request,
 };
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -123,6 +124,7 @@ pub struct Client {
     pub device: String,
     pub api: Api,
     channel: Channel,
+    bearer: Bearer,
 }
 
 impl Client {
@@ -137,9 +139,15 @@ impl Client {
         Self {
             user: user.into(),
             device: device.into(),
-            api: MessagingServiceClient::with_interceptor(channel.clone(), bearer),
+            api: MessagingServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             channel,
+            bearer,
         }
+    }
+
+    /// The moderators' API as this client (the broker checks its roles).
+    pub fn moderation(&self) -> ModerationServiceClient<InterceptedService<Channel, Bearer>> {
+        ModerationServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
     }
 
     /// Another user (or this one with roles) on the same connection.

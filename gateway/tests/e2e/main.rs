@@ -8,6 +8,7 @@ mod failstop;
 mod harness;
 mod media;
 mod messaging;
+mod moderation;
 mod ops;
 mod powercut;
 mod presence;
