@@ -76,6 +76,18 @@ pub enum MessageAction {
     ReadForForward,
 }
 
+/// What a deleted account's partition held that points elsewhere.
+#[derive(Debug, Default)]
+pub struct Forgotten {
+    pub conversations: Vec<String>,
+    /// Users it blocked (their partitions and direct conversations keep
+    /// copies of the block).
+    pub blocked: Vec<String>,
+}
+
+/// Most messages one `EraseSender` call erases.
+pub const ERASE_BATCH: u64 = 500;
+
 /// What is done to the moderation queue or the audit log.
 #[derive(Debug, Clone)]
 pub enum ModerationOp {
@@ -290,6 +302,19 @@ pub enum Command {
         suspend: Option<bool>,
         reply: Reply<bool>,
     },
+    /// A deleted account: its user-partition state goes (sessions closed);
+    /// answers what it held that other partitions must clean up.
+    Forget {
+        user_id: String,
+        reply: Reply<Forgotten>,
+    },
+    /// A deleted account's messages here become tombstones (at most
+    /// `ERASE_BATCH` per call; answers how many), and it leaves a group.
+    EraseSender {
+        conversation_id: String,
+        user_id: String,
+        reply: Reply<u64>,
+    },
     /// The moderation queue and the audit log (on their one partition).
     Moderation {
         op: ModerationOp,
@@ -347,6 +372,8 @@ impl Command {
                 | Self::RemoveMessage { .. }
                 | Self::Standing { .. }
                 | Self::Moderation { .. }
+                | Self::Forget { .. }
+                | Self::EraseSender { .. }
                 | Self::ChangeMembership { .. }
                 | Self::Send { .. }
                 | Self::ActOnMessage { .. }

@@ -4,6 +4,7 @@
 //! its devices reconnect to any gateway and resume from their cursor.
 
 pub mod backend;
+pub mod export;
 pub mod media;
 pub mod ratelimit;
 pub mod server;

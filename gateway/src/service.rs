@@ -127,10 +127,20 @@ unary_service! {
     (register_push_target, RegisterPushTargetRequest, RegisterPushTargetResponse, RegisterPushTarget),
     (unregister_push_target, UnregisterPushTargetRequest, UnregisterPushTargetResponse, UnregisterPushTarget),
     (set_conversation_notifications, SetConversationNotificationsRequest, SetConversationNotificationsResponse, SetConversationNotifications),
-    (report, ReportRequest, ReportResponse, Report);
+    (report, ReportRequest, ReportResponse, Report),
+    (delete_account, DeleteAccountRequest, DeleteAccountResponse, DeleteAccount);
 
     type OpenStreamStream = DeviceStream;
     type DownloadMediaStream = crate::media::Download;
+    type ExportMyDataStream = crate::export::Export;
+
+    async fn export_my_data(
+        &self,
+        request: Request<ExportMyDataRequest>,
+    ) -> Result<Response<Self::ExportMyDataStream>, Status> {
+        let caller = self.caller(request.metadata())?;
+        Ok(Response::new(crate::export::start(self.gateway.clone(), caller)))
+    }
 
     async fn upload_media(
         &self,

@@ -15,11 +15,12 @@
 use std::sync::Arc;
 
 use imsg_proto::internal::v1::{
-    Accepted, ApplyUpdatesCall, CreateConversationCall, FileReportCall, HideReadChangedCall, LoggedUpdate,
-    MessagesCall, MessagesResult, MutedConversation, PairBlockCall, PresenceFanoutCall, PresenceQueryCall,
-    PresenceQueryResult, PushEphemeralCall, RelationChange, RelationsCall, RemoveMessageCall, SendForwardedCall,
-    SnapshotsCall, SnapshotsResult, StandingCall, StandingResult, SummariesCall, SummariesResult, UserContextCall,
-    UserContextResult, call_partition_request::Call, call_partition_response::Result as Answer, push_ephemeral_call,
+    Accepted, ApplyUpdatesCall, CreateConversationCall, EraseSenderCall, EraseSenderResult, FileReportCall,
+    HideReadChangedCall, LoggedUpdate, MessagesCall, MessagesResult, MutedConversation, PairBlockCall,
+    PresenceFanoutCall, PresenceQueryCall, PresenceQueryResult, PushEphemeralCall, RelationChange, RelationsCall,
+    RemoveMessageCall, SendForwardedCall, SnapshotsCall, SnapshotsResult, StandingCall, StandingResult, SummariesCall,
+    SummariesResult, UserContextCall, UserContextResult, call_partition_request::Call,
+    call_partition_response::Result as Answer, push_ephemeral_call,
 };
 use imsg_proto::v1::{
     CreateConversationRequest, DirectConversationSpec, GroupConversationSpec, Message, ReportResponse, TypingUpdate,
@@ -171,6 +172,13 @@ pub fn forward(peers: &Arc<Peers>, owner: Owner, partition: PartitionId, command
             let call = Call::Standing(StandingCall { user_id, suspend });
             ask(peers, owner, partition, call, reply, |answer| match answer {
                 Answer::Standing(standing) => Some(standing.suspended),
+                _ => None,
+            })
+        }
+        Command::EraseSender { conversation_id, user_id, reply } => {
+            let call = Call::EraseSender(EraseSenderCall { conversation_id, user_id });
+            ask(peers, owner, partition, call, reply, |answer| match answer {
+                Answer::Erased(erased) => Some(erased.messages),
                 _ => None,
             })
         }
@@ -364,6 +372,11 @@ pub async fn serve(call: Call, submit: impl FnOnce(Command) -> Result<()>) -> Re
             let (user_id, suspend) = (call.user_id, call.suspend);
             let suspended = answer(submit, |reply| Command::Standing { user_id, suspend, reply }).await?;
             Answer::Standing(StandingResult { suspended })
+        }
+        Call::EraseSender(call) => {
+            let (conversation_id, user_id) = (call.conversation_id, call.user_id);
+            let messages = answer(submit, |reply| Command::EraseSender { conversation_id, user_id, reply }).await?;
+            Answer::Erased(EraseSenderResult { messages })
         }
         Call::HideReadChanged(call) => {
             submit(Command::HideReadChanged {

@@ -116,6 +116,7 @@ command_table! {
     ResolveReport => ResolveReport by resolve_report,
     LiftSuspension => LiftSuspension by lift_suspension,
     ListAuditLog => ListAuditLog by list_audit_log,
+    DeleteAccount => DeleteAccount by delete_account,
     Typing => Accepted by typing,
     MarkDelivered => Accepted by mark_delivered,
     MarkRead => Accepted by mark_read,
@@ -410,6 +411,7 @@ impl ClientCommand for MarkRead {
     }
 }
 
+mod accounts;
 mod handlers;
 mod moderation;
 mod notifications;

@@ -235,7 +235,7 @@ impl Broker {
     }
 
     /// The copy of a block in the pair's direct conversation.
-    async fn pair_block(&self, blocker: &str, other: &str, blocked: bool) -> Result<()> {
+    pub(super) async fn pair_block(&self, blocker: &str, other: &str, blocked: bool) -> Result<()> {
         let conversation_id = self.id_key().direct_conversation_id(blocker, other);
         let blocker = blocker.to_owned();
         let partition = self.partition_of(&conversation_id);

@@ -28,7 +28,7 @@ impl Conversation {
     /// line in step.
     fn publish_change(&mut self, updated: Arc<Message>, effects: &mut Effects) {
         self.message_changed(&updated);
-        effects.logged.push(Logged { recipients: self.member_ids(), event: LoggedEvent::MessageUpdated(updated) });
+        effects.logged.push(Logged { recipients: self.listeners(), event: LoggedEvent::MessageUpdated(updated) });
     }
 
     /// Replaces the text of a text message (the caption of a shared item,
@@ -80,25 +80,40 @@ impl Conversation {
     /// changes nothing.
     pub fn unsend(&mut self, caller: &Caller, seq: u64, stored: Option<&Message>) -> Result<Effects> {
         let target = self.own_message(caller, seq, stored)?;
-        Ok(self.tombstone(target))
+        Ok(self.tombstone(target, false))
+    }
+
+    /// Replaces `user`'s messages among `stored` by tombstones saying the
+    /// account was deleted (their content keys are erased with them).
+    pub fn erase_sender(&mut self, user: &str, stored: &[Message]) -> (u64, Effects) {
+        let mut effects = Effects::default();
+        let mut erased = 0;
+        for message in stored.iter().filter(|m| m.sender_id == user && !m.sender_deleted) {
+            let one = self.tombstone(message, true);
+            effects.writes.extend(one.writes);
+            effects.logged.extend(one.logged);
+            erased += 1;
+        }
+        (erased, effects)
     }
 
     /// Removes message `seq` for everyone: a moderator's decision, the same
     /// tombstone as an unsend (a missing or unsent message: nothing to do).
     pub fn remove(&mut self, seq: u64, stored: Option<&Message>) -> Effects {
         match stored {
-            Some(target) if target.seq == seq && seq <= self.last_seq => self.tombstone(target),
+            Some(target) if target.seq == seq && seq <= self.last_seq => self.tombstone(target, false),
             _ => Effects::default(),
         }
     }
 
-    fn tombstone(&mut self, target: &Message) -> Effects {
-        if target.unsent {
+    fn tombstone(&mut self, target: &Message, sender_deleted: bool) -> Effects {
+        if target.unsent && !sender_deleted {
             return Effects::default();
         }
         let tombstone = Arc::new(Message {
             content: None,
             unsent: true,
+            sender_deleted,
             edit_time_ms: 0,
             reactions: Vec::new(),
             reply_preview: None,
@@ -218,5 +233,27 @@ mod tests {
         assert_eq!(effects.logged[0].recipients, vec!["bob".to_string()]);
         let error = conversation.delete_for_me(&caller("bob"), 9, None).unwrap_err();
         assert!(matches!(error, Error::MessageNotFound { .. }));
+    }
+
+    #[test]
+    fn a_deleted_accounts_messages_become_tombstones_saying_so() {
+        let mut conversation = group("alice", &["bob"]);
+        let (_, sent) = conversation.send(&caller("bob"), new_text("b", "mine"), None, &limits(), T0).unwrap();
+        let (_, other) = conversation.send(&caller("alice"), new_text("a", "hers"), None, &limits(), T0).unwrap();
+        let stored = [sent_message(&sent), sent_message(&other)];
+        let (erased, effects) = conversation.erase_sender("bob", &stored);
+        assert_eq!(erased, 1);
+        let tombstones: Vec<_> = effects
+            .writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Rewrite(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tombstones.len(), 1);
+        assert!(tombstones[0].sender_deleted && tombstones[0].unsent && tombstones[0].content.is_none());
+        let again = [(*tombstones[0]).clone()];
+        assert_eq!(conversation.erase_sender("bob", &again).0, 0, "erasing twice changes nothing");
     }
 }

@@ -43,6 +43,14 @@ impl Partition {
                 let result = Ok(self.standing(&user_id, suspend));
                 self.reply(reply, result);
             }
+            Command::Forget { user_id, reply } => {
+                let result = Ok(self.forget(&user_id));
+                self.reply(reply, result);
+            }
+            Command::EraseSender { conversation_id, user_id, reply } => {
+                let result = self.erase_sender(&conversation_id, &user_id);
+                self.reply(reply, result);
+            }
             Command::Moderation { op, reply } => {
                 let result = self.moderate(op);
                 self.reply(reply, result);

@@ -20,6 +20,7 @@
 //! that fans updates out) and `user` (settings, inbox membership, appending
 //! to update logs, sessions, replay and presence pushes).
 
+mod accounts;
 mod conversation;
 mod dispatch;
 mod messages;
@@ -37,7 +38,8 @@ use tokio::sync::{Notify, oneshot};
 
 pub use crate::core::{MarkKind, MembershipChange, NewConversation, NewMessage, Viewer};
 pub use crate::mailbox::{
-    Command, Mailbox, ModerationOp, ModerationOutcome, NotificationChange, OpenStep, Reply, SessionHandle, UserContext,
+    Command, ERASE_BATCH, Forgotten, Mailbox, ModerationOp, ModerationOutcome, NotificationChange, OpenStep, Reply,
+    SessionHandle, UserContext,
 };
 use crate::{
     config::Limits,

@@ -33,7 +33,7 @@ use crate::{
 #[derive(Default)]
 pub(super) struct UserState {
     pub(super) settings: SettingsRecord,
-    conversations: BTreeSet<String>,
+    pub(super) conversations: BTreeSet<String>,
     /// Conversations the user has not accepted (message requests): they
     /// show the user's presence to nobody and push nothing.
     pub(super) requests: HashSet<String>,

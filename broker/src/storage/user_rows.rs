@@ -80,6 +80,10 @@ impl PartitionStore {
 }
 
 impl WriteBatch {
+    pub fn remove_settings(&mut self, user: &str) {
+        self.remove(key(b's', &[user.as_bytes()]));
+    }
+
     pub fn put_settings(&mut self, user: &str, record: &SettingsRecord) {
         self.put(key(b's', &[user.as_bytes()]), record.encode_to_vec());
     }

@@ -17,4 +17,5 @@ mod push;
 mod receipts;
 mod resume;
 mod rich;
+mod rights;
 mod typing;

@@ -1,0 +1,67 @@
+//! Deleting an account, on the partitions it touches: the user's own
+//! state goes (`forget`), and each conversation replaces the user's
+//! messages by tombstones saying the account was deleted
+//! (`erase_sender`, in batches), leaving groups.
+
+use imsg_proto::internal::v1::Caller;
+
+use super::{ERASE_BATCH, Forgotten, Partition};
+use crate::{core::MembershipChange, error::Result};
+
+impl Partition {
+    pub(super) fn forget(&mut self, user: &str) -> Forgotten {
+        self.close_user_sessions(user, "account deleted");
+        let Some(state) = self.users.map.get_mut(user) else { return Forgotten::default() };
+        let forgotten = Forgotten {
+            conversations: state.conversations.iter().cloned().collect(),
+            blocked: state.relations.iter().filter(|(_, r)| r.blocks).map(|(u, _)| u.clone()).collect(),
+        };
+        let writes = &mut self.batch.writes;
+        writes.remove_settings(user);
+        for conversation in std::mem::take(&mut state.conversations) {
+            writes.remove_inbox_entry(user, &conversation);
+        }
+        for (other, _) in std::mem::take(&mut state.relations) {
+            writes.put_relation(user, &other, &Default::default());
+        }
+        for (device, _) in std::mem::take(&mut state.push_targets) {
+            writes.put_push_target(user, &device, None);
+        }
+        for (conversation, _) in std::mem::take(&mut state.notify) {
+            writes.put_notify_settings(user, &conversation, &Default::default());
+        }
+        state.settings = Default::default();
+        state.requests.clear();
+        forgotten
+    }
+
+    /// Erases up to `ERASE_BATCH` of `user`'s messages here; with the last
+    /// batch (fewer than that), a group is left too. Answers how many were
+    /// erased.
+    pub(super) fn erase_sender(&mut self, id: &str, user: &str) -> Result<u64> {
+        if !self.load_conversation(id)? {
+            return Ok(0);
+        }
+        let last_seq = self.conversation(id)?.last_seq();
+        let mut found = Vec::new();
+        for seq in 1..=last_seq {
+            if let Some((message, _)) = self.stored_message(id, seq)?
+                && message.sender_id == user
+                && !message.sender_deleted
+            {
+                found.push((*message).clone());
+                if found.len() as u64 == ERASE_BATCH {
+                    break;
+                }
+            }
+        }
+        let (erased, effects) = self.conversation(id)?.erase_sender(user, &found);
+        self.apply_effects(effects)?;
+        let conversation = self.conversation(id)?;
+        if erased < ERASE_BATCH && conversation.is_group() && conversation.member(user).is_some() {
+            let leaving = Caller { user_id: user.to_owned(), ..Caller::default() };
+            self.change_membership(&leaving, id, MembershipChange::Remove(user.to_owned()))?;
+        }
+        Ok(erased)
+    }
+}
