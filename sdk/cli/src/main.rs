@@ -9,6 +9,7 @@
 //! conversation is named by its id or, for a 1:1, by `@user`.
 
 mod render;
+mod safety;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -103,6 +104,8 @@ enum Command {
     },
     /// Chat interactively (Enter sends, Ctrl-C leaves).
     Chat { conversation: String },
+    #[command(flatten)]
+    Safety(safety::SafetyCommand),
 }
 
 fn local_token(user: Option<&str>, device: &str, ttl_secs: u64) -> anyhow::Result<String> {
@@ -253,6 +256,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Chat { conversation } => chat(client, &me, &conversation).await?,
+        Command::Safety(command) => safety::run(&client, command).await?,
     }
     Ok(())
 }

@@ -184,6 +184,33 @@ class Client:
         """`pb.WHO_MAY_MESSAGE_EVERYONE`, `_CONTACTS` or `_NOBODY_NEW`."""
         await self._retrying(self._stub.UpdateSettings, pb.UpdateSettingsRequest(who_may_message=who))
 
+    async def register_push_target(self, platform: int, token: str) -> None:
+        """Push notifications for this device (`pb.PUSH_PLATFORM_APNS`, ...)."""
+        request = pb.RegisterPushTargetRequest(platform=platform, token=token)
+        await self._retrying(self._stub.RegisterPushTarget, request)
+
+    async def mute(self, conversation: str, until_ms: int = -1, hide_previews: bool = False) -> None:
+        """Mutes a conversation until then (-1: until unmuted; 0: unmutes)."""
+        request = pb.SetConversationNotificationsRequest(
+            conversation_id=conversation, muted_until_ms=until_ms, hide_previews=hide_previews
+        )
+        await self._retrying(self._stub.SetConversationNotifications, request)
+
+    async def report(self, conversation: str, seq: int, reason: int, comment: str = "", block: bool = False) -> str:
+        """Reports a message (seq 0: the conversation); answers the report id."""
+        request = pb.ReportRequest(conversation_id=conversation, seq=seq, reason=reason, comment=comment, block=block)
+        return (await self._retrying(self._stub.Report, request)).report_id
+
+    async def export_my_data(self) -> bytes:
+        """This user's data as one JSON document."""
+        document = b""
+        async for piece in self._stub.ExportMyData(pb.ExportMyDataRequest(), metadata=self._metadata):
+            document += piece.chunk
+        return document
+
+    async def delete_account(self) -> pb.DeleteAccountResponse:
+        return await self._retrying(self._stub.DeleteAccount, pb.DeleteAccountRequest())
+
     async def react(self, conversation: str, seq: int, emoji: str) -> None:
         """Sets this user's reaction (replacing theirs); "" removes it."""
         request = pb.ReactToMessageRequest(conversation_id=conversation, seq=seq, emoji=emoji)

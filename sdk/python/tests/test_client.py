@@ -20,6 +20,7 @@ def test_two_clients_chat(server):
         bob = await Client(server, token("bob")).start()
         try:
             conversation = await alice.direct_with("bob")
+            await bob.accept(conversation)  # bob knows alice
             await wait_for(bob, "connected")
             ack = await alice.send_text(conversation, "hello from python")
             assert ack.seq == 1
@@ -144,7 +145,8 @@ def test_transient_refusals_are_retried_as_told_and_permanent_ones_are_not(rate_
         started = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await mallory.send_text(conversation, "let me in")
-        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # Not a member: answered as a conversation that does not exist.
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
         assert retry_after(refused.value) is None
         assert time.monotonic() - started < 0.5, "a permanent refusal was retried"
         await alice.close()
@@ -209,6 +211,52 @@ def test_upload_send_and_download_a_file(server):
             assert await bob.download(conversation, sent.seq) == data
             message = (await bob.history(conversation)).messages[0]
             assert (message.media.caption, message.media.mime_type) == ("the report", "application/pdf")
+        finally:
+            await alice.close()
+            await bob.close()
+
+    asyncio.run(scenario())
+
+
+def test_requests_blocking_reports_export_and_account_deletion(server):
+    async def scenario():
+        import json
+
+        import grpc
+        from imsg.v1 import messaging_pb2 as pb
+
+        alice = await Client(server, token("alice")).start()
+        bob = await Client(server, token("bob")).start()
+        try:
+            # A stranger's conversation waits in the requests folder.
+            conversation = await alice.direct_with("bob")
+            await alice.send_text(conversation, "hi, we met at the conference")
+            requests = await bob.requests()
+            assert [s.conversation.conversation_id for s in requests.conversations] == [conversation]
+            accepted = await bob.accept(conversation)
+            assert not any(m.request_pending for m in accepted.members)
+            sent = await bob.send_text(conversation, "hello!")
+            await bob.mute(conversation, -1)
+            # Reporting with a block; the block is listed.
+            report_id = await bob.report(conversation, 1, pb.REPORT_REASON_SPAM, "unsolicited", block=True)
+            assert report_id.startswith("rep_")
+            assert await bob.blocked_users() == ["alice"]
+            try:
+                await alice.send_text(conversation, "hello?")
+                raise AssertionError("a blocked sender was accepted")
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+            await bob.unblock("alice")
+            # Export, then deletion.
+            document = json.loads(await bob.export_my_data())
+            assert document["user_id"] == "bob"
+            mine = [c for c in document["conversations"] if c["conversation"]["conversation_id"] == conversation][0]
+            assert [m["content"]["text"] for m in mine["messages_sent"]] == ["hello!"]
+            deleted = await bob.delete_account()
+            assert deleted.messages_erased == 1
+            history = (await alice.history(conversation)).messages
+            erased = [m for m in history if m.seq == sent.seq][0]
+            assert erased.sender_deleted and not erased.HasField("text")
         finally:
             await alice.close()
             await bob.close()
