@@ -31,6 +31,9 @@ enum Tool {
         ttl_secs: u64,
         #[arg(long, env = "IMSG_JWT_SECRET", hide_env_values = true)]
         jwt_secret: String,
+        /// Grant a role (`moderator`, `service`); repeatable.
+        #[arg(long = "role")]
+        roles: Vec<String>,
     },
 }
 
@@ -96,9 +99,10 @@ struct ServeArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Tool::Token { user, device, ttl_secs, jwt_secret }) = cli.command {
+    if let Some(Tool::Token { user, device, ttl_secs, jwt_secret, roles }) = cli.command {
         let auth = Authenticator::new(&jwt_secret).map_err(anyhow::Error::msg)?;
-        println!("{}", auth.issue(&user, &device, ttl_secs).map_err(anyhow::Error::msg)?);
+        let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+        println!("{}", auth.issue_with_roles(&user, &device, ttl_secs, &roles).map_err(anyhow::Error::msg)?);
         return Ok(());
     }
     init_logging();
