@@ -38,22 +38,8 @@ mod tests {
 
     use super::*;
 
-    const HIDDEN: SettingsRecord = SettingsRecord {
-        hide_read_receipts: false,
-        hide_activity_status: true,
-        who_may_message: 0,
-        notifications_muted_until_ms: 0,
-        hide_push_previews: false,
-        suspended: false,
-    };
-    const SHOWN: SettingsRecord = SettingsRecord {
-        hide_read_receipts: false,
-        hide_activity_status: false,
-        who_may_message: 0,
-        notifications_muted_until_ms: 0,
-        hide_push_previews: false,
-        suspended: false,
-    };
+    const HIDDEN: SettingsRecord = SettingsRecord::with_privacy(false, true);
+    const SHOWN: SettingsRecord = SettingsRecord::with_privacy(false, false);
 
     #[test]
     fn a_user_who_hides_activity_looks_offline_with_no_last_active_time() {

@@ -379,17 +379,7 @@ mod tests {
 
     fn settings(user: &str, hide: bool) -> WriteBatch {
         let mut batch = WriteBatch::default();
-        batch.put_settings(
-            user,
-            &SettingsRecord {
-                hide_read_receipts: hide,
-                hide_activity_status: hide,
-                who_may_message: 0,
-                notifications_muted_until_ms: 0,
-                hide_push_previews: false,
-                suspended: false,
-            },
-        );
+        batch.put_settings(user, &SettingsRecord::with_privacy(hide, hide));
         batch
     }
 

@@ -343,29 +343,9 @@ mod tests {
     fn recovery_replays_the_wal_up_to_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let mut logged = WriteBatch::default();
-        logged.put_settings(
-            "alice",
-            &SettingsRecord {
-                hide_read_receipts: true,
-                hide_activity_status: false,
-                who_may_message: 0,
-                notifications_muted_until_ms: 0,
-                hide_push_previews: false,
-                suspended: false,
-            },
-        );
+        logged.put_settings("alice", &SettingsRecord::with_privacy(true, false));
         let mut torn = WriteBatch::default();
-        torn.put_settings(
-            "bob",
-            &SettingsRecord {
-                hide_read_receipts: true,
-                hide_activity_status: true,
-                who_may_message: 0,
-                notifications_muted_until_ms: 0,
-                hide_push_previews: false,
-                suspended: false,
-            },
-        );
+        torn.put_settings("bob", &SettingsRecord::with_privacy(true, true));
         let mut bytes = Vec::new();
         wal::encode_record(&mut bytes, 1, &logged.ops);
         let whole = bytes.len();
@@ -545,34 +525,14 @@ mod tests {
         let stale = {
             let mut bytes = Vec::new();
             let mut old = WriteBatch::default();
-            old.put_settings(
-                "alice",
-                &SettingsRecord {
-                    hide_read_receipts: false,
-                    hide_activity_status: false,
-                    who_may_message: 0,
-                    notifications_muted_until_ms: 0,
-                    hide_push_previews: false,
-                    suspended: false,
-                },
-            );
+            old.put_settings("alice", &SettingsRecord::with_privacy(false, false));
             wal::encode_record(&mut bytes, 0, &old.ops);
             bytes
         };
         let store = Store::open(&config(dir.path())).unwrap();
         let partition = store.partition(0).unwrap();
         let mut batch = WriteBatch::default();
-        batch.put_settings(
-            "alice",
-            &SettingsRecord {
-                hide_read_receipts: true,
-                hide_activity_status: true,
-                who_may_message: 0,
-                notifications_muted_until_ms: 0,
-                hide_push_previews: false,
-                suspended: false,
-            },
-        );
+        batch.put_settings("alice", &SettingsRecord::with_privacy(true, true));
         wait_published(&store, partition.apply(batch, true));
         store.close().unwrap();
         drop(partition);

@@ -300,6 +300,18 @@ pub struct PushRecord {
 }
 
 impl SettingsRecord {
+    /// Default settings but these two (tests of what they hide).
+    pub const fn with_privacy(hide_read_receipts: bool, hide_activity_status: bool) -> Self {
+        Self {
+            hide_read_receipts,
+            hide_activity_status,
+            who_may_message: 0,
+            notifications_muted_until_ms: 0,
+            hide_push_previews: false,
+            suspended: false,
+        }
+    }
+
     /// The record of settings as the API shows them.
     pub fn from_view(view: &imsg_proto::v1::Settings) -> Self {
         Self {

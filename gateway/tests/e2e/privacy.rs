@@ -215,22 +215,13 @@ async fn a_message_request_waits_in_the_requests_folder_until_accepted() {
 
     // Accepted: the inbox, receipts, presence, and no limit.
     // The sender accepting changes nothing: the request is bob's.
-    let by_sender = alice
-        .api
-        .clone()
-        .accept_conversation(imsg_proto::v1::AcceptConversationRequest { conversation_id: request.clone() })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(by_sender.conversation.unwrap().members.iter().any(|m| m.user_id == "bob" && m.request_pending));
-    let accepted = bob
-        .api
-        .clone()
-        .accept_conversation(imsg_proto::v1::AcceptConversationRequest { conversation_id: request.clone() })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(accepted.conversation.unwrap().members.iter().all(|m| !m.request_pending));
+    let accept = |client: &Client| {
+        let request = imsg_proto::v1::AcceptConversationRequest { conversation_id: request.clone() };
+        let mut api = client.api.clone();
+        async move { api.accept_conversation(request).await.unwrap().into_inner().conversation.unwrap() }
+    };
+    assert!(accept(&alice).await.members.iter().any(|m| m.user_id == "bob" && m.request_pending));
+    assert!(accept(&bob).await.members.iter().all(|m| !m.request_pending));
     assert_eq!(folder(&bob, Folder::Inbox).await, vec![request.clone()]);
     assert!(folder(&bob, Folder::Requests).await.is_empty());
     alice.try_send(&request, "a4", "thanks").await.unwrap();

@@ -120,6 +120,19 @@ async fn mute(client: &Client, conversation: &str, until: i64, hide_previews: bo
     client.api.clone().set_conversation_notifications(request).await.unwrap();
 }
 
+/// A broker posting to `webhook`, over `data`, and a gateway in front.
+async fn start_with(webhook: &Webhook, data: &std::path::Path) -> (Process, Process) {
+    let broker = start_broker(webhook, data).await;
+    let gateway = Process::spawn(&binary("imsg-gateway"), &gateway_args(broker.addr)).await;
+    (broker, gateway)
+}
+
+async fn start_broker(webhook: &Webhook, data: &std::path::Path) -> Process {
+    let flags = webhook.broker_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    Process::spawn(&binary("imsg-broker"), &broker_args(data, "127.0.0.1:0", &flags)).await
+}
+
 fn for_conversation<'a>(received: &'a [Received], conversation: &str) -> Vec<&'a Received> {
     received.iter().filter(|r| r.body["conversation_id"] == conversation).collect()
 }
@@ -128,10 +141,7 @@ fn for_conversation<'a>(received: &'a [Received], conversation: &str) -> Vec<&'a
 async fn an_offline_device_is_notified_and_a_muted_online_or_request_conversation_is_not() {
     let webhook = Webhook::start(Mode::Accept).await;
     let data = tempfile::tempdir().unwrap();
-    let flags = webhook.broker_flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let broker = Process::spawn(&binary("imsg-broker"), &broker_args(data.path(), "127.0.0.1:0", &flags)).await;
-    let gateway = Process::spawn(&binary("imsg-gateway"), &gateway_args(broker.addr)).await;
+    let (_broker, gateway) = start_with(&webhook, data.path()).await;
     let alice = Client::connect(gateway.addr, "alice", "phone").await;
     let bob_phone = Client::connect(gateway.addr, "bob", "phone").await;
     let bob_laptop = Client::connect(gateway.addr, "bob", "laptop").await;
@@ -189,10 +199,7 @@ async fn an_offline_device_is_notified_and_a_muted_online_or_request_conversatio
 async fn a_broker_sigkill_loses_no_notification_and_a_repeat_has_the_same_key() {
     let mut webhook = Webhook::start(Mode::Refuse).await;
     let data = tempfile::tempdir().unwrap();
-    let flags = webhook.broker_flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let broker = Process::spawn(&binary("imsg-broker"), &broker_args(data.path(), "127.0.0.1:0", &flags)).await;
-    let gateway = Process::spawn(&binary("imsg-gateway"), &gateway_args(broker.addr)).await;
+    let (broker, gateway) = start_with(&webhook, data.path()).await;
     let alice = Client::connect(gateway.addr, "alice", "phone").await;
     let carol = Client::connect(gateway.addr, "carol", "phone").await;
     let bob = Client::connect(gateway.addr, "bob", "phone").await;
@@ -212,7 +219,7 @@ async fn a_broker_sigkill_loses_no_notification_and_a_repeat_has_the_same_key() 
     // Restarted, with the webhook up: every conversation's notifications
     // arrive, the newest last, together standing for every message.
     webhook.set_mode(Mode::Accept);
-    let broker = Process::spawn(&binary("imsg-broker"), &broker_args(data.path(), "127.0.0.1:0", &flags)).await;
+    let broker = start_broker(&webhook, data.path()).await;
     let delivered = |received: &[Received], conversation: &str| -> (u64, u64) {
         let accepted: Vec<_> = received.iter().filter(|r| r.accepted).collect();
         let got = for_conversation_refs(&accepted, conversation);
@@ -232,7 +239,7 @@ async fn a_broker_sigkill_loses_no_notification_and_a_repeat_has_the_same_key() 
     let held = tokio::time::timeout(PATIENCE, webhook.holding.recv()).await.unwrap().unwrap();
     broker.sigkill().await;
     webhook.set_mode(Mode::Accept);
-    let _broker = Process::spawn(&binary("imsg-broker"), &broker_args(data.path(), "127.0.0.1:0", &flags)).await;
+    let _broker = start_broker(&webhook, data.path()).await;
     webhook.wait_for("the repeat", |r| r.iter().filter(|n| n.key == held && n.accepted).count() >= 2).await;
     let repeats: Vec<_> = webhook.accepted().into_iter().filter(|n| n.key == held).collect();
     assert!(repeats.iter().all(|n| n.body["seq"] == 4), "{repeats:#?}");

@@ -10,10 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use imsg_broker::BrokerConfig;
-use imsg_gateway::{BrokerTarget, GatewayConfig, RunningGateway};
+mod common;
 
-const SECRET: &str = "cli-test-secret-0123456789";
+use common::SECRET;
 
 /// One `imsg chat` running in a pseudo-terminal.
 struct Terminal {
@@ -88,15 +87,7 @@ impl Terminal {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_people_chat_in_two_terminals_with_typing_read_state_and_presence() {
     let data = tempfile::tempdir().unwrap();
-    let mut broker = BrokerConfig::new(data.path());
-    broker.partitions = 8;
-    let server = RunningGateway::start(GatewayConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        BrokerTarget::Embedded(broker),
-        SECRET,
-    ))
-    .await
-    .unwrap();
+    let server = common::server(data.path()).await;
 
     let mut alice = Terminal::start(server.addr, "alice", "@bob");
     alice.shows("chatting in").await;

@@ -3,10 +3,9 @@
 
 use std::{net::SocketAddr, process::Command};
 
-use imsg_broker::BrokerConfig;
-use imsg_gateway::{BrokerTarget, GatewayConfig, RunningGateway};
+mod common;
 
-const SECRET: &str = "cli-safety-secret-0123456789";
+use common::SECRET;
 
 /// `imsg --user <user> <args...>`: its output, or its error.
 fn imsg(server: SocketAddr, user: &str, args: &[&str]) -> Result<String, String> {
@@ -24,15 +23,7 @@ fn imsg(server: SocketAddr, user: &str, args: &[&str]) -> Result<String, String>
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_blocks_mutes_reports_and_an_export_from_the_command_line() {
     let data = tempfile::tempdir().unwrap();
-    let mut broker = BrokerConfig::new(data.path());
-    broker.partitions = 8;
-    let server = RunningGateway::start(GatewayConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        BrokerTarget::Embedded(broker),
-        SECRET,
-    ))
-    .await
-    .unwrap();
+    let server = common::server(data.path()).await;
     let addr = server.addr;
     let run = move |user: &'static str, args: Vec<String>| {
         tokio::task::spawn_blocking(move || {
