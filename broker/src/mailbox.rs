@@ -302,10 +302,12 @@ pub enum Command {
         suspend: Option<bool>,
         reply: Reply<bool>,
     },
-    /// A deleted account: its user-partition state goes (sessions closed);
-    /// answers what it held that other partitions must clean up.
+    /// A deleted account: answers what its partition holds that other
+    /// partitions must clean up, closing its sessions; with `erase`, the
+    /// state itself goes (the last step, so a retry still finds the rest).
     Forget {
         user_id: String,
+        erase: bool,
         reply: Reply<Forgotten>,
     },
     /// A deleted account's messages here become tombstones (at most

@@ -10,7 +10,7 @@ use crate::{
     Broker,
     config::Limits,
     error::Result,
-    partition::{Command, ERASE_BATCH},
+    partition::{Command, ERASE_BATCH, Forgotten},
 };
 
 impl ClientCommand for DeleteAccountRequest {
@@ -24,21 +24,18 @@ impl ClientCommand for DeleteAccountRequest {
 }
 
 impl Broker {
-    /// The user's own state first (sessions closed, nothing new reaches
-    /// them), then the copies of their blocks elsewhere, then their
-    /// messages in every conversation. Each step is idempotent: a retry
-    /// after a failure completes the rest (the conversations are only
-    /// known from the first step, so a failed deletion is retried by the
-    /// conversations it reported, see the closing note in ARCHITECTURE).
+    /// Sessions closed and what the account touched read first; then the
+    /// copies of its blocks elsewhere and its messages in every
+    /// conversation; its own state last. Every step is idempotent and the
+    /// state that names the rest goes last, so a retry after a failure
+    /// completes the deletion.
     pub(super) async fn delete_account(
         &self,
         caller: Caller,
         user_id: String,
         _: DeleteAccountRequest,
     ) -> Result<DeleteAccountResponse> {
-        let partition = self.partition_of(&user_id);
-        let user = user_id.clone();
-        let forgotten = self.call(partition, |reply| Command::Forget { user_id: user, reply }).await?;
+        let forgotten = self.forget(&user_id, false).await?;
         for blocked in &forgotten.blocked {
             self.relate(blocked, vec![caller.user_id.clone()], RelationChange::UnblockedBy).await?;
             self.pair_block(&caller.user_id, blocked, false).await?;
@@ -57,6 +54,13 @@ impl Broker {
                 }
             }
         }
+        self.forget(&user_id, true).await?;
         Ok(DeleteAccountResponse { conversations: forgotten.conversations.len() as u32, messages_erased })
+    }
+
+    async fn forget(&self, user: &str, erase: bool) -> Result<Forgotten> {
+        let user_id = user.to_owned();
+        let partition = self.partition_of(&user_id);
+        self.call(partition, |reply| Command::Forget { user_id, erase, reply }).await
     }
 }

@@ -101,7 +101,9 @@ impl Conversation {
         if self.is_request_for(caller) {
             return Err(Error::FailedPrecondition("accept the message request first".into()));
         }
-        if self.is_group() || !self.others(caller).iter().any(|u| self.is_request_for(u)) {
+        let other_has_not_accepted =
+            self.record.members.iter().any(|m| m.user_id != caller && m.request != RequestState::Accepted as i32);
+        if self.is_group() || !other_has_not_accepted {
             return Ok(());
         }
         if self.record.request_sends >= limits.max_request_messages {

@@ -1,7 +1,7 @@
-//! Deleting an account, on the partitions it touches: the user's own
-//! state goes (`forget`), and each conversation replaces the user's
-//! messages by tombstones saying the account was deleted
-//! (`erase_sender`, in batches), leaving groups.
+//! Deleting an account, on the partitions it touches: each conversation
+//! replaces the user's messages by tombstones saying the account was
+//! deleted (`erase_sender`, in batches), leaving groups; last, the user's
+//! own state goes (`forget`).
 
 use imsg_proto::internal::v1::Caller;
 
@@ -9,13 +9,18 @@ use super::{ERASE_BATCH, Forgotten, Partition};
 use crate::{core::MembershipChange, error::Result};
 
 impl Partition {
-    pub(super) fn forget(&mut self, user: &str) -> Forgotten {
+    /// What `user`'s partition holds that others must clean up, their
+    /// sessions closed; with `erase`, their state removed too.
+    pub(super) fn forget(&mut self, user: &str, erase: bool) -> Forgotten {
         self.close_user_sessions(user, "account deleted");
         let Some(state) = self.users.map.get_mut(user) else { return Forgotten::default() };
         let forgotten = Forgotten {
             conversations: state.conversations.iter().cloned().collect(),
             blocked: state.relations.iter().filter(|(_, r)| r.blocks).map(|(u, _)| u.clone()).collect(),
         };
+        if !erase {
+            return forgotten;
+        }
         let writes = &mut self.batch.writes;
         writes.remove_settings(user);
         for conversation in std::mem::take(&mut state.conversations) {

@@ -43,8 +43,8 @@ impl Partition {
                 let result = Ok(self.standing(&user_id, suspend));
                 self.reply(reply, result);
             }
-            Command::Forget { user_id, reply } => {
-                let result = Ok(self.forget(&user_id));
+            Command::Forget { user_id, erase, reply } => {
+                let result = Ok(self.forget(&user_id, erase));
                 self.reply(reply, result);
             }
             Command::EraseSender { conversation_id, user_id, reply } => {
