@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod export;
+pub mod keys;
 pub mod media;
 pub mod ratelimit;
 pub mod server;

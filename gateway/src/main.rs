@@ -59,6 +59,24 @@ struct ServeArgs {
     /// surrounding whitespace is ignored.
     #[arg(long, env = "IMSG_JWT_SECRET_FILE", conflicts_with = "jwt_secret")]
     jwt_secret_file: Option<std::path::PathBuf>,
+    /// The host application's token keys (JWKS: RS256, ES256, EdDSA by
+    /// `kid`), from a file ...
+    #[arg(long, env = "IMSG_JWKS_FILE", conflicts_with = "jwks_url")]
+    jwks_file: Option<std::path::PathBuf>,
+    /// ... or a URL; re-read every `--jwks-refresh-secs`.
+    #[arg(long, env = "IMSG_JWKS_URL")]
+    jwks_url: Option<String>,
+    #[arg(long, env = "IMSG_JWKS_REFRESH_SECS", default_value_t = 60)]
+    jwks_refresh_secs: u64,
+    /// Tokens must carry this `iss`.
+    #[arg(long, env = "IMSG_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Tokens must carry this `aud`.
+    #[arg(long, env = "IMSG_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Seconds of clock skew allowed on `exp` and `nbf`.
+    #[arg(long, env = "IMSG_JWT_LEEWAY_SECS", default_value_t = 5)]
+    jwt_leeway_secs: u64,
     /// Names this gateway's lease on brokers (default: random).
     #[arg(long, env = "IMSG_GATEWAY_ID")]
     gateway_id: Option<String>,
@@ -108,13 +126,23 @@ async fn main() -> anyhow::Result<()> {
     init_logging();
     let args = cli.serve;
     let secret = match (args.jwt_secret, &args.jwt_secret_file) {
-        (Some(secret), _) => secret,
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading the JWT secret from {}", path.display()))?
-            .trim()
-            .to_owned(),
-        (None, None) => anyhow::bail!("--jwt-secret or --jwt-secret-file (IMSG_JWT_SECRET[_FILE]) is required"),
+        (Some(secret), _) => Some(secret),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the JWT secret from {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
     };
+    let token_keys = match (args.jwks_file, args.jwks_url) {
+        (Some(path), _) => Some(imsg_gateway::keys::KeySource::File(path)),
+        (None, Some(url)) => Some(imsg_gateway::keys::KeySource::Url(url)),
+        (None, None) => None,
+    };
+    if secret.is_none() && token_keys.is_none() {
+        anyhow::bail!("--jwt-secret[-file] (IMSG_JWT_SECRET[_FILE]) or --jwks-file/--jwks-url is required");
+    }
     // The broker flags configure an embedded broker; a gateway in front of
     // remote brokers learns the partition count and limits from them.
     let target = match (args.embedded_broker, args.broker.is_empty()) {
@@ -122,7 +150,15 @@ async fn main() -> anyhow::Result<()> {
         (false, false) => BrokerTarget::Remote { urls: args.broker },
         (false, true) => anyhow::bail!("choose --embedded-broker or --broker <url>[,<url>...]"),
     };
-    let mut config = GatewayConfig::new(args.listen, target, secret);
+    let mut config = GatewayConfig::new(args.listen, target, String::new());
+    config.jwt_secret = secret;
+    config.token_keys = token_keys;
+    config.token_keys_refresh = std::time::Duration::from_secs(args.jwks_refresh_secs.max(1));
+    config.token_rules = imsg_common::token::TokenRules {
+        issuer: args.jwt_issuer,
+        audience: args.jwt_audience,
+        leeway_secs: args.jwt_leeway_secs,
+    };
     config.health_listen = args.health_listen;
     if let Some(id) = args.gateway_id {
         config.gateway_id = id;

@@ -38,7 +38,14 @@ pub struct GatewayConfig {
     /// A plaintext port serving only gRPC health, for probes.
     pub health_listen: Option<SocketAddr>,
     pub broker: BrokerTarget,
-    pub jwt_secret: String,
+    /// Verifies HS256 tokens (local development); `None` with `token_keys`.
+    pub jwt_secret: Option<String>,
+    /// The host application's published keys (RS256, ES256, EdDSA).
+    pub token_keys: Option<crate::keys::KeySource>,
+    /// How often the published keys are re-read.
+    pub token_keys_refresh: Duration,
+    /// `iss`, `aud` and clock leeway every token must satisfy.
+    pub token_rules: imsg_common::token::TokenRules,
     /// Names this gateway's lease on broker nodes.
     pub gateway_id: String,
     pub streams: StreamSettings,
@@ -62,7 +69,10 @@ impl GatewayConfig {
             listen,
             health_listen: None,
             broker,
-            jwt_secret: jwt_secret.into(),
+            jwt_secret: Some(jwt_secret.into()),
+            token_keys: None,
+            token_keys_refresh: Duration::from_secs(60),
+            token_rules: Default::default(),
             gateway_id: format!("gw-{:016x}", rand::random::<u64>()),
             streams: StreamSettings::default(),
             user_requests_per_second: 1000.0,
@@ -88,8 +98,16 @@ pub struct RunningGateway {
 impl RunningGateway {
     /// Binds, starts the backend and serves until [`Self::shutdown`].
     pub async fn start(config: GatewayConfig) -> anyhow::Result<Self> {
-        let auth = Authenticator::new(&config.jwt_secret).map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            config.jwt_secret.is_some() || config.token_keys.is_some(),
+            "tokens need a way to be verified: a JWT secret or published keys (JWKS)"
+        );
+        let auth = Authenticator::with_rules(config.jwt_secret.as_deref(), config.token_rules.clone())
+            .map_err(anyhow::Error::msg)?;
         let stop = CancellationToken::new();
+        if let Some(source) = &config.token_keys {
+            crate::keys::keep_fresh(auth.clone(), source.clone(), config.token_keys_refresh, stop.clone()).await?;
+        }
         let (backend, broker) = match &config.broker {
             BrokerTarget::Embedded(broker_config) => {
                 let broker = Broker::open(broker_config.clone()).await?;

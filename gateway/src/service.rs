@@ -168,8 +168,8 @@ unary_service! {
         &self,
         request: Request<Streaming<OpenStreamRequest>>,
     ) -> Result<Response<Self::OpenStreamStream>, Status> {
-        let caller = self.gateway.auth.authenticate(request.metadata())?;
-        let stream = crate::stream::open(self.gateway.clone(), caller, request.into_inner()).await?;
+        let verified = self.gateway.auth.authenticate_until(request.metadata())?;
+        let stream = crate::stream::open(self.gateway.clone(), verified, request.into_inner()).await?;
         Ok(Response::new(stream))
     }
 }

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use imsg_common::retry::transient;
+use imsg_common::{retry::transient, token::Verified};
 use imsg_proto::internal::v1::{Caller, execute_request::Command};
 use imsg_proto::v1::{
     Goodbye, OpenStreamRequest, OpenStreamResponse, Pong, StreamError, open_stream_request::Frame as Up,
@@ -107,9 +107,10 @@ fn goodbye(reason: &str) -> Result<OpenStreamResponse, Status> {
 /// starts relaying.
 pub async fn open(
     gateway: Arc<Gateway>,
-    caller: Caller,
+    verified: Verified,
     mut upstream: Streaming<OpenStreamRequest>,
 ) -> Result<DeviceStream, Status> {
+    let Verified { caller, expires_at } = verified;
     let settings = &gateway.stream_settings;
     if gateway.streams.shutdown.is_cancelled() {
         return Err(transient(Code::Unavailable, "gateway is shutting down; reconnect elsewhere", RECONNECT_AFTER));
@@ -132,13 +133,21 @@ pub async fn open(
     };
     let frames = gateway.backend.open_session(caller.clone(), cursor).await?;
     let (out, device) = mpsc::channel(settings.output_queue);
-    tokio::spawn(relay(gateway, caller, upstream, frames, out, slot));
+    tokio::spawn(relay(gateway, caller, expires_at, upstream, frames, out, slot));
     Ok(Box::pin(ReceiverStream::new(device).map(|outgoing: Outgoing| *outgoing)))
+}
+
+/// When a token that expires at `expires_at` (seconds since the epoch)
+/// runs out, on the runtime's clock.
+fn deadline(expires_at: u64) -> tokio::time::Instant {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    tokio::time::Instant::now() + Duration::from_secs(expires_at.saturating_sub(now))
 }
 
 async fn relay(
     gateway: Arc<Gateway>,
     caller: Caller,
+    expires_at: u64,
     mut upstream: Streaming<OpenStreamRequest>,
     mut frames: Frames,
     out: mpsc::Sender<Outgoing>,
@@ -147,10 +156,17 @@ async fn relay(
     let settings = gateway.stream_settings.clone();
     let mut frame_budget = TokenBucket::new(settings.frame_burst, settings.frames_per_second);
     let shutdown = gateway.streams.shutdown.clone();
+    // A stream lives no longer than its token, unless refreshed on it.
+    let expiry = tokio::time::sleep_until(deadline(expires_at));
+    tokio::pin!(expiry);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
                 let _ = out.send(Box::new(goodbye("server shutting down; reconnect with your last cursor"))).await;
+                return;
+            }
+            _ = &mut expiry => {
+                let _ = out.send(Box::new(goodbye("token expired; reconnect with a fresh token"))).await;
                 return;
             }
             down = frames.next() => match down {
@@ -170,6 +186,16 @@ async fn relay(
                 }
             },
             up = upstream.next() => match up {
+                Some(Ok(OpenStreamRequest { frame: Some(Up::RefreshToken(refresh)) })) => {
+                    match refreshed(&gateway, &caller, &refresh.token) {
+                        Ok(expires_at) => expiry.as_mut().reset(deadline(expires_at)),
+                        Err(status) => {
+                            if out.send(Box::new(stream_error(status))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
                 Some(Ok(request)) => {
                     let now = Instant::now();
                     let answer = match frame_budget.try_take(now) {
@@ -188,6 +214,15 @@ async fn relay(
             _ = out.closed() => return,
         }
     }
+}
+
+/// The expiry of a fresh token for the stream's own user and device.
+fn refreshed(gateway: &Gateway, caller: &Caller, token: &str) -> Result<u64, Status> {
+    let verified = gateway.auth.verify(token)?;
+    if verified.caller.user_id != caller.user_id || verified.caller.device_id != caller.device_id {
+        return Err(Status::permission_denied("refresh_token: the token is for another user or device"));
+    }
+    Ok(verified.expires_at)
 }
 
 fn stream_error(status: Status) -> Result<OpenStreamResponse, Status> {
@@ -214,6 +249,8 @@ async fn upstream_frame(
         }
         Some(Up::MarkDelivered(mark)) => Command::MarkDelivered(mark),
         Some(Up::MarkRead(mark)) => Command::MarkRead(mark),
+        // Handled by the relay, which owns the stream's expiry.
+        Some(Up::RefreshToken(_)) => return None,
     };
     match gateway.backend.execute(caller.clone(), command).await {
         Ok(_) => None,

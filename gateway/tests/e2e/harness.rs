@@ -133,8 +133,18 @@ impl Client {
         Self::on_channel(channel, user, device, &[])
     }
 
+    /// A client presenting `token` as it is (whoever signed it).
+    pub async fn with_token(addr: SocketAddr, user: &str, device: &str, token: &str) -> Self {
+        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        Self::bearing(channel, user, device, token)
+    }
+
     fn on_channel(channel: Channel, user: &str, device: &str, roles: &[&str]) -> Self {
         let token = tokens().issue_with_roles(user, device, 3600, roles).unwrap();
+        Self::bearing(channel, user, device, &token)
+    }
+
+    fn bearing(channel: Channel, user: &str, device: &str, token: &str) -> Self {
         let bearer = Bearer(format!("Bearer {token}").parse().unwrap());
         Self {
             user: user.into(),

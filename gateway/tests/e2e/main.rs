@@ -18,4 +18,5 @@ mod receipts;
 mod resume;
 mod rich;
 mod rights;
+mod tokens;
 mod typing;
