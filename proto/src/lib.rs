@@ -28,10 +28,17 @@ pub mod codec {
     //! 8 KiB; a gateway holds one of each per idle device stream, which was
     //! two thirds of its memory per connection. Buffers still grow on
     //! demand for large messages.
+    //!
+    //! A message that does not decode (bad wire format, a string that is
+    //! not UTF-8) is `INVALID_ARGUMENT` naming what is wrong, not prost's
+    //! default `INTERNAL`: the sender's bytes are at fault, not the server.
 
     use std::marker::PhantomData;
 
-    use tonic::codec::{BufferSettings, Codec};
+    use tonic::{
+        Status,
+        codec::{BufferSettings, Codec, DecodeBuf, Decoder},
+    };
     use tonic_prost::ProstCodec;
 
     /// Initial buffer size per stream direction.
@@ -57,14 +64,33 @@ pub mod codec {
         type Encode = T;
         type Decode = U;
         type Encoder = <ProstCodec<T, U> as Codec>::Encoder;
-        type Decoder = <ProstCodec<T, U> as Codec>::Decoder;
+        type Decoder = CompactDecoder<U>;
 
         fn encoder(&mut self) -> Self::Encoder {
             ProstCodec::<T, U>::raw_encoder(BufferSettings::new(INITIAL_BUFFER, YIELD_THRESHOLD))
         }
 
         fn decoder(&mut self) -> Self::Decoder {
-            ProstCodec::<T, U>::raw_decoder(BufferSettings::new(INITIAL_BUFFER, YIELD_THRESHOLD))
+            CompactDecoder(PhantomData)
+        }
+    }
+
+    /// prost decoding; undecodable bytes are the sender's fault.
+    #[derive(Debug)]
+    pub struct CompactDecoder<U>(PhantomData<U>);
+
+    impl<U: prost::Message + Default> Decoder for CompactDecoder<U> {
+        type Item = U;
+        type Error = Status;
+
+        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+            U::decode(buf)
+                .map(Some)
+                .map_err(|error| Status::invalid_argument(format!("the message could not be decoded: {error}")))
+        }
+
+        fn buffer_settings(&self) -> BufferSettings {
+            BufferSettings::new(INITIAL_BUFFER, YIELD_THRESHOLD)
         }
     }
 }

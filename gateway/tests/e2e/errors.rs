@@ -238,3 +238,64 @@ async fn transient_errors_carry_retry_info_and_clients_retry_only_those() {
     assert!(format!("{refused:?}").contains("NotFound"), "{refused:?}");
     gateway.shutdown().await.unwrap();
 }
+
+/// Bytes sent as they are, for requests no generated client would send.
+#[derive(Default)]
+struct RawCodec;
+
+struct RawEncoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut as _;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = imsg_proto::v1::SendMessageResponse;
+    type Encoder = RawEncoder;
+    type Decoder = imsg_proto::codec::CompactDecoder<imsg_proto::v1::SendMessageResponse>;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        use tonic::codec::Codec as _;
+        imsg_proto::codec::CompactCodec::<imsg_proto::v1::SendMessageRequest, imsg_proto::v1::SendMessageResponse>::default()
+            .decoder()
+    }
+}
+
+#[tokio::test]
+async fn undecodable_and_non_utf8_requests_get_invalid_argument_naming_the_problem() {
+    let server = TestServer::start().await;
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
+    let token = crate::harness::tokens().issue("alice", "phone", 60).unwrap();
+    let send_raw = |bytes: Vec<u8>| {
+        let (channel, token) = (channel.clone(), token.clone());
+        async move {
+            let mut grpc = tonic::client::Grpc::new(channel);
+            grpc.ready().await.unwrap();
+            let mut request = tonic::Request::new(bytes);
+            request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+            let path = tonic::codegen::http::uri::PathAndQuery::from_static("/imsg.v1.MessagingService/SendMessage");
+            grpc.unary(request, path, RawCodec).await.unwrap_err()
+        }
+    };
+    // conversation_id (field 1) whose bytes are not UTF-8.
+    let not_utf8 = send_raw(vec![0x0a, 0x02, 0xff, 0xfe]).await;
+    assert_eq!(not_utf8.code(), Code::InvalidArgument, "{not_utf8:?}");
+    assert!(not_utf8.message().contains("UTF-8") && not_utf8.message().contains("conversation_id"), "{not_utf8:?}");
+    // A length running past the end of the message.
+    let truncated = send_raw(vec![0x0a, 0x10, b'x']).await;
+    assert_eq!(truncated.code(), Code::InvalidArgument, "{truncated:?}");
+    assert!(truncated.message().contains("could not be decoded"), "{truncated:?}");
+}
