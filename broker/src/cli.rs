@@ -113,7 +113,7 @@ impl BrokerArgs {
             },
             cluster: crate::cluster::ClusterConfig::standalone(),
             id_secret,
-            push: self.push_webhook_url.clone().map(|webhook_url| crate::push::PushConfig {
+            push: self.push_webhook_url.clone().map(|webhook_url| crate::config::PushConfig {
                 webhook_url,
                 webhook_secret: self.push_webhook_secret.clone().unwrap_or_default(),
             }),

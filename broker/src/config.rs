@@ -57,6 +57,14 @@ impl FromStr for InjectedFault {
     }
 }
 
+/// Where push notifications go (see `crate::push`).
+#[derive(Debug, Clone)]
+pub struct PushConfig {
+    pub webhook_url: String,
+    /// Signs each request (at least 16 bytes).
+    pub webhook_secret: String,
+}
+
 /// Limits the broker enforces on every request, queue and stream.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -144,7 +152,7 @@ pub struct BrokerConfig {
     /// data directory (`id.secret`) on first start.
     pub id_secret: Option<String>,
     /// Where push notifications go (none without).
-    pub push: Option<crate::push::PushConfig>,
+    pub push: Option<PushConfig>,
 }
 
 impl BrokerConfig {

@@ -27,15 +27,8 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::config::PushConfig;
 use crate::{ids::PartitionId, mailbox::Command, now_ms, router::Router, storage::PushRecord};
-
-/// Where notifications go.
-#[derive(Debug, Clone)]
-pub struct PushConfig {
-    pub webhook_url: String,
-    /// Signs each request (at least 16 bytes).
-    pub webhook_secret: String,
-}
 
 /// One notification durable in a partition's push outbox.
 #[derive(Debug, Clone)]

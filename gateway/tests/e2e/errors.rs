@@ -267,7 +267,6 @@ impl tonic::codec::Codec for RawCodec {
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        use tonic::codec::Codec as _;
         imsg_proto::codec::CompactCodec::<imsg_proto::v1::SendMessageRequest, imsg_proto::v1::SendMessageResponse>::default()
             .decoder()
     }
