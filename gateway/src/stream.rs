@@ -208,6 +208,11 @@ async fn relay(
                         return;
                     }
                 }
+                // A frame that does not decode: say so, then end.
+                Some(Err(status)) if status.code() == Code::InvalidArgument => {
+                    let _ = out.send(Box::new(goodbye(status.message()))).await;
+                    return;
+                }
                 // The device closed its side, or the connection broke.
                 Some(Err(_)) | None => return,
             },

@@ -239,9 +239,15 @@ async fn transient_errors_carry_retry_info_and_clients_retry_only_those() {
     gateway.shutdown().await.unwrap();
 }
 
-/// Bytes sent as they are, for requests no generated client would send.
-#[derive(Default)]
-struct RawCodec;
+/// Bytes sent as they are, for requests no generated client would send;
+/// answers decoded as `U`.
+struct RawCodec<U>(std::marker::PhantomData<U>);
+
+impl<U> RawCodec<U> {
+    fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
 
 struct RawEncoder;
 
@@ -256,37 +262,47 @@ impl tonic::codec::Encoder for RawEncoder {
     }
 }
 
-impl tonic::codec::Codec for RawCodec {
+impl<U: prost::Message + Default + Send + 'static> tonic::codec::Codec for RawCodec<U> {
     type Encode = Vec<u8>;
-    type Decode = imsg_proto::v1::SendMessageResponse;
+    type Decode = U;
     type Encoder = RawEncoder;
-    type Decoder = imsg_proto::codec::CompactDecoder<imsg_proto::v1::SendMessageResponse>;
+    type Decoder = imsg_proto::codec::CompactDecoder<U>;
 
     fn encoder(&mut self) -> RawEncoder {
         RawEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        imsg_proto::codec::CompactCodec::<imsg_proto::v1::SendMessageRequest, imsg_proto::v1::SendMessageResponse>::default()
-            .decoder()
+        imsg_proto::codec::CompactCodec::<U, U>::default().decoder()
     }
+}
+
+/// A gRPC client that sends raw bytes as `token`'s bearer.
+async fn raw_client(server: &TestServer) -> (tonic::client::Grpc<tonic::transport::Channel>, String) {
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    (grpc, crate::harness::tokens().issue("alice", "phone", 60).unwrap())
+}
+
+fn bearing<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
 }
 
 #[tokio::test]
 async fn undecodable_and_non_utf8_requests_get_invalid_argument_naming_the_problem() {
     let server = TestServer::start().await;
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
-    let token = crate::harness::tokens().issue("alice", "phone", 60).unwrap();
+    let (grpc, token) = raw_client(&server).await;
     let send_raw = |bytes: Vec<u8>| {
-        let (channel, token) = (channel.clone(), token.clone());
+        let (mut grpc, token) = (grpc.clone(), token.clone());
         async move {
-            let mut grpc = tonic::client::Grpc::new(channel);
             grpc.ready().await.unwrap();
-            let mut request = tonic::Request::new(bytes);
-            request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
             let path = tonic::codegen::http::uri::PathAndQuery::from_static("/imsg.v1.MessagingService/SendMessage");
-            grpc.unary(request, path, RawCodec).await.unwrap_err()
+            let codec = RawCodec::<imsg_proto::v1::SendMessageResponse>::new();
+            grpc.unary(bearing(bytes, &token), path, codec).await.unwrap_err()
         }
     };
     // conversation_id (field 1) whose bytes are not UTF-8.
@@ -297,4 +313,32 @@ async fn undecodable_and_non_utf8_requests_get_invalid_argument_naming_the_probl
     let truncated = send_raw(vec![0x0a, 0x10, b'x']).await;
     assert_eq!(truncated.code(), Code::InvalidArgument, "{truncated:?}");
     assert!(truncated.message().contains("could not be decoded"), "{truncated:?}");
+}
+
+#[tokio::test]
+async fn a_stream_sent_an_undecodable_frame_says_goodbye_with_the_reason() {
+    use prost::Message as _;
+    let server = TestServer::start().await;
+    let (mut grpc, token) = raw_client(&server).await;
+    let (up, frames) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let hello = imsg_proto::v1::OpenStreamRequest { frame: Some(Up::Hello(imsg_proto::v1::Hello { cursor: 0 })) };
+    up.send(hello.encode_to_vec()).await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/imsg.v1.MessagingService/OpenStream");
+    let request = bearing(tokio_stream::wrappers::ReceiverStream::new(frames), &token);
+    let codec = RawCodec::<imsg_proto::v1::OpenStreamResponse>::new();
+    let mut down = grpc.streaming(request, path, codec).await.unwrap().into_inner();
+    let mut sent_bad_frame = false;
+    let goodbye = loop {
+        match down.message().await.unwrap().and_then(|f| f.frame) {
+            Some(imsg_proto::v1::open_stream_response::Frame::Ready(_)) => {
+                up.send(vec![0x0a, 0x10, b'x']).await.unwrap();
+                sent_bad_frame = true;
+            }
+            Some(imsg_proto::v1::open_stream_response::Frame::Goodbye(goodbye)) => break goodbye,
+            Some(_) => continue,
+            None => panic!("the stream ended without a goodbye"),
+        }
+    };
+    assert!(sent_bad_frame);
+    assert!(goodbye.reason.contains("could not be decoded"), "{goodbye:?}");
 }
