@@ -183,6 +183,8 @@ impl Broker {
         self.inner.partitions.lock().unwrap_or_else(|e| e.into_inner()).insert(partition, handle);
         let queues = PartitionQueues { commands: commands_tx, internal: internal_tx };
         self.inner.router.set_slot(partition, Slot::Serving { queues, epoch });
+        let label = crate::metrics::PartitionLabel { partition };
+        crate::metrics::METRICS.partition_epoch.get_or_create(&label).set(epoch as i64);
         Ok(())
     }
 

@@ -15,6 +15,7 @@ pub mod error;
 pub mod grpc;
 pub mod layout;
 pub mod mailbox;
+pub mod metrics;
 pub mod partition;
 pub mod push;
 pub mod router;

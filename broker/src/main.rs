@@ -25,6 +25,9 @@ struct Args {
     /// Plaintext gRPC health service only (for Kubernetes probes); off if unset.
     #[arg(long, env = "IMSG_HEALTH_LISTEN")]
     health_listen: Option<SocketAddr>,
+    /// Prometheus metrics (`GET /metrics`) on this address; off if unset.
+    #[arg(long, env = "IMSG_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     broker: BrokerArgs,
     #[command(flatten)]
@@ -89,6 +92,10 @@ async fn main() -> anyhow::Result<()> {
         Some(addr) => Some(spawn_health_port(addr, health.clone(), stop.clone()).await?),
         None => None,
     };
+    if let Some(addr) = args.metrics_listen {
+        let bound = imsg_broker::metrics::serve(addr, stop.clone()).await?;
+        tracing::info!(%bound, "metrics served");
+    }
     let service = BrokerServiceServer::new(BrokerGrpc::new(broker.clone()))
         .max_decoding_message_size(16 * 1024 * 1024)
         .max_encoding_message_size(16 * 1024 * 1024);

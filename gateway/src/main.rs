@@ -52,6 +52,10 @@ struct ServeArgs {
     /// A plaintext port serving only gRPC health, for orchestrator probes.
     #[arg(long, env = "IMSG_HEALTH_LISTEN")]
     health_listen: Option<SocketAddr>,
+    /// Prometheus metrics (`GET /metrics`) of the gateway and an embedded
+    /// broker on this address; off if unset.
+    #[arg(long, env = "IMSG_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// HS256 secret that verifies client tokens (at least 16 bytes).
     #[arg(long, env = "IMSG_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -160,6 +164,7 @@ async fn main() -> anyhow::Result<()> {
         leeway_secs: args.jwt_leeway_secs,
     };
     config.health_listen = args.health_listen;
+    config.metrics_listen = args.metrics_listen;
     if let Some(id) = args.gateway_id {
         config.gateway_id = id;
     }

@@ -37,6 +37,8 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     /// A plaintext port serving only gRPC health, for probes.
     pub health_listen: Option<SocketAddr>,
+    /// Prometheus metrics (`GET /metrics`), off if unset.
+    pub metrics_listen: Option<SocketAddr>,
     pub broker: BrokerTarget,
     /// Verifies HS256 tokens (local development); `None` with `token_keys`.
     pub jwt_secret: Option<String>,
@@ -68,6 +70,7 @@ impl GatewayConfig {
         Self {
             listen,
             health_listen: None,
+            metrics_listen: None,
             broker,
             jwt_secret: Some(jwt_secret.into()),
             token_keys: None,
@@ -156,6 +159,10 @@ impl RunningGateway {
                 health_reporter.clone(),
                 <MessagingServiceServer<MessagingApi> as tonic::server::NamedService>::NAME,
             );
+        }
+        if let Some(metrics_addr) = config.metrics_listen {
+            let bound = imsg_broker::metrics::serve(metrics_addr, stop.clone()).await?;
+            tracing::info!(%bound, "metrics served");
         }
         if let Some(health_addr) = config.health_listen {
             imsg_broker::cli::spawn_health_port(health_addr, health.clone(), stop.clone()).await?;

@@ -46,6 +46,7 @@ impl MessagingApi {
     fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, Status> {
         let caller = self.gateway.auth.authenticate(metadata)?;
         if let Err(wait) = self.gateway.unary_limiter.try_take(&caller.user_id) {
+            imsg_broker::metrics::METRICS.rate_limited.get_or_create(&limit("user_requests")).inc();
             return Err(transient(
                 Code::ResourceExhausted,
                 "request rate limit reached for this user; slow down",
@@ -78,6 +79,24 @@ impl MessagingApi {
     }
 }
 
+/// The label of a refusal by one rate limit.
+pub fn limit(name: &str) -> imsg_broker::metrics::LimitLabel {
+    imsg_broker::metrics::LimitLabel { limit: name.to_owned() }
+}
+
+/// Counts an RPC by method and code, and times it.
+fn record<T>(method: &str, result: &Result<T, Status>, started: std::time::Instant) {
+    use imsg_broker::metrics::{METRICS, MethodLabel, RpcLabels};
+    let code = match result {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    };
+    let labels = RpcLabels { method: method.to_owned(), code: format!("{code:?}") };
+    METRICS.rpcs.get_or_create(&labels).inc();
+    let method = MethodLabel { method: method.to_owned() };
+    METRICS.rpc_seconds.get_or_create(&method).observe(started.elapsed().as_secs_f64());
+}
+
 /// Writes a service impl over [`MessagingApi`]: one unary method per
 /// (method, request, response, command variant), plus the methods given
 /// verbatim.
@@ -87,11 +106,15 @@ macro_rules! unary_service {
         impl $service for MessagingApi {
             $(
                 async fn $method(&self, request: Request<$request>) -> Result<Response<$response>, Status> {
+                    let started = std::time::Instant::now();
                     let (metadata, _, body) = request.into_parts();
-                    match self.run(&metadata, Command::$variant(body)).await? {
-                        Outcome::$variant(response) => Ok(Response::new(response)),
-                        _ => Err(Status::internal("broker answered with the wrong result kind")),
-                    }
+                    let result = match self.run(&metadata, Command::$variant(body)).await {
+                        Ok(Outcome::$variant(response)) => Ok(Response::new(response)),
+                        Ok(_) => Err(Status::internal("broker answered with the wrong result kind")),
+                        Err(status) => Err(status),
+                    };
+                    record(stringify!($variant), &result, started);
+                    result
                 }
             )*
             $($streaming)*

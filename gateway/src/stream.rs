@@ -28,7 +28,13 @@ use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status, Streaming};
 
-use crate::{backend::Frames, ratelimit::TokenBucket, service::Gateway};
+use imsg_broker::metrics::METRICS;
+
+use crate::{
+    backend::Frames,
+    ratelimit::TokenBucket,
+    service::{Gateway, limit},
+};
 
 /// What a device is told to wait before reconnecting to a gateway that
 /// refused its stream (stopping, or full).
@@ -92,6 +98,7 @@ struct StreamSlot(Arc<AtomicUsize>);
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+        METRICS.open_streams.dec();
     }
 }
 
@@ -116,6 +123,7 @@ pub async fn open(
         return Err(transient(Code::Unavailable, "gateway is shutting down; reconnect elsewhere", RECONNECT_AFTER));
     }
     let previous = gateway.streams.open.fetch_add(1, Ordering::SeqCst);
+    METRICS.open_streams.inc();
     let slot = StreamSlot(gateway.streams.open.clone());
     if previous >= settings.max_streams {
         return Err(transient(
@@ -200,7 +208,10 @@ async fn relay(
                     let now = Instant::now();
                     let answer = match frame_budget.try_take(now) {
                         Ok(()) => upstream_frame(&gateway, &caller, request).await,
-                        Err(wait) => Some(stream_error(transient(Code::ResourceExhausted, "too many frames; slow down", wait))),
+                        Err(wait) => {
+                            METRICS.rate_limited.get_or_create(&limit("stream_frames")).inc();
+                            Some(stream_error(transient(Code::ResourceExhausted, "too many frames; slow down", wait)))
+                        }
                     };
                     if let Some(answer) = answer
                         && out.send(Box::new(answer)).await.is_err()
@@ -248,6 +259,7 @@ async fn upstream_frame(
         None => return Some(stream_error(Status::invalid_argument("frame: must be set"))),
         Some(Up::Typing(typing)) => {
             if typing.active && gateway.typing_limiter.try_take(&caller.user_id).is_err() {
+                METRICS.rate_limited.get_or_create(&limit("typing")).inc();
                 return Some(stream_error(Status::resource_exhausted("typing: rate limit reached")));
             }
             Command::Typing(typing)

@@ -164,10 +164,14 @@ impl Broker {
             .call(partition, |reply| Command::Respond { caller, conversation_id, accept: true, reply })
             .await?
             .ok_or_else(|| Error::Internal("an accept answered no conversation".into()))?;
-        if conversation.kind == ConversationKind::Direct as i32 {
-            let others = conversation.members.iter().map(|m| m.user_id.clone()).filter(|u| *u != user).collect();
-            self.relate(&user, others, RelationChange::Contact).await?;
-        }
+        // The other member of a direct conversation becomes a contact; in
+        // any case the caller's presence is announced again (it was hidden
+        // from the conversation while the request was pending).
+        let others = match conversation.kind == ConversationKind::Direct as i32 {
+            true => conversation.members.iter().map(|m| m.user_id.clone()).filter(|u| *u != user).collect(),
+            false => Vec::new(),
+        };
+        self.relate(&user, others, RelationChange::Contact).await?;
         Ok(AcceptConversationResponse { conversation: Some(conversation) })
     }
 

@@ -43,6 +43,8 @@ pub(super) struct Conversations {
     /// outbox progress must never pass a batch whose fan-out has not
     /// reached every target durably, or a crash in between would lose it.
     pub(super) outbox_unconfirmed: BTreeSet<u64>,
+    /// When each unconfirmed batch was numbered (the fan-out lag metric).
+    pub(super) outbox_started: HashMap<u64, Instant>,
     /// Conversations where someone may be typing: the expiry tick visits
     /// these, not every loaded conversation.
     typing_in: HashSet<String>,
@@ -180,6 +182,9 @@ impl Partition {
         };
         let limits = self.limits.clone();
         let (response, effects) = self.conversation(id)?.send(caller, new, quoted.as_deref(), &limits, now_ms())?;
+        if !response.duplicate {
+            crate::metrics::METRICS.messages_sent.inc();
+        }
         self.apply_effects(effects)?;
         Ok(response)
     }
@@ -358,6 +363,9 @@ impl Partition {
     /// next tick, in one lazy batch with the others (nothing waits for it).
     pub(super) fn fanout_done(&mut self, batch: u64) {
         self.conversations.outbox_unconfirmed.remove(&batch);
+        if let Some(started) = self.conversations.outbox_started.remove(&batch) {
+            crate::metrics::METRICS.fanout_lag_seconds.observe(started.elapsed().as_secs_f64());
+        }
     }
 
     /// Removes confirmed outbox records and remembers how far confirmation

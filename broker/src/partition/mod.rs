@@ -20,6 +20,8 @@
 //! that fans updates out) and `user` (settings, inbox membership, appending
 //! to update logs, sessions, replay and presence pushes).
 
+use crate::metrics::METRICS;
+
 mod accounts;
 mod conversation;
 mod dispatch;
@@ -250,6 +252,11 @@ impl Partition {
                 _ = tick.tick(), if self.freezing.is_none() => {
                     self.on_tick();
                     self.commit();
+                    let label = crate::metrics::PartitionLabel { partition: self.id };
+                    METRICS.partition_queue_depth.get_or_create(&label).set(mailbox.commands.len() as i64);
+                    if self.ticks.is_multiple_of(10) {
+                        METRICS.live_sessions.get_or_create(&label).set(self.users.live_sessions() as i64);
+                    }
                 }
             }
             if self.freeze_step()
@@ -324,6 +331,7 @@ impl Partition {
             let number = self.meta.next_outbox;
             self.meta.next_outbox += 1;
             self.conversations.outbox_unconfirmed.insert(number);
+            self.conversations.outbox_started.insert(number, std::time::Instant::now());
             let count = records.len();
             batch.writes.put_outbox(number, &crate::storage::OutboxRecord { items: records });
             batch.deferred.push(Deferred::Fanout { batch: number, items: items.by_ref().take(count).collect() });

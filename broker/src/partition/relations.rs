@@ -46,6 +46,12 @@ impl Partition {
                 self.batch.writes.put_relation(user, other, &after);
             }
         }
+        // A new contact (an accepted conversation, one written to) may show
+        // the user's presence where it was hidden: announce it again.
+        if change == RelationChange::Contact && !state.sessions.is_empty() {
+            self.presence_changed(user);
+        }
+        let state = self.users.map.entry(user.to_owned()).or_default();
         let view = |(other, record): (&String, &RelationRecord)| Relation {
             other_user_id: other.clone(),
             blocks: record.blocks,

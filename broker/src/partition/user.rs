@@ -23,6 +23,7 @@ use crate::{
     },
     error::{Error, Result},
     events::{Ephemeral, LoggedEvent, UpdateItem},
+    metrics::METRICS,
     now_ms,
     storage::{
         NotifyRecord, PartitionMeta, PartitionStore, PushTargetRecord, RelationRecord, SettingsRecord, UpdateEntry,
@@ -69,6 +70,11 @@ pub(super) struct Users {
 }
 
 impl Users {
+    /// Device sessions live on this partition.
+    pub(super) fn live_sessions(&self) -> usize {
+        self.map.values().map(|s| s.sessions.len()).sum()
+    }
+
     pub(super) fn load(store: &PartitionStore, meta: &PartitionMeta) -> Result<Self> {
         let mut users = Self { published: meta.next_cursor.saturating_sub(1), ..Self::default() };
         for (user, settings) in store.all_settings()? {
@@ -205,8 +211,12 @@ impl Partition {
         }
         let before = state.sessions.len();
         state.sessions.retain(|session| match session.frames.try_send(Box::new(frame.clone())) {
-            Ok(()) => true,
+            Ok(()) => {
+                METRICS.deliveries.inc();
+                true
+            }
             Err(TrySendError::Full(_)) => {
+                METRICS.slow_consumer_drops.inc();
                 close(session, "slow consumer: too many undelivered events");
                 false
             }
@@ -357,7 +367,7 @@ impl Partition {
 
     /// Tells the user's contacts, through the partitions of the user's
     /// conversations, what they may now see of the user's presence.
-    fn presence_changed(&mut self, user: &str) {
+    pub(super) fn presence_changed(&mut self, user: &str) {
         let Some(state) = self.users.map.get(user) else { return };
         let presence = self.visible_presence(user);
         for (partition, conversation_ids) in self.router.group_by_partition(&state.conversations) {

@@ -112,6 +112,7 @@ pub(super) fn checkpoint(
     sled_files.sync()?;
     let covered: Vec<u64> = log.list()?.into_iter().filter(|n| *n < current).collect();
     log.remove(&covered)?;
+    crate::metrics::METRICS.checkpoint_seconds.observe(started.elapsed().as_secs_f64());
     tracing::debug!(segments = ?covered, took = ?started.elapsed(), "checkpoint");
     Ok(())
 }

@@ -36,6 +36,7 @@ use super::{
     sled_files::panic_message,
     wal,
 };
+use crate::metrics::METRICS;
 use crate::{config::FsyncMode, error::Result};
 
 /// A segment is checkpointed at this size even before the checkpoint
@@ -195,9 +196,14 @@ impl Durability {
             // state (the "fsyncgate" lesson): never retry and pretend, stop.
             writer.segment.append(&pending.bytes)?;
             if sync {
+                let started = Instant::now();
                 writer.segment.sync()?;
+                METRICS.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
                 synced = Instant::now();
                 unsynced = false;
+            }
+            if !pending.ops.is_empty() {
+                METRICS.group_commit_batches.observe(pending.ops.len() as f64);
             }
             apply(&pending.ops)?;
             segment_bytes += pending.bytes.len();

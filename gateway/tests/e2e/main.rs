@@ -8,6 +8,7 @@ mod failstop;
 mod harness;
 mod media;
 mod messaging;
+mod metrics;
 mod moderation;
 mod ops;
 mod powercut;

@@ -222,6 +222,12 @@ async fn a_message_request_waits_in_the_requests_folder_until_accepted() {
     };
     assert!(accept(&alice).await.members.iter().any(|m| m.user_id == "bob" && m.request_pending));
     assert!(accept(&bob).await.members.iter().all(|m| !m.request_pending));
+    // Bob was online all along: accepting announces it to alice's device.
+    alice_device
+        .event_where("bob online", |kind| {
+            matches!(kind, event::Kind::Presence(p) if p.presence.as_ref().is_some_and(|p| p.user_id == "bob" && p.online))
+        })
+        .await;
     assert_eq!(folder(&bob, Folder::Inbox).await, vec![request.clone()]);
     assert!(folder(&bob, Folder::Requests).await.is_empty());
     alice.try_send(&request, "a4", "thanks").await.unwrap();
