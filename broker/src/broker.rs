@@ -33,28 +33,6 @@ use crate::{
     validate,
 };
 
-/// The key conversation ids are derived with: configured, or (standalone
-/// only) kept in the data directory. Cluster nodes must be given the same
-/// one, or a pair's direct conversation would have one id per node.
-fn id_key(config: &BrokerConfig) -> Result<IdKey> {
-    let secret = match &config.id_secret {
-        Some(secret) => secret.clone(),
-        None if config.cluster.is_standalone() => crate::storage::id_secret::load_or_create(&config.data_dir)?,
-        None => {
-            return Err(Error::FailedPrecondition(
-                "a cluster node needs --id-secret (or --id-secret-file), the same on every node".into(),
-            ));
-        }
-    };
-    IdKey::new(secret.as_bytes()).map_err(Error::FailedPrecondition)
-}
-
-/// How long a node trusts what it read of a user's standing.
-const STANDING_TTL: Duration = Duration::from_secs(5);
-
-/// Most standings cached (the cache starts over beyond).
-const MAX_STANDING_CACHE: usize = 100_000;
-
 /// A running broker node. Cheap to clone.
 #[derive(Clone)]
 pub struct Broker {
@@ -68,8 +46,8 @@ struct Inner {
     /// Sends push notifications (`None`: no webhook configured).
     push: Option<crate::push::Outlet>,
     /// Users' standing (suspended or not) as last read from their
-    /// partitions, and when.
-    standing: DashMap<String, (bool, Instant)>,
+    /// partitions.
+    standings: crate::standing::Standings,
     store: Arc<Store>,
     router: Router,
     /// The task of every partition this node runs.
@@ -88,7 +66,7 @@ impl Broker {
     pub async fn open(config: BrokerConfig) -> Result<Self> {
         config.validate().map_err(Error::FailedPrecondition)?;
         let store = Store::open(&config)?;
-        let id_key = id_key(&config)?;
+        let id_key = crate::storage::id_secret::id_key(&config)?;
         let stop = CancellationToken::new();
         let cluster = &config.cluster;
         let peers = if cluster.is_standalone() {
@@ -102,7 +80,7 @@ impl Broker {
             config,
             id_key,
             push,
-            standing: DashMap::new(),
+            standings: Default::default(),
             store,
             router,
             partitions: std::sync::Mutex::new(HashMap::new()),
@@ -435,20 +413,13 @@ impl Broker {
         self.dispatch(caller.clone(), home, command).await
     }
 
-    /// A suspended user's calls are refused. Their standing is read from
-    /// their partition and cached here for [`STANDING_TTL`], so a
-    /// suspension reaches every node's calls within that (and the user's
-    /// live streams at once, on their partition).
+    /// A suspended user's calls are refused (see `crate::standing`).
     async fn refuse_if_suspended(&self, user: &str) -> Result<()> {
-        let cached = self.inner.standing.get(user).filter(|entry| entry.1.elapsed() < STANDING_TTL).map(|e| e.0);
-        let suspended = match cached {
+        let suspended = match self.inner.standings.recent(user) {
             Some(suspended) => suspended,
             None => {
                 let suspended = self.set_standing(user, None).await?;
-                if self.inner.standing.len() >= MAX_STANDING_CACHE {
-                    self.inner.standing.clear();
-                }
-                self.inner.standing.insert(user.to_owned(), (suspended, Instant::now()));
+                self.inner.standings.remember(user, suspended);
                 suspended
             }
         };
@@ -461,7 +432,7 @@ impl Broker {
         let partition = self.partition_of(&user_id);
         let suspended = self.call(partition, |reply| Command::Standing { user_id, suspend, reply }).await?;
         if suspend.is_some() {
-            self.inner.standing.remove(user);
+            self.inner.standings.forget(user);
         }
         Ok(suspended)
     }

@@ -20,6 +20,7 @@ pub mod partition;
 pub mod push;
 pub mod router;
 pub mod session;
+pub mod standing;
 pub mod storage;
 pub mod validate;
 

@@ -8,7 +8,27 @@ use std::{io::Write, path::Path};
 use rand::RngCore;
 
 use super::sled_files::sync_dir;
-use crate::error::{Error, Result};
+use crate::{
+    config::BrokerConfig,
+    error::{Error, Result},
+    ids::IdKey,
+};
+
+/// The key conversation ids are derived with: configured, or (standalone
+/// only) kept in the data directory. Cluster nodes must be given the same
+/// one, or a pair's direct conversation would have one id per node.
+pub fn id_key(config: &BrokerConfig) -> Result<IdKey> {
+    let secret = match &config.id_secret {
+        Some(secret) => secret.clone(),
+        None if config.cluster.is_standalone() => load_or_create(&config.data_dir)?,
+        None => {
+            return Err(Error::FailedPrecondition(
+                "a cluster node needs --id-secret (or --id-secret-file), the same on every node".into(),
+            ));
+        }
+    };
+    IdKey::new(secret.as_bytes()).map_err(Error::FailedPrecondition)
+}
 
 /// The file holding it.
 pub const FILE: &str = "id.secret";
