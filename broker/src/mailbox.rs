@@ -85,6 +85,14 @@ pub struct Forgotten {
     pub blocked: Vec<String>,
 }
 
+/// What one `EraseSender` call did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Erased {
+    pub messages: u64,
+    /// Call again after this seq; 0 when done.
+    pub more_after: u64,
+}
+
 /// Most messages one `EraseSender` call erases.
 pub const ERASE_BATCH: u64 = 500;
 
@@ -310,12 +318,14 @@ pub enum Command {
         erase: bool,
         reply: Reply<Forgotten>,
     },
-    /// A deleted account's messages here become tombstones (at most
-    /// `ERASE_BATCH` per call; answers how many), and it leaves a group.
+    /// A deleted account's messages here after `after_seq` become
+    /// tombstones (at most `ERASE_BATCH` per call), and it leaves a group
+    /// with the last call.
     EraseSender {
         conversation_id: String,
         user_id: String,
-        reply: Reply<u64>,
+        after_seq: u64,
+        reply: Reply<Erased>,
     },
     /// The moderation queue and the audit log (on their one partition).
     Moderation {

@@ -34,7 +34,7 @@ use crate::{
     error::{Error, Result},
     events::{Ephemeral, LoggedEvent, UpdateItem},
     ids::PartitionId,
-    mailbox::{Command, ModerationOp, ModerationOutcome, Reply, UserContext},
+    mailbox::{Command, Erased, ModerationOp, ModerationOutcome, Reply, UserContext},
 };
 
 /// Sends `command` to the partition's owner on another node. Answers go to
@@ -175,10 +175,10 @@ pub fn forward(peers: &Arc<Peers>, owner: Owner, partition: PartitionId, command
                 _ => None,
             })
         }
-        Command::EraseSender { conversation_id, user_id, reply } => {
-            let call = Call::EraseSender(EraseSenderCall { conversation_id, user_id });
+        Command::EraseSender { conversation_id, user_id, after_seq, reply } => {
+            let call = Call::EraseSender(EraseSenderCall { conversation_id, user_id, after_seq });
             ask(peers, owner, partition, call, reply, |answer| match answer {
-                Answer::Erased(erased) => Some(erased.messages),
+                Answer::Erased(erased) => Some(Erased { messages: erased.messages, more_after: erased.more_after }),
                 _ => None,
             })
         }
@@ -374,9 +374,10 @@ pub async fn serve(call: Call, submit: impl FnOnce(Command) -> Result<()>) -> Re
             Answer::Standing(StandingResult { suspended })
         }
         Call::EraseSender(call) => {
-            let (conversation_id, user_id) = (call.conversation_id, call.user_id);
-            let messages = answer(submit, |reply| Command::EraseSender { conversation_id, user_id, reply }).await?;
-            Answer::Erased(EraseSenderResult { messages })
+            let (conversation_id, user_id, after_seq) = (call.conversation_id, call.user_id, call.after_seq);
+            let erased =
+                answer(submit, |reply| Command::EraseSender { conversation_id, user_id, after_seq, reply }).await?;
+            Answer::Erased(EraseSenderResult { messages: erased.messages, more_after: erased.more_after })
         }
         Call::HideReadChanged(call) => {
             submit(Command::HideReadChanged {

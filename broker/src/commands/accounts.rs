@@ -10,7 +10,7 @@ use crate::{
     Broker,
     config::Limits,
     error::Result,
-    partition::{Command, ERASE_BATCH, Forgotten},
+    partition::{Command, Forgotten},
 };
 
 impl ClientCommand for DeleteAccountRequest {
@@ -42,16 +42,23 @@ impl Broker {
         }
         let mut messages_erased = 0;
         for conversation_id in &forgotten.conversations {
+            let mut after_seq = 0;
             loop {
                 let (id, user) = (conversation_id.clone(), user_id.clone());
                 let partition = self.partition_of(&id);
                 let erased = self
-                    .call(partition, |reply| Command::EraseSender { conversation_id: id, user_id: user, reply })
+                    .call(partition, |reply| Command::EraseSender {
+                        conversation_id: id,
+                        user_id: user,
+                        after_seq,
+                        reply,
+                    })
                     .await?;
-                messages_erased += erased;
-                if erased < ERASE_BATCH {
+                messages_erased += erased.messages;
+                if erased.more_after == 0 {
                     break;
                 }
+                after_seq = erased.more_after;
             }
         }
         self.forget(&user_id, true).await?;

@@ -5,7 +5,7 @@
 
 use imsg_proto::internal::v1::Caller;
 
-use super::{ERASE_BATCH, Forgotten, Partition};
+use super::{ERASE_BATCH, Erased, Forgotten, Partition};
 use crate::{core::MembershipChange, error::Result};
 
 impl Partition {
@@ -40,33 +40,35 @@ impl Partition {
         forgotten
     }
 
-    /// Erases up to `ERASE_BATCH` of `user`'s messages here; with the last
-    /// batch (fewer than that), a group is left too. Answers how many were
-    /// erased.
-    pub(super) fn erase_sender(&mut self, id: &str, user: &str) -> Result<u64> {
+    /// Erases `user`'s messages here after `after_seq`, up to
+    /// `ERASE_BATCH` of them, saying where to go on; with the last batch a
+    /// group is left too. Each call reads on from where the last stopped.
+    pub(super) fn erase_sender(&mut self, id: &str, user: &str, after_seq: u64) -> Result<Erased> {
         if !self.load_conversation(id)? {
-            return Ok(0);
+            return Ok(Erased::default());
         }
         let last_seq = self.conversation(id)?.last_seq();
         let mut found = Vec::new();
-        for seq in 1..=last_seq {
+        let mut more_after = 0;
+        for seq in after_seq + 1..=last_seq {
             if let Some((message, _)) = self.stored_message(id, seq)?
                 && message.sender_id == user
                 && !message.sender_deleted
             {
                 found.push((*message).clone());
                 if found.len() as u64 == ERASE_BATCH {
+                    more_after = seq;
                     break;
                 }
             }
         }
-        let (erased, effects) = self.conversation(id)?.erase_sender(user, &found);
+        let (messages, effects) = self.conversation(id)?.erase_sender(user, &found);
         self.apply_effects(effects)?;
         let conversation = self.conversation(id)?;
-        if erased < ERASE_BATCH && conversation.is_group() && conversation.member(user).is_some() {
+        if more_after == 0 && conversation.is_group() && conversation.member(user).is_some() {
             let leaving = Caller { user_id: user.to_owned(), ..Caller::default() };
             self.change_membership(&leaving, id, MembershipChange::Remove(user.to_owned()))?;
         }
-        Ok(erased)
+        Ok(Erased { messages, more_after })
     }
 }

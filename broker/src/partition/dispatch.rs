@@ -47,8 +47,8 @@ impl Partition {
                 let result = Ok(self.forget(&user_id, erase));
                 self.reply(reply, result);
             }
-            Command::EraseSender { conversation_id, user_id, reply } => {
-                let result = self.erase_sender(&conversation_id, &user_id);
+            Command::EraseSender { conversation_id, user_id, after_seq, reply } => {
+                let result = self.erase_sender(&conversation_id, &user_id, after_seq);
                 self.reply(reply, result);
             }
             Command::Moderation { op, reply } => {

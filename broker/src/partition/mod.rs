@@ -40,8 +40,8 @@ use tokio::sync::{Notify, oneshot};
 
 pub use crate::core::{MarkKind, MembershipChange, NewConversation, NewMessage, Viewer};
 pub use crate::mailbox::{
-    Command, ERASE_BATCH, Forgotten, Mailbox, ModerationOp, ModerationOutcome, NotificationChange, OpenStep, Reply,
-    SessionHandle, UserContext,
+    Command, ERASE_BATCH, Erased, Forgotten, Mailbox, ModerationOp, ModerationOutcome, NotificationChange, OpenStep,
+    Reply, SessionHandle, UserContext,
 };
 use crate::{
     config::Limits,
