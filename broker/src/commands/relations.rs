@@ -212,12 +212,7 @@ impl Broker {
         let mut requests = Vec::new();
         for (recipient, stance) in recipients.iter().zip(stances) {
             let settings = SettingsRecord::from_view(&stance.settings.unwrap_or_default());
-            let relation = stance.relations.first().map_or_else(RelationRecord::default, |r| RelationRecord {
-                blocks: r.blocks,
-                blocked_by: r.blocked_by,
-                contact: r.contact,
-                declared: r.declared,
-            });
+            let relation = stance.relations.first().map_or_else(RelationRecord::default, RelationRecord::from_view);
             if admission(recipient, &settings, &relation)? == Admission::Request {
                 requests.push(recipient.clone());
             }

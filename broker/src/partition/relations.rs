@@ -8,11 +8,11 @@
 //! partition (`user.rs`: `push_ephemeral`, `apply_updates`,
 //! `presence_query`), which holds both directions of the user's blocks.
 
-use imsg_proto::internal::v1::{Caller, Relation, RelationChange, RelationsResult};
+use imsg_proto::internal::v1::{Caller, RelationChange, RelationsResult};
 use imsg_proto::v1::Conversation as ConversationView;
 
 use super::Partition;
-use crate::{core::Effects, error::Result, now_ms, storage::RelationRecord};
+use crate::{core::Effects, error::Result, now_ms};
 
 impl Partition {
     /// Applies `change` to `user`'s relation with each of `others`, and
@@ -52,18 +52,10 @@ impl Partition {
             self.presence_changed(user);
         }
         let state = self.users.map.entry(user.to_owned()).or_default();
-        let view = |(other, record): (&String, &RelationRecord)| Relation {
-            other_user_id: other.clone(),
-            blocks: record.blocks,
-            blocked_by: record.blocked_by,
-            contact: record.contact,
-            declared: record.declared,
-        };
         let relations = if others.is_empty() {
-            state.relations.iter().map(view).collect()
+            state.relations.iter().map(|(other, record)| record.view(other)).collect()
         } else {
-            let none = RelationRecord::default();
-            others.iter().map(|other| view((other, state.relations.get(other).unwrap_or(&none)))).collect()
+            others.iter().map(|other| state.relations.get(other).copied().unwrap_or_default().view(other)).collect()
         };
         Ok(RelationsResult { settings: Some(state.settings.view()), relations })
     }

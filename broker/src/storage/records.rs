@@ -366,6 +366,21 @@ impl RelationRecord {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// The relation as partitions tell each other.
+    pub fn view(&self, other: &str) -> imsg_proto::internal::v1::Relation {
+        imsg_proto::internal::v1::Relation {
+            other_user_id: other.to_owned(),
+            blocks: self.blocks,
+            blocked_by: self.blocked_by,
+            contact: self.contact,
+            declared: self.declared,
+        }
+    }
+
+    pub fn from_view(view: &imsg_proto::internal::v1::Relation) -> Self {
+        Self { blocks: view.blocks, blocked_by: view.blocked_by, contact: view.contact, declared: view.declared }
+    }
 }
 
 /// Per-partition bookkeeping, rewritten with each batch that changes it.
