@@ -156,6 +156,53 @@ impl ClusterArgs {
     }
 }
 
+/// Mutual TLS on the internal API, the same three flags on brokers and
+/// gateways: a node serves with its certificate and requires one issued by
+/// the internal CA from every caller; a node calling a broker (`https://`
+/// URLs) presents its certificate and trusts only that CA.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct InternalTlsArgs {
+    /// This process's certificate for the internal API (PEM chain), issued
+    /// by the internal CA. Re-read when the file changes.
+    #[arg(long, env = "IMSG_INTERNAL_TLS_CERT", global = true)]
+    pub internal_tls_cert: Option<std::path::PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "IMSG_INTERNAL_TLS_KEY", global = true)]
+    pub internal_tls_key: Option<std::path::PathBuf>,
+    /// The internal CA (PEM): callers and called nodes must have
+    /// certificates it issued.
+    #[arg(long, env = "IMSG_INTERNAL_TLS_CA", global = true)]
+    pub internal_tls_ca: Option<std::path::PathBuf>,
+}
+
+impl InternalTlsArgs {
+    /// The files, if internal TLS is on; all three flags or none.
+    pub fn files(&self) -> Result<Option<imsg_common::tls::ServerTlsFiles>, String> {
+        match (&self.internal_tls_cert, &self.internal_tls_key, &self.internal_tls_ca) {
+            (None, None, None) => Ok(None),
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(imsg_common::tls::ServerTlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: Some(ca.clone()),
+            })),
+            _ => Err("internal TLS needs all of --internal-tls-cert, --internal-tls-key and --internal-tls-ca".into()),
+        }
+    }
+
+    /// Makes this process present its certificate on every internal call
+    /// (see [`crate::cluster::peers::use_internal_tls`]); the files, for a
+    /// server that also serves the internal API.
+    pub fn apply(&self) -> Result<Option<imsg_common::tls::ServerTlsFiles>, String> {
+        let files = self.files()?;
+        if let Some(files) = &files {
+            let ca = files.client_ca.as_deref().expect("set above");
+            let client = imsg_common::tls::ClientTls::from_files(ca, Some((&files.cert, &files.key)))?;
+            crate::cluster::peers::use_internal_tls(client);
+        }
+        Ok(files)
+    }
+}
+
 /// Logs through tracing: `RUST_LOG` filters; `IMSG_LOG_FORMAT=json` for JSON.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

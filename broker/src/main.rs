@@ -7,7 +7,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use imsg_broker::{
     Broker,
-    cli::{BrokerArgs, ClusterArgs, fail_stop_on_storage_failure, init_logging, shutdown_signal, spawn_health_port},
+    cli::{
+        BrokerArgs, ClusterArgs, InternalTlsArgs, fail_stop_on_storage_failure, init_logging, shutdown_signal,
+        spawn_health_port,
+    },
     cluster::moves,
     grpc::BrokerGrpc,
 };
@@ -32,6 +35,8 @@ struct Args {
     broker: BrokerArgs,
     #[command(flatten)]
     cluster: ClusterArgs,
+    #[command(flatten)]
+    internal_tls: InternalTlsArgs,
 }
 
 /// Operator commands against a running cluster.
@@ -68,6 +73,7 @@ enum Admin {
 async fn main() -> anyhow::Result<()> {
     init_logging();
     let args = Args::parse();
+    let internal_tls = args.internal_tls.apply().map_err(anyhow::Error::msg).context("invalid internal TLS")?;
     if let Some(admin) = args.admin {
         return run_admin(admin).await;
     }
@@ -99,12 +105,21 @@ async fn main() -> anyhow::Result<()> {
     let service = BrokerServiceServer::new(BrokerGrpc::new(broker.clone()))
         .max_decoding_message_size(16 * 1024 * 1024)
         .max_encoding_message_size(16 * 1024 * 1024);
-    let server =
-        tonic::transport::Server::builder().add_service(health).add_service(service).serve_with_incoming_shutdown(
+    let router = tonic::transport::Server::builder().add_service(health).add_service(service);
+    let server = match internal_tls {
+        Some(files) => {
+            let tls = imsg_common::tls::ReloadingTls::load(files).map_err(anyhow::Error::msg)?;
+            tracing::info!("internal API requires mutual TLS");
+            tokio::spawn(router.serve_with_incoming_shutdown(
+                imsg_common::tls::incoming(listener, tls),
+                stop.clone().cancelled_owned(),
+            ))
+        }
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             stop.clone().cancelled_owned(),
-        );
-    let server = tokio::spawn(server);
+        )),
+    };
     shutdown_signal().await;
     tracing::info!("stopping: ending sessions, syncing storage");
     health_reporter.set_not_serving::<BrokerServiceServer<BrokerGrpc>>().await;

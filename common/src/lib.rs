@@ -9,4 +9,5 @@
 
 pub mod ids;
 pub mod retry;
+pub mod tls;
 pub mod token;

@@ -11,5 +11,6 @@ pub mod ratelimit;
 pub mod server;
 pub mod service;
 pub mod stream;
+pub mod wire;
 
 pub use server::{BrokerTarget, GatewayConfig, RunningGateway};

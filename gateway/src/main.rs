@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use imsg_broker::cli::{BrokerArgs, init_logging, shutdown_signal};
+use imsg_broker::cli::{BrokerArgs, InternalTlsArgs, init_logging, shutdown_signal};
 use imsg_common::token::Authenticator;
 use imsg_gateway::{BrokerTarget, GatewayConfig, RunningGateway, media::MediaStoreConfig};
 
@@ -114,6 +114,15 @@ struct ServeArgs {
     /// Hours an upload that no message references is kept.
     #[arg(long, env = "IMSG_MEDIA_UNREFERENCED_TTL_HOURS", default_value_t = 24)]
     media_unreferenced_ttl_hours: u64,
+    /// Serve the public API over TLS with this certificate chain (PEM);
+    /// re-read when the file changes.
+    #[arg(long, env = "IMSG_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, env = "IMSG_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    internal_tls: InternalTlsArgs,
     #[command(flatten)]
     broker_args: BrokerArgs,
 }
@@ -163,6 +172,13 @@ async fn main() -> anyhow::Result<()> {
         audience: args.jwt_audience,
         leeway_secs: args.jwt_leeway_secs,
     };
+    config.tls = args.tls_cert.zip(args.tls_key).map(|(cert, key)| imsg_common::tls::ServerTlsFiles {
+        cert,
+        key,
+        client_ca: None,
+    });
+    // Calls to brokers present this gateway's internal certificate.
+    args.internal_tls.apply().map_err(anyhow::Error::msg).context("invalid internal TLS")?;
     config.health_listen = args.health_listen;
     config.metrics_listen = args.metrics_listen;
     if let Some(id) = args.gateway_id {

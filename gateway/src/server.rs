@@ -35,6 +35,9 @@ pub enum BrokerTarget {
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     pub listen: SocketAddr,
+    /// Serve the public API over TLS from these files (reloaded when they
+    /// change); plaintext if unset.
+    pub tls: Option<imsg_common::tls::ServerTlsFiles>,
     /// A plaintext port serving only gRPC health, for probes.
     pub health_listen: Option<SocketAddr>,
     /// Prometheus metrics (`GET /metrics`), off if unset.
@@ -69,6 +72,7 @@ impl GatewayConfig {
     pub fn new(listen: SocketAddr, broker: BrokerTarget, jwt_secret: impl Into<String>) -> Self {
         Self {
             listen,
+            tls: None,
             health_listen: None,
             metrics_listen: None,
             broker,
@@ -170,24 +174,35 @@ impl RunningGateway {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_file_descriptor_set(imsg_proto::public_file_descriptor_set())
             .build_v1()?;
-        let api = MessagingServiceServer::new(MessagingApi::new(gateway.clone())).max_decoding_message_size(256 * 1024);
+        let api = MessagingServiceServer::new(MessagingApi::new(gateway.clone()))
+            .max_decoding_message_size(crate::wire::WireLimits::default().message_bytes);
         let moderation = ModerationServiceServer::new(MessagingApi::new(gateway.clone()));
         let server_stop = stop.clone();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                // Find devices that vanished without closing their connection.
-                .http2_keepalive_interval(Some(Duration::from_secs(20)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                .add_service(health)
-                .add_service(reflection)
-                .add_service(api)
-                .add_service(moderation)
-                .serve_with_incoming_shutdown(incoming(listener), async move {
-                    server_stop.cancelled().await;
-                    health_reporter.set_not_serving::<MessagingServiceServer<MessagingApi>>().await;
-                }),
-        );
-        tracing::info!(%addr, broker = ?config.broker, "gateway serving");
+        let tls = match &config.tls {
+            Some(files) => Some(imsg_common::tls::ReloadingTls::load(files.clone()).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        let router = tonic::transport::Server::builder()
+            // Find devices that vanished without closing their connection.
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .http2_max_header_list_size(crate::wire::HEADER_LIST_ACCEPTED)
+            .layer(crate::wire::WireLimits::default())
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(api)
+            .add_service(moderation);
+        let stopping = async move {
+            server_stop.cancelled().await;
+            health_reporter.set_not_serving::<MessagingServiceServer<MessagingApi>>().await;
+        };
+        let server = match tls {
+            Some(tls) => {
+                tokio::spawn(router.serve_with_incoming_shutdown(imsg_common::tls::incoming(listener, tls), stopping))
+            }
+            None => tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), stopping)),
+        };
+        tracing::info!(%addr, tls = config.tls.is_some(), broker = ?config.broker, "gateway serving");
         Ok(Self { addr, gateway, broker, stop, server, grace: config.shutdown_grace })
     }
 

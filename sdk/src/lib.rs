@@ -69,8 +69,12 @@ pub enum Error {
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// The gateway, e.g. `http://127.0.0.1:7000`.
+    /// The gateway, e.g. `http://127.0.0.1:7000`, or `https://...` for
+    /// TLS (trusting the system's CAs and [`Self::ca_pem`]).
     pub endpoint: String,
+    /// A CA certificate (PEM) to trust for an `https` endpoint besides the
+    /// system's: a private CA, or a development one.
+    pub ca_pem: Option<Vec<u8>>,
     /// A bearer token (JWT) naming the user and device.
     pub token: String,
     /// The last cursor this device processed (0 for a new device).
@@ -85,6 +89,7 @@ impl ClientConfig {
         Self {
             endpoint: endpoint.into(),
             token: token.into(),
+            ca_pem: None,
             cursor: 0,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
@@ -164,11 +169,16 @@ pub struct Client {
 impl Client {
     /// Starts the device: the connection is made lazily and kept open.
     pub async fn connect(config: ClientConfig) -> Result<Self, Error> {
-        let channel = Channel::from_shared(config.endpoint.clone())
-            .map_err(|e| Error::Config(format!("endpoint: {e}")))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let mut endpoint =
+            Channel::from_shared(config.endpoint.clone()).map_err(|e| Error::Config(format!("endpoint: {e}")))?;
+        if config.endpoint.starts_with("https://") {
+            let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+            if let Some(ca) = &config.ca_pem {
+                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            }
+            endpoint = endpoint.tls_config(tls).map_err(|e| Error::Config(format!("TLS: {e}")))?;
+        }
+        let channel = endpoint.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true).connect_lazy();
         let api = api(channel, &config.token)?;
         let (events_tx, events) = mpsc::channel(1024);
         let (marks, marks_rx) = mpsc::unbounded_channel();

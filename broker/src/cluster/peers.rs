@@ -219,10 +219,33 @@ impl Peers {
     }
 }
 
+/// This process's identity on the internal API, set once at start from
+/// its flags. Process-wide because every internal client of a process
+/// (gateway backend, lanes, moves, admin commands) presents the same
+/// certificate, as a process has one set of flags.
+static INTERNAL_TLS: std::sync::OnceLock<imsg_common::tls::ClientTls> = std::sync::OnceLock::new();
+
+/// Makes every internal call to an `https://` URL present this identity
+/// and trust only its CA. The first call wins.
+pub fn use_internal_tls(tls: imsg_common::tls::ClientTls) {
+    let _ = INTERNAL_TLS.set(tls);
+}
+
 /// A lazily connected client with the settings every internal hop uses.
 pub fn connect(url: &str) -> Result<BrokerServiceClient<Channel>> {
-    let endpoint = Channel::from_shared(url.to_owned())
-        .map_err(|e| Error::FailedPrecondition(format!("broker url {url}: {e}")))?
+    let mut endpoint = Channel::from_shared(url.to_owned())
+        .map_err(|e| Error::FailedPrecondition(format!("broker url {url}: {e}")))?;
+    if url.starts_with("https://") {
+        let tls = INTERNAL_TLS.get().ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "broker url {url} is https: internal TLS needs --internal-tls-cert, --internal-tls-key and --internal-tls-ca"
+            ))
+        })?;
+        endpoint = endpoint
+            .tls_config(tls.tonic())
+            .map_err(|e| Error::FailedPrecondition(format!("broker url {url}: {e}")))?;
+    }
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))

@@ -342,3 +342,39 @@ async fn a_stream_sent_an_undecodable_frame_says_goodbye_with_the_reason() {
     assert!(sent_bad_frame);
     assert!(goodbye.reason.contains("could not be decoded"), "{goodbye:?}");
 }
+
+#[tokio::test]
+async fn an_oversize_request_gets_resource_exhausted_naming_the_limit() {
+    let server = TestServer::start().await;
+    let (mut grpc, token) = raw_client(&server).await;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/imsg.v1.MessagingService/SendMessage");
+    let codec = RawCodec::<imsg_proto::v1::SendMessageResponse>::new();
+    let oversize = text("c1", "m1", &"x".repeat(300 * 1024));
+    let refused = grpc.unary(bearing(prost::Message::encode_to_vec(&oversize), &token), path, codec).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("the limit is 262144"), "{refused:?}");
+}
+
+/// A 100 KB token used to exceed h2's header list size and CONTINUATION
+/// guard: a GOAWAY that ended the client's other streams. Now only that
+/// request fails, and the connection's stream and calls go on.
+#[tokio::test]
+async fn an_oversized_header_block_fails_only_that_request() {
+    let server = TestServer::start().await;
+    let alice = server.client("alice", "phone").await;
+    let bob = server.client("bob", "phone").await;
+    let conversation = alice.direct_with("bob").await;
+    let mut device = alice.open(0).await;
+    device.ready().await;
+    let huge = alice.sharing_connection(&"x".repeat(100_000));
+    let refused =
+        huge.api.clone().list_conversations(imsg_proto::v1::ListConversationsRequest::default()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("request headers are"), "{refused:?}");
+    // The open stream on the same connection still delivers, and the
+    // connection still carries calls.
+    let seq = bob.send(&conversation, "still here").await;
+    let delivered = device.message().await;
+    assert_eq!((delivered.seq, delivered.sender_id.as_str()), (seq, "bob"));
+    assert_eq!(alice.history(&conversation).await.len(), 1);
+}

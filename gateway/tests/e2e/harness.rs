@@ -139,6 +139,11 @@ impl Client {
         Self::bearing(channel, user, device, token)
     }
 
+    /// Another client on this client's connection, presenting `token`.
+    pub fn sharing_connection(&self, token: &str) -> Self {
+        Self::bearing(self.channel.clone(), &self.user, &self.device, token)
+    }
+
     fn on_channel(channel: Channel, user: &str, device: &str, roles: &[&str]) -> Self {
         let token = tokens().issue_with_roles(user, device, 3600, roles).unwrap();
         Self::bearing(channel, user, device, &token)
@@ -191,6 +196,11 @@ impl Client {
     }
 
     pub async fn group(&self, title: &str, members: &[&str]) -> String {
+        self.try_group(title, members).await.unwrap()
+    }
+
+    /// [`Self::group`], or the status of the first call refused.
+    pub async fn try_group(&self, title: &str, members: &[&str]) -> Result<String, Status> {
         let request = CreateConversationRequest {
             request_id: format!("req-{}", rand::random::<u64>()),
             kind: Some(create_conversation_request::Kind::Group(GroupConversationSpec {
@@ -198,7 +208,7 @@ impl Client {
                 member_ids: members.iter().map(|m| m.to_string()).collect(),
             })),
         };
-        let response = self.api.clone().create_conversation(request).await.unwrap().into_inner();
+        let response = self.api.clone().create_conversation(request).await?.into_inner();
         let conversation = response.conversation.unwrap().conversation_id;
         // The members know the creator: each accepts.
         for member in members {
@@ -206,7 +216,7 @@ impl Client {
                 self.accept_as(member, &conversation).await;
             }
         }
-        conversation
+        Ok(conversation)
     }
 
     pub async fn try_send(

@@ -26,9 +26,13 @@ use tokio::sync::mpsc;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
-    /// The gateway.
+    /// The gateway (`https://...` for TLS).
     #[arg(long, env = "IMSG_SERVER", default_value = "http://127.0.0.1:7000", global = true)]
     server: String,
+    /// Trust this CA certificate (PEM) for an https server, besides the
+    /// system's.
+    #[arg(long, env = "IMSG_CA_FILE", global = true)]
+    ca_file: Option<std::path::PathBuf>,
     /// A bearer token; without one, `--user` and IMSG_JWT_SECRET mint one.
     #[arg(long, env = "IMSG_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
@@ -167,7 +171,11 @@ async fn main() -> anyhow::Result<()> {
         None => local_token(cli.user.as_deref(), &cli.device, 86_400)?,
     };
     let me = token_user(&token).unwrap_or_default();
-    let client = Client::connect(ClientConfig::new(cli.server.clone(), token)).await?;
+    let mut config = ClientConfig::new(cli.server.clone(), token);
+    if let Some(path) = &cli.ca_file {
+        config.ca_pem = Some(std::fs::read(path).with_context(|| format!("--ca-file {}", path.display()))?);
+    }
+    let client = Client::connect(config).await?;
     match cli.command {
         Command::Token { .. } => unreachable!("handled above"),
         Command::Send { conversation, text, reply_to, link, photo, video, voice, file } => {

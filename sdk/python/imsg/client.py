@@ -90,8 +90,14 @@ class Client:
         cursor: int = 0,
         backoff_first: float = 0.05,
         backoff_most: float = 5.0,
+        tls: bool = False,
+        ca_pem: Optional[bytes] = None,
     ) -> None:
+        """`target` is `host:port`. With `tls` (implied by `ca_pem`) the
+        connection is TLS, trusting the system's CAs or, when given, the CA
+        certificate `ca_pem` (PEM bytes)."""
         self.target = target
+        self._credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem) if tls or ca_pem else None
         self.cursor = cursor
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._backoff = (backoff_first, backoff_most)
@@ -104,7 +110,10 @@ class Client:
         self._task: Optional[asyncio.Task] = None
 
     async def start(self) -> "Client":
-        self._channel = grpc.aio.insecure_channel(self.target)
+        if self._credentials is None:
+            self._channel = grpc.aio.insecure_channel(self.target)
+        else:
+            self._channel = grpc.aio.secure_channel(self.target, self._credentials)
         self._stub = pb_grpc.MessagingServiceStub(self._channel)
         self._task = asyncio.create_task(self._keep_streaming())
         return self

@@ -31,6 +31,32 @@ def rate_limited_server():
     yield from serve("--user-rps", "5")
 
 
+@pytest.fixture
+def tls_server():
+    """A server on TLS with a certificate from a CA made for the test;
+    yields (address, the CA certificate in PEM)."""
+    with tempfile.TemporaryDirectory() as certs:
+        ca_pem = make_certificates(pathlib.Path(certs))
+        for address in serve("--tls-cert", f"{certs}/server.pem", "--tls-key", f"{certs}/server.key"):
+            yield address, ca_pem
+
+
+def make_certificates(directory: pathlib.Path) -> bytes:
+    """A CA, and a certificate it issued for 127.0.0.1, made with openssl."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=imsg test CA")
+    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (directory / "server.ext").write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n"
+    )
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.pem", "-days", "2", "-extfile", "server.ext")
+    return (directory / "ca.pem").read_bytes()
+
+
 def serve(*extra: str):
     with tempfile.TemporaryDirectory() as data:
         env = dict(os.environ, IMSG_JWT_SECRET=SECRET, RUST_LOG="warn")

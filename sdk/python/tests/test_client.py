@@ -3,6 +3,8 @@ and no duplicate after the connection is cut mid-conversation."""
 
 import asyncio
 
+import grpc
+
 from conftest import token
 from imsg import Client
 
@@ -35,6 +37,31 @@ def test_two_clients_chat(server):
         finally:
             await alice.close()
             await bob.close()
+
+    asyncio.run(scenario())
+
+
+def test_tls_with_a_private_ca(tls_server):
+    address, ca_pem = tls_server
+
+    async def scenario():
+        alice = await Client(address, token("alice"), ca_pem=ca_pem).start()
+        try:
+            conversation = await alice.direct_with("bob")
+            assert (await alice.send_text(conversation, "over TLS")).seq == 1
+            history = await alice.history(conversation)
+            assert [m.text.text for m in history.messages] == ["over TLS"]
+        finally:
+            await alice.close()
+        # Trusting only the system's CAs, the private certificate is refused.
+        untrusting = await Client(address, token("alice"), tls=True).start()
+        try:
+            await untrusting.direct_with("bob")
+            raise AssertionError("a certificate from an unknown CA was accepted")
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+        finally:
+            await untrusting.close()
 
     asyncio.run(scenario())
 
