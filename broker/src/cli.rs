@@ -203,18 +203,6 @@ impl InternalTlsArgs {
     }
 }
 
-/// Logs through tracing: `RUST_LOG` filters; `IMSG_LOG_FORMAT=json` for JSON.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::env::var("IMSG_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 /// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

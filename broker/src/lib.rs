@@ -22,6 +22,7 @@ pub mod router;
 pub mod session;
 pub mod standing;
 pub mod storage;
+pub mod telemetry;
 pub mod validate;
 
 /// The event catalog lives with the rules that make the events.

@@ -397,10 +397,25 @@ impl Command {
     }
 }
 
+/// A command and the span it was queued in: the partition handles it
+/// inside that span, so its work shows in the caller's trace
+/// ([`crate::telemetry`]).
+pub struct Traced {
+    pub command: Command,
+    pub span: tracing::Span,
+}
+
+impl Traced {
+    /// `command` in the current span.
+    pub fn new(command: Command) -> Self {
+        Self { command, span: tracing::Span::current() }
+    }
+}
+
 /// Queues of one partition.
 pub struct Mailbox {
-    pub commands: mpsc::Receiver<Command>,
-    pub internal: mpsc::UnboundedReceiver<Command>,
+    pub commands: mpsc::Receiver<Traced>,
+    pub internal: mpsc::UnboundedReceiver<Traced>,
 }
 
 /// One step of opening a session: a page of missed entries, or live.

@@ -7,10 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use imsg_broker::{
     Broker,
-    cli::{
-        BrokerArgs, ClusterArgs, InternalTlsArgs, fail_stop_on_storage_failure, init_logging, shutdown_signal,
-        spawn_health_port,
-    },
+    cli::{BrokerArgs, ClusterArgs, InternalTlsArgs, fail_stop_on_storage_failure, shutdown_signal, spawn_health_port},
     cluster::moves,
     grpc::BrokerGrpc,
 };
@@ -37,6 +34,10 @@ struct Args {
     cluster: ClusterArgs,
     #[command(flatten)]
     internal_tls: InternalTlsArgs,
+    /// Send traces to this OpenTelemetry collector (OTLP/gRPC, e.g.
+    /// `http://otel-collector:4317`); off if unset.
+    #[arg(long, env = "IMSG_OTLP_ENDPOINT", global = true)]
+    otlp_endpoint: Option<String>,
 }
 
 /// Operator commands against a running cluster.
@@ -71,8 +72,15 @@ enum Admin {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    init_logging();
     let args = Args::parse();
+    let service = imsg_broker::telemetry::ServiceIdentity {
+        name: "imsg-broker",
+        instance: match args.cluster.node_index.as_str() {
+            "auto" => std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into()),
+            index => format!("node-{index}"),
+        },
+    };
+    let _telemetry = imsg_broker::telemetry::init(service, args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()))?;
     let internal_tls = args.internal_tls.apply().map_err(anyhow::Error::msg).context("invalid internal TLS")?;
     if let Some(admin) = args.admin {
         return run_admin(admin).await;
@@ -105,7 +113,10 @@ async fn main() -> anyhow::Result<()> {
     let service = BrokerServiceServer::new(BrokerGrpc::new(broker.clone()))
         .max_decoding_message_size(16 * 1024 * 1024)
         .max_encoding_message_size(16 * 1024 * 1024);
-    let router = tonic::transport::Server::builder().add_service(health).add_service(service);
+    let router = tonic::transport::Server::builder()
+        .trace_fn(imsg_broker::telemetry::rpc_span)
+        .add_service(health)
+        .add_service(service);
     let server = match internal_tls {
         Some(files) => {
             let tls = imsg_common::tls::ReloadingTls::load(files).map_err(anyhow::Error::msg)?;

@@ -26,6 +26,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 pub use crate::config::PushConfig;
 use crate::{ids::PartitionId, mailbox::Command, now_ms, router::Router, storage::PushRecord};
@@ -36,6 +37,8 @@ pub struct Queued {
     pub partition: PartitionId,
     pub number: u64,
     pub record: PushRecord,
+    /// The span of the update that caused it (none after a restart).
+    pub span: tracing::Span,
 }
 
 /// The node's sender of notifications. Cheap to clone.
@@ -93,7 +96,8 @@ async fn run(config: PushConfig, router: Router, mut queued: mpsc::UnboundedRece
                 tracing::warn!(key = %newest.record.idempotency_key, "push notification too old; dropped");
                 Ok(())
             } else {
-                post(&client, &config, &newest.record, entry.items.len()).await
+                let span = tracing::info_span!(parent: &newest.span, "push", collapsed = entry.items.len());
+                post(&client, &config, &newest.record, entry.items.len()).instrument(span).await
             };
             match result {
                 Ok(()) => {
@@ -189,15 +193,16 @@ async fn post(client: &reqwest::Client, config: &PushConfig, record: &PushRecord
     })
     .map_err(|e| e.to_string())?;
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let response = client
+    let mut request = client
         .post(&config.webhook_url)
         .header("content-type", "application/json")
         .header("idempotency-key", &record.idempotency_key)
         .header("x-imsg-signature", signature(&config.webhook_secret, t, &body))
         .body(body)
-        .send()
-        .await
+        .build()
         .map_err(|e| e.to_string())?;
+    crate::telemetry::inject(request.headers_mut());
+    let response = client.execute(request).await.map_err(|e| e.to_string())?;
     if response.status().is_success() { Ok(()) } else { Err(format!("webhook answered {}", response.status())) }
 }
 

@@ -36,20 +36,21 @@ use tokio::sync::{
     oneshot,
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{
     cluster::{Owner, Peers, wire},
     error::{Error, Result},
     events::UpdateItem,
     ids::{PartitionId, partition_of},
-    mailbox::Command,
+    mailbox::{Command, Traced},
 };
 
 /// The queues of one local partition.
 #[derive(Clone)]
 pub struct PartitionQueues {
-    pub commands: mpsc::Sender<Command>,
-    pub internal: mpsc::UnboundedSender<Command>,
+    pub commands: mpsc::Sender<Traced>,
+    pub internal: mpsc::UnboundedSender<Traced>,
 }
 
 /// How this node holds a partition.
@@ -97,6 +98,8 @@ struct Inner {
 struct LaneItem {
     items: Vec<UpdateItem>,
     done: oneshot::Sender<()>,
+    /// The span of the command whose updates these are.
+    span: tracing::Span,
 }
 
 impl Router {
@@ -261,10 +264,12 @@ impl Router {
     /// Queues a client command, refusing at once when the partition is full.
     pub fn submit(&self, partition: PartitionId, command: Command) -> Result<()> {
         match self.routing_slot(partition) {
-            Slot::Serving { queues, .. } => queues.commands.try_send(command).map_err(|error| match error {
-                TrySendError::Full(_) => Error::PartitionOverloaded { partition },
-                TrySendError::Closed(_) => Error::Unavailable(format!("partition {partition} is stopped")),
-            }),
+            Slot::Serving { queues, .. } => {
+                queues.commands.try_send(Traced::new(command)).map_err(|error| match error {
+                    TrySendError::Full(_) => Error::PartitionOverloaded { partition },
+                    TrySendError::Closed(_) => Error::Unavailable(format!("partition {partition} is stopped")),
+                })
+            }
             Slot::Draining { .. } | Slot::Frozen { .. } => Err(moving(partition)),
             Slot::Absent => self.forward(partition, command),
         }
@@ -309,7 +314,7 @@ impl Router {
         match slot {
             Slot::Serving { queues, .. } | Slot::Draining { queues, .. } => queues
                 .internal
-                .send(command)
+                .send(Traced::new(command))
                 .map_err(|_| Error::Unavailable(format!("partition {partition} is stopped"))),
             Slot::Frozen { .. } => Err(moving(partition)),
             Slot::Absent => absent(command),
@@ -328,7 +333,7 @@ impl Router {
     pub fn deliver_updates(&self, partition: PartitionId, items: Vec<UpdateItem>) -> oneshot::Receiver<()> {
         let (done, delivered) = oneshot::channel();
         if let Some(lane) = self.inner.lanes.get(partition as usize) {
-            let _ = lane.send(LaneItem { items, done });
+            let _ = lane.send(LaneItem { items, done, span: tracing::Span::current() });
         }
         delivered
     }
@@ -344,6 +349,9 @@ impl Router {
                 _ = stop.cancelled() => return,
                 item = queue.recv() => match item { Some(item) => item, None => return },
             };
+            // A batch mixing several commands' updates belongs to the
+            // trace of the first.
+            let span = tracing::info_span!(parent: &first.span, "fanout", partition, updates = tracing::field::Empty);
             let mut waiting = vec![first.done];
             let mut items = first.items;
             while items.len() < LANE_BATCH {
@@ -355,9 +363,10 @@ impl Router {
                     Err(_) => break,
                 }
             }
+            span.record("updates", items.len());
             let mut backoff = Duration::from_millis(10);
             loop {
-                match self.deliver_once(partition, &items).await {
+                match self.deliver_once(partition, &items).instrument(span.clone()).await {
                     Ok(()) => break,
                     Err(error) => {
                         tracing::debug!(partition, %error, "fan-out delivery failed; retrying in order");
@@ -384,7 +393,7 @@ impl Router {
         if let Some(internal) = local {
             let (done, applied) = oneshot::channel();
             internal
-                .send(Command::ApplyUpdates { items: items.to_vec(), done })
+                .send(Traced::new(Command::ApplyUpdates { items: items.to_vec(), done }))
                 .map_err(|_| Error::Unavailable(format!("partition {partition} is stopped")))?;
             return applied.await.map_err(|_| Error::Unavailable(format!("partition {partition} refused the updates")));
         }

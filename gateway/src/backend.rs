@@ -13,13 +13,13 @@ use imsg_broker::{
 };
 use imsg_common::retry::transient;
 use imsg_proto::internal::v1::{
-    Caller, ExecuteRequest, GetClusterStateRequest, OpenSessionRequest, RenewLeaseRequest, Route,
-    broker_service_client::BrokerServiceClient, execute_request, execute_response,
+    Caller, ExecuteRequest, GetClusterStateRequest, OpenSessionRequest, RenewLeaseRequest, Route, execute_request,
+    execute_response,
 };
 use imsg_proto::v1::OpenStreamResponse;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status, transport::Channel};
+use tonic::{Code, Status};
 
 /// A device session's frames, whichever backend serves it.
 pub type Frames = Pin<Box<dyn Stream<Item = Result<OpenStreamResponse, Status>> + Send>>;
@@ -118,7 +118,7 @@ impl RemoteBroker {
     /// is UNAVAILABLE for the client (retryable) and nothing else is held up.
     async fn routed<T, F, Fut>(&self, key: &str, call: F) -> Result<T, Status>
     where
-        F: Fn(BrokerServiceClient<Channel>, Route) -> Fut,
+        F: Fn(imsg_broker::cluster::peers::BrokerClient, Route) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         for _ in 0..ROUTE_ATTEMPTS {

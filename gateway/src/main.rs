@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use imsg_broker::cli::{BrokerArgs, InternalTlsArgs, init_logging, shutdown_signal};
+use imsg_broker::cli::{BrokerArgs, InternalTlsArgs, shutdown_signal};
 use imsg_common::token::Authenticator;
 use imsg_gateway::{BrokerTarget, GatewayConfig, RunningGateway, media::MediaStoreConfig};
 
@@ -121,6 +121,10 @@ struct ServeArgs {
     /// The private key of `--tls-cert` (PEM).
     #[arg(long, env = "IMSG_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// Send traces to this OpenTelemetry collector (OTLP/gRPC, e.g.
+    /// `http://otel-collector:4317`); off if unset.
+    #[arg(long, env = "IMSG_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(flatten)]
     internal_tls: InternalTlsArgs,
     #[command(flatten)]
@@ -136,8 +140,10 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", auth.issue_with_roles(&user, &device, ttl_secs, &roles).map_err(anyhow::Error::msg)?);
         return Ok(());
     }
-    init_logging();
     let args = cli.serve;
+    let gateway_id = args.gateway_id.clone().unwrap_or_else(|| format!("gw-{:016x}", rand::random::<u64>()));
+    let service = imsg_broker::telemetry::ServiceIdentity { name: "imsg-gateway", instance: gateway_id.clone() };
+    let _telemetry = imsg_broker::telemetry::init(service, args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()))?;
     let secret = match (args.jwt_secret, &args.jwt_secret_file) {
         (Some(secret), _) => Some(secret),
         (None, Some(path)) => Some(
@@ -181,9 +187,7 @@ async fn main() -> anyhow::Result<()> {
     args.internal_tls.apply().map_err(anyhow::Error::msg).context("invalid internal TLS")?;
     config.health_listen = args.health_listen;
     config.metrics_listen = args.metrics_listen;
-    if let Some(id) = args.gateway_id {
-        config.gateway_id = id;
-    }
+    config.gateway_id = gateway_id;
     config.streams.max_streams = args.max_streams;
     config.user_requests_per_second = args.user_rps;
     config.user_request_burst = (args.user_rps * 2.0).max(1.0) as u32;

@@ -183,6 +183,7 @@ impl RunningGateway {
             None => None,
         };
         let router = tonic::transport::Server::builder()
+            .trace_fn(imsg_broker::telemetry::rpc_span)
             // Find devices that vanished without closing their connection.
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))

@@ -56,7 +56,7 @@ pub struct Peers {
 
 struct Node {
     url: String,
-    client: BrokerServiceClient<Channel>,
+    client: BrokerClient,
 }
 
 #[derive(Default)]
@@ -92,7 +92,7 @@ impl Peers {
         self.nodes.get(node as usize).map_or("", |n| n.url.as_str())
     }
 
-    pub fn client(&self, node: u32) -> Result<BrokerServiceClient<Channel>> {
+    pub fn client(&self, node: u32) -> Result<BrokerClient> {
         self.nodes
             .get(node as usize)
             .map(|n| n.client.clone())
@@ -219,6 +219,11 @@ impl Peers {
     }
 }
 
+/// A client of the internal API; every call carries the trace context of
+/// the span it is made in.
+pub type BrokerClient =
+    BrokerServiceClient<tonic::service::interceptor::InterceptedService<Channel, crate::telemetry::Propagate>>;
+
 /// This process's identity on the internal API, set once at start from
 /// its flags. Process-wide because every internal client of a process
 /// (gateway backend, lanes, moves, admin commands) presents the same
@@ -232,7 +237,7 @@ pub fn use_internal_tls(tls: imsg_common::tls::ClientTls) {
 }
 
 /// A lazily connected client with the settings every internal hop uses.
-pub fn connect(url: &str) -> Result<BrokerServiceClient<Channel>> {
+pub fn connect(url: &str) -> Result<BrokerClient> {
     let mut endpoint = Channel::from_shared(url.to_owned())
         .map_err(|e| Error::FailedPrecondition(format!("broker url {url}: {e}")))?;
     if url.starts_with("https://") {
@@ -250,7 +255,7 @@ pub fn connect(url: &str) -> Result<BrokerServiceClient<Channel>> {
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(3));
-    Ok(BrokerServiceClient::new(endpoint.connect_lazy())
+    Ok(BrokerServiceClient::with_interceptor(endpoint.connect_lazy(), crate::telemetry::Propagate)
         .max_decoding_message_size(16 * 1024 * 1024)
         .max_encoding_message_size(16 * 1024 * 1024))
 }

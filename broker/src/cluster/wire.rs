@@ -13,6 +13,7 @@
 //! node that owns their home partition (the gateway routes them there).
 
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 use imsg_proto::internal::v1::{
     Accepted, ApplyUpdatesCall, CreateConversationCall, EraseSenderCall, EraseSenderResult, FileReportCall,
@@ -198,23 +199,29 @@ fn ask<T: Send + 'static>(
     decode: impl FnOnce(Answer) -> Option<T> + Send + 'static,
 ) {
     let peers = peers.clone();
-    tokio::spawn(async move {
-        let result = peers.call_partition(owner, partition, call).await.and_then(|answer| {
-            decode(answer).ok_or_else(|| Error::Internal(format!("node {} answered the wrong kind", owner.node)))
-        });
-        let _ = reply.send(result);
-    });
+    tokio::spawn(
+        async move {
+            let result = peers.call_partition(owner, partition, call).await.and_then(|answer| {
+                decode(answer).ok_or_else(|| Error::Internal(format!("node {} answered the wrong kind", owner.node)))
+            });
+            let _ = reply.send(result);
+        }
+        .in_current_span(),
+    );
 }
 
 /// A signal without an answer: lost if the owner is down, like a signal to
 /// a local partition that stopped (ephemeral by definition).
 fn tell(peers: &Arc<Peers>, owner: Owner, partition: PartitionId, call: Call) {
     let peers = peers.clone();
-    tokio::spawn(async move {
-        if let Err(error) = peers.call_partition(owner, partition, call).await {
-            tracing::debug!(partition, %error, "signal to another node dropped");
+    tokio::spawn(
+        async move {
+            if let Err(error) = peers.call_partition(owner, partition, call).await {
+                tracing::debug!(partition, %error, "signal to another node dropped");
+            }
         }
-    });
+        .in_current_span(),
+    );
 }
 
 /// Fan-out updates as they travel.

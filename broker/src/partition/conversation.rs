@@ -116,6 +116,9 @@ impl Partition {
             event: Some(event.outbox_record()),
         });
         self.batch.outbox_items.push(UpdateItem { user_ids: recipients, event: Arc::new(event) });
+        if self.batch.outbox_span.is_none() {
+            self.batch.outbox_span = Some(tracing::Span::current());
+        }
     }
 
     /// Sends an ephemeral signal to users' live sessions, wherever their
@@ -404,7 +407,7 @@ impl Partition {
             }
             tracing::info!(partition = self.id, batch, "re-sending unconfirmed outbox batch");
             self.conversations.outbox_unconfirmed.insert(batch);
-            self.defer(Deferred::Fanout { batch, items });
+            self.defer(Deferred::Fanout { batch, items, span: tracing::Span::none() });
         }
         Ok(())
     }

@@ -41,7 +41,7 @@ use tokio::sync::{Notify, oneshot};
 pub use crate::core::{MarkKind, MembershipChange, NewConversation, NewMessage, Viewer};
 pub use crate::mailbox::{
     Command, ERASE_BATCH, Erased, Forgotten, Mailbox, ModerationOp, ModerationOutcome, NotificationChange, OpenStep,
-    Reply, SessionHandle, UserContext,
+    Reply, SessionHandle, Traced, UserContext,
 };
 use crate::{
     config::Limits,
@@ -79,6 +79,8 @@ enum Deferred {
     Fanout {
         batch: u64,
         items: Vec<UpdateItem>,
+        /// The span of the first command that published into the batch.
+        span: tracing::Span,
     },
     /// Push a logged event to a user's live sessions (it is published).
     Push {
@@ -102,6 +104,8 @@ struct Batch {
     deferred: Vec<Deferred>,
     outbox: Vec<crate::storage::OutboxItem>,
     outbox_items: Vec<UpdateItem>,
+    /// The span of the first command that published into the batch.
+    outbox_span: Option<tracing::Span>,
     updates: Vec<UpdateEntry>,
     meta_dirty: bool,
 }
@@ -285,16 +289,16 @@ impl Partition {
     /// Handles a command and everything else already queued (up to the batch
     /// limit), then commits them as one batch. Returns the shutdown reply
     /// when asked to stop.
-    fn take(&mut self, first: Command, mailbox: &mut Mailbox) -> Option<oneshot::Sender<()>> {
+    fn take(&mut self, first: Traced, mailbox: &mut Mailbox) -> Option<oneshot::Sender<()>> {
         let mut next = Some(first);
         let mut taken = 0;
-        while let Some(command) = next.take() {
+        while let Some(Traced { command, span }) = next.take() {
             if let Command::Shutdown { reply } = command {
                 self.checkpoint_receipts();
                 self.commit();
                 return Some(reply);
             }
-            self.handle(command);
+            span.in_scope(|| self.handle(command));
             taken += 1;
             if taken < self.limits.max_batch {
                 next = mailbox.internal.try_recv().ok().or_else(|| mailbox.commands.try_recv().ok());
@@ -334,7 +338,8 @@ impl Partition {
             self.conversations.outbox_started.insert(number, std::time::Instant::now());
             let count = records.len();
             batch.writes.put_outbox(number, &crate::storage::OutboxRecord { items: records });
-            batch.deferred.push(Deferred::Fanout { batch: number, items: items.by_ref().take(count).collect() });
+            let span = batch.outbox_span.clone().unwrap_or_else(tracing::Span::none);
+            batch.deferred.push(Deferred::Fanout { batch: number, items: items.by_ref().take(count).collect(), span });
         }
         // Rows of at most UPDATE_ROW_ENTRIES entries: a group fan-out batch
         // would otherwise pass sled's blob threshold (~128 KiB), and every
@@ -384,7 +389,7 @@ impl Partition {
         for item in deferred {
             match item {
                 Deferred::Run(run) => run(),
-                Deferred::Fanout { batch, items } => self.fan_out(batch, items),
+                Deferred::Fanout { batch, items, span } => span.in_scope(|| self.fan_out(batch, items)),
                 Deferred::Push { user_id, cursor, frame } => {
                     self.users.published_cursor(cursor);
                     self.push_to_sessions(&user_id, &frame);

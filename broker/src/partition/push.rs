@@ -72,10 +72,10 @@ impl Partition {
             let number = self.users.next_push;
             self.users.next_push += 1;
             self.batch.writes.put_push(number, &record);
-            let (outlet, partition) = (outlet.clone(), self.id);
+            let (outlet, partition, span) = (outlet.clone(), self.id, tracing::Span::current());
             self.batch
                 .deferred
-                .push(Deferred::Run(Box::new(move || outlet.send(Queued { partition, number, record }))));
+                .push(Deferred::Run(Box::new(move || outlet.send(Queued { partition, number, record, span }))));
         }
     }
 
@@ -90,7 +90,7 @@ impl Partition {
         let Some(outlet) = self.push.clone() else { return Ok(()) };
         for (number, record) in self.store.pending_pushes()? {
             self.users.next_push = self.users.next_push.max(number + 1);
-            outlet.send(Queued { partition: self.id, number, record });
+            outlet.send(Queued { partition: self.id, number, record, span: tracing::Span::none() });
         }
         Ok(())
     }

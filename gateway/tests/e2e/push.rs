@@ -16,7 +16,7 @@ const WEBHOOK_SECRET: &str = "webhook-secret-0123456789";
 
 /// How the webhook answers.
 #[derive(Clone, Copy, PartialEq, Debug)]
-enum Mode {
+pub(crate) enum Mode {
     Refuse,
     Accept,
     /// Says it has the request, then answers 200 after a while.
@@ -24,10 +24,12 @@ enum Mode {
 }
 
 #[derive(Debug, Clone)]
-struct Received {
+pub(crate) struct Received {
     accepted: bool,
     key: String,
-    body: serde_json::Value,
+    pub(crate) body: serde_json::Value,
+    /// The W3C trace context the request carried, if any.
+    pub(crate) traceparent: String,
 }
 
 struct WebhookState {
@@ -37,7 +39,7 @@ struct WebhookState {
 }
 
 /// A push gateway on a loopback port, recording what it is sent.
-struct Webhook {
+pub(crate) struct Webhook {
     url: String,
     state: Arc<WebhookState>,
     holding: mpsc::UnboundedReceiver<String>,
@@ -56,7 +58,13 @@ async fn receive(State(state): State<Arc<WebhookState>>, headers: HeaderMap, bod
     let key = header("idempotency-key");
     assert_eq!(body["idempotency_key"], key.as_str());
     let mode = *state.mode.lock().unwrap();
-    state.received.lock().unwrap().push(Received { accepted: mode != Mode::Refuse, key: key.clone(), body });
+    let traceparent = header("traceparent");
+    state.received.lock().unwrap().push(Received {
+        accepted: mode != Mode::Refuse,
+        key: key.clone(),
+        body,
+        traceparent,
+    });
     match mode {
         Mode::Refuse => StatusCode::SERVICE_UNAVAILABLE,
         Mode::Accept => StatusCode::OK,
@@ -69,7 +77,7 @@ async fn receive(State(state): State<Arc<WebhookState>>, headers: HeaderMap, bod
 }
 
 impl Webhook {
-    async fn start(mode: Mode) -> Self {
+    pub(crate) async fn start(mode: Mode) -> Self {
         let (holding_tx, holding) = mpsc::unbounded_channel();
         let state = Arc::new(WebhookState { mode: Mutex::new(mode), received: Mutex::default(), holding: holding_tx });
         let app = axum::Router::new().route("/push", post(receive)).with_state(state.clone());
@@ -83,7 +91,7 @@ impl Webhook {
         *self.state.mode.lock().unwrap() = mode;
     }
 
-    fn received(&self) -> Vec<Received> {
+    pub(crate) fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
     }
 
@@ -92,7 +100,7 @@ impl Webhook {
     }
 
     /// Waits until `condition` holds of what was received.
-    async fn wait_for(&self, what: &str, condition: impl Fn(&[Received]) -> bool) {
+    pub(crate) async fn wait_for(&self, what: &str, condition: impl Fn(&[Received]) -> bool) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         while !condition(&self.received()) {
             assert!(tokio::time::Instant::now() < deadline, "webhook never got {what}: {:#?}", self.received());
@@ -100,12 +108,12 @@ impl Webhook {
         }
     }
 
-    fn broker_flags(&self) -> [String; 4] {
+    pub(crate) fn broker_flags(&self) -> [String; 4] {
         ["--push-webhook-url".into(), self.url.clone(), "--push-webhook-secret".into(), WEBHOOK_SECRET.into()]
     }
 }
 
-async fn register(client: &Client) {
+pub(crate) async fn register(client: &Client) {
     let request =
         RegisterPushTargetRequest { platform: PushPlatform::Apns as i32, token: format!("tok-{}", client.device) };
     client.api.clone().register_push_target(request).await.unwrap();

@@ -10,13 +10,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
-    harness::{Client, PARTITIONS, PATIENCE, Process, binary, broker_args, tokens},
+    harness::{PATIENCE, Process, binary, tokens},
+    nodes::{TwoNodes, strings, user_on},
     pki::{Issued, Pki},
 };
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
-}
 
 /// A gateway with an embedded broker, serving TLS from `served`.
 async fn tls_gateway(data: &tempfile::TempDir, served: &Issued) -> Process {
@@ -109,49 +106,27 @@ fn internal_tls_args(internal: &Pki, issued: &Issued) -> Vec<String> {
     ])
 }
 
-/// A user whose partition node `node` of two owns.
-fn user_on(node: u32, name: &str) -> String {
-    (0..).map(|i| format!("{name}{i}")).find(|u| imsg_common::ids::partition_of(u, PARTITIONS) % 2 == node).unwrap()
-}
-
 #[tokio::test]
 async fn the_internal_api_takes_only_callers_with_a_certificate_from_the_internal_ca() {
     let internal = Pki::new("internal");
-    let data = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> =
-        (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
-    let urls: Vec<String> = ports.iter().map(|port| format!("https://127.0.0.1:{port}")).collect();
-    let mut nodes = Vec::new();
-    for (index, port) in ports.iter().enumerate() {
-        let dir = data.path().join(format!("node-{index}"));
-        let mut args = broker_args(&dir, &format!("127.0.0.1:{port}"), &[]);
-        args.extend(strings(&["--nodes", &urls.join(","), "--node-index", &index.to_string()]));
-        args.extend(internal_tls_args(&internal, &internal.issue(&format!("broker-{index}"))));
-        nodes.push(Process::spawn(&binary("imsg-broker"), &args).await);
-    }
-    let mut gateway_args = strings(&["--broker", &urls.join(","), "--listen", "127.0.0.1:0"]);
-    gateway_args.extend(internal_tls_args(&internal, &internal.issue("gateway")));
-    let gateway = Process::spawn(&binary("imsg-gateway"), &gateway_args).await;
+    let cluster = TwoNodes::start(
+        "https",
+        |index| internal_tls_args(&internal, &internal.issue(&format!("broker-{index}"))),
+        internal_tls_args(&internal, &internal.issue("gateway")),
+    )
+    .await;
 
     // End to end: a group spanning both nodes, through mutual TLS on every
     // hop (gateway to owner, owner to the members' partitions).
-    let (alice, bob) = (user_on(0, "alice"), user_on(1, "bob"));
-    let alice = Client::connect(gateway.addr, &alice, "phone").await;
-    let bob = Client::connect(gateway.addr, &bob, "phone").await;
-    let deadline = Instant::now() + PATIENCE;
-    let group = loop {
-        match alice.try_group("tls", &[&bob.user]).await {
-            Ok(group) => break group,
-            Err(status) => assert!(Instant::now() < deadline, "the cluster never served: {status:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let alice = cluster.client(&user_on(0, "alice"), "phone").await;
+    let bob = cluster.client(&user_on(1, "bob"), "phone").await;
+    let group = cluster.group(&alice, "tls", &[&bob.user]).await;
     let seq = alice.send(&group, "hello over mTLS").await;
     let mut phone = bob.open(0).await;
     phone.ready().await;
     assert!(bob.history(&group).await.iter().any(|m| m.seq == seq));
 
-    let node = nodes[0].addr;
+    let node = cluster.nodes[0].addr;
     let call = |channel: Channel| async move {
         BrokerServiceClient::new(channel).get_cluster_state(GetClusterStateRequest {}).await.map(|_| ())
     };
