@@ -62,6 +62,10 @@ pub struct BrokerArgs {
     /// message request yet.
     #[arg(long, env = "IMSG_MAX_REQUEST_MESSAGES", default_value_t = 3)]
     pub max_request_messages: u32,
+    /// Requests per second per user, however many gateways their devices
+    /// use (bursts of twice as many).
+    #[arg(long, env = "IMSG_USER_RPS", default_value_t = 1000.0)]
+    pub user_rps: f64,
     /// The secret conversation ids are derived with (at least 16 bytes), the
     /// same on every node of a cluster and never changed. Unset on a
     /// standalone node: created in the data directory on first start.
@@ -109,6 +113,8 @@ impl BrokerArgs {
                 lease_ttl: Duration::from_millis(self.lease_ttl_ms),
                 edit_window: Duration::from_secs(self.edit_window_secs),
                 max_request_messages: self.max_request_messages,
+                user_requests_per_second: self.user_rps,
+                user_request_burst: (self.user_rps * 2.0).max(1.0) as u32,
                 ..Limits::default()
             },
             cluster: crate::cluster::ClusterConfig::standalone(),

@@ -96,6 +96,10 @@ pub struct Limits {
     /// Messages a sender may send in a direct conversation whose other
     /// member has not accepted it (a message request).
     pub max_request_messages: u32,
+    /// Requests per second per user, across every gateway (leased from
+    /// the user's partition), and the burst allowed.
+    pub user_requests_per_second: f64,
+    pub user_request_burst: u32,
 }
 
 impl Default for Limits {
@@ -114,6 +118,8 @@ impl Default for Limits {
             lease_ttl: Duration::from_secs(10),
             edit_window: Duration::from_secs(15 * 60),
             max_request_messages: 3,
+            user_requests_per_second: 1000.0,
+            user_request_burst: 2000,
         }
     }
 }
@@ -181,6 +187,9 @@ impl BrokerConfig {
             if push.webhook_secret.len() < 16 {
                 return Err("the push webhook secret must be at least 16 bytes".into());
             }
+        }
+        if !(l.user_requests_per_second > 0.0 && l.user_requests_per_second.is_finite()) || l.user_request_burst == 0 {
+            return Err(format!("user requests per second must be positive, got {}", l.user_requests_per_second));
         }
         if self.partitions == 0 || self.partitions > 4096 {
             return Err(format!("partitions must be 1..=4096, got {}", self.partitions));

@@ -289,6 +289,12 @@ pub enum Command {
         request: UpdateSettingsRequest,
         reply: Reply<Settings>,
     },
+    /// A gateway leases up to `want` of a user's request tokens.
+    AcquireBudget {
+        user_id: String,
+        want: u32,
+        reply: Reply<crate::core::budget::Grant>,
+    },
     /// The evidence of a report: the message (0: the newest) and those
     /// before it that the reporter sees, and the members.
     Evidence {

@@ -87,9 +87,6 @@ struct ServeArgs {
     /// Most concurrent device streams.
     #[arg(long, env = "IMSG_MAX_STREAMS", default_value_t = 100_000)]
     max_streams: usize,
-    /// Unary requests per second per user.
-    #[arg(long, env = "IMSG_USER_RPS", default_value_t = 1000.0)]
-    user_rps: f64,
     /// Milliseconds shutdown waits for streams and calls to finish.
     #[arg(long, env = "IMSG_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     shutdown_grace_ms: u64,
@@ -189,8 +186,6 @@ async fn main() -> anyhow::Result<()> {
     config.metrics_listen = args.metrics_listen;
     config.gateway_id = gateway_id;
     config.streams.max_streams = args.max_streams;
-    config.user_requests_per_second = args.user_rps;
-    config.user_request_burst = (args.user_rps * 2.0).max(1.0) as u32;
     config.shutdown_grace = std::time::Duration::from_millis(args.shutdown_grace_ms);
     config.media_store = match (args.media_dir, args.media_s3_bucket) {
         (Some(dir), _) => Some(MediaStoreConfig::Local(dir)),

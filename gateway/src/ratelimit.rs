@@ -1,40 +1,70 @@
-//! Token buckets: per user for unary calls (shared by all of a user's
-//! devices on this gateway) and per stream for upstream frames.
+//! Rate limits. A user's unary requests spend tokens leased from the
+//! budget at their partition ([`BudgetLeases`], see
+//! `imsg_broker::core::budget`), so the limit holds across gateways; typing
+//! signals and a stream's upstream frames have buckets here, per user and
+//! per stream.
 
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+pub use imsg_broker::core::budget::TokenBucket;
+use imsg_proto::internal::v1::{AcquireBudgetRequest, Caller, execute_request, execute_response};
+use tonic::Status;
 
-/// A refilling budget: `capacity` at most, `per_second` added each second.
-#[derive(Debug, Clone)]
-pub struct TokenBucket {
-    capacity: f64,
-    per_second: f64,
-    tokens: f64,
-    updated: Instant,
+use crate::backend::Backend;
+
+/// Tokens asked for per lease: one round trip to the user's partition per
+/// this many requests (or per lease lifetime, for a slow user).
+const LEASE_TOKENS: u32 = 32;
+/// Unspent tokens of a lease are dropped after this long, so tokens do not
+/// pile up at gateways a user no longer uses.
+const LEASE_LIFETIME: Duration = Duration::from_secs(10);
+
+/// The tokens this gateway holds of each user's budget.
+#[derive(Default)]
+pub struct BudgetLeases {
+    leases: DashMap<String, Lease>,
 }
 
-impl TokenBucket {
-    pub fn new(capacity: u32, per_second: f64) -> Self {
-        Self { capacity: f64::from(capacity), per_second, tokens: f64::from(capacity), updated: Instant::now() }
-    }
+struct Lease {
+    tokens: u32,
+    expires: Instant,
+}
 
-    /// Takes one token if there is one; otherwise says how long until
-    /// there is (what a refused client is told to wait).
-    pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
-        self.updated = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.per_second.max(f64::MIN_POSITIVE)))
+impl BudgetLeases {
+    /// Spends one of `caller`'s tokens, leasing more from their partition
+    /// when this gateway holds none. `Ok(Err(wait))`: the budget is spent.
+    pub async fn spend(&self, backend: &Backend, caller: &Caller) -> Result<Result<(), Duration>, Status> {
+        let now = Instant::now();
+        if let Some(mut lease) = self.leases.get_mut(&caller.user_id)
+            && lease.expires > now
+            && lease.tokens > 0
+        {
+            lease.tokens -= 1;
+            return Ok(Ok(()));
         }
+        let command = execute_request::Command::AcquireBudget(AcquireBudgetRequest { want: LEASE_TOKENS });
+        let answer = match backend.execute(caller.clone(), command).await? {
+            execute_response::Result::AcquireBudget(answer) => answer,
+            _ => return Err(Status::internal("the broker answered a budget lease with something else")),
+        };
+        if answer.granted == 0 {
+            return Ok(Err(Duration::from_millis(answer.retry_after_ms.max(1))));
+        }
+        // Concurrent leases of one user add up; none is given twice.
+        let mut lease = self.leases.entry(caller.user_id.clone()).or_insert(Lease { tokens: 0, expires: now });
+        if lease.expires <= now {
+            lease.tokens = 0;
+        }
+        lease.tokens += answer.granted - 1;
+        lease.expires = now + LEASE_LIFETIME;
+        Ok(Ok(()))
     }
 
-    fn idle_since(&self) -> Instant {
-        self.updated
+    /// Forgets expired leases.
+    pub fn forget_expired(&self) {
+        let now = Instant::now();
+        self.leases.retain(|_, lease| lease.expires > now);
     }
 }
 
@@ -75,7 +105,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bucket_allows_its_capacity_then_refills_over_time() {
+    fn a_bucket_allows_its_capacity_then_refills_over_time() {
         let start = Instant::now();
         let mut bucket = TokenBucket::new(2, 1.0);
         assert!(bucket.try_take(start).is_ok());

@@ -54,9 +54,6 @@ pub struct GatewayConfig {
     /// Names this gateway's lease on broker nodes.
     pub gateway_id: String,
     pub streams: StreamSettings,
-    /// Unary requests per second per user, and the burst allowed.
-    pub user_requests_per_second: f64,
-    pub user_request_burst: u32,
     /// How long shutdown waits for streams and calls to finish.
     pub shutdown_grace: Duration,
     /// Where media bytes go; an embedded broker defaults to
@@ -82,8 +79,6 @@ impl GatewayConfig {
             token_rules: Default::default(),
             gateway_id: format!("gw-{:016x}", rand::random::<u64>()),
             streams: StreamSettings::default(),
-            user_requests_per_second: 1000.0,
-            user_request_burst: 2000,
             shutdown_grace: Duration::from_secs(10),
             media_store: None,
             media_limits: MediaLimits::default(),
@@ -147,7 +142,7 @@ impl RunningGateway {
             auth,
             backend,
             media,
-            unary_limiter: PerUserLimiter::new(config.user_request_burst, config.user_requests_per_second),
+            budgets: Default::default(),
             typing_limiter: PerUserLimiter::new(config.streams.typing_burst, config.streams.typing_per_second),
             streams: Streams::default(),
             stream_settings: config.streams.clone(),
@@ -261,7 +256,7 @@ async fn forget_idle_users(gateway: Arc<Gateway>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(30)) => {
-                gateway.unary_limiter.forget_idle();
+                gateway.budgets.forget_expired();
                 gateway.typing_limiter.forget_idle();
             }
         }

@@ -14,7 +14,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use crate::{
     backend::Backend,
     media::Media,
-    ratelimit::PerUserLimiter,
+    ratelimit::{BudgetLeases, PerUserLimiter},
     stream::{DeviceStream, StreamSettings, Streams},
 };
 
@@ -24,7 +24,8 @@ pub struct Gateway {
     pub backend: Backend,
     /// Uploads and downloads; `None` when no media store is configured.
     pub media: Option<Arc<Media>>,
-    pub unary_limiter: PerUserLimiter,
+    /// Leases of users' request budgets (counted at their partitions).
+    pub budgets: BudgetLeases,
     /// Typing signals per user, across all of the user's streams here.
     pub typing_limiter: PerUserLimiter,
     pub streams: Streams,
@@ -42,10 +43,11 @@ impl MessagingApi {
         Self { gateway }
     }
 
-    /// Authenticates and rate-limits the caller.
-    fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, Status> {
+    /// Authenticates and rate-limits the caller (against their budget,
+    /// counted at their partition across every gateway).
+    async fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, Status> {
         let caller = self.gateway.auth.authenticate(metadata)?;
-        if let Err(wait) = self.gateway.unary_limiter.try_take(&caller.user_id) {
+        if let Err(wait) = self.gateway.budgets.spend(&self.gateway.backend, &caller).await? {
             imsg_broker::metrics::METRICS.rate_limited.get_or_create(&limit("user_requests")).inc();
             return Err(transient(
                 Code::ResourceExhausted,
@@ -66,7 +68,7 @@ impl MessagingApi {
     /// Runs a command as the caller (the backend validates it); media in
     /// it are resolved before and their references kept after.
     async fn run(&self, metadata: &tonic::metadata::MetadataMap, mut command: Command) -> Result<Outcome, Status> {
-        let caller = self.caller(metadata)?;
+        let caller = self.caller(metadata).await?;
         let after = match &self.gateway.media {
             Some(media) => media.before(&self.gateway.backend, &caller, &mut command).await?,
             None => None,
@@ -161,7 +163,7 @@ unary_service! {
         &self,
         request: Request<ExportMyDataRequest>,
     ) -> Result<Response<Self::ExportMyDataStream>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata()).await?;
         Ok(Response::new(crate::export::start(self.gateway.clone(), caller)))
     }
 
@@ -169,12 +171,12 @@ unary_service! {
         &self,
         request: Request<Streaming<UploadMediaRequest>>,
     ) -> Result<Response<UploadMediaResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata()).await?;
         Ok(Response::new(self.media()?.upload(&caller, request.into_inner()).await?))
     }
 
     async fn get_upload(&self, request: Request<GetUploadRequest>) -> Result<Response<GetUploadResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata()).await?;
         Ok(Response::new(self.media()?.get_upload(&caller, request.into_inner()).await?))
     }
 
@@ -182,7 +184,7 @@ unary_service! {
         &self,
         request: Request<DownloadMediaRequest>,
     ) -> Result<Response<Self::DownloadMediaStream>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata()).await?;
         let download = self.media()?.download(&self.gateway.backend, &caller, request.into_inner()).await?;
         Ok(Response::new(download))
     }

@@ -6,6 +6,7 @@ use imsg_proto::v1::*;
 
 use crate::{
     Broker,
+    core::budget::Grant,
     error::{Error, Result},
     mailbox::{MessageAction, MessageOutcome},
     partition::{Command, MarkKind, MembershipChange, NewConversation, NewMessage},
@@ -234,6 +235,20 @@ impl Broker {
         let partition = self.partition_of(&user_id);
         let settings = self.call(partition, |reply| Command::UpdateSettings { user_id, request, reply }).await?;
         Ok(UpdateSettingsResponse { settings: Some(settings) })
+    }
+
+    pub(super) async fn acquire_budget(
+        &self,
+        _: Caller,
+        user_id: String,
+        request: AcquireBudgetRequest,
+    ) -> Result<AcquireBudgetResponse> {
+        let partition = self.partition_of(&user_id);
+        let want = request.want;
+        Ok(match self.call(partition, |reply| Command::AcquireBudget { user_id, want, reply }).await? {
+            Grant::Tokens(granted) => AcquireBudgetResponse { granted, retry_after_ms: 0 },
+            Grant::Wait(wait) => AcquireBudgetResponse { granted: 0, retry_after_ms: wait.as_millis().max(1) as u64 },
+        })
     }
 
     pub(super) async fn get_presence(

@@ -14,7 +14,7 @@
 //! `ClientCommand` impl and handler, its rule in `crate::core`, and its
 //! partition step (`crate::partition`). See docs/ARCHITECTURE.md.
 
-use imsg_proto::internal::v1::{Caller, MessageMediaRequest, execute_request, execute_response};
+use imsg_proto::internal::v1::{AcquireBudgetRequest, Caller, MessageMediaRequest, execute_request, execute_response};
 use imsg_proto::v1::{
     AddConversationMembersRequest, CreateConversationRequest, DeleteMessageForMeRequest, EditMessageRequest,
     ForwardMessageRequest, GetConversationRequest, GetPresenceRequest, GetSettingsRequest, LeaveConversationRequest,
@@ -98,6 +98,7 @@ command_table! {
     DeleteMessageForMe => DeleteMessageForMe by delete_message_for_me,
     ForwardMessage => ForwardMessage by forward_message,
     MessageMedia => MessageMedia by message_media,
+    AcquireBudget => AcquireBudget by acquire_budget,
     GetSettings => GetSettings by get_settings,
     UpdateSettings => UpdateSettings by update_settings,
     GetPresence => GetPresence by get_presence,
@@ -305,6 +306,23 @@ impl ClientCommand for MessageMediaRequest {
 
     fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
         message_ref(&self.conversation_id, self.seq)
+    }
+}
+
+/// Most tokens one lease may take.
+pub const MAX_BUDGET_LEASE: u32 = 1000;
+
+impl ClientCommand for AcquireBudgetRequest {
+    /// The caller's: the one place their budget is counted.
+    fn home_key(&self, caller: &Caller) -> String {
+        caller.user_id.clone()
+    }
+
+    fn validate(&self, _: &Limits, _: &Caller) -> Result<()> {
+        if self.want == 0 || self.want > MAX_BUDGET_LEASE {
+            return Err(Error::invalid("want", format!("1 to {MAX_BUDGET_LEASE} tokens")));
+        }
+        Ok(())
     }
 }
 

@@ -12,8 +12,10 @@
 //! delete for me), [`receipts`], [`typing`]. Of a user: [`update_log`]
 //! (cursors, resume, retention), [`presence`] (who sees what). Between
 //! users: [`privacy`] (blocks, contacts, who may message whom, message
-//! requests), [`notify`] (who gets a push notification, saying what).
+//! requests), [`notify`] (who gets a push notification, saying what). Of
+//! the service: [`budget`] (per-user request budgets, leased to gateways).
 
+pub mod budget;
 pub mod conversation;
 pub mod edits;
 pub mod effects;

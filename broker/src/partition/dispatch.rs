@@ -116,6 +116,10 @@ impl Partition {
                 let result = Ok(self.user_context(&user_id));
                 self.reply(reply, result);
             }
+            // In memory only: answered at once, not behind the writes.
+            Command::AcquireBudget { user_id, want, reply } => {
+                let _ = reply.send(Ok(self.budgets.grant(&user_id, want, std::time::Instant::now())));
+            }
             Command::UpdateSettings { user_id, request, reply } => {
                 let result = self.update_settings(&user_id, &request);
                 self.reply(reply, result);

@@ -133,6 +133,8 @@ pub struct Partition {
     push: Option<crate::push::Outlet>,
     /// The moderation queue, if this partition holds it (loaded on use).
     moderation: Option<moderation::Queue>,
+    /// Request budgets of this partition's users (in memory).
+    budgets: crate::core::budget::Budgets,
 }
 
 /// Ticks (of 100 ms) between checkpoints of watermarks that moved in
@@ -187,7 +189,7 @@ impl Partition {
         Ok(Self {
             id,
             durable_wake: Arc::new(Notify::new()),
-            limits,
+            limits: limits.clone(),
             meta,
             batch: Batch::default(),
             last_generation: 0,
@@ -201,6 +203,7 @@ impl Partition {
             router,
             push,
             moderation: None,
+            budgets: crate::core::budget::Budgets::new(limits.user_request_burst, limits.user_requests_per_second),
         })
     }
 
@@ -410,6 +413,9 @@ impl Partition {
         }
         self.persist_outbox_progress();
         self.trim_update_log();
+        if self.ticks.is_multiple_of(600) {
+            self.budgets.forget_idle(std::time::Instant::now());
+        }
     }
 }
 

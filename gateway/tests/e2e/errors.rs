@@ -170,13 +170,13 @@ async fn transient_errors_carry_retry_info_and_clients_retry_only_those() {
     broker.partitions = 4;
     broker.cache_capacity_bytes = 16 * 1024 * 1024;
     broker.limits.max_group_members = 3;
-    let mut config = imsg_gateway::GatewayConfig::new(
+    broker.limits.user_request_burst = 4;
+    broker.limits.user_requests_per_second = 20.0;
+    let config = imsg_gateway::GatewayConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         imsg_gateway::BrokerTarget::Embedded(broker),
         crate::harness::SECRET,
     );
-    config.user_request_burst = 4;
-    config.user_requests_per_second = 20.0;
     let gateway = imsg_gateway::RunningGateway::start(config).await.unwrap();
     let alice = Client::connect(gateway.addr, "alice", "phone").await;
 
@@ -377,4 +377,37 @@ async fn an_oversized_header_block_fails_only_that_request() {
     let delivered = device.message().await;
     assert_eq!((delivered.seq, delivered.sender_id.as_str()), (seq, "bob"));
     assert_eq!(alice.history(&conversation).await.len(), 1);
+}
+
+/// Per-user limits are counted at the user's partition: two gateways in
+/// front of one broker share alice's budget (a burst of 10, 5 a second)
+/// instead of giving her one each.
+#[tokio::test]
+async fn a_users_request_budget_holds_across_gateways() {
+    use crate::harness::{Process, binary, broker_args, gateway_args};
+    let data = tempfile::tempdir().unwrap();
+    let broker =
+        Process::spawn(&binary("imsg-broker"), &broker_args(data.path(), "127.0.0.1:0", &["--user-rps", "5"])).await;
+    let first = Process::spawn(&binary("imsg-gateway"), &gateway_args(broker.addr)).await;
+    let second = Process::spawn(&binary("imsg-gateway"), &gateway_args(broker.addr)).await;
+    let phone = Client::connect(first.addr, "alice", "phone").await;
+    let laptop = Client::connect(second.addr, "alice", "laptop").await;
+    let started = std::time::Instant::now();
+    let mut accepted = 0;
+    for i in 0..40 {
+        let device = if i % 2 == 0 { &phone } else { &laptop };
+        match device.api.clone().get_settings(imsg_proto::v1::GetSettingsRequest {}).await {
+            Ok(_) => accepted += 1,
+            Err(refused) => {
+                assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+                assert!(imsg_common::retry::retry_after(&refused).is_some(), "{refused:?}");
+            }
+        }
+    }
+    let allowed = 10.0 + 5.0 * started.elapsed().as_secs_f64();
+    assert!(accepted >= 10, "the burst was not honoured: {accepted}");
+    assert!(f64::from(accepted) <= allowed.floor() + 1.0, "{accepted} accepted where {allowed:.1} were allowed");
+    // Another user's budget is their own.
+    let bob = Client::connect(second.addr, "bob", "phone").await;
+    bob.api.clone().get_settings(imsg_proto::v1::GetSettingsRequest {}).await.unwrap();
 }
