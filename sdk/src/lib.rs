@@ -44,7 +44,7 @@ use imsg_proto::v1::{
     DownloadMediaRequest, EditMessageRequest, EditMessageResponse, ForwardMessageRequest, ForwardMessageResponse,
     GetUploadRequest, Hello, LinkContent, ListMessagesRequest, ListMessagesResponse, MarkRead, MediaContent, MediaKind,
     Message, MessageHidden, OpenStreamRequest, Presence, ReactToMessageRequest, ReactionUpdate, ReceiptUpdate,
-    SendMessageRequest, SendMessageResponse, SharedContent, TextContent, TypingSignal, TypingUpdate,
+    RefreshToken, SendMessageRequest, SendMessageResponse, SharedContent, TextContent, TypingSignal, TypingUpdate,
     UnsendMessageRequest, UploadMediaRequest, UploadStart, create_conversation_request, event,
     messaging_service_client::MessagingServiceClient, open_stream_request, open_stream_response::Frame,
     send_message_request, upload_media_request,
@@ -128,13 +128,24 @@ pub enum Event {
     },
 }
 
-/// Adds the bearer token to every call.
+/// Adds the bearer token to every call; clones share it, so a refreshed
+/// token is used by every call and reconnect that follows.
 #[derive(Clone)]
-pub struct Bearer(MetadataValue<Ascii>);
+pub struct Bearer(Arc<std::sync::RwLock<MetadataValue<Ascii>>>);
 
 impl Bearer {
     pub fn new(token: &str) -> Result<Self, Error> {
-        Ok(Self(format!("Bearer {token}").parse().map_err(|_| Error::Config("token: not ASCII".into()))?))
+        Ok(Self(Arc::new(std::sync::RwLock::new(Self::value(token)?))))
+    }
+
+    /// Replaces the token.
+    pub fn set(&self, token: &str) -> Result<(), Error> {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Self::value(token)?;
+        Ok(())
+    }
+
+    fn value(token: &str) -> Result<MetadataValue<Ascii>, Error> {
+        format!("Bearer {token}").parse().map_err(|_| Error::Config("token: not ASCII".into()))
     }
 }
 
@@ -145,7 +156,8 @@ pub fn api(channel: Channel, token: &str) -> Result<Api, Error> {
 
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
+        let value = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        request.metadata_mut().insert("authorization", value);
         Ok(request)
     }
 }
@@ -159,6 +171,7 @@ const TYPING_EVERY: Duration = Duration::from_secs(3);
 /// One device's connection to imsg.
 pub struct Client {
     api: Api,
+    bearer: Bearer,
     events: mpsc::Receiver<Event>,
     marks: mpsc::UnboundedSender<open_stream_request::Frame>,
     cursor: Arc<AtomicU64>,
@@ -179,12 +192,23 @@ impl Client {
             endpoint = endpoint.tls_config(tls).map_err(|e| Error::Config(format!("TLS: {e}")))?;
         }
         let channel = endpoint.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true).connect_lazy();
-        let api = api(channel, &config.token)?;
+        let bearer = Bearer::new(&config.token)?;
+        let api = MessagingServiceClient::with_interceptor(channel, bearer.clone());
         let (events_tx, events) = mpsc::channel(1024);
         let (marks, marks_rx) = mpsc::unbounded_channel();
         let cursor = Arc::new(AtomicU64::new(config.cursor));
         tokio::spawn(keep_streaming(api.clone(), config.clone(), cursor.clone(), events_tx, marks_rx));
-        Ok(Self { api, events, marks, cursor, typing_sent: Mutex::new(HashMap::new()), config })
+        Ok(Self { api, bearer, events, marks, cursor, typing_sent: Mutex::new(HashMap::new()), config })
+    }
+
+    /// Replaces the token before it expires: calls and reconnects use the
+    /// new one, and the open stream is told on the stream, so it goes on
+    /// past the old token's expiry instead of ending with a goodbye.
+    pub fn refresh_token(&self, token: &str) -> Result<(), Error> {
+        self.bearer.set(token)?;
+        let refresh = open_stream_request::Frame::RefreshToken(RefreshToken { token: token.into() });
+        let _ = self.marks.send(refresh);
+        Ok(())
     }
 
     /// The next event; `None` once the client is dropped.

@@ -219,3 +219,38 @@ async fn a_server_restart_mid_conversation_is_resumed_with_no_gap_and_no_duplica
     assert_eq!(seqs, (1..=60).collect::<Vec<_>>(), "every message once, in order, across the restart");
     second.shutdown().await.unwrap();
 }
+
+/// A token refreshed through the SDK keeps the stream open past the old
+/// token's expiry (the server ends a stream whose token expired unless it
+/// is refreshed on it), and later calls carry the new token.
+#[tokio::test]
+async fn a_refreshed_token_keeps_the_stream_open_past_the_old_expiry() {
+    let data = tempfile::tempdir().unwrap();
+    let server = server(data.path()).await;
+    let auth = Authenticator::new(SECRET).unwrap();
+    let mut config = ClientConfig::new(format!("http://{}", server.addr), auth.issue("alice", "phone", 2).unwrap());
+    config.backoff_min = Duration::from_millis(20);
+    let mut alice = Client::connect(config).await.unwrap();
+    let bob = client(server.addr, "bob").await;
+    loop {
+        if let Some(Event::Connected { .. }) = alice.next_event().await {
+            break;
+        }
+    }
+    alice.refresh_token(&auth.issue("alice", "phone", 600).unwrap()).unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Unary calls carry the fresh token; the stream is still the first one.
+    let conversation = alice.direct_with("bob").await.unwrap();
+    bob.accept(&conversation).await.unwrap();
+    bob.send_text(&conversation, "still there?").await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), alice.next_event()).await.unwrap().unwrap() {
+            Event::Message(message) => {
+                assert_eq!(message.sender_id, "bob");
+                break;
+            }
+            Event::Disconnected { reason } => panic!("the stream ended: {reason}"),
+            _ => continue,
+        }
+    }
+}

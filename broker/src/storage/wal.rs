@@ -106,7 +106,9 @@ fn decode_payload(payload: &[u8]) -> Option<Vec<(u32, Op)>> {
     };
     let read_u32 = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or([0; 4]));
     let count = read_u32(take(4)?);
-    let mut ops = Vec::with_capacity(count as usize);
+    // An operation takes at least 9 bytes: a count the payload cannot hold
+    // (a CRC-valid but malformed record) must not size the allocation.
+    let mut ops = Vec::with_capacity((count as usize).min(payload.len() / 9));
     for _ in 0..count {
         let tree = read_u32(take(4)?);
         let kind = take(1)?[0];

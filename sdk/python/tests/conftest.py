@@ -80,10 +80,10 @@ def serve(*extra: str):
             process.wait(timeout=10)
 
 
-def token(user: str, device: str = "py") -> str:
+def token(user: str, device: str = "py", ttl_secs: int = 86_400) -> str:
     env = dict(os.environ, IMSG_JWT_SECRET=SECRET)
     result = subprocess.run(
-        [gateway_binary(), "token", "--user", user, "--device", device],
+        [gateway_binary(), "token", "--user", user, "--device", device, "--ttl-secs", str(ttl_secs)],
         env=env, check=True, capture_output=True, text=True,
     )
     return result.stdout.strip()

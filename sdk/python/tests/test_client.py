@@ -66,6 +66,30 @@ def test_tls_with_a_private_ca(tls_server):
     asyncio.run(scenario())
 
 
+def test_a_refreshed_token_keeps_the_stream_open(server):
+    async def scenario():
+        alice = await Client(server, token("alice", ttl_secs=2)).start()
+        bob = await Client(server, token("bob")).start()
+        try:
+            await wait_for(alice, "connected")
+            await alice.refresh_token(token("alice"))
+            await asyncio.sleep(4)  # past the first token's expiry
+            conversation = await alice.direct_with("bob")
+            await bob.accept(conversation)
+            await bob.send_text(conversation, "still there?")
+            while True:
+                event = await alice.next_event(10.0)
+                assert event.kind != "disconnected", event
+                if event.kind == "message":
+                    assert event.payload.sender_id == "bob"
+                    break
+        finally:
+            await alice.close()
+            await bob.close()
+
+    asyncio.run(scenario())
+
+
 class Proxy:
     """A TCP proxy whose connections can be cut, as a failing network would."""
 
