@@ -9,5 +9,7 @@
 
 pub mod ids;
 pub mod retry;
+#[cfg(feature = "test-keys")]
+pub mod test_pki;
 pub mod tls;
 pub mod token;

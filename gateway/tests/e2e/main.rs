@@ -12,7 +12,6 @@ mod metrics;
 mod moderation;
 mod nodes;
 mod ops;
-mod pki;
 mod powercut;
 mod presence;
 mod privacy;

@@ -9,10 +9,11 @@ use imsg_proto::internal::v1::{GetClusterStateRequest, broker_service_client::Br
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+use imsg_common::test_pki::{Issued, Pki};
+
 use crate::{
     harness::{PATIENCE, Process, binary, tokens},
     nodes::{TwoNodes, strings, user_on},
-    pki::{Issued, Pki},
 };
 
 /// A gateway with an embedded broker, serving TLS from `served`.

@@ -56,3 +56,39 @@ async fn requests_blocks_mutes_reports_and_an_export_from_the_command_line() {
     assert!(careless.contains("--yes"), "{careless}");
     server.shutdown().await.unwrap();
 }
+
+/// `imsg` over TLS: with `--ca-file` naming the server's private CA it
+/// works; without, the certificate is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_connects_over_tls_trusting_a_private_ca() {
+    let data = tempfile::tempdir().unwrap();
+    let ca = imsg_common::test_pki::Pki::new("cli");
+    let served = ca.issue("gateway");
+    let server = common::server_with(data.path(), |config| {
+        config.tls = Some(imsg_common::tls::ServerTlsFiles {
+            cert: served.cert.clone(),
+            key: served.key.clone(),
+            client_ca: None,
+        })
+    })
+    .await;
+    let url = format!("https://127.0.0.1:{}", server.addr.port());
+    let ca_file = ca.ca().display().to_string();
+    let run = |args: Vec<String>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let output = Command::new(env!("CARGO_BIN_EXE_imsg"))
+                .args(["--server", &url, "--user", "alice"])
+                .args(&args)
+                .env("IMSG_JWT_SECRET", SECRET)
+                .output()
+                .unwrap();
+            let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+            if output.status.success() { Ok(text(&output.stdout)) } else { Err(text(&output.stderr)) }
+        })
+    };
+    let with_ca = |list: &[&str]| ["--ca-file", &ca_file].iter().chain(list).map(|s| s.to_string()).collect::<Vec<_>>();
+    run(with_ca(&["send", "@bob", "over TLS"])).await.unwrap().unwrap();
+    let refused = run(vec!["send".into(), "@bob".into(), "no CA".into()]).await.unwrap().unwrap_err();
+    assert!(refused.to_lowercase().contains("certificate") || refused.contains("transport"), "{refused}");
+}

@@ -1,5 +1,6 @@
-//! Certificate authorities made for a test (rcgen), written as PEM files
-//! the servers read as they would read mounted secrets.
+//! Certificate authorities made for tests (rcgen), written as PEM files
+//! that servers read as they would read mounted secrets. Only with the
+//! `test-keys` feature.
 
 use std::path::{Path, PathBuf};
 
