@@ -125,6 +125,12 @@ impl Authenticator {
                 _ => return Err(format!("key {kid}: only RS256, ES256 (P-256) and EdDSA keys are accepted")),
             };
             let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {kid}: {e}"))?;
+            // An Ed25519 public key is 32 bytes; jsonwebtoken's verifier
+            // slices 32 and would panic on a shorter one (found by the
+            // `tokens` fuzz target).
+            if algorithm == Algorithm::EdDSA && key.try_get_as_bytes().map_or(true, |bytes| bytes.len() != 32) {
+                return Err(format!("key {kid}: an Ed25519 key is 32 bytes"));
+            }
             keys.insert(kid, (key, algorithm));
         }
         let count = keys.len();
@@ -371,6 +377,9 @@ mod tests {
         let (_, mut unnamed) = ed25519(4, "x");
         unnamed.as_object_mut().unwrap().remove("kid");
         assert!(auth.set_key_set(&key_set(&[&unnamed])).is_err());
+        // An Ed25519 key that is not 32 bytes (the verifier would panic).
+        let short = serde_json::json!({ "kty": "OKP", "crv": "Ed25519", "x": "", "kid": "short" });
+        assert_eq!(auth.set_key_set(&key_set(&[&short])).unwrap_err(), "key short: an Ed25519 key is 32 bytes");
     }
 
     #[test]

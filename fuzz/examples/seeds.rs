@@ -14,13 +14,13 @@
 
 use std::path::{Path, PathBuf};
 
+use imsg_broker::storage::shred;
 use imsg_broker::storage::{
     ConversationRecord, MemberRecord, NotifyRecord, OutboxEvent, OutboxItem, OutboxRecord, OwnershipRecord,
     PartitionMeta, PushRecord, PushTargetRecord, ReactionEvent, ReactionsRecord, ReceiptEvent, ReceiptRecord,
     RelationRecord, SealedContent, SettingsRecord, UpdateBatchRecord, UpdateEntry, UpdateKind,
     wal::{Op, encode_record},
 };
-use imsg_broker::storage::shred;
 use imsg_common::token::testing;
 use imsg_fuzz::{
     CONVERSATIONS, INTERNAL_MESSAGES, Output, PUBLIC_MESSAGES, RowKind, RowSeed, STORAGE_RECORDS, row_key, selector,
@@ -154,16 +154,16 @@ fn public_requests(corpus: &Corpus) {
     seed("get-presence", "GetPresence", 0, false, presence.encode_to_vec());
     let block = v1::BlockUserRequest { user_id: "mallory".into() };
     seed("block", "BlockUser", 0, false, block.encode_to_vec());
-    let contacts = v1::DeclareContactsRequest {
-        user_id: "bob".into(),
-        contact_user_ids: vec!["carol".into()],
-        withdraw: false,
-    };
+    let contacts =
+        v1::DeclareContactsRequest { user_id: "bob".into(), contact_user_ids: vec!["carol".into()], withdraw: false };
     seed("declare-contacts", "DeclareContacts", 2, false, contacts.encode_to_vec());
     let push = v1::RegisterPushTargetRequest { platform: v1::PushPlatform::Fcm as i32, token: "tok-abc".into() };
     seed("register-push", "RegisterPushTarget", 0, false, push.encode_to_vec());
-    let notify =
-        v1::SetConversationNotificationsRequest { conversation_id: GROUP.into(), muted_until_ms: -1, hide_previews: true };
+    let notify = v1::SetConversationNotificationsRequest {
+        conversation_id: GROUP.into(),
+        muted_until_ms: -1,
+        hide_previews: true,
+    };
     seed("mute", "SetConversationNotifications", 0, false, notify.encode_to_vec());
     let report = v1::ReportRequest {
         conversation_id: DM.into(),
@@ -194,7 +194,8 @@ fn public_requests(corpus: &Corpus) {
         let request = v1::OpenStreamRequest { frame: Some(frame) };
         seed(name, "OpenStreamRequest", 0, false, request.encode_to_vec());
     }
-    let download = v1::DownloadMediaRequest { conversation_id: DM.into(), seq: 3, thumbnail: true, ..Default::default() };
+    let download =
+        v1::DownloadMediaRequest { conversation_id: DM.into(), seq: 3, thumbnail: true, ..Default::default() };
     seed("download", "DownloadMediaRequest", 0, false, download.encode_to_vec());
     // The rest: their empty message (mostly refused, which is a path too).
     for name in ["LeaveConversation", "DeleteAccount", "GetSettings", "ListAuditLog", "UploadMediaRequest"] {
@@ -229,12 +230,8 @@ fn internal_requests(corpus: &Corpus) {
     seed("execute-message-media", "ExecuteRequest", execute(Command::MessageMedia(media)).encode_to_vec());
     let mark = v1::MarkDelivered { conversation_id: GROUP.into(), seq: 8 };
     seed("execute-mark", "ExecuteRequest", execute(Command::MarkDelivered(mark)).encode_to_vec());
-    let session = internal::OpenSessionRequest {
-        caller: Some(caller()),
-        gateway_id: "gw-1".into(),
-        cursor: 5,
-        route: route(),
-    };
+    let session =
+        internal::OpenSessionRequest { caller: Some(caller()), gateway_id: "gw-1".into(), cursor: 5, route: route() };
     seed("open-session", "OpenSessionRequest", session.encode_to_vec());
     seed("renew-lease", "RenewLeaseRequest", internal::RenewLeaseRequest { gateway_id: "gw-1".into() }.encode_to_vec());
 
@@ -249,10 +246,7 @@ fn internal_requests(corpus: &Corpus) {
                 ..Default::default()
             }),
         ),
-        (
-            "messages",
-            Call::Messages(internal::MessagesCall { conversation_id: DM.into(), seqs: vec![1, 2, 3] }),
-        ),
+        ("messages", Call::Messages(internal::MessagesCall { conversation_id: DM.into(), seqs: vec![1, 2, 3] })),
         (
             "send-forwarded",
             Call::SendForwarded(internal::SendForwardedCall {
@@ -475,7 +469,12 @@ fn update_batch_record() -> UpdateBatchRecord {
                 conversation_id: GROUP.into(),
                 kind: Some(UpdateKind::ConversationRemoved(false)),
             },
-            UpdateEntry { cursor: 12, user_id: "carol".into(), conversation_id: DM.into(), kind: Some(UpdateKind::HiddenSeq(2)) },
+            UpdateEntry {
+                cursor: 12,
+                user_id: "carol".into(),
+                conversation_id: DM.into(),
+                kind: Some(UpdateKind::HiddenSeq(2)),
+            },
         ],
     }
 }
@@ -587,61 +586,71 @@ fn storage_rows(corpus: &Corpus) {
         (
             "conversation",
             vec![
-                (RowKind::Conversation, RowSeed { conversation: 1, ..Default::default() }, conversation_record().encode_to_vec()),
-                (RowKind::Receipt, RowSeed { conversation: 1, user: 1, ..Default::default() }, ReceiptRecord {
-                    delivered_seq: 4,
-                    read_seq: 4,
-                    hide_read: false,
-                }
-                .encode_to_vec()),
+                (
+                    RowKind::Conversation,
+                    RowSeed { conversation: 1, ..Default::default() },
+                    conversation_record().encode_to_vec(),
+                ),
+                (
+                    RowKind::Receipt,
+                    RowSeed { conversation: 1, user: 1, ..Default::default() },
+                    ReceiptRecord { delivered_seq: 4, read_seq: 4, hide_read: false }.encode_to_vec(),
+                ),
                 (RowKind::Outbox, RowSeed { number: 2, ..Default::default() }, outbox_record().encode_to_vec()),
-                (RowKind::Meta, RowSeed::default(), PartitionMeta { next_outbox: 3, outbox_done: 2, next_cursor: 13 }.encode_to_vec()),
+                (
+                    RowKind::Meta,
+                    RowSeed::default(),
+                    PartitionMeta { next_outbox: 3, outbox_done: 2, next_cursor: 13 }.encode_to_vec(),
+                ),
                 (RowKind::Ownership, RowSeed::default(), OwnershipRecord { epoch: 1, released: false }.encode_to_vec()),
             ],
         ),
-        (
-            "messages",
-            {
-                let (row3, key3) = sealed_message(3, 7);
-                let (row4, key4) = sealed_message(4, 8);
-                vec![
-                    (RowKind::Message, RowSeed { conversation: 1, number: 3, ..Default::default() }, row3),
-                    (RowKind::KeySlot, RowSeed { number: 7, ..Default::default() }, key3.to_vec()),
-                    (RowKind::Message, RowSeed { conversation: 1, number: 4, ..Default::default() }, row4),
-                    (RowKind::KeySlot, RowSeed { number: 8, ..Default::default() }, key4.to_vec()),
-                    (RowKind::Reactions, RowSeed { conversation: 1, number: 4, ..Default::default() }, ReactionsRecord {
+        ("messages", {
+            let (row3, key3) = sealed_message(3, 7);
+            let (row4, key4) = sealed_message(4, 8);
+            vec![
+                (RowKind::Message, RowSeed { conversation: 1, number: 3, ..Default::default() }, row3),
+                (RowKind::KeySlot, RowSeed { number: 7, ..Default::default() }, key3.to_vec()),
+                (RowKind::Message, RowSeed { conversation: 1, number: 4, ..Default::default() }, row4),
+                (RowKind::KeySlot, RowSeed { number: 8, ..Default::default() }, key4.to_vec()),
+                (
+                    RowKind::Reactions,
+                    RowSeed { conversation: 1, number: 4, ..Default::default() },
+                    ReactionsRecord {
                         reactions: vec![v1::Reaction { user_id: "bob".into(), emoji: "🎉".into(), react_time_ms: 9 }],
                     }
-                    .encode_to_vec()),
-                    (RowKind::Hidden, RowSeed { conversation: 1, user: 1, number: 3, ..Default::default() }, Vec::new()),
-                ]
-            },
-        ),
+                    .encode_to_vec(),
+                ),
+                (RowKind::Hidden, RowSeed { conversation: 1, user: 1, number: 3, ..Default::default() }, Vec::new()),
+            ]
+        }),
         (
             "users",
             vec![
                 (RowKind::Settings, RowSeed { user: 1, ..Default::default() }, settings_record().encode_to_vec()),
                 (RowKind::Inbox, RowSeed { user: 1, conversation: 0, ..Default::default() }, b"r".to_vec()),
                 (RowKind::Inbox, RowSeed { user: 1, conversation: 1, ..Default::default() }, Vec::new()),
-                (RowKind::Relation, RowSeed { user: 1, other_user: 2, ..Default::default() }, RelationRecord {
-                    blocks: false,
-                    blocked_by: false,
-                    contact: true,
-                    declared: true,
-                }
-                .encode_to_vec()),
-                (RowKind::PushTarget, RowSeed { user: 1, other_user: 0, ..Default::default() }, PushTargetRecord {
-                    platform: 2,
-                    token: "fcm".into(),
-                }
-                .encode_to_vec()),
-                (RowKind::Notify, RowSeed { user: 1, conversation: 1, ..Default::default() }, NotifyRecord {
-                    muted_until_ms: 5,
-                    hide_previews: false,
-                }
-                .encode_to_vec()),
+                (
+                    RowKind::Relation,
+                    RowSeed { user: 1, other_user: 2, ..Default::default() },
+                    RelationRecord { blocks: false, blocked_by: false, contact: true, declared: true }.encode_to_vec(),
+                ),
+                (
+                    RowKind::PushTarget,
+                    RowSeed { user: 1, other_user: 0, ..Default::default() },
+                    PushTargetRecord { platform: 2, token: "fcm".into() }.encode_to_vec(),
+                ),
+                (
+                    RowKind::Notify,
+                    RowSeed { user: 1, conversation: 1, ..Default::default() },
+                    NotifyRecord { muted_until_ms: 5, hide_previews: false }.encode_to_vec(),
+                ),
                 (RowKind::Push, RowSeed { number: 1, ..Default::default() }, push_record().encode_to_vec()),
-                (RowKind::UpdateBatch, RowSeed { number: 10, ..Default::default() }, update_batch_record().encode_to_vec()),
+                (
+                    RowKind::UpdateBatch,
+                    RowSeed { number: 10, ..Default::default() },
+                    update_batch_record().encode_to_vec(),
+                ),
             ],
         ),
         (
@@ -700,7 +709,11 @@ fn tokens(corpus: &Corpus) {
     mode1("jwks-oct", r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"s"}]}"#);
     // Mode 2: a key set and a token.
     let mut out = Output::default();
-    let token = testing::sign(&key, tokens::KEY_ID, &serde_json::json!({ "sub": "carol", "device": "d", "exp": 4_000_000_000u64 }));
+    let token = testing::sign(
+        &key,
+        tokens::KEY_ID,
+        &serde_json::json!({ "sub": "carol", "device": "d", "exp": 4_000_000_000u64 }),
+    );
     out.byte(2).piece(tokens::key_set().as_bytes()).bytes(token.as_bytes());
     corpus.write("jwks-and-token", &out.0);
 }

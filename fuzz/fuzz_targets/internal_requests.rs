@@ -26,9 +26,7 @@
 
 #![no_main]
 
-use imsg_broker::{
-    Error, Limits, cluster::wire, commands, core::moderation::QUEUE_KEY, events::LoggedEvent, validate,
-};
+use imsg_broker::{Error, Limits, cluster::wire, commands, core::moderation::QUEUE_KEY, events::LoggedEvent, validate};
 use imsg_fuzz::{Input, InternalMessage, decode_internal};
 use imsg_proto::internal::v1::{Route, call_partition_request::Call, call_partition_response::Result as Answer};
 use libfuzzer_sys::fuzz_target;

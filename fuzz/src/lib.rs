@@ -218,12 +218,24 @@ macro_rules! message_table {
 
 /// Public types are `v1::X`, internal ones `internal::X` (see the tables).
 macro_rules! path_of {
-    (OpenStreamRequest) => { v1::OpenStreamRequest };
-    (UploadMediaRequest) => { v1::UploadMediaRequest };
-    (GetUploadRequest) => { v1::GetUploadRequest };
-    (DownloadMediaRequest) => { v1::DownloadMediaRequest };
-    (ExportMyDataRequest) => { v1::ExportMyDataRequest };
-    ($internal:ident) => { internal::$internal };
+    (OpenStreamRequest) => {
+        v1::OpenStreamRequest
+    };
+    (UploadMediaRequest) => {
+        v1::UploadMediaRequest
+    };
+    (GetUploadRequest) => {
+        v1::GetUploadRequest
+    };
+    (DownloadMediaRequest) => {
+        v1::DownloadMediaRequest
+    };
+    (ExportMyDataRequest) => {
+        v1::ExportMyDataRequest
+    };
+    ($internal:ident) => {
+        internal::$internal
+    };
 }
 
 message_table! {

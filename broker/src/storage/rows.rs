@@ -177,14 +177,14 @@ impl PartitionStore {
     /// newest outbox and update-log keys are the truth about what was used.
     pub fn next_numbers_in_logs(&self) -> Result<(u64, u64)> {
         let next_outbox = match self.files.tree.scan_prefix(b"o").next_back() {
-            Some(row) => be_u64(&row?.0).unwrap_or(0) + 1,
+            Some(row) => be_u64(&row?.0).unwrap_or(0).saturating_add(1),
             None => 0,
         };
         let next_cursor = match self.files.tree.scan_prefix(b"u").next_back() {
             Some(row) => {
                 let (_, value) = row?;
                 let record: UpdateBatchRecord = decode(&value)?;
-                record.entries.last().map_or(0, |e| e.cursor + 1)
+                record.entries.last().map_or(0, |e| e.cursor.saturating_add(1))
             }
             None => 0,
         };

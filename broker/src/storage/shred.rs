@@ -146,9 +146,14 @@ impl KeyFile {
     }
 
     /// The key in `slot`; `None` when it was erased or never written.
+    ///
+    /// (Slot numbers come from rows, which a corrupt file or an imported
+    /// partition could fill with anything: [`slot_offset`] bounds them.)
     pub fn get(&self, slot: u64) -> Result<Option<[u8; KEY_BYTES]>> {
         let mut key = [0u8; KEY_BYTES];
-        match self.file.read_exact_at(&mut key, slot * KEY_BYTES as u64) {
+        // A slot past any file (a corrupt or imported row): no key.
+        let Some(offset) = slot_offset(slot) else { return Ok(None) };
+        match self.file.read_exact_at(&mut key, offset) {
             Ok(()) => Ok((key != [0; KEY_BYTES]).then_some(key)),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
             Err(e) => Err(io("reading", &self.path, e)),
@@ -159,7 +164,8 @@ impl KeyFile {
     /// few reads as the slots allow: neighbours within [`READ_SPAN`] slots
     /// share one read.
     pub fn get_many(&self, slots: impl IntoIterator<Item = u64>) -> Result<HashMap<u64, [u8; KEY_BYTES]>> {
-        let mut slots: Vec<u64> = slots.into_iter().collect();
+        // Slots past any file (corrupt or imported rows) have no key.
+        let mut slots: Vec<u64> = slots.into_iter().filter(|slot| slot_offset(*slot).is_some()).collect();
         slots.sort_unstable();
         slots.dedup();
         let mut keys = HashMap::with_capacity(slots.len());
@@ -213,7 +219,9 @@ impl KeyFile {
                     None => bytes.extend_from_slice(&[0; KEY_BYTES]),
                 }
             }
-            self.file.write_all_at(&bytes, first * KEY_BYTES as u64).map_err(|e| io("writing", &self.path, e))?;
+            let offset = slot_offset(first)
+                .ok_or_else(|| Error::Internal(format!("content key slot {first} is past any key file")))?;
+            self.file.write_all_at(&bytes, offset).map_err(|e| io("writing", &self.path, e))?;
             self.next_slot.fetch_max(first + run as u64, Ordering::Relaxed);
             self.dirty.store(true, Ordering::Release);
             rest = &rest[run..];
@@ -267,6 +275,12 @@ fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usi
 
 fn io(what: &str, path: &Path, error: std::io::Error) -> Error {
     Error::Internal(format!("{what} {}: {error}", path.display()))
+}
+
+/// Where `slot`'s key is in the file; `None` for a slot no file can hold
+/// (its offset would overflow).
+fn slot_offset(slot: u64) -> Option<u64> {
+    slot.checked_mul(KEY_BYTES as u64).filter(|offset| offset.checked_add(KEY_BYTES as u64 * READ_SPAN).is_some())
 }
 
 #[cfg(test)]
