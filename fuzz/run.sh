@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds every fuzz target and runs each for a bounded time, starting from
 # its seed corpus (fuzz/corpus/<target>/); fails if any target crashes,
-# hangs, leaks or runs out of memory. CI runs it with the default; the
-# longer runs recorded in RESULTS.md used the same command with 300.
+# hangs, leaks or runs out of memory. CI runs it for 10 s per target; the
+# longer runs recorded in RESULTS.md ran the same binaries for 300 s each
+# (their commands are there).
 #
 #   fuzz/run.sh [SECONDS_PER_TARGET]     (default 20)
 #
@@ -22,8 +23,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$here/target}"
 # cargo-fuzz's defaults: a release build with debug assertions and
 # overflow checks, AddressSanitizer, one codegen unit per crate (16 units
 # cost more CPU in all on two cores; see RESULTS.md). FUZZ_BUILD_FLAGS adds
-# cargo-fuzz build flags (e.g. `--dev`, `-s none`); the binaries land in
-# the same place.
+# cargo-fuzz build flags (e.g. `--dev`, `-s none`; a `--dev` build's
+# binaries are found under debug/).
 read -r -a build_flags <<<"${FUZZ_BUILD_FLAGS:-}"
 started=$(date +%s)
 cargo +nightly fuzz build "${build_flags[@]}"
