@@ -90,9 +90,18 @@ impl ServerTlsFiles {
     }
 }
 
+fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+    parse_certs(&read_file(path)?, path)
+}
+
+/// The certificates of `pem`, read from `path` (named in errors).
+fn parse_certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("certificates {}: {e}", path.display()))?;
     if certs.is_empty() {
         return Err(format!("certificates {}: no certificate in the file", path.display()));
@@ -206,18 +215,19 @@ impl ClientTls {
     /// Trusts the CAs in `ca` (PEM); presents `identity` (cert, key) when
     /// given.
     pub fn from_files(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Self, String> {
-        let read = |path: &Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
-        // Parse now, so a wrong file is named at start, not at first call.
-        read_certs(ca)?;
+        // Parsed now, so a wrong file is named at start, not at first call.
+        let ca_pem = read_file(ca)?;
+        parse_certs(&ca_pem, ca)?;
         let identity = match identity {
             Some((cert, key)) => {
-                read_certs(cert)?;
-                PrivateKeyDer::from_pem_file(key).map_err(|e| format!("TLS key {}: {e}", key.display()))?;
-                Some((read(cert)?, read(key)?))
+                let (cert_pem, key_pem) = (read_file(cert)?, read_file(key)?);
+                parse_certs(&cert_pem, cert)?;
+                PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| format!("TLS key {}: {e}", key.display()))?;
+                Some((cert_pem, key_pem))
             }
             None => None,
         };
-        Ok(Self { ca_pem: read(ca)?, identity })
+        Ok(Self { ca_pem, identity })
     }
 
     /// The tonic form; the server name is taken from each URL's host.
