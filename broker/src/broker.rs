@@ -359,6 +359,11 @@ impl Broker {
         self.inner.store.rows_written()
     }
 
+    /// [`Self::rows_written`] by kind (see [`Store::rows_written_by_kind`]).
+    pub fn rows_written_by_kind(&self) -> std::collections::BTreeMap<char, u64> {
+        self.inner.store.rows_written_by_kind()
+    }
+
     pub(crate) fn partition_of(&self, key: &str) -> PartitionId {
         self.inner.router.partition_of(key)
     }

@@ -153,3 +153,59 @@ async fn relaxed_fsync_mode_acknowledges_without_waiting_for_a_sync() {
     assert_eq!(acked.unwrap(), 1);
     broker.shutdown().await.unwrap();
 }
+
+/// The rows a 1:1 message costs, end to end (its conversation partition
+/// and both members' partitions, confirmations included), with both
+/// members online: one message at a time (the small batches of a quiet
+/// node, the worst case) and many at once (group commit). The budget is
+/// docs/benchmarks.md's; a change that adds a row per message fails here.
+#[tokio::test]
+async fn rows_a_one_to_one_message_costs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(config(dir.path())).await.unwrap();
+    let conversation = direct(&broker, "alice", "bob").await;
+    let _alice = broker.open_session(&caller("alice"), "", 0, None).unwrap();
+    let _bob = broker.open_session(&caller("bob"), "", 0, None).unwrap();
+    send(&broker, "alice", &conversation, "warm-up").await;
+    let settled = || async {
+        // Outbox confirmations and receipt checkpoints are lazy.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        broker.rows_written_by_kind()
+    };
+    let per_message = |before: &std::collections::BTreeMap<char, u64>,
+                       after: &std::collections::BTreeMap<char, u64>,
+                       messages: u64| {
+        let rows: std::collections::BTreeMap<char, f64> = after
+            .iter()
+            .map(|(kind, n)| (*kind, (n - before.get(kind).copied().unwrap_or(0)) as f64 / messages as f64))
+            .filter(|(_, n)| *n > 0.0)
+            .collect();
+        (rows.values().sum::<f64>(), rows)
+    };
+
+    let before = settled().await;
+    for n in 0..50 {
+        send(&broker, "alice", &conversation, &format!("one-{n}")).await;
+    }
+    let (one_at_a_time, one_kinds) = per_message(&before, &settled().await, 50);
+    println!("one at a time: {one_at_a_time:.2} rows per message: {one_kinds:?}");
+
+    let before = settled().await;
+    let sends = (0..200).map(|n| {
+        let (broker, conversation) = (broker.clone(), conversation.clone());
+        tokio::spawn(async move { send(&broker, "alice", &conversation, &format!("many-{n}")).await })
+    });
+    for task in sends.collect::<Vec<_>>() {
+        task.await.unwrap();
+    }
+    let (batched, kinds) = per_message(&before, &settled().await, 200);
+    println!("200 at once: {batched:.2} rows per message: {kinds:?}");
+
+    // One at a time: the content key (`K`, in the key file, not sled), the
+    // message (`m`), an outbox row written and removed (`o`), and an
+    // update-log row in each member's partition (`u`). Batched, the last
+    // three are shared by the whole batch.
+    assert!(one_at_a_time <= 6.1, "one at a time: {one_at_a_time:.2} rows per message: {one_kinds:?}");
+    assert!(batched <= 2.5, "batched: {batched:.2} rows per message: {kinds:?}");
+    broker.shutdown().await.unwrap();
+}

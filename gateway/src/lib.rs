@@ -11,6 +11,7 @@ pub mod ratelimit;
 pub mod server;
 pub mod service;
 pub mod stream;
+pub mod stream_sends;
 pub mod wire;
 
 pub use server::{BrokerTarget, GatewayConfig, RunningGateway};

@@ -43,18 +43,10 @@ impl MessagingApi {
         Self { gateway }
     }
 
-    /// Authenticates and rate-limits the caller (against their budget,
-    /// counted at their partition across every gateway).
+    /// Authenticates and rate-limits the caller.
     async fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, Status> {
         let caller = self.gateway.auth.authenticate(metadata)?;
-        if let Err(wait) = self.gateway.budgets.spend(&self.gateway.backend, &caller).await? {
-            imsg_broker::metrics::METRICS.rate_limited.get_or_create(&limit("user_requests")).inc();
-            return Err(transient(
-                Code::ResourceExhausted,
-                "request rate limit reached for this user; slow down",
-                wait,
-            ));
-        }
+        self.gateway.admit(&caller).await?;
         Ok(caller)
     }
 
@@ -65,16 +57,37 @@ impl MessagingApi {
             .ok_or_else(|| Status::failed_precondition("this gateway has no media store configured"))
     }
 
-    /// Runs a command as the caller (the backend validates it); media in
-    /// it are resolved before and their references kept after.
-    async fn run(&self, metadata: &tonic::metadata::MetadataMap, mut command: Command) -> Result<Outcome, Status> {
+    /// Runs a command as the token's caller.
+    async fn run(&self, metadata: &tonic::metadata::MetadataMap, command: Command) -> Result<Outcome, Status> {
         let caller = self.caller(metadata).await?;
-        let after = match &self.gateway.media {
-            Some(media) => media.before(&self.gateway.backend, &caller, &mut command).await?,
+        self.gateway.run_as(caller, command).await
+    }
+}
+
+impl Gateway {
+    /// Rate-limits an authenticated caller against their request budget,
+    /// counted at their partition across every gateway.
+    pub async fn admit(&self, caller: &Caller) -> Result<(), Status> {
+        if let Err(wait) = self.budgets.spend(&self.backend, caller).await? {
+            imsg_broker::metrics::METRICS.rate_limited.get_or_create(&limit("user_requests")).inc();
+            return Err(transient(
+                Code::ResourceExhausted,
+                "request rate limit reached for this user; slow down",
+                wait,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs a command as an admitted caller (the backend validates it);
+    /// media in it are resolved before and their references kept after.
+    pub async fn run_as(&self, caller: Caller, mut command: Command) -> Result<Outcome, Status> {
+        let after = match &self.media {
+            Some(media) => media.before(&self.backend, &caller, &mut command).await?,
             None => None,
         };
-        let outcome = self.gateway.backend.execute(caller, command).await?;
-        if let (Some(media), Some(after)) = (&self.gateway.media, after) {
+        let outcome = self.backend.execute(caller, command).await?;
+        if let (Some(media), Some(after)) = (&self.media, after) {
             media.after(after, &outcome).await;
         }
         Ok(outcome)
@@ -87,7 +100,7 @@ pub fn limit(name: &str) -> imsg_broker::metrics::LimitLabel {
 }
 
 /// Counts an RPC by method and code, and times it.
-fn record<T>(method: &str, result: &Result<T, Status>, started: std::time::Instant) {
+pub(crate) fn record<T>(method: &str, result: &Result<T, Status>, started: std::time::Instant) {
     use imsg_broker::metrics::{METRICS, MethodLabel, RpcLabels};
     let code = match result {
         Ok(_) => Code::Ok,

@@ -1,7 +1,8 @@
 //! Device streams: one bidirectional `OpenStream` per device.
 //!
-//! Down: the broker session's frames (replay, `Ready`, live events). Up:
-//! typing, delivery and read marks, pings. Each upstream frame is
+//! Down: the broker session's frames (replay, `Ready`, live events) and
+//! the outcomes of sends made on the stream. Up: messages to send
+//! ([`crate::stream_sends`]), typing, delivery and read marks, pings. Each upstream frame is
 //! rate-limited (frames per stream, typing per user) and run as the token's
 //! caller (the backend validates it); a refused frame
 //! gets a `StreamError` and the stream stays open. The gateway holds no
@@ -17,7 +18,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use imsg_common::{retry::transient, token::Verified};
+use imsg_common::{
+    retry::{retry_after, transient},
+    token::Verified,
+};
 use imsg_proto::internal::v1::{Caller, execute_request::Command};
 use imsg_proto::v1::{
     Goodbye, OpenStreamRequest, OpenStreamResponse, Pong, StreamError, open_stream_request::Frame as Up,
@@ -34,6 +38,7 @@ use crate::{
     backend::Frames,
     ratelimit::TokenBucket,
     service::{Gateway, limit},
+    stream_sends::StreamSends,
 };
 
 /// What a device is told to wait before reconnecting to a gateway that
@@ -164,6 +169,7 @@ async fn relay(
     let settings = gateway.stream_settings.clone();
     let mut frame_budget = TokenBucket::new(settings.frame_burst, settings.frames_per_second);
     let shutdown = gateway.streams.shutdown.clone();
+    let mut sends = StreamSends::default();
     // A stream lives no longer than its token, unless refreshed on it.
     let expiry = tokio::time::sleep_until(deadline(expires_at));
     tokio::pin!(expiry);
@@ -193,7 +199,16 @@ async fn relay(
                     return;
                 }
             },
-            up = upstream.next() => match up {
+            outcome = sends.next_outcome(&gateway, &caller), if !sends.is_empty() => {
+                if out.send(Box::new(frame(Down::SendOutcome(outcome)))).await.is_err() {
+                    return;
+                }
+            }
+            up = upstream.next(), if !sends.is_full() => match up {
+                // Charged to the user's request budget, not the frame budget.
+                Some(Ok(OpenStreamRequest { frame: Some(Up::SendMessage(request)) })) => {
+                    sends.submit(&gateway, &caller, request);
+                }
                 Some(Ok(OpenStreamRequest { frame: Some(Up::RefreshToken(refresh)) })) => {
                     match refreshed(&gateway, &caller, &refresh.token) {
                         Ok(expires_at) => expiry.as_mut().reset(deadline(expires_at)),
@@ -242,7 +257,16 @@ fn refreshed(gateway: &Gateway, caller: &Caller, token: &str) -> Result<u64, Sta
 }
 
 fn stream_error(status: Status) -> Result<OpenStreamResponse, Status> {
-    frame(Down::Error(StreamError { code: status.code() as i32, message: status.message().to_owned() }))
+    frame(Down::Error(error_frame(&status)))
+}
+
+/// A refusal as a stream frame: its code, message and retry advice.
+pub fn error_frame(status: &Status) -> StreamError {
+    StreamError {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        retry_after_ms: retry_after(status).map_or(0, |wait| (wait.as_millis() as u64).max(1)),
+    }
 }
 
 /// Runs one upstream frame; returns what to tell the device, if anything.
@@ -266,8 +290,8 @@ async fn upstream_frame(
         }
         Some(Up::MarkDelivered(mark)) => Command::MarkDelivered(mark),
         Some(Up::MarkRead(mark)) => Command::MarkRead(mark),
-        // Handled by the relay, which owns the stream's expiry.
-        Some(Up::RefreshToken(_)) => return None,
+        // Handled by the relay, which owns the stream's expiry and sends.
+        Some(Up::RefreshToken(_)) | Some(Up::SendMessage(_)) => return None,
     };
     match gateway.backend.execute(caller.clone(), command).await {
         Ok(_) => None,

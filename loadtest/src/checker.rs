@@ -1,5 +1,6 @@
 //! The correctness checker: every acknowledged message must reach every
-//! online member device exactly once and in seq order, and be in history;
+//! online member device but the one that sent it (which has the ack)
+//! exactly once and in seq order, and be in history;
 //! every acknowledged change to a message (a reaction, an edit, an unsend)
 //! must reach every member device exactly once, after the message itself,
 //! and an unsent message must be a tombstone in history.
@@ -16,8 +17,11 @@ use serde::Serialize;
 pub struct DeliveryLog {
     last_seq: u64,
     seen: HashSet<u64>,
-    /// Changes to messages, by key ([`change_key`]).
+    /// Changes to messages, by key ([`Change::key`]).
     changes: HashSet<String>,
+    /// Seqs of messages a change arrived before: out of order, unless the
+    /// device sent the message itself (it never receives its own).
+    early_changes: Vec<u64>,
     pub duplicates: u64,
     pub reordered: u64,
 }
@@ -53,13 +57,13 @@ impl DeliveryLog {
         self.last_seq = self.last_seq.max(seq);
     }
 
-    /// Records one delivery of a change: a duplicate if seen before, out
-    /// of order if the message it changes had not arrived yet.
+    /// Records one delivery of a change: a duplicate if seen before, early
+    /// if the message it changes had not arrived yet.
     pub fn record_change(&mut self, change: &Change) {
         if !self.changes.insert(change.key()) {
             self.duplicates += 1;
         } else if !self.seen.contains(&change.seq()) {
-            self.reordered += 1;
+            self.early_changes.push(change.seq());
         }
     }
 
@@ -94,8 +98,8 @@ impl Verdict {
 /// Collects the trace of a run and judges it.
 #[derive(Debug, Default)]
 pub struct Checker {
-    /// conversation -> seq -> client message id
-    acked: HashMap<String, BTreeMap<u64, String>>,
+    /// conversation -> seq -> (client message id, sending device)
+    acked: HashMap<String, BTreeMap<u64, (String, String)>>,
     /// conversation -> devices that must receive all of it
     audience: HashMap<String, Vec<String>>,
     /// (device, conversation) -> deliveries
@@ -113,8 +117,9 @@ impl Checker {
         self.audience.insert(conversation.to_owned(), devices);
     }
 
-    pub fn acked(&mut self, conversation: &str, seq: u64, client_id: &str) {
-        self.acked.entry(conversation.to_owned()).or_default().insert(seq, client_id.to_owned());
+    pub fn acked(&mut self, conversation: &str, seq: u64, client_id: &str, sending_device: &str) {
+        let acked = (client_id.to_owned(), sending_device.to_owned());
+        self.acked.entry(conversation.to_owned()).or_default().insert(seq, acked);
     }
 
     pub fn delivered(&mut self, device: &str, conversation: &str, seq: u64) {
@@ -146,26 +151,29 @@ impl Checker {
     /// Deliveries the acknowledged messages call for.
     pub fn expected_deliveries(&self) -> u64 {
         let audience = |c: &String| self.audience.get(c).map_or(0, |d| d.len() as u64);
-        let messages: u64 = self.acked.iter().map(|(c, a)| a.len() as u64 * audience(c)).sum();
+        let messages: u64 = self.acked.iter().map(|(c, a)| a.len() as u64 * audience(c).saturating_sub(1)).sum();
         let changes: u64 = self.changes.iter().map(|(c, a)| a.len() as u64 * audience(c)).sum();
         messages + changes
     }
 
     pub fn verdict(&self) -> Verdict {
         let mut verdict = Verdict::default();
-        for log in self.deliveries.values() {
+        for ((device, conversation), log) in &self.deliveries {
             verdict.duplicates += log.duplicates;
             verdict.reordered += log.reordered;
+            let sender = |seq: &u64| self.acked.get(conversation).and_then(|a| a.get(seq)).map(|(_, s)| s);
+            verdict.reordered += log.early_changes.iter().filter(|seq| sender(seq) != Some(device)).count() as u64;
         }
         let empty = DeliveryLog::default();
         for (conversation, acked) in &self.acked {
             for device in self.audience.get(conversation).into_iter().flatten() {
                 let log = self.deliveries.get(&(device.clone(), conversation.clone())).unwrap_or(&empty);
-                verdict.lost += acked.keys().filter(|seq| !log.has(**seq)).count() as u64;
+                let owed = acked.iter().filter(|(_, (_, sender))| sender != device);
+                verdict.lost += owed.filter(|(seq, _)| !log.has(**seq)).count() as u64;
             }
             if let Some(history) = self.history.get(conversation) {
                 let stored: HashMap<u64, &String> = history.iter().map(|(s, id)| (*s, id)).collect();
-                verdict.lost += acked.iter().filter(|(seq, id)| stored.get(seq) != Some(id)).count() as u64;
+                verdict.lost += acked.iter().filter(|(seq, (id, _))| stored.get(seq) != Some(&id)).count() as u64;
                 let gap_free = history.iter().enumerate().all(|(i, (seq, _))| *seq == i as u64 + 1);
                 if !gap_free {
                     verdict.reordered += 1;
@@ -193,13 +201,13 @@ impl Checker {
 mod tests {
     use super::*;
 
-    /// A conversation with two devices and three acked messages, all
-    /// delivered and stored correctly.
+    /// A conversation with three devices and three acked messages sent by
+    /// `s`, all delivered (to the two others) and stored correctly.
     fn clean() -> Checker {
         let mut checker = Checker::default();
-        checker.expect_audience("c", vec!["a".into(), "b".into()]);
+        checker.expect_audience("c", vec!["a".into(), "b".into(), "s".into()]);
         for seq in 1..=3 {
-            checker.acked("c", seq, &format!("m{seq}"));
+            checker.acked("c", seq, &format!("m{seq}"), "s");
         }
         checker.history("c", (1..=3).map(|s| (s, format!("m{s}"))).collect());
         checker
@@ -214,7 +222,38 @@ mod tests {
             }
         }
         assert!(checker.verdict().is_clean(), "{:?}", checker.verdict());
-        assert_eq!(checker.expected_deliveries(), 6);
+        assert_eq!(checker.expected_deliveries(), 6, "nothing is owed to the sending device");
+    }
+
+    #[test]
+    fn the_sending_device_is_owed_its_changes_not_its_messages() {
+        let mut checker = clean();
+        let edit = Change::Edit { seq: 2, edit_time_ms: 7 };
+        checker.change_acked("c", edit.clone());
+        for device in ["a", "b"] {
+            for seq in 1..=3 {
+                checker.delivered(device, "c", seq);
+            }
+        }
+        let mut logs: Vec<(&str, DeliveryLog)> = ["a", "b"]
+            .iter()
+            .map(|d| (*d, checker.deliveries[&(d.to_string(), "c".to_string())].clone()))
+            .chain(std::iter::once(("s", DeliveryLog::default())))
+            .collect();
+        for (device, log) in &mut logs {
+            log.record_change(&edit);
+            checker.add_log(device, "c", log.clone());
+        }
+        assert!(checker.verdict().is_clean(), "the edit of its own message is in order on s: {:?}", checker.verdict());
+        assert_eq!(checker.expected_deliveries(), 6 + 3);
+        let mut silent = clean();
+        silent.change_acked("c", edit);
+        for device in ["a", "b"] {
+            for seq in 1..=3 {
+                silent.delivered(device, "c", seq);
+            }
+        }
+        assert_eq!(silent.verdict().lost, 3, "every device, the sender's too, is owed the edit");
     }
 
     #[test]
@@ -270,14 +309,20 @@ mod tests {
         logs[0].record_change(&unsend);
         logs[1].record_change(&reaction);
         logs[1].record_change(&reaction);
+        let mut sender_log = DeliveryLog::default();
+        sender_log.record_change(&reaction);
+        sender_log.record_change(&unsend);
         checker.add_log("a", "c", logs[0].clone());
         checker.add_log("b", "c", logs[1].clone());
+        checker.add_log("s", "c", sender_log);
         assert_eq!(checker.verdict(), Verdict { lost: 1, duplicates: 1, reordered: 0 }, "b lost the unsend");
-        assert_eq!(checker.expected_deliveries(), 6 + 4);
+        assert_eq!(checker.expected_deliveries(), 6 + 6);
 
         let mut early = DeliveryLog::default();
         early.record_change(&reaction);
-        assert_eq!(early.reordered, 1, "a change before its message");
+        checker.add_log("a", "c", early);
+        assert_eq!(checker.verdict().reordered, 1, "a change before its message");
+        checker.add_log("a", "c", logs[0].clone());
         checker.unsent_in_history("c", HashSet::new());
         assert_eq!(checker.verdict().lost, 2, "history must show the tombstone");
     }

@@ -11,7 +11,8 @@ use std::{
 use anyhow::Context;
 use imsg_common::token::Authenticator;
 use imsg_proto::v1::{
-    Hello, MarkRead, OpenStreamRequest, TypingSignal, event, open_stream_request, open_stream_response::Frame,
+    Hello, MarkRead, OpenStreamRequest, SendOutcome, TypingSignal, event, open_stream_request,
+    open_stream_response::Frame, send_outcome,
 };
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
@@ -19,6 +20,7 @@ use tonic::transport::Channel;
 use crate::{
     checker::{Change, DeliveryLog},
     metrics::{Counters, LatencyRecorder},
+    sending::{Outgoing, SendLedger},
 };
 
 pub use imsg_client::Api;
@@ -97,7 +99,13 @@ pub struct DeviceReport {
 pub enum DeviceCommand {
     Typing(String),
     MarkRead(String, u64),
+    /// Send a message on the device's stream.
+    Send(Box<Outgoing>),
 }
+
+/// Work a device queues before it counts as overloaded (sends beyond
+/// this are shed by the generator).
+const DEVICE_QUEUE: usize = 256;
 
 /// A device's control handles.
 pub struct DeviceHandle {
@@ -111,6 +119,8 @@ pub struct DeviceContext {
     pub start: Instant,
     pub counters: Arc<Counters>,
     pub deliver_latency: Arc<LatencyRecorder>,
+    /// Where the outcomes of sends made on the stream go.
+    pub ledger: Arc<SendLedger>,
     pub stop: watch::Receiver<bool>,
     /// Mean seconds between forced reconnects; None: never.
     pub reconnect_every: Option<Duration>,
@@ -119,12 +129,18 @@ pub struct DeviceContext {
 /// Opens the device's stream, waits for `Ready`, and keeps receiving
 /// (reconnecting when told to) until `stop`.
 pub async fn start_device(user: User, context: DeviceContext) -> anyhow::Result<DeviceHandle> {
-    let (commands, mut commands_rx) = mpsc::channel(16);
+    let (commands, mut commands_rx) = mpsc::channel(DEVICE_QUEUE);
     let device = user.device_id();
     let mut session = Session::resume(&user, 0, &context, &mut HashMap::new()).await?;
+    let retries = commands.downgrade();
     let task = tokio::spawn(async move {
         let mut logs: HashMap<String, DeliveryLog> = HashMap::new();
-        let error = run_device(&user, &context, &mut session, &mut commands_rx, &mut logs).await.err();
+        let error = run_device(&user, &context, &mut session, &mut commands_rx, &retries, &mut logs).await.err();
+        // Sends that never got an outcome are over.
+        for _ in session.pending.drain() {
+            context.ledger.failed();
+            context.ledger.finished();
+        }
         DeviceReport { device, logs, error: error.map(|e| format!("{e:#}")) }
     });
     Ok(DeviceHandle { commands, task })
@@ -137,6 +153,7 @@ async fn run_device(
     context: &DeviceContext,
     session: &mut Session,
     commands: &mut mpsc::Receiver<DeviceCommand>,
+    retries: &mpsc::WeakSender<DeviceCommand>,
     logs: &mut HashMap<String, DeliveryLog>,
 ) -> anyhow::Result<()> {
     let mut stop = context.stop.clone();
@@ -158,6 +175,9 @@ async fn run_device(
                     session.command(command).await;
                 },
                 frame = session.frames.message() => match frame {
+                    Ok(Some(imsg_proto::v1::OpenStreamResponse { frame: Some(Frame::SendOutcome(outcome)) })) => {
+                        session.outcome(outcome, context, retries);
+                    }
                     Ok(Some(frame)) => session.handle(frame.frame, context, logs),
                     // A server went away (or moved the session): resume,
                     // as a real client does.
@@ -169,14 +189,25 @@ async fn run_device(
             }
         }
         context.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+        let pending = std::mem::take(&mut session.pending);
         *session = Session::resume(user, session.cursor, context, logs).await?;
+        // Sends without an outcome go again, in the order first sent (the
+        // server deduplicates by client message id).
+        let mut pending: Vec<Outgoing> = pending.into_values().collect();
+        pending.sort_by_key(|outgoing| outgoing.index);
+        for outgoing in pending {
+            session.send(outgoing).await;
+        }
     }
 }
 
 struct Session {
+    user_id: String,
     up: mpsc::Sender<OpenStreamRequest>,
     frames: tonic::Streaming<imsg_proto::v1::OpenStreamResponse>,
     cursor: u64,
+    /// Sends made on the stream without an outcome yet, by client id.
+    pending: HashMap<String, Outgoing>,
     /// Like a real client, a device signals typing at most every 3 s.
     last_typing: Option<Instant>,
 }
@@ -216,7 +247,7 @@ impl Session {
     }
 
     async fn open(user: &User, cursor: u64, attempt: usize) -> anyhow::Result<Self> {
-        let (up, up_rx) = mpsc::channel(16);
+        let (up, up_rx) = mpsc::channel(DEVICE_QUEUE);
         up.send(OpenStreamRequest { frame: Some(open_stream_request::Frame::Hello(Hello { cursor })) }).await?;
         let frames = user
             .api(attempt)
@@ -224,7 +255,7 @@ impl Session {
             .await
             .with_context(|| format!("opening the stream of {}", user.id))?
             .into_inner();
-        Ok(Self { up, frames, cursor, last_typing: None })
+        Ok(Self { user_id: user.id.clone(), up, frames, cursor, pending: HashMap::new(), last_typing: None })
     }
 
     async fn until_ready(
@@ -273,6 +304,9 @@ impl Session {
                     context.counters.delivered.fetch_add(1, Ordering::Relaxed);
                 }
                 if let Some(event::Kind::Message(message)) = event.kind {
+                    if message.sender_id == self.user_id {
+                        return; // its own, replayed after a reconnect: not a delivery the run owes
+                    }
                     logs.entry(message.conversation_id.clone()).or_default().record(message.seq);
                     context.counters.delivered.fetch_add(1, Ordering::Relaxed);
                     let text = match &message.content {
@@ -307,8 +341,42 @@ impl Session {
             DeviceCommand::MarkRead(conversation_id, seq) => {
                 open_stream_request::Frame::MarkRead(MarkRead { conversation_id, seq })
             }
+            DeviceCommand::Send(outgoing) => return self.send(*outgoing).await,
         };
         let _ = self.up.send(OpenStreamRequest { frame: Some(frame) }).await;
+    }
+
+    /// Sends a message on the stream and keeps it until its outcome.
+    async fn send(&mut self, outgoing: Outgoing) {
+        let frame = open_stream_request::Frame::SendMessage(outgoing.request.clone());
+        self.pending.insert(outgoing.request.client_message_id.clone(), outgoing);
+        // A closed stream is noticed by the receive side, which resumes
+        // and sends what is pending again.
+        let _ = self.up.send(OpenStreamRequest { frame: Some(frame) }).await;
+    }
+
+    /// Settles a send: acknowledged, retried later (a failure that says
+    /// "try again", until [`RETRY_FOR`]), or failed.
+    fn outcome(&mut self, outcome: SendOutcome, context: &DeviceContext, retries: &mpsc::WeakSender<DeviceCommand>) {
+        let Some(outgoing) = self.pending.remove(&outcome.client_message_id) else { return };
+        match outcome.outcome {
+            Some(send_outcome::Outcome::Sent(sent)) => context.ledger.acknowledged(&outgoing, sent.seq),
+            Some(send_outcome::Outcome::Error(error))
+                if error.retry_after_ms > 0 && outgoing.first_try.elapsed() < RETRY_FOR =>
+            {
+                if let Some(retries) = retries.upgrade() {
+                    let advised = Duration::from_millis(error.retry_after_ms);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(backoff(1).max(advised)).await;
+                        let _ = retries.send(DeviceCommand::Send(Box::new(outgoing))).await;
+                    });
+                    return;
+                }
+                context.ledger.failed();
+            }
+            _ => context.ledger.failed(),
+        }
+        context.ledger.finished();
     }
 }
 

@@ -7,7 +7,9 @@
 
 pub mod checker;
 pub mod client;
+pub mod generator;
 pub mod metrics;
 pub mod report;
 pub mod scenario;
+pub mod sending;
 pub mod spawn;

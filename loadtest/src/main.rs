@@ -88,6 +88,10 @@ struct Args {
     /// How long the killed process stays down.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     chaos_downtime: Duration,
+    /// Send every message as a unary `SendMessage` call instead of on the
+    /// sending device's stream (the SDKs' fast path).
+    #[arg(long)]
+    unary_sends: bool,
     /// No progress line.
     #[arg(long)]
     quiet: bool,
@@ -130,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         idle_streams: args.idle_streams,
         secret: args.jwt_secret.clone(),
         progress: !args.quiet,
+        unary_sends: args.unary_sends,
         sending: Some(Arc::new(tokio::sync::Notify::new())),
     };
     if args.chaos.is_some() && !args.sweep.is_empty() {

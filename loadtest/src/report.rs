@@ -52,6 +52,12 @@ pub struct Report {
     pub users: u64,
     pub conversations: u64,
     pub server_cpu_s_per_1k: Option<f64>,
+    /// Server CPU per acknowledged message, in microseconds.
+    pub server_cpu_us_per_message: Option<f64>,
+    /// What the generator cost, and whether it was the limit.
+    pub generator: Option<crate::generator::Usage>,
+    /// Sends went as unary calls (`--unary-sends`), not on the streams.
+    pub unary_sends: bool,
     pub server_peak_rss_bytes: Option<u64>,
     pub idle_streams: Option<u64>,
     pub server_bytes_per_stream: Option<f64>,
@@ -143,8 +149,22 @@ pub fn summary(report: &Report) -> String {
         "  load  {} users, {} conversations, {} connections",
         report.users, report.conversations, report.connections
     );
-    if let Some(cpu) = report.server_cpu_s_per_1k {
-        let _ = writeln!(s, "  server CPU  {:.3} s per 1,000 deliveries", cpu);
+    if let (Some(cpu), Some(per_message)) = (report.server_cpu_s_per_1k, report.server_cpu_us_per_message) {
+        let _ = writeln!(s, "  server CPU  {per_message:.0} us per message, {cpu:.3} s per 1,000 deliveries");
+    }
+    if let Some(generator) = &report.generator {
+        let _ = writeln!(
+            s,
+            "  generator CPU  {:.0} us per message, {:.2} of {} cores; sends left late by {:.2} ms (p99){}",
+            generator.cpu_us_per_message,
+            generator.cores_used,
+            generator.machine_cores,
+            generator.schedule_lag_p99_ms,
+            if report.unary_sends { "; unary sends" } else { "" },
+        );
+        if let Some(why) = &generator.saturated {
+            let _ = writeln!(s, "  WARNING: the generator, not the server, may have set the limit: {why}");
+        }
     }
     if let Some(peak) = report.server_peak_rss_bytes {
         let _ = writeln!(s, "  server peak RSS  {}", bytes(peak));

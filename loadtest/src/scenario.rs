@@ -6,31 +6,27 @@
 //! server that stalls therefore shows the stall in every latency it caused
 //! (no coordinated omission).
 
-use imsg_common::retry::retry_after;
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
 use imsg_common::token::Authenticator;
 use imsg_proto::v1::{
-    AcceptConversationRequest, CreateConversationRequest, DirectConversationSpec, EditMessageRequest,
-    GroupConversationSpec, ListMessagesRequest, MediaContent, MediaKind, ReactToMessageRequest, SendMessageRequest,
-    TextContent, UnsendMessageRequest, UploadMediaRequest, UploadStart, create_conversation_request,
-    send_message_request, upload_media_request,
+    AcceptConversationRequest, CreateConversationRequest, DirectConversationSpec, GroupConversationSpec,
+    ListMessagesRequest, SendMessageRequest, TextContent, create_conversation_request, send_message_request,
 };
 use tokio::sync::{Semaphore, watch};
 
 use crate::{
-    checker::{Change, Checker},
+    checker::Checker,
     client::{self, DeviceCommand, DeviceContext, DeviceHandle, User},
+    generator,
     metrics::{Counters, LatencyRecorder, Percentiles},
     report::{Report, Second},
+    sending::{self, FollowUp, Outgoing, PHOTO, SendLedger},
     spawn::{Deployment, wait_until},
 };
 
@@ -69,6 +65,8 @@ pub struct RunOptions {
     pub idle_streams: usize,
     pub secret: String,
     pub progress: bool,
+    /// Every message as a unary call (see [`crate::sending`]).
+    pub unary_sends: bool,
     /// Notified when the send phase begins (chaos is timed from there).
     pub sending: Option<Arc<tokio::sync::Notify>>,
 }
@@ -78,50 +76,9 @@ struct Conversation {
     members: Vec<usize>,
 }
 
-/// Acknowledgements, sharded so senders rarely contend.
-struct Acks {
-    shards: Vec<Mutex<Vec<(u32, u64, u64)>>>,
-    /// Acknowledged messages and changes per conversation (each is one
-    /// delivery per member device).
-    per_conversation: Vec<AtomicU64>,
-    /// The newest acknowledged seq per conversation (what a reply quotes).
-    newest: Vec<AtomicU64>,
-    changes: Mutex<Vec<(u32, Change)>>,
-}
-
-impl Acks {
-    fn new(conversations: usize) -> Self {
-        Self {
-            shards: (0..16).map(|_| Mutex::new(Vec::new())).collect(),
-            per_conversation: (0..conversations).map(|_| AtomicU64::new(0)).collect(),
-            newest: (0..conversations).map(|_| AtomicU64::new(0)).collect(),
-            changes: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn record(&self, conversation: u32, seq: u64, message: u64) {
-        self.per_conversation[conversation as usize].fetch_add(1, Ordering::Relaxed);
-        self.newest[conversation as usize].fetch_max(seq, Ordering::Relaxed);
-        let shard = (message % self.shards.len() as u64) as usize;
-        self.shards[shard].lock().unwrap_or_else(|e| e.into_inner()).push((conversation, seq, message));
-    }
-
-    fn record_change(&self, conversation: u32, change: Change) {
-        self.per_conversation[conversation as usize].fetch_add(1, Ordering::Relaxed);
-        self.changes.lock().unwrap_or_else(|e| e.into_inner()).push((conversation, change));
-    }
-
-    fn expected_deliveries(&self, conversations: &[Conversation]) -> u64 {
-        self.per_conversation
-            .iter()
-            .zip(conversations)
-            .map(|(acked, c)| acked.load(Ordering::Relaxed) * c.members.len() as u64)
-            .sum()
-    }
-
-    fn drain(&self) -> Vec<(u32, u64, u64)> {
-        self.shards.iter().flat_map(|s| std::mem::take(&mut *s.lock().unwrap_or_else(|e| e.into_inner()))).collect()
-    }
+/// CPU seconds spent per message, in microseconds.
+fn per_message_us(cpu_seconds: f64, messages: u64) -> f64 {
+    if messages == 0 { 0.0 } else { cpu_seconds * 1e6 / messages as f64 }
 }
 
 fn tag() -> String {
@@ -151,13 +108,14 @@ pub async fn run(
 
     let start = Instant::now();
     let counters = Arc::new(Counters::default());
-    let ack_latency = Arc::new(LatencyRecorder::default());
+    let ledger = Arc::new(SendLedger::new(start, counters.clone(), conversations.len()));
     let deliver_latency = Arc::new(LatencyRecorder::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let context = DeviceContext {
         start,
         counters: counters.clone(),
         deliver_latency: deliver_latency.clone(),
+        ledger: ledger.clone(),
         stop: stop_rx,
         reconnect_every: match options.scenario {
             Scenario::Reconnect => Some(Duration::from_secs(4)),
@@ -170,11 +128,13 @@ pub async fn run(
     counters.delivered.store(0, Ordering::Relaxed);
 
     let cpu_before = deployment.map(Deployment::cpu_seconds);
-    let acks = Arc::new(Acks::new(conversations.len()));
-    let conversations = Arc::new(conversations);
+    let generator_cpu_before = generator::cpu_seconds();
     let phase_start_us = start.elapsed().as_micros() as u64;
+    ledger.phase_start_us.store(phase_start_us, Ordering::Relaxed);
     let total = (options.rate * options.duration.as_secs_f64()).round() as u64;
-    let progress = options.progress.then(|| tokio::spawn(progress_line(counters.clone(), ack_latency.clone())));
+    let progress = options.progress.then(|| tokio::spawn(progress_line(counters.clone(), ledger.ack_latency.clone())));
+    let issuer = Issuer { users: &users, conversations: &conversations, devices: &devices, options, ledger: &ledger };
+    let mut lag = generator::ScheduleLag::default();
 
     // ---- the open-loop send phase ----
     if let Some(sending) = &options.sending {
@@ -187,19 +147,8 @@ pub async fn run(
         let due = ((now_us as f64 / interval_us) as u64 + 1).min(total);
         while issued < due {
             let intended_us = phase_start_us + (issued as f64 * interval_us) as u64;
-            issue(
-                issued,
-                intended_us,
-                phase_start_us,
-                &users,
-                &conversations,
-                &devices,
-                options,
-                &counters,
-                &ack_latency,
-                &acks,
-                start,
-            );
+            lag.record(now_us.saturating_sub(intended_us - phase_start_us));
+            issuer.issue(issued, intended_us);
             issued += 1;
         }
         let next_us = phase_start_us + (issued as f64 * interval_us) as u64;
@@ -207,14 +156,16 @@ pub async fn run(
     }
     let send_phase = Duration::from_micros(start.elapsed().as_micros() as u64 - phase_start_us);
     wait_until(Duration::from_secs(30), || Counters::get(&counters.in_flight) == 0).await;
+    let members = || conversations.iter().map(|c| c.members.len());
     let drained =
-        wait_until(options.drain, || Counters::get(&counters.delivered) >= acks.expected_deliveries(&conversations))
+        wait_until(options.drain, || Counters::get(&counters.delivered) >= ledger.acks.expected_deliveries(members()))
             .await;
     let active = Duration::from_micros(start.elapsed().as_micros() as u64 - phase_start_us);
     let cpu_used = match (cpu_before, deployment) {
         (Some(before), Some(d)) => Some(d.cpu_seconds() - before),
         _ => None,
     };
+    let generator_cpu = generator::cpu_seconds() - generator_cpu_before;
     let _ = stop_tx.send(true);
     if let Some(progress) = progress {
         progress.abort();
@@ -243,17 +194,18 @@ pub async fn run(
             }
         }
     }
-    for (conversation, seq, message) in acks.drain() {
-        checker.acked(&conversations[conversation as usize].id, seq, &format!("m{message}"));
+    for acked in ledger.acks.drain() {
+        let conversation = &conversations[acked.conversation as usize].id;
+        checker.acked(conversation, acked.seq, &format!("m{}", acked.index), &users[acked.sender as usize].device_id());
     }
-    let changes = std::mem::take(&mut *acks.changes.lock().unwrap_or_else(|e| e.into_inner()));
+    let changes = std::mem::take(&mut *ledger.acks.changes.lock().unwrap_or_else(|e| e.into_inner()));
     let changes_acked = changes.len() as u64;
     for (conversation, change) in changes {
         checker.change_acked(&conversations[conversation as usize].id, change);
     }
     read_history(&users, &conversations, &mut checker).await?;
     let verdict = checker.verdict();
-    let (ack_total, ack_seconds) = ack_latency.merged();
+    let (ack_total, ack_seconds) = ledger.ack_latency.merged();
     let (deliver_total, deliver_seconds) = deliver_latency.merged();
     let delivered = Counters::get(&counters.delivered);
     let acked = Counters::get(&counters.acked);
@@ -295,6 +247,9 @@ pub async fn run(
         users: options.users as u64,
         conversations: conversations.len() as u64,
         server_cpu_s_per_1k: cpu_used.map(|cpu| if delivered > 0 { cpu / (delivered as f64 / 1000.0) } else { 0.0 }),
+        server_cpu_us_per_message: cpu_used.map(|cpu| per_message_us(cpu, acked)),
+        generator: Some(generator::Usage::measured(generator_cpu, acked, active, lag)),
+        unary_sends: options.unary_sends,
         server_peak_rss_bytes: deployment.map(Deployment::peak_rss_bytes),
         idle_streams: None,
         server_bytes_per_stream: None,
@@ -302,209 +257,78 @@ pub async fn run(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn issue(
-    index: u64,
-    intended_us: u64,
-    phase_start_us: u64,
-    users: &[User],
-    conversations: &Arc<Vec<Conversation>>,
-    devices: &[DeviceHandle],
-    options: &RunOptions,
-    counters: &Arc<Counters>,
-    ack_latency: &Arc<LatencyRecorder>,
-    acks: &Arc<Acks>,
-    start: Instant,
-) {
-    counters.sent.fetch_add(1, Ordering::Relaxed);
-    if counters.in_flight.fetch_add(1, Ordering::Relaxed) >= options.max_in_flight {
-        counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-        counters.shed.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    let conversation_index = pick_conversation(index, conversations.len(), options.scenario);
-    let conversation = &conversations[conversation_index];
-    let sender = conversation.members[(index as usize / conversations.len()) % conversation.members.len()];
-    let user = users[sender].clone();
-    if options.scenario == Scenario::Mixed && index.is_multiple_of(10) {
-        let _ = devices[sender].commands.try_send(DeviceCommand::Typing(conversation.id.clone()));
-    }
-    let reader = (options.scenario == Scenario::Mixed && index.is_multiple_of(20))
-        .then(|| conversation.members.iter().copied().find(|m| *m != sender))
-        .flatten()
-        .map(|m| devices[m].commands.clone());
-    let mixed = options.scenario == Scenario::Mixed;
-    let reply_to_seq = match mixed && index % 10 == 3 {
-        true => acks.newest[conversation_index].load(Ordering::Relaxed),
-        false => 0,
-    };
-    let payload = client::payload(intended_us, options.message_bytes);
-    let photo = (mixed && index % 20 == 11).then(|| PHOTO.clone());
-    let request = SendMessageRequest {
-        conversation_id: conversation.id.clone(),
-        client_message_id: format!("m{index}"),
-        reply_to_seq,
-        content: Some(send_message_request::Content::Text(TextContent { text: payload })),
-    };
-    // What is done to this message once acknowledged (disjoint, so each
-    // change is one event a checker can name).
-    let follow_up = match index {
-        _ if !mixed => None,
-        i if i % 5 == 0 => {
-            conversation.members.iter().find(|m| **m != sender).map(|m| FollowUp::React(users[*m].clone()))
+/// What the send loop needs to issue one message.
+struct Issuer<'a> {
+    users: &'a [User],
+    conversations: &'a [Conversation],
+    devices: &'a [DeviceHandle],
+    options: &'a RunOptions,
+    ledger: &'a Arc<SendLedger>,
+}
+
+impl Issuer<'_> {
+    /// Issues message `index`, due at `intended_us`: on the sender's
+    /// stream, or as a unary call (see [`crate::sending`]).
+    fn issue(&self, index: u64, intended_us: u64) {
+        let (options, counters) = (self.options, &self.ledger.counters);
+        counters.sent.fetch_add(1, Ordering::Relaxed);
+        if counters.in_flight.fetch_add(1, Ordering::Relaxed) >= options.max_in_flight {
+            counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+            counters.shed.fetch_add(1, Ordering::Relaxed);
+            return;
         }
-        i if i % 20 == 7 => Some(FollowUp::Edit),
-        i if i % 50 == 13 => Some(FollowUp::Unsend),
-        _ => None,
-    };
-    let (counters, ack_latency, acks, conversation_id) =
-        (counters.clone(), ack_latency.clone(), acks.clone(), conversation.id.clone());
-    tokio::spawn(async move {
-        let sent = match photo {
-            Some(photo) => {
-                let sent = send_photo(&user, request, &photo).await;
-                if sent.is_ok() {
-                    counters.photos.fetch_add(1, Ordering::Relaxed);
-                }
-                sent
-            }
-            None => send_with_retry(&user, request).await,
+        let conversations = self.conversations;
+        let conversation_index = pick_conversation(index, conversations.len(), options.scenario);
+        let conversation = &conversations[conversation_index];
+        let sender = conversation.members[(index as usize / conversations.len()) % conversation.members.len()];
+        let mixed = options.scenario == Scenario::Mixed;
+        if mixed && index.is_multiple_of(10) {
+            let _ = self.devices[sender].commands.try_send(DeviceCommand::Typing(conversation.id.clone()));
+        }
+        let reader = (mixed && index.is_multiple_of(20))
+            .then(|| conversation.members.iter().copied().find(|m| *m != sender))
+            .flatten()
+            .map(|m| self.devices[m].commands.clone());
+        let reply_to_seq = match mixed && index % 10 == 3 {
+            true => self.ledger.acks.newest[conversation_index].load(Ordering::Relaxed),
+            false => 0,
         };
-        match sent {
-            Ok(response) => {
-                let now_us = start.elapsed().as_micros() as u64;
-                let second = ((intended_us - phase_start_us) / 1_000_000) as usize;
-                ack_latency.record(second, now_us.saturating_sub(intended_us));
-                let seq = response.into_inner().seq;
-                acks.record(conversation_index as u32, seq, index);
-                counters.acked.fetch_add(1, Ordering::Relaxed);
-                if let Some(reader) = reader {
-                    let _ = reader.try_send(DeviceCommand::MarkRead(conversation_id.clone(), seq));
-                }
-                if let Some(follow_up) = follow_up {
-                    match follow_up.run(&user, &conversation_id, seq).await {
-                        Ok(change) => acks.record_change(conversation_index as u32, change),
-                        Err(_) => {
-                            counters.send_errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            }
-            Err(_) => {
-                counters.send_errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-    });
-}
-
-/// The photo mixed traffic sends: a 256x256 JPEG (about 10 KiB), made
-/// once.
-static PHOTO: std::sync::LazyLock<Arc<Vec<u8>>> = std::sync::LazyLock::new(|| {
-    let image = image::RgbImage::from_fn(256, 256, |x, y| image::Rgb([x as u8, y as u8, (x ^ y) as u8]));
-    let mut jpeg = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80).encode_image(&image).expect("encoding a JPEG");
-    Arc::new(jpeg)
-});
-
-/// Uploads `photo` and sends it with the request's text as its caption.
-async fn send_photo(
-    user: &User,
-    mut request: SendMessageRequest,
-    photo: &[u8],
-) -> Result<tonic::Response<imsg_proto::v1::SendMessageResponse>, tonic::Status> {
-    use sha2::Digest as _;
-    let start = UploadStart {
-        upload_id: format!("{}-{}", request.client_message_id, rand::random::<u32>()),
-        kind: MediaKind::Photo as i32,
-        size_bytes: photo.len() as u64,
-        sha256: hex::encode(sha2::Sha256::digest(photo)),
-        ..UploadStart::default()
-    };
-    let frames = vec![
-        UploadMediaRequest { frame: Some(upload_media_request::Frame::Start(start)) },
-        UploadMediaRequest { frame: Some(upload_media_request::Frame::Chunk(photo.to_vec())) },
-    ];
-    let media = user.api(0).upload_media(tokio_stream::iter(frames)).await?.into_inner().media.unwrap_or_default();
-    let caption = match request.content.take() {
-        Some(send_message_request::Content::Text(text)) => text.text,
-        _ => String::new(),
-    };
-    request.content = Some(send_message_request::Content::Media(MediaContent {
-        media_id: media.media_id,
-        caption,
-        ..MediaContent::default()
-    }));
-    send_with_retry(user, request).await
-}
-
-/// A change made to a message right after its ack.
-enum FollowUp {
-    /// Another member reacts.
-    React(User),
-    /// The sender edits it.
-    Edit,
-    /// The sender unsends it.
-    Unsend,
-}
-
-impl FollowUp {
-    async fn run(self, sender: &User, conversation: &str, seq: u64) -> Result<Change, tonic::Status> {
-        let conversation_id = conversation.to_owned();
-        match self {
-            FollowUp::React(reactor) => {
-                let request = ReactToMessageRequest { conversation_id, seq, emoji: "👍".into() };
-                retrying(&reactor, request, |mut api, r| async move { api.react_to_message(r).await }).await?;
-                Ok(Change::Reaction { seq, user: reactor.id.clone(), emoji: "👍".into() })
-            }
-            FollowUp::Edit => {
-                let request = EditMessageRequest { conversation_id, seq, text: format!("edited {seq}") };
-                let edited = retrying(sender, request, |mut api, r| async move { api.edit_message(r).await }).await?;
-                Ok(Change::Edit { seq, edit_time_ms: edited.into_inner().edit_time_ms })
-            }
-            FollowUp::Unsend => {
-                let request = UnsendMessageRequest { conversation_id, seq };
-                retrying(sender, request, |mut api, r| async move { api.unsend_message(r).await }).await?;
-                Ok(Change::Unsend { seq })
-            }
-        }
-    }
-}
-
-/// Runs an idempotent call like a real client: a failure that says "try
-/// again" is retried unchanged, through the next gateway, until
-/// [`client::RETRY_FOR`].
-async fn retrying<Req: Clone, Resp, F, Fut>(
-    user: &User,
-    request: Req,
-    call: F,
-) -> Result<tonic::Response<Resp>, tonic::Status>
-where
-    F: Fn(imsg_client::Api, Req) -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
-{
-    let started = Instant::now();
-    let mut attempt = 0;
-    loop {
-        let status = match call(user.api(attempt), request.clone()).await {
-            Err(status) if started.elapsed() < client::RETRY_FOR => status,
-            other => return other,
+        let payload = client::payload(intended_us, options.message_bytes);
+        let photo = (mixed && index % 20 == 11).then(|| PHOTO.clone());
+        let request = SendMessageRequest {
+            conversation_id: conversation.id.clone(),
+            client_message_id: format!("m{index}"),
+            reply_to_seq,
+            content: Some(send_message_request::Content::Text(TextContent { text: payload })),
         };
-        let Some(advised) = retry_after(&status) else { return Err(status) };
-        attempt += 1;
-        tokio::time::sleep(client::backoff(attempt).max(advised)).await;
+        // What is done to this message once acknowledged (disjoint, so each
+        // change is one event a checker can name).
+        let follow_up = match index {
+            _ if !mixed => None,
+            i if i % 5 == 0 => {
+                conversation.members.iter().find(|m| **m != sender).map(|m| FollowUp::React(self.users[*m].clone()))
+            }
+            i if i % 20 == 7 => Some(FollowUp::Edit),
+            i if i % 50 == 13 => Some(FollowUp::Unsend),
+            _ => None,
+        };
+        let outgoing = Outgoing {
+            index,
+            conversation: conversation_index as u32,
+            sender: sender as u32,
+            intended_us,
+            request,
+            reader,
+            first_try: Instant::now(),
+        };
+        if options.unary_sends || photo.is_some() || follow_up.is_some() {
+            sending::send_unary(self.ledger.clone(), self.users[sender].clone(), outgoing, photo, follow_up);
+        } else if self.devices[sender].commands.try_send(DeviceCommand::Send(Box::new(outgoing))).is_err() {
+            // The device has a full queue of work: shed, like a full window.
+            counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+            counters.shed.fetch_add(1, Ordering::Relaxed);
+        }
     }
-}
-
-/// Sends like a real client: a failure that says "try again" (a node
-/// down, a partition moving, a gateway gone) is retried with the same
-/// client message id, through the next gateway, until [`client::RETRY_FOR`].
-/// The dedup window makes the retries safe.
-async fn send_with_retry(
-    user: &User,
-    request: SendMessageRequest,
-) -> Result<tonic::Response<imsg_proto::v1::SendMessageResponse>, tonic::Status> {
-    retrying(user, request, |mut api, request| async move { api.send_message(request).await }).await
 }
 
 /// Mixed traffic sends 4 of 5 messages to 1:1 conversations (listed
@@ -683,10 +507,12 @@ async fn run_idle(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = deployment.map(Deployment::rss_bytes);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let counters = Arc::new(Counters::default());
     let context = DeviceContext {
         start: Instant::now(),
-        counters: Arc::new(Counters::default()),
+        counters: counters.clone(),
         deliver_latency: Arc::new(LatencyRecorder::default()),
+        ledger: Arc::new(SendLedger::new(Instant::now(), counters, 0)),
         stop: stop_rx,
         reconnect_every: None,
     };

@@ -223,7 +223,8 @@ fn clock_ticks_per_second() -> f64 {
     if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
-fn cpu_seconds(pid: u32) -> Option<f64> {
+/// CPU seconds (user + system) process `pid` has used.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are 14 and 15.
     let rest = stat.rsplit_once(')')?.1;

@@ -7,8 +7,12 @@
 //! resumes from the last cursor it delivered, so the application sees every
 //! logged event once, in order, across reconnects (events are also
 //! deduplicated by `(conversation, seq)` in case a replay overlaps what was
-//! already seen). Sends are retried with the same client message id until
-//! acknowledged, which the server deduplicates.
+//! already seen). Messages are sent on that same stream (no call per
+//! message; several may be in flight) and acknowledged on it; a send still
+//! waiting when the stream breaks goes again on the next one, and sends
+//! are retried with the same client message id until acknowledged, which
+//! the server deduplicates. A device does not receive its own new messages
+//! back as events: the acknowledgement is its copy.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), imsg_client::Error> {
@@ -44,12 +48,12 @@ use imsg_proto::v1::{
     DownloadMediaRequest, EditMessageRequest, EditMessageResponse, ForwardMessageRequest, ForwardMessageResponse,
     GetUploadRequest, Hello, LinkContent, ListMessagesRequest, ListMessagesResponse, MarkRead, MediaContent, MediaKind,
     Message, MessageHidden, OpenStreamRequest, Presence, ReactToMessageRequest, ReactionUpdate, ReceiptUpdate,
-    RefreshToken, SendMessageRequest, SendMessageResponse, SharedContent, TextContent, TypingSignal, TypingUpdate,
-    UnsendMessageRequest, UploadMediaRequest, UploadStart, create_conversation_request, event,
-    messaging_service_client::MessagingServiceClient, open_stream_request, open_stream_response::Frame,
-    send_message_request, upload_media_request,
+    RefreshToken, SendMessageRequest, SendMessageResponse, SendOutcome, SharedContent, StreamError, TextContent,
+    TypingSignal, TypingUpdate, UnsendMessageRequest, UploadMediaRequest, UploadStart, create_conversation_request,
+    event, messaging_service_client::MessagingServiceClient, open_stream_request, open_stream_response::Frame,
+    send_message_request, send_outcome, upload_media_request,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tonic::{
     Request, Status,
     metadata::{Ascii, MetadataValue},
@@ -173,7 +177,7 @@ pub struct Client {
     api: Api,
     bearer: Bearer,
     events: mpsc::Receiver<Event>,
-    marks: mpsc::UnboundedSender<open_stream_request::Frame>,
+    upstream: mpsc::UnboundedSender<Upstream>,
     cursor: Arc<AtomicU64>,
     typing_sent: Mutex<HashMap<String, Instant>>,
     config: ClientConfig,
@@ -195,10 +199,10 @@ impl Client {
         let bearer = Bearer::new(&config.token)?;
         let api = MessagingServiceClient::with_interceptor(channel, bearer.clone());
         let (events_tx, events) = mpsc::channel(1024);
-        let (marks, marks_rx) = mpsc::unbounded_channel();
+        let (upstream, upstream_rx) = mpsc::unbounded_channel();
         let cursor = Arc::new(AtomicU64::new(config.cursor));
-        tokio::spawn(keep_streaming(api.clone(), config.clone(), cursor.clone(), events_tx, marks_rx));
-        Ok(Self { api, bearer, events, marks, cursor, typing_sent: Mutex::new(HashMap::new()), config })
+        tokio::spawn(keep_streaming(api.clone(), config.clone(), cursor.clone(), events_tx, upstream_rx));
+        Ok(Self { api, bearer, events, upstream, cursor, typing_sent: Mutex::new(HashMap::new()), config })
     }
 
     /// Replaces the token before it expires: calls and reconnects use the
@@ -207,7 +211,7 @@ impl Client {
     pub fn refresh_token(&self, token: &str) -> Result<(), Error> {
         self.bearer.set(token)?;
         let refresh = open_stream_request::Frame::RefreshToken(RefreshToken { token: token.into() });
-        let _ = self.marks.send(refresh);
+        let _ = self.upstream.send(Upstream::Frame(refresh));
         Ok(())
     }
 
@@ -265,8 +269,9 @@ impl Client {
         self.send(conversation, send_message_request::Content::Shared(shared), 0).await
     }
 
-    /// Sends any content; retried with one client message id, while the
-    /// error is retryable, until acknowledged.
+    /// Sends any content on the device's stream; retried with one client
+    /// message id, while the server says a retry may succeed, until
+    /// acknowledged.
     pub async fn send(
         &self,
         conversation: &str,
@@ -279,7 +284,19 @@ impl Client {
             reply_to_seq,
             content: Some(content),
         };
-        self.retrying(request, |mut api, request| async move { api.send_message(request).await }).await
+        let mut backoff = Backoff::new(&self.config);
+        loop {
+            let (reply, outcome) = oneshot::channel();
+            let stopped = || Error::Rpc(Status::cancelled("the client's stream task stopped"));
+            self.upstream.send(Upstream::Send(request.clone(), reply)).map_err(|_| stopped())?;
+            match outcome.await.map_err(|_| stopped())? {
+                Ok(sent) => return Ok(sent),
+                Err(refused) if refused.retry_after_ms > 0 => {
+                    backoff.wait_at_least(Duration::from_millis(refused.retry_after_ms)).await;
+                }
+                Err(refused) => return Err(Status::new(refused.code.into(), refused.message).into()),
+            }
+        }
     }
 
     /// Sets this user's reaction to a message (replacing theirs); an empty
@@ -425,15 +442,14 @@ impl Client {
         }
         let frame =
             open_stream_request::Frame::Typing(TypingSignal { conversation_id: conversation.into(), active: true });
-        let _ = self.marks.send(frame);
+        let _ = self.upstream.send(Upstream::Frame(frame));
     }
 
     /// Marks everything up to `seq` read (sent on the realtime stream; kept
     /// and re-sent after a reconnect).
     pub async fn mark_read(&self, conversation: &str, seq: u64) {
-        let _ = self
-            .marks
-            .send(open_stream_request::Frame::MarkRead(MarkRead { conversation_id: conversation.into(), seq }));
+        let mark = open_stream_request::Frame::MarkRead(MarkRead { conversation_id: conversation.into(), seq });
+        let _ = self.upstream.send(Upstream::Frame(mark));
     }
 
     /// A page of history walking backwards: the newest `page_size` messages
@@ -489,25 +505,40 @@ impl Backoff {
     }
 }
 
+/// What the application hands the stream task.
+enum Upstream {
+    Frame(open_stream_request::Frame),
+    /// A message to send on the stream, and where its outcome goes.
+    Send(SendMessageRequest, oneshot::Sender<Result<SendMessageResponse, StreamError>>),
+}
+
+/// What the stream task keeps across reconnects.
+#[derive(Default)]
+struct StreamState {
+    /// Newest message seq seen per conversation: drops overlap on resume.
+    newest: HashMap<String, u64>,
+    /// Latest read mark per conversation, re-sent after a reconnect.
+    read_marks: HashMap<String, u64>,
+    /// Sends without an outcome, by client message id, in the order made:
+    /// re-sent after a reconnect.
+    sending: Vec<(SendMessageRequest, oneshot::Sender<Result<SendMessageResponse, StreamError>>)>,
+}
+
 /// Keeps the realtime stream open until the client is dropped.
 async fn keep_streaming(
     api: Api,
     config: ClientConfig,
     cursor: Arc<AtomicU64>,
     events: mpsc::Sender<Event>,
-    mut marks: mpsc::UnboundedReceiver<open_stream_request::Frame>,
+    mut upstream: mpsc::UnboundedReceiver<Upstream>,
 ) {
-    // Newest message seq seen per conversation: drops overlap on resume.
-    let mut newest: HashMap<String, u64> = HashMap::new();
-    // Latest read mark per conversation, re-sent after a reconnect.
-    let mut read_marks: HashMap<String, u64> = HashMap::new();
+    let mut state = StreamState::default();
     let mut backoff = Backoff::new(&config);
     loop {
-        let reason =
-            match stream_once(&api, &cursor, &events, &mut marks, &mut newest, &mut read_marks, &mut backoff).await {
-                Ok(()) => return, // the application dropped the client
-                Err(reason) => reason,
-            };
+        let reason = match stream_once(&api, &cursor, &events, &mut upstream, &mut state, &mut backoff).await {
+            Ok(()) => return, // the application dropped the client
+            Err(reason) => reason,
+        };
         if events.send(Event::Disconnected { reason }).await.is_err() {
             return;
         }
@@ -521,33 +552,48 @@ async fn stream_once(
     api: &Api,
     cursor: &AtomicU64,
     events: &mpsc::Sender<Event>,
-    marks: &mut mpsc::UnboundedReceiver<open_stream_request::Frame>,
-    newest: &mut HashMap<String, u64>,
-    read_marks: &mut HashMap<String, u64>,
+    upstream: &mut mpsc::UnboundedReceiver<Upstream>,
+    state: &mut StreamState,
     backoff: &mut Backoff,
 ) -> Result<(), String> {
-    let (up, up_rx) = mpsc::channel(64);
+    let StreamState { newest, read_marks, sending } = state;
+    let (up, up_rx) = mpsc::unbounded_channel();
     let hello = open_stream_request::Frame::Hello(Hello { cursor: cursor.load(Ordering::SeqCst) });
-    let _ = up.send(OpenStreamRequest { frame: Some(hello) }).await;
+    let _ = up.send(OpenStreamRequest { frame: Some(hello) });
     for (conversation_id, seq) in read_marks.iter() {
         let mark = MarkRead { conversation_id: conversation_id.clone(), seq: *seq };
-        let _ = up.send(OpenStreamRequest { frame: Some(open_stream_request::Frame::MarkRead(mark)) }).await;
+        let _ = up.send(OpenStreamRequest { frame: Some(open_stream_request::Frame::MarkRead(mark)) });
+    }
+    // Whatever was sent on the last stream without an outcome goes again.
+    sending.retain(|(_, reply)| !reply.is_closed());
+    for (request, _) in sending.iter() {
+        let _ = up.send(OpenStreamRequest { frame: Some(open_stream_request::Frame::SendMessage(request.clone())) });
     }
     let mut frames = api
         .clone()
-        .open_stream(tokio_stream::wrappers::ReceiverStream::new(up_rx))
+        .open_stream(tokio_stream::wrappers::UnboundedReceiverStream::new(up_rx))
         .await
         .map_err(|status| status.to_string())?
         .into_inner();
     loop {
         tokio::select! {
-            mark = marks.recv() => {
-                let Some(mark) = mark else { return Ok(()) };
-                if let open_stream_request::Frame::MarkRead(read) = &mark {
-                    let seq = read_marks.entry(read.conversation_id.clone()).or_default();
-                    *seq = (*seq).max(read.seq);
-                }
-                let _ = up.send(OpenStreamRequest { frame: Some(mark) }).await;
+            work = upstream.recv() => {
+                let frame = match work {
+                    None => return Ok(()),
+                    Some(Upstream::Send(request, reply)) => {
+                        let frame = open_stream_request::Frame::SendMessage(request.clone());
+                        sending.push((request, reply));
+                        frame
+                    }
+                    Some(Upstream::Frame(frame)) => {
+                        if let open_stream_request::Frame::MarkRead(read) = &frame {
+                            let seq = read_marks.entry(read.conversation_id.clone()).or_default();
+                            *seq = (*seq).max(read.seq);
+                        }
+                        frame
+                    }
+                };
+                let _ = up.send(OpenStreamRequest { frame: Some(frame) });
             }
             frame = frames.message() => {
                 let frame = match frame {
@@ -600,6 +646,10 @@ async fn stream_once(
                         }
                         continue;
                     }
+                    Some(Frame::SendOutcome(outcome)) => {
+                        settle(sending, outcome);
+                        continue;
+                    }
                     Some(Frame::Pong(_)) | Some(Frame::Error(_)) | None => continue,
                 };
                 if events.send(event).await.is_err() {
@@ -608,4 +658,26 @@ async fn stream_once(
             }
         }
     }
+}
+
+/// Hands a send's outcome to the caller waiting for it.
+fn settle(
+    sending: &mut Vec<(SendMessageRequest, oneshot::Sender<Result<SendMessageResponse, StreamError>>)>,
+    outcome: SendOutcome,
+) {
+    let Some(at) = sending.iter().position(|(request, _)| request.client_message_id == outcome.client_message_id)
+    else {
+        return;
+    };
+    let (_, reply) = sending.remove(at);
+    let result = match outcome.outcome {
+        Some(send_outcome::Outcome::Sent(sent)) => Ok(sent),
+        Some(send_outcome::Outcome::Error(refused)) => Err(refused),
+        None => Err(StreamError {
+            code: tonic::Code::Internal as i32,
+            message: "an empty outcome".into(),
+            ..Default::default()
+        }),
+    };
+    let _ = reply.send(result);
 }

@@ -132,6 +132,35 @@ fn close(session: &SessionHandle, reason: &str) {
     *session.close_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
 }
 
+/// Queues a frame on a session; false when the session is gone or, too
+/// slow to keep up, dropped.
+fn deliver(session: &SessionHandle, frame: &OpenStreamResponse) -> bool {
+    match session.frames.try_send(Box::new(frame.clone())) {
+        Ok(()) => {
+            METRICS.deliveries.inc();
+            true
+        }
+        Err(TrySendError::Full(_)) => {
+            METRICS.slow_consumer_drops.inc();
+            close(session, "slow consumer: too many undelivered events");
+            false
+        }
+        Err(TrySendError::Closed(_)) => false,
+    }
+}
+
+/// The user and device that sent a new message, when `frame` carries one
+/// (live only: replay sends a device its own messages too, as it may have
+/// lost them).
+fn sent_by(frame: &OpenStreamResponse) -> Option<(&str, &str)> {
+    match &frame.frame {
+        Some(open_stream_response::Frame::Event(Event { kind: Some(event::Kind::Message(message)), .. })) => {
+            Some((message.sender_id.as_str(), message.sender_device_id.as_str()))
+        }
+        _ => None,
+    }
+}
+
 fn event_frame(cursor: u64, kind: event::Kind) -> OpenStreamResponse {
     OpenStreamResponse { frame: Some(open_stream_response::Frame::Event(Event { cursor, kind: Some(kind) })) }
 }
@@ -201,26 +230,23 @@ impl Partition {
         self.defer(Deferred::Done(done));
     }
 
-    /// Writes a frame to every live session of a user. A session whose
-    /// queue is full is a slow consumer: it is dropped with a reason rather
-    /// than allowed to grow memory (invariant 6).
+    /// Writes a frame to every live session of a user, except a new
+    /// message to the device that sent it (it has the acknowledgement; the
+    /// sender's other devices get it). A session whose queue is full is a
+    /// slow consumer: it is dropped with a reason rather than allowed to
+    /// grow memory (invariant 6).
     pub(super) fn push_to_sessions(&mut self, user: &str, frame: &OpenStreamResponse) {
         let Some(state) = self.users.map.get_mut(user) else { return };
         if state.sessions.is_empty() {
             return;
         }
+        let sending_device = sent_by(frame).filter(|(sender, _)| *sender == user).map(|(_, device)| device);
         let before = state.sessions.len();
-        state.sessions.retain(|session| match session.frames.try_send(Box::new(frame.clone())) {
-            Ok(()) => {
-                METRICS.deliveries.inc();
-                true
+        state.sessions.retain(|session| {
+            if sending_device == Some(session.device_id.as_str()) {
+                return true; // no echo
             }
-            Err(TrySendError::Full(_)) => {
-                METRICS.slow_consumer_drops.inc();
-                close(session, "slow consumer: too many undelivered events");
-                false
-            }
-            Err(TrySendError::Closed(_)) => false,
+            deliver(session, frame)
         });
         if before > 0 && state.sessions.is_empty() {
             state.last_active_ms = now_ms();

@@ -107,7 +107,7 @@ pub struct Store {
     keys: Arc<KeyFiles>,
     dir: PathBuf,
     log: Arc<dyn LogDir>,
-    rows_written: Arc<AtomicU64>,
+    rows_written: Arc<RowCounts>,
     durability: Arc<Durability>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -189,7 +189,7 @@ impl Store {
             keys,
             dir: config.data_dir.clone(),
             log,
-            rows_written: Arc::new(AtomicU64::new(0)),
+            rows_written: Arc::new(RowCounts::default()),
             durability,
             threads: Mutex::new(vec![writer, checkpointer, watchdog]),
         }))
@@ -208,7 +208,13 @@ impl Store {
     /// Rows written or removed since start, by every partition: what the
     /// commit path has cost (and proof that ephemeral signals cost none).
     pub fn rows_written(&self) -> u64 {
-        self.rows_written.load(Ordering::Relaxed)
+        self.rows_written.total()
+    }
+
+    /// [`Self::rows_written`] by kind: the first byte of the row key
+    /// (`m` message, `o` outbox, `u` update-log batch, ...; `storage::rows`).
+    pub fn rows_written_by_kind(&self) -> BTreeMap<char, u64> {
+        self.rows_written.by_kind()
     }
 
     pub fn durability(&self) -> &Arc<Durability> {
@@ -272,3 +278,31 @@ fn replay(db: &sled::Db, keys: &KeyFiles, log: &dyn LogDir) -> Result<(usize, u6
 
 #[cfg(test)]
 mod tests;
+
+/// Rows written or removed, counted by kind (the key's first byte).
+pub(crate) struct RowCounts([AtomicU64; 128]);
+
+impl Default for RowCounts {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl RowCounts {
+    pub(crate) fn count(&self, ops: &[wal::Op]) {
+        for op in ops {
+            let (wal::Op::Put { key, .. } | wal::Op::Remove { key }) = op;
+            let kind = key.first().copied().unwrap_or(0) & 0x7f;
+            self.0[kind as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.0.iter().map(|count| count.load(Ordering::Relaxed)).sum()
+    }
+
+    fn by_kind(&self) -> BTreeMap<char, u64> {
+        let counts = self.0.iter().enumerate().map(|(kind, count)| (kind as u8 as char, count.load(Ordering::Relaxed)));
+        counts.filter(|(_, count)| *count > 0).collect()
+    }
+}

@@ -2,12 +2,10 @@
 //! module docs), typed reads ([`PartitionStore`]) and typed writes
 //! ([`WriteBatch`]), each row bounded so sled never writes a blob file.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
 };
-
-use std::collections::{HashMap, HashSet};
 
 use imsg_proto::v1::{Message, Reaction};
 use prost::Message as _;
@@ -92,7 +90,7 @@ pub(super) fn text_after(key: &[u8], prefix_len: usize) -> Result<&str> {
 pub struct PartitionStore {
     pub(super) id: PartitionId,
     pub(super) files: Destination,
-    pub(super) rows_written: Arc<AtomicU64>,
+    pub(super) rows_written: Arc<super::RowCounts>,
     pub(super) durability: Arc<Durability>,
 }
 
@@ -351,7 +349,7 @@ impl PartitionStore {
     /// sled; returns the generation to wait for (see [`Durability`]). Until
     /// that generation is published, reads of this tree do not see it.
     pub fn apply(&self, batch: WriteBatch, urgent: bool) -> u64 {
-        self.rows_written.fetch_add(batch.ops.len() as u64, Ordering::Relaxed);
+        self.rows_written.count(&batch.ops);
         self.durability.append(&self.files, self.id, batch.ops, urgent)
     }
 }

@@ -20,6 +20,7 @@ mod receipts;
 mod resume;
 mod rich;
 mod rights;
+mod stream_sends;
 mod tls;
 mod tokens;
 mod traces;

@@ -3,7 +3,7 @@
 use crate::harness::TestServer;
 
 #[tokio::test]
-async fn direct_messages_reach_every_device_of_both_users() {
+async fn direct_messages_reach_every_device_of_both_users_but_the_sending_one() {
     let server = TestServer::start().await;
     let alice_phone = server.client("alice", "phone").await;
     let alice_laptop = server.client("alice", "laptop").await;
@@ -16,18 +16,32 @@ async fn direct_messages_reach_every_device_of_both_users() {
         device.ready().await;
         devices.push(device);
     }
+    // Devices: alice's phone (the sender of seq 1), alice's laptop, bob's
+    // phone, bob's tablet (the sender of seq 2).
     let seq = alice_phone.send(&conversation, "hi bob").await;
     assert_eq!(seq, 1);
-    for device in &mut devices {
+    for device in &mut devices[1..] {
         let message = device.message().await;
         assert_eq!((message.seq, message.sender_id.as_str()), (1, "alice"));
         assert!(matches!(message.content, Some(imsg_proto::v1::message::Content::Text(ref t)) if t.text == "hi bob"));
     }
     let reply = bob_tablet.send(&conversation, "hi alice").await;
     assert_eq!(reply, 2);
-    for device in &mut devices {
-        assert_eq!(device.message().await.seq, 2);
+    // No echo: the sending device has the ack; its user's other devices
+    // get the message. So alice's phone's first message is bob's.
+    for (device, expected) in devices.iter_mut().zip([2, 2, 2, 0]) {
+        if expected > 0 {
+            assert_eq!(device.message().await.seq, expected);
+        }
     }
+    // And bob's tablet got its own reply back only on replay, as a device
+    // that lost its state would need it.
+    let mut replaying = bob_tablet.open(0).await;
+    let mut replayed = Vec::new();
+    while replayed.len() < 2 {
+        replayed.push(replaying.message().await.seq);
+    }
+    assert_eq!(replayed, vec![1, 2]);
 }
 
 #[tokio::test]

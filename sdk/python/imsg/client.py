@@ -1,4 +1,10 @@
-"""The asyncio client. The Rust SDK (sdk/src/lib.rs) behaves the same way."""
+"""The asyncio client. The Rust SDK (sdk/src/lib.rs) behaves the same way.
+
+Messages are sent on the device's stream (no call per message, several may
+be in flight) and acknowledged on it; a send still waiting when the stream
+breaks goes again, with the same client message id, on the next stream. A
+device does not receive its own new messages back as events: the
+acknowledgement is its copy."""
 
 from __future__ import annotations
 
@@ -48,6 +54,17 @@ def retry_after(error: grpc.RpcError) -> Optional[float]:
                 return info.retry_delay.ToTimedelta().total_seconds()
         return None
     return 0.0 if error.code() in NO_VERDICT else None
+
+
+# google.rpc.Code numbers to grpc's status codes.
+STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def refused(error: pb.StreamError) -> grpc.aio.AioRpcError:
+    """A refusal that arrived on the stream, as the error a unary call
+    would have raised."""
+    code = STATUS_CODES.get(error.code, grpc.StatusCode.UNKNOWN)
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=error.message)
 
 
 @dataclass
@@ -105,6 +122,9 @@ class Client:
         self._up: Optional[asyncio.Queue] = None
         self._newest: dict[str, int] = {}
         self._read_marks: dict[str, int] = {}
+        # Sends on the stream without an outcome, by client message id, in
+        # the order made: re-sent after a reconnect.
+        self._sending: dict[str, tuple[pb.SendMessageRequest, asyncio.Future]] = {}
         self._channel: Optional[grpc.aio.Channel] = None
         self._stub: Optional[pb_grpc.MessagingServiceStub] = None
         self._task: Optional[asyncio.Task] = None
@@ -154,14 +174,31 @@ class Client:
         return await self.send(conversation, shared=shared)
 
     async def send(self, conversation: str, reply_to_seq: int = 0, **content: Any) -> pb.SendMessageResponse:
-        """Sends any content (text=, link= or shared=)."""
+        """Sends any content (text=, link=, shared= or media=) on the
+        device's stream; retried with the same client message id while the
+        server says a retry may succeed. A refusal raises the
+        grpc.aio.AioRpcError the unary SendMessage would have."""
         request = pb.SendMessageRequest(
             conversation_id=conversation,
             client_message_id=f"py-{uuid.uuid4().hex[:24]}",
             reply_to_seq=reply_to_seq,
             **content,
         )
-        return await self._retrying(self._stub.SendMessage, request)
+        backoff = Backoff(*self._backoff)
+        while True:
+            outcome: asyncio.Future = asyncio.get_running_loop().create_future()
+            self._sending[request.client_message_id] = (request, outcome)
+            if self._up is not None:
+                await self._up.put(pb.OpenStreamRequest(send_message=request))
+            try:
+                result = await outcome
+            finally:
+                self._sending.pop(request.client_message_id, None)
+            if isinstance(result, pb.SendMessageResponse):
+                return result
+            if result.retry_after_ms == 0:
+                raise refused(result)
+            await backoff.wait(at_least=result.retry_after_ms / 1000)
 
     # ---- message requests, blocking, who may message me ----
 
@@ -343,7 +380,12 @@ class Client:
         await up.put(pb.OpenStreamRequest(hello=pb.Hello(cursor=self.cursor)))
         for conversation, seq in self._read_marks.items():
             await up.put(pb.OpenStreamRequest(mark_read=pb.MarkRead(conversation_id=conversation, seq=seq)))
+        # Whatever was sent on the last stream without an outcome goes again;
+        # sends made from here on put their own frame (no await in between).
+        unanswered = [request for request, _ in self._sending.values()]
         self._up = up
+        for request in unanswered:
+            await up.put(pb.OpenStreamRequest(send_message=request))
 
         async def requests():
             while True:
@@ -364,6 +406,12 @@ class Client:
                 return
             elif which == "event":
                 await self._deliver(frame.event)
+            elif which == "send_outcome":
+                outcome = frame.send_outcome
+                waiting = self._sending.get(outcome.client_message_id)
+                if waiting is not None and not waiting[1].done():
+                    settled = outcome.WhichOneof("outcome")
+                    waiting[1].set_result(outcome.sent if settled == "sent" else outcome.error)
 
     async def _deliver(self, event: pb.Event) -> None:
         kind = event.WhichOneof("kind")
