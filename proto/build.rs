@@ -17,6 +17,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     fs::write(out_dir.join("imsg_descriptor.bin"), descriptors.encode_to_vec())?;
     tonic_prost_build::configure()
         .codec_path("crate::codec::CompactCodec")
+        // A message sent on a device stream is boxed: every idle stream's
+        // relay holds an `OpenStreamRequest` slot, which would otherwise be
+        // as large as a whole `SendMessageRequest` (see `CompactCodec`).
+        .boxed(".imsg.v1.OpenStreamRequest.frame.send_message")
         .build_server(true)
         .build_client(true)
         .compile_fds(descriptors)?;

@@ -47,9 +47,10 @@ fuzz_target!(|data: &[u8]| {
     match message {
         PublicMessage::Command(command) => check(&limits, &caller, command),
         // The stream relay's upstream frames (gateway/src/stream.rs): these
-        // three run as commands; a refresh token is verified (the `tokens`
+        // four run as commands; a refresh token is verified (the `tokens`
         // target covers that), ping and hello are answered in place.
         PublicMessage::OpenStreamRequest(request) => match request.frame {
+            Some(Frame::SendMessage(send)) => check(&limits, &caller, Command::SendMessage(*send)),
             Some(Frame::Typing(typing)) => check(&limits, &caller, Command::Typing(typing)),
             Some(Frame::MarkDelivered(mark)) => check(&limits, &caller, Command::MarkDelivered(mark)),
             Some(Frame::MarkRead(mark)) => check(&limits, &caller, Command::MarkRead(mark)),

@@ -2,7 +2,8 @@
 //!
 //! Down: the broker session's frames (replay, `Ready`, live events) and
 //! the outcomes of sends made on the stream. Up: messages to send
-//! ([`crate::stream_sends`]), typing, delivery and read marks, pings. Each upstream frame is
+//! ([`crate::stream_sends`]: charged to the user's request budget), typing,
+//! delivery and read marks, pings. Each other upstream frame is
 //! rate-limited (frames per stream, typing per user) and run as the token's
 //! caller (the backend validates it); a refused frame
 //! gets a `StreamError` and the stream stays open. The gateway holds no
@@ -207,7 +208,7 @@ async fn relay(
             up = upstream.next(), if !sends.is_full() => match up {
                 // Charged to the user's request budget, not the frame budget.
                 Some(Ok(OpenStreamRequest { frame: Some(Up::SendMessage(request)) })) => {
-                    sends.submit(&gateway, &caller, request);
+                    sends.submit(&gateway, &caller, *request);
                 }
                 Some(Ok(OpenStreamRequest { frame: Some(Up::RefreshToken(refresh)) })) => {
                     match refreshed(&gateway, &caller, &refresh.token) {

@@ -32,9 +32,14 @@ use crate::{
 /// Sends a stream may have running or queued at once.
 pub const MAX_IN_FLIGHT: usize = 64;
 
-/// The sends of one stream that have no outcome yet.
+/// The sends of one stream that have no outcome yet. Allocated on the
+/// first send and freed when the last one is answered: an idle stream (most
+/// of them) holds a null pointer, not a queue.
 #[derive(Default)]
-pub struct StreamSends {
+pub struct StreamSends(Option<Box<InFlight>>);
+
+#[derive(Default)]
+struct InFlight {
     running: FuturesUnordered<BoxFuture<'static, (String, SendOutcome)>>,
     /// Conversations with a send running, and the sends waiting behind it.
     waiting: HashMap<String, VecDeque<SendMessageRequest>>,
@@ -44,16 +49,34 @@ pub struct StreamSends {
 impl StreamSends {
     /// Whether the stream must stop taking sends until one finishes.
     pub fn is_full(&self) -> bool {
-        self.count >= MAX_IN_FLIGHT
+        self.0.as_ref().is_some_and(|sends| sends.count >= MAX_IN_FLIGHT)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.0.is_none()
     }
 
     /// Takes a send: runs it now, or queues it behind the running send to
     /// the same conversation.
     pub fn submit(&mut self, gateway: &Arc<Gateway>, caller: &Caller, request: SendMessageRequest) {
+        self.0.get_or_insert_default().submit(gateway, caller, request);
+    }
+
+    /// The next outcome, starting the send queued behind it; pending
+    /// forever when nothing runs (for `select!`, guard it with
+    /// [`Self::is_empty`]).
+    pub async fn next_outcome(&mut self, gateway: &Arc<Gateway>, caller: &Caller) -> SendOutcome {
+        let Some(sends) = self.0.as_mut() else { return std::future::pending().await };
+        let outcome = sends.next_outcome(gateway, caller).await;
+        if sends.count == 0 {
+            self.0 = None;
+        }
+        outcome
+    }
+}
+
+impl InFlight {
+    fn submit(&mut self, gateway: &Arc<Gateway>, caller: &Caller, request: SendMessageRequest) {
         self.count += 1;
         match self.waiting.get_mut(&request.conversation_id) {
             Some(queue) => queue.push_back(request),
@@ -64,10 +87,7 @@ impl StreamSends {
         }
     }
 
-    /// The next outcome, starting the send queued behind it; pending
-    /// forever when nothing runs (for `select!`, guard it with
-    /// [`Self::is_empty`]).
-    pub async fn next_outcome(&mut self, gateway: &Arc<Gateway>, caller: &Caller) -> SendOutcome {
+    async fn next_outcome(&mut self, gateway: &Arc<Gateway>, caller: &Caller) -> SendOutcome {
         let Some((conversation, outcome)) = self.running.next().await else {
             return std::future::pending().await;
         };

@@ -348,7 +348,7 @@ impl Session {
 
     /// Sends a message on the stream and keeps it until its outcome.
     async fn send(&mut self, outgoing: Outgoing) {
-        let frame = open_stream_request::Frame::SendMessage(outgoing.request.clone());
+        let frame = open_stream_request::Frame::SendMessage(Box::new(outgoing.request.clone()));
         self.pending.insert(outgoing.request.client_message_id.clone(), outgoing);
         // A closed stream is noticed by the receive side, which resumes
         // and sends what is pending again.

@@ -9,6 +9,7 @@ pub mod checker;
 pub mod client;
 pub mod generator;
 pub mod metrics;
+pub mod quiet;
 pub mod report;
 pub mod scenario;
 pub mod sending;

@@ -69,6 +69,9 @@ struct Args {
     /// How long to wait for outstanding deliveries after sending.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     drain: Duration,
+    /// Messages the resume scenario has waiting for an offline device.
+    #[arg(long, default_value_t = 10_000)]
+    resume_backlog: usize,
     /// Streams the idle scenario holds.
     #[arg(long, default_value_t = 10_000)]
     idle_streams: usize,
@@ -132,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
         max_in_flight: args.max_in_flight,
         drain: args.drain,
         idle_streams: args.idle_streams,
+        resume_backlog: args.resume_backlog,
         secret: args.jwt_secret.clone(),
         progress: !args.quiet,
         unary_sends: args.unary_sends,

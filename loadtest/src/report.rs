@@ -61,6 +61,10 @@ pub struct Report {
     pub server_peak_rss_bytes: Option<u64>,
     pub idle_streams: Option<u64>,
     pub server_bytes_per_stream: Option<f64>,
+    /// Server cores in use while the idle streams were held.
+    pub server_idle_cores: Option<f64>,
+    /// The resume scenario's measurement.
+    pub resume: Option<ResumeResult>,
     pub timeline: Vec<Second>,
     pub ack_histogram: Vec<CurvePoint>,
     pub deliver_histogram: Vec<CurvePoint>,
@@ -76,6 +80,16 @@ impl Report {
     pub fn meets(&self, slo_p99_ms: f64) -> bool {
         self.is_correct() && self.send_errors == 0 && self.shed == 0 && self.deliver_ms.p99 <= slo_p99_ms
     }
+}
+
+/// A backlog replayed to a device that was offline.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResumeResult {
+    pub backlog: u64,
+    /// From `hello` to `Ready`.
+    pub replay_ms: f64,
+    /// Server CPU spent meanwhile.
+    pub server_cpu_ms: Option<f64>,
 }
 
 /// The sweep's result: every run, and the best rate meeting the objective.
@@ -114,9 +128,28 @@ pub fn summary(report: &Report) -> String {
         if let Some(per) = report.server_bytes_per_stream {
             let _ = writeln!(s, "  server memory / stream  {:.0} bytes ({:.2} KiB)", per, per / 1024.0);
         }
+        if let Some(cores) = report.server_idle_cores {
+            let _ = writeln!(s, "  server CPU while idle   {cores:.4} cores");
+        }
         if let Some(peak) = report.server_peak_rss_bytes {
             let _ = writeln!(s, "  server peak RSS         {}", bytes(peak));
         }
+        return s;
+    }
+    if let Some(resume) = &report.resume {
+        let _ = writeln!(
+            s,
+            "  resume   {} missed messages replayed to one device in {:.1} ms ({} delivered){}",
+            resume.backlog,
+            resume.replay_ms,
+            report.delivered,
+            resume.server_cpu_ms.map(|ms| format!("; server CPU {ms:.0} ms")).unwrap_or_default(),
+        );
+        let _ = writeln!(
+            s,
+            "  correctness  lost {}  duplicates {}  reordered {}",
+            report.lost, report.duplicates, report.reordered
+        );
         return s;
     }
     let _ = writeln!(
@@ -164,6 +197,9 @@ pub fn summary(report: &Report) -> String {
         );
         if let Some(why) = &generator.saturated {
             let _ = writeln!(s, "  WARNING: the generator, not the server, may have set the limit: {why}");
+        }
+        if let Some(why) = &generator.machine_saturated {
+            let _ = writeln!(s, "  note: {why}");
         }
     }
     if let Some(peak) = report.server_peak_rss_bytes {

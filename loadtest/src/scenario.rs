@@ -46,8 +46,11 @@ pub enum Scenario {
     Mixed,
     /// 1:1 traffic while every device drops and resumes every few seconds.
     Reconnect,
-    /// Hold idle streams to measure memory per connection.
+    /// Hold idle streams to measure memory and CPU per connection.
     Idle,
+    /// Replay a backlog of `--resume-backlog` messages to one device that
+    /// was offline, and time it.
+    Resume,
 }
 
 /// Everything one run needs.
@@ -63,6 +66,8 @@ pub struct RunOptions {
     pub max_in_flight: u64,
     pub drain: Duration,
     pub idle_streams: usize,
+    /// Messages the resume scenario replays.
+    pub resume_backlog: usize,
     pub secret: String,
     pub progress: bool,
     /// Every message as a unary call (see [`crate::sending`]).
@@ -81,7 +86,7 @@ fn per_message_us(cpu_seconds: f64, messages: u64) -> f64 {
     if messages == 0 { 0.0 } else { cpu_seconds * 1e6 / messages as f64 }
 }
 
-fn tag() -> String {
+pub(crate) fn tag() -> String {
     format!("lt{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
@@ -91,8 +96,10 @@ pub async fn run(
     options: &RunOptions,
     deployment: Option<&Deployment>,
 ) -> anyhow::Result<Report> {
-    if options.scenario == Scenario::Idle {
-        return run_idle(targets, options, deployment).await;
+    match options.scenario {
+        Scenario::Idle => return crate::quiet::run_idle(targets, options, deployment).await,
+        Scenario::Resume => return crate::quiet::run_resume(targets, options, deployment).await,
+        _ => {}
     }
     let auth = Authenticator::new(&options.secret).map_err(anyhow::Error::msg)?;
     let channels = client::connect(targets, options.connections).await?;
@@ -248,11 +255,13 @@ pub async fn run(
         conversations: conversations.len() as u64,
         server_cpu_s_per_1k: cpu_used.map(|cpu| if delivered > 0 { cpu / (delivered as f64 / 1000.0) } else { 0.0 }),
         server_cpu_us_per_message: cpu_used.map(|cpu| per_message_us(cpu, acked)),
-        generator: Some(generator::Usage::measured(generator_cpu, acked, active, lag)),
+        generator: Some(generator::Usage::measured(generator_cpu, acked, active, lag, cpu_used)),
         unary_sends: options.unary_sends,
         server_peak_rss_bytes: deployment.map(Deployment::peak_rss_bytes),
         idle_streams: None,
         server_bytes_per_stream: None,
+        server_idle_cores: None,
+        resume: None,
         timeline,
     })
 }
@@ -371,7 +380,7 @@ async fn create_conversations(users: &[User], options: &RunOptions) -> anyhow::R
             groups(&mut plans, size);
             plans.truncate(directs + directs / 2);
         }
-        Scenario::Idle => {}
+        Scenario::Idle | Scenario::Resume => {}
     }
     anyhow::ensure!(!plans.is_empty(), "not enough users ({}) for one conversation", users.len());
     let limit = Arc::new(Semaphore::new(64));
@@ -410,7 +419,7 @@ async fn create_conversations(users: &[User], options: &RunOptions) -> anyhow::R
     Ok(conversations)
 }
 
-async fn start_devices(users: &[User], context: &DeviceContext) -> anyhow::Result<Vec<DeviceHandle>> {
+pub(crate) async fn start_devices(users: &[User], context: &DeviceContext) -> anyhow::Result<Vec<DeviceHandle>> {
     let limit = Arc::new(Semaphore::new(128));
     let mut tasks = Vec::with_capacity(users.len());
     for user in users {
@@ -488,60 +497,4 @@ async fn progress_line(counters: Arc<Counters>, ack_latency: Arc<LatencyRecorder
         );
         last = (acked, delivered);
     }
-}
-
-/// Holds `idle_streams` idle device streams and measures the servers'
-/// memory per stream.
-async fn run_idle(
-    targets: &[SocketAddr],
-    options: &RunOptions,
-    deployment: Option<&Deployment>,
-) -> anyhow::Result<Report> {
-    let auth = Authenticator::new(&options.secret).map_err(anyhow::Error::msg)?;
-    let connections = options.connections.max(options.idle_streams.div_ceil(1000));
-    let channels = client::connect(targets, connections).await?;
-    let tag = tag();
-    let users: Vec<User> = (0..options.idle_streams)
-        .map(|i| User::new(format!("{tag}-i{i}"), &channels, i % channels.len(), &auth))
-        .collect::<anyhow::Result<_>>()?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_before = deployment.map(Deployment::rss_bytes);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let counters = Arc::new(Counters::default());
-    let context = DeviceContext {
-        start: Instant::now(),
-        counters: counters.clone(),
-        deliver_latency: Arc::new(LatencyRecorder::default()),
-        ledger: Arc::new(SendLedger::new(Instant::now(), counters, 0)),
-        stop: stop_rx,
-        reconnect_every: None,
-    };
-    let opened = Instant::now();
-    let devices = start_devices(&users, &context).await?;
-    eprintln!(
-        "{} idle streams open after {:.1} s; holding {:?}",
-        devices.len(),
-        opened.elapsed().as_secs_f64(),
-        options.duration
-    );
-    tokio::time::sleep(options.duration).await;
-    let rss_after = deployment.map(Deployment::rss_bytes);
-    let _ = stop_tx.send(true);
-    for device in devices {
-        let _ = device.task.await;
-    }
-    let per_stream = match (rss_before, rss_after) {
-        (Some(before), Some(after)) => Some(after.saturating_sub(before) as f64 / options.idle_streams.max(1) as f64),
-        _ => None,
-    };
-    Ok(Report {
-        scenario: Scenario::Idle,
-        duration_s: options.duration.as_secs_f64(),
-        connections: connections as u64,
-        users: options.idle_streams as u64,
-        server_peak_rss_bytes: deployment.map(Deployment::peak_rss_bytes),
-        idle_streams: Some(options.idle_streams as u64),
-        server_bytes_per_stream: per_stream,
-        ..Report::default()
-    })
 }

@@ -37,6 +37,11 @@ fn assert_clean(report: &serde_json::Value) {
     {
         assert!(report[field].as_f64().is_some_and(|v| v > 0.0), "{field} in {report}");
     }
+    assert!(report["server_cpu_us_per_message"].as_f64().is_some_and(|v| v > 0.0), "{report}");
+    let generator = &report["generator"];
+    for field in ["cpu_us_per_message", "cores_used", "schedule_lag_p99_ms"] {
+        assert!(generator[field].as_f64().is_some_and(|v| v > 0.0), "generator.{field} in {report}");
+    }
     for field in ["p50", "p90", "p99", "p999", "max"] {
         assert!(report["ack_ms"][field].as_f64().is_some_and(|v| v > 0.0), "ack_ms.{field}");
         assert!(report["deliver_ms"][field].as_f64().is_some_and(|v| v > 0.0), "deliver_ms.{field}");
@@ -72,4 +77,25 @@ fn two_process_deployment_with_two_gateways_delivers_everything_exactly_once() {
     // Users spread over two gateways in front of one broker process.
     let report = run("dm", &["--brokers", "1", "--gateways", "2"]);
     assert_clean(&report);
+}
+
+#[test]
+fn a_device_that_was_offline_replays_its_backlog_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_imsg-loadtest"))
+        .args(["--spawn", "--scenario", "resume", "--partitions", "8", "--resume-backlog", "500", "--quiet"])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "imsg-loadtest failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["delivered"], 500, "{report}");
+    for field in ["lost", "duplicates", "reordered"] {
+        assert_eq!(report[field], 0, "{field} in {report}");
+    }
+    assert!(report["resume"]["replay_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{report}");
+    assert!(stdout.contains("500 missed messages replayed to one device"), "{stdout}");
 }

@@ -567,7 +567,9 @@ async fn stream_once(
     // Whatever was sent on the last stream without an outcome goes again.
     sending.retain(|(_, reply)| !reply.is_closed());
     for (request, _) in sending.iter() {
-        let _ = up.send(OpenStreamRequest { frame: Some(open_stream_request::Frame::SendMessage(request.clone())) });
+        let _ = up.send(OpenStreamRequest {
+            frame: Some(open_stream_request::Frame::SendMessage(Box::new(request.clone()))),
+        });
     }
     let mut frames = api
         .clone()
@@ -581,7 +583,7 @@ async fn stream_once(
                 let frame = match work {
                     None => return Ok(()),
                     Some(Upstream::Send(request, reply)) => {
-                        let frame = open_stream_request::Frame::SendMessage(request.clone());
+                        let frame = open_stream_request::Frame::SendMessage(Box::new(request.clone()));
                         sending.push((request, reply));
                         frame
                     }

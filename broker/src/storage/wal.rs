@@ -94,26 +94,33 @@ pub const GROW_BY: u64 = 1024 * 1024;
 /// order, and whether the segment is complete: it ends after its last
 /// record, or with nothing but zeros.
 pub fn decode_segment(bytes: &[u8]) -> (Vec<(u32, Op)>, bool) {
+    let (ops, complete, _) = decode_records(bytes);
+    (ops, complete)
+}
+
+/// [`decode_segment`], and where its records end: where the next record
+/// of a complete segment is written (over the zeros, if any).
+pub fn decode_records(bytes: &[u8]) -> (Vec<(u32, Op)>, bool, usize) {
     let mut ops = Vec::new();
     let mut at = 0usize;
     let u32_at =
         |bytes: &[u8], at: usize| -> Option<u32> { Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?)) };
     while at < bytes.len() {
         if u32_at(bytes, at) == Some(0) {
-            return (ops, bytes[at..].iter().all(|b| *b == 0));
+            return (ops, bytes[at..].iter().all(|b| *b == 0), at);
         }
-        let (Some(len), Some(crc)) = (u32_at(bytes, at), u32_at(bytes, at + 4)) else { return (ops, false) };
-        let Some(payload) = bytes.get(at + 8..at + 8 + len as usize) else { return (ops, false) };
+        let (Some(len), Some(crc)) = (u32_at(bytes, at), u32_at(bytes, at + 4)) else { return (ops, false, at) };
+        let Some(payload) = bytes.get(at + 8..at + 8 + len as usize) else { return (ops, false, at) };
         if crc32fast::hash(payload) != crc {
-            return (ops, false);
+            return (ops, false, at);
         }
         match decode_payload(payload) {
             Some(record) => ops.extend(record),
-            None => return (ops, false),
+            None => return (ops, false, at),
         }
         at += 8 + len as usize;
     }
-    (ops, true)
+    (ops, true, at)
 }
 
 fn decode_payload(payload: &[u8]) -> Option<Vec<(u32, Op)>> {

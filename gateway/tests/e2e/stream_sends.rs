@@ -14,12 +14,12 @@ use crate::harness::{Device, TestServer};
 
 fn text(conversation: &str, client_id: &str, body: &str) -> OpenStreamRequest {
     OpenStreamRequest {
-        frame: Some(open_stream_request::Frame::SendMessage(SendMessageRequest {
+        frame: Some(open_stream_request::Frame::SendMessage(Box::new(SendMessageRequest {
             conversation_id: conversation.into(),
             client_message_id: client_id.into(),
             reply_to_seq: 0,
             content: Some(send_message_request::Content::Text(TextContent { text: body.into() })),
-        })),
+        }))),
     }
 }
 
