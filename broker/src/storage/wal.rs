@@ -26,26 +26,15 @@
 //!   or corrupt record, which can only be the tail of the newest segment
 //!   (no acknowledgement ever depended on it).
 //!
-//! ## Preallocation
-//! A segment file grows [`GROW_BY`] at a time, zero-filled, and records are
-//! written over the zeros. An `fdatasync` of a file whose size changed must
-//! also write its inode (one more disk write and wait per round: a third
-//! of the sync's cost here, docs/benchmarks.md); over zeros already synced
-//! the size stays put, so it writes only the data and flushes. A segment
-//! therefore ends with zeros: a record header of zeros marks the end of
-//! what was written, and a segment is complete when nothing but zeros
-//! follows its last record.
-//!
 //! ## Format
-//! Segment files `wal-<number>.log`. Record: `len: u32 LE` (never 0),
-//! `crc32: u32 LE` of the payload, payload. Then zeros to the file's end. Payload: `count: u32`, then per operation
+//! Segment files `wal-<number>.log`. Record: `len: u32 LE`, `crc32: u32 LE`
+//! of the payload, payload. Payload: `count: u32`, then per operation
 //! `tree: u32`, `kind: u8` (1 put, 2 remove), `key_len: u32`, key, and for a
 //! put `value_len: u32`, value.
 
 use std::{
     fs::{File, OpenOptions},
-    io::Read,
-    os::unix::fs::FileExt,
+    io::{Read, Write},
     path::{Path, PathBuf},
 };
 
@@ -86,41 +75,26 @@ pub fn encode_record(out: &mut Vec<u8>, tree: u32, ops: &[Op]) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// A segment file grows by this much at a time (module docs).
-pub const GROW_BY: u64 = 1024 * 1024;
-
 /// Reads records from the bytes of a segment, stopping at the first torn or
-/// corrupt one, or at the zeros after the last. Yields `(tree, op)` in log
-/// order, and whether the segment is complete: it ends after its last
-/// record, or with nothing but zeros.
+/// corrupt one. Yields `(tree, op)` in log order.
 pub fn decode_segment(bytes: &[u8]) -> (Vec<(u32, Op)>, bool) {
-    let (ops, complete, _) = decode_records(bytes);
-    (ops, complete)
-}
-
-/// [`decode_segment`], and where its records end: where the next record
-/// of a complete segment is written (over the zeros, if any).
-pub fn decode_records(bytes: &[u8]) -> (Vec<(u32, Op)>, bool, usize) {
     let mut ops = Vec::new();
     let mut at = 0usize;
     let u32_at =
         |bytes: &[u8], at: usize| -> Option<u32> { Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?)) };
     while at < bytes.len() {
-        if u32_at(bytes, at) == Some(0) {
-            return (ops, bytes[at..].iter().all(|b| *b == 0), at);
-        }
-        let (Some(len), Some(crc)) = (u32_at(bytes, at), u32_at(bytes, at + 4)) else { return (ops, false, at) };
-        let Some(payload) = bytes.get(at + 8..at + 8 + len as usize) else { return (ops, false, at) };
+        let (Some(len), Some(crc)) = (u32_at(bytes, at), u32_at(bytes, at + 4)) else { return (ops, false) };
+        let Some(payload) = bytes.get(at + 8..at + 8 + len as usize) else { return (ops, false) };
         if crc32fast::hash(payload) != crc {
-            return (ops, false, at);
+            return (ops, false);
         }
         match decode_payload(payload) {
             Some(record) => ops.extend(record),
-            None => return (ops, false, at),
+            None => return (ops, false),
         }
         at += 8 + len as usize;
     }
-    (ops, true, at)
+    (ops, true)
 }
 
 fn decode_payload(payload: &[u8]) -> Option<Vec<(u32, Op)>> {
@@ -224,11 +198,11 @@ impl LogDir for Segments {
     fn create(&self, number: u64) -> Result<Box<dyn LogFile>> {
         let file = OpenOptions::new()
             .create_new(true)
-            .write(true)
+            .append(true)
             .open(self.path(number))
             .map_err(|e| io("creating a WAL segment", e))?;
         self.sync_dir()?;
-        Ok(Box::new(SegmentFile { file, written: 0, allocated: 0 }))
+        Ok(Box::new(SegmentFile(file)))
     }
 
     fn remove(&self, numbers: &[u64]) -> Result<()> {
@@ -246,35 +220,18 @@ impl LogDir for Segments {
     }
 }
 
-/// A segment file: records written at `written`, over zeros up to
-/// `allocated` (module docs, "Preallocation").
-struct SegmentFile {
-    file: File,
-    written: u64,
-    allocated: u64,
-}
-
-/// Zeros a segment grows by.
-static ZEROS: [u8; GROW_BY as usize] = [0; GROW_BY as usize];
+struct SegmentFile(File);
 
 impl LogFile for SegmentFile {
     fn append(&mut self, bytes: &[u8]) -> Result<()> {
         if bytes.is_empty() {
             return Ok(());
         }
-        let end = self.written + bytes.len() as u64;
-        while end > self.allocated {
-            // Made durable, with the new size, by the next sync.
-            self.file.write_all_at(&ZEROS, self.allocated).map_err(|e| io("growing a WAL segment", e))?;
-            self.allocated += GROW_BY;
-        }
-        self.file.write_all_at(bytes, self.written).map_err(|e| io("writing the WAL", e))?;
-        self.written = end;
-        Ok(())
+        self.0.write_all(bytes).map_err(|e| io("writing the WAL", e))
     }
 
     fn sync(&mut self) -> Result<()> {
-        self.file.sync_data().map_err(|e| io("fdatasync of the WAL", e))
+        self.0.sync_data().map_err(|e| io("fdatasync of the WAL", e))
     }
 }
 
@@ -477,45 +434,6 @@ mod tests {
         assert!(complete);
         let expected: Vec<(u32, Op)> =
             ops().into_iter().map(|op| (3, op)).chain(std::iter::once((7, ops()[0].clone()))).collect();
-        assert_eq!(decoded, expected);
-    }
-
-    #[test]
-    fn a_zero_tail_ends_a_complete_segment_and_bytes_after_it_a_torn_one() {
-        let mut bytes = Vec::new();
-        encode_record(&mut bytes, 3, &ops());
-        let records = bytes.len();
-        bytes.resize(records + 4096, 0);
-        let (decoded, complete) = decode_segment(&bytes);
-        assert!(complete, "records, then nothing but preallocated zeros");
-        assert_eq!(decoded.len(), 2);
-        // A later write that reached the disk while an earlier one did not
-        // (unsynced, so never acknowledged): the gap ends replay.
-        bytes[records + 100] = 7;
-        let (decoded, complete) = decode_segment(&bytes);
-        assert!(!complete);
-        assert_eq!(decoded.len(), 2);
-    }
-
-    #[test]
-    fn appends_grow_a_segment_in_zeroed_steps_and_decode_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let segments = Segments::new(dir.path());
-        let mut file = segments.create(1).unwrap();
-        let mut expected = Vec::new();
-        // Enough records to pass one growth step.
-        let big = Op::Put { key: b"k".to_vec(), value: vec![9; 300 * 1024] };
-        for tree in 0..5u32 {
-            let mut record = Vec::new();
-            encode_record(&mut record, tree, std::slice::from_ref(&big));
-            file.append(&record).unwrap();
-            expected.push((tree, big.clone()));
-        }
-        file.sync().unwrap();
-        let size = std::fs::metadata(segments.path(1)).unwrap().len();
-        assert_eq!(size, 2 * GROW_BY, "1.5 MiB of records in two zeroed steps");
-        let (decoded, complete) = decode_segment(&segments.read(1).unwrap());
-        assert!(complete);
         assert_eq!(decoded, expected);
     }
 
