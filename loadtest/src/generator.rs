@@ -24,6 +24,11 @@ pub fn cpu_seconds() -> f64 {
     crate::spawn::cpu_seconds(std::process::id()).unwrap_or(0.0)
 }
 
+/// CPU seconds spent per message, in microseconds (0 without messages).
+pub fn per_message_us(cpu_seconds: f64, messages: u64) -> f64 {
+    if messages == 0 { 0.0 } else { cpu_seconds * 1e6 / messages as f64 }
+}
+
 /// How late the send loop issued each send, against its schedule.
 pub struct ScheduleLag(Histogram<u64>);
 
@@ -93,7 +98,7 @@ impl Usage {
         });
         Self {
             cpu_seconds,
-            cpu_us_per_message: if messages == 0 { 0.0 } else { cpu_seconds * 1e6 / messages as f64 },
+            cpu_us_per_message: per_message_us(cpu_seconds, messages),
             cores_used,
             machine_cores,
             schedule_lag_p99_ms,

@@ -81,11 +81,6 @@ struct Conversation {
     members: Vec<usize>,
 }
 
-/// CPU seconds spent per message, in microseconds.
-fn per_message_us(cpu_seconds: f64, messages: u64) -> f64 {
-    if messages == 0 { 0.0 } else { cpu_seconds * 1e6 / messages as f64 }
-}
-
 pub(crate) fn tag() -> String {
     format!("lt{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
@@ -254,7 +249,7 @@ pub async fn run(
         users: options.users as u64,
         conversations: conversations.len() as u64,
         server_cpu_s_per_1k: cpu_used.map(|cpu| if delivered > 0 { cpu / (delivered as f64 / 1000.0) } else { 0.0 }),
-        server_cpu_us_per_message: cpu_used.map(|cpu| per_message_us(cpu, acked)),
+        server_cpu_us_per_message: cpu_used.map(|cpu| generator::per_message_us(cpu, acked)),
         generator: Some(generator::Usage::measured(generator_cpu, acked, active, lag, cpu_used)),
         unary_sends: options.unary_sends,
         server_peak_rss_bytes: deployment.map(Deployment::peak_rss_bytes),
