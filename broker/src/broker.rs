@@ -364,6 +364,12 @@ impl Broker {
         self.inner.store.rows_written_by_kind()
     }
 
+    /// Rounds of the writer that logged something so far (each one
+    /// `fdatasync` in `always` mode).
+    pub fn durability_rounds(&self) -> u64 {
+        self.inner.store.durability().rounds()
+    }
+
     pub(crate) fn partition_of(&self, key: &str) -> PartitionId {
         self.inner.router.partition_of(key)
     }

@@ -26,6 +26,11 @@ pub struct BrokerArgs {
     /// How often sled is checkpointed and the write-ahead log truncated, in ms.
     #[arg(long, env = "IMSG_CHECKPOINT_INTERVAL_MS", default_value_t = 1000)]
     pub checkpoint_interval_ms: u64,
+    /// Longest a durability round waits for the update-log entries of a
+    /// message already on their way to other partitions of this node, so
+    /// the message and its fan-out share one round (one `fdatasync`), in µs.
+    #[arg(long, env = "IMSG_FANOUT_LINGER_US", default_value_t = 300)]
+    pub fanout_linger_us: u64,
     /// The node stops (exit status 70, health NOT_SERVING first) when
     /// writes wait this long without the storage writer making progress.
     #[arg(long, env = "IMSG_WRITER_STALL_TIMEOUT_MS", default_value_t = 30_000)]
@@ -101,6 +106,7 @@ impl BrokerArgs {
             fsync: self.fsync,
             cache_capacity_bytes: self.cache_mb * 1024 * 1024,
             checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms),
+            fanout_linger: Duration::from_micros(self.fanout_linger_us),
             writer_stall_timeout: Duration::from_millis(self.writer_stall_timeout_ms),
             inject_fault: self.inject_fault,
             limits: Limits {

@@ -145,6 +145,10 @@ pub struct BrokerConfig {
     /// How often sled is checkpointed and the write-ahead log truncated;
     /// bounds how much a restart replays.
     pub checkpoint_interval: Duration,
+    /// Longest a durability round waits for fan-out appends owed to it
+    /// (`storage::durability`: a message and its update-log entries share
+    /// one round).
+    pub fanout_linger: Duration,
     /// The node fail-stops when urgent writes wait this long without the
     /// writer making progress (see `storage::failstop`).
     pub writer_stall_timeout: Duration,
@@ -169,6 +173,7 @@ impl BrokerConfig {
             fsync: FsyncMode::Always,
             cache_capacity_bytes: 256 * 1024 * 1024,
             checkpoint_interval: Duration::from_secs(1),
+            fanout_linger: Duration::from_micros(300),
             writer_stall_timeout: Duration::from_secs(30),
             inject_fault: None,
             limits: Limits::default(),

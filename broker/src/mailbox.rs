@@ -16,7 +16,7 @@ use crate::{
     core::{MarkKind, MembershipChange, NewConversation, NewMessage, Viewer},
     error::Result,
     events::{Ephemeral, UpdateItem},
-    storage::UpdateEntry,
+    storage::{Owed, UpdateEntry},
 };
 
 /// Where a command's result goes.
@@ -260,6 +260,13 @@ pub enum Command {
     // ---- user role ----
     ApplyUpdates {
         items: Vec<UpdateItem>,
+        /// The generation of the batch on this node that logged them at
+        /// their source (0: durable already): the target shows nothing
+        /// before it is durable (`storage::durability`, one round per
+        /// message).
+        after: u64,
+        /// The appends the writer waits for; paid at the target's commit.
+        owed: Vec<Owed>,
         done: oneshot::Sender<()>,
     },
     PushEphemeral {

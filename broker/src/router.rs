@@ -23,6 +23,12 @@
 //! down, frozen for a move, moved), the earlier one would be dropped as a
 //! duplicate. One lane per target keeps every source's batches in order,
 //! across node failures and partition moves alike.
+//!
+//! A lane may carry updates whose source batch is not durable yet (one
+//! round per message, `storage::durability`): to a local partition they go
+//! at once, with the source's generation to wait for and the append the
+//! writer waits for; to another node only once the source's batch is
+//! durable, since that node's log knows nothing of ours.
 
 use std::{
     collections::BTreeMap,
@@ -44,6 +50,7 @@ use crate::{
     events::UpdateItem,
     ids::{PartitionId, partition_of},
     mailbox::{Command, Traced},
+    storage::{Durability, Owed},
 };
 
 /// The queues of one local partition.
@@ -97,9 +104,36 @@ struct Inner {
 
 struct LaneItem {
     items: Vec<UpdateItem>,
+    written: Option<Written>,
     done: oneshot::Sender<()>,
     /// The span of the command whose updates these are.
     span: tracing::Span,
+}
+
+/// Updates whose source batch was handed to this node's writer, perhaps
+/// not yet durable: its generation, and the append the writer waits for.
+pub struct Written {
+    pub generation: u64,
+    pub owed: Owed,
+}
+
+/// What one lane delivery waits for: the newest source generation among
+/// its updates and the appends owed for them.
+#[derive(Default)]
+struct Following {
+    after: u64,
+    durability: Option<Arc<Durability>>,
+    owed: Vec<Owed>,
+}
+
+impl Following {
+    fn add(&mut self, written: Option<Written>) {
+        if let Some(Written { generation, owed }) = written {
+            self.after = self.after.max(generation);
+            self.durability.get_or_insert_with(|| owed.durability().clone());
+            self.owed.push(owed);
+        }
+    }
 }
 
 impl Router {
@@ -329,11 +363,17 @@ impl Router {
     }
 
     /// Hands fan-out updates to the lane of their target partition; the
-    /// receiver resolves once they are durable there.
-    pub fn deliver_updates(&self, partition: PartitionId, items: Vec<UpdateItem>) -> oneshot::Receiver<()> {
+    /// receiver resolves once they are durable there. `written`: the
+    /// source batch they follow, if it may not be durable yet.
+    pub fn deliver_updates(
+        &self,
+        partition: PartitionId,
+        items: Vec<UpdateItem>,
+        written: Option<Written>,
+    ) -> oneshot::Receiver<()> {
         let (done, delivered) = oneshot::channel();
         if let Some(lane) = self.inner.lanes.get(partition as usize) {
-            let _ = lane.send(LaneItem { items, done, span: tracing::Span::current() });
+            let _ = lane.send(LaneItem { items, written, done, span: tracing::Span::current() });
         }
         delivered
     }
@@ -354,10 +394,13 @@ impl Router {
             let span = tracing::info_span!(parent: &first.span, "fanout", partition, updates = tracing::field::Empty);
             let mut waiting = vec![first.done];
             let mut items = first.items;
+            let mut following = Following::default();
+            following.add(first.written);
             while items.len() < LANE_BATCH {
                 match queue.try_recv() {
                     Ok(more) => {
                         items.extend(more.items);
+                        following.add(more.written);
                         waiting.push(more.done);
                     }
                     Err(_) => break,
@@ -366,7 +409,7 @@ impl Router {
             span.record("updates", items.len());
             let mut backoff = Duration::from_millis(10);
             loop {
-                match self.deliver_once(partition, &items).instrument(span.clone()).await {
+                match self.deliver_once(partition, &items, &mut following).instrument(span.clone()).await {
                     Ok(()) => break,
                     Err(error) => {
                         tracing::debug!(partition, %error, "fan-out delivery failed; retrying in order");
@@ -384,18 +427,31 @@ impl Router {
         }
     }
 
-    async fn deliver_once(&self, partition: PartitionId, items: &[UpdateItem]) -> Result<()> {
+    async fn deliver_once(
+        &self,
+        partition: PartitionId,
+        items: &[UpdateItem],
+        following: &mut Following,
+    ) -> Result<()> {
         let local = match self.routing_slot(partition) {
             Slot::Serving { queues, .. } | Slot::Draining { queues, .. } => Some(queues.internal),
-            Slot::Frozen { .. } => return Err(moving(partition)),
+            Slot::Frozen { .. } => {
+                following.owed.clear(); // not appended for now: rounds need not wait
+                return Err(moving(partition));
+            }
             Slot::Absent => None,
         };
         if let Some(internal) = local {
             let (done, applied) = oneshot::channel();
+            let (after, owed) = (following.after, std::mem::take(&mut following.owed));
             internal
-                .send(Traced::new(Command::ApplyUpdates { items: items.to_vec(), done }))
+                .send(Traced::new(Command::ApplyUpdates { items: items.to_vec(), after, owed, done }))
                 .map_err(|_| Error::Unavailable(format!("partition {partition} is stopped")))?;
             return applied.await.map_err(|_| Error::Unavailable(format!("partition {partition} refused the updates")));
+        }
+        following.owed.clear();
+        if let Some(durability) = &following.durability {
+            durability.durable_at(following.after).await;
         }
         let peers = self.inner.peers.as_ref().ok_or_else(|| Error::Unavailable("no peers".into()))?;
         let owner = peers

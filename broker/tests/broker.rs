@@ -5,8 +5,8 @@ use std::time::Duration;
 use imsg_broker::{Broker, BrokerConfig, Error, FsyncMode};
 use imsg_proto::internal::v1::{Caller, execute_request::Command, execute_response::Result as Outcome};
 use imsg_proto::v1::{
-    AcceptConversationRequest, CreateConversationRequest, DirectConversationSpec, MarkRead, SendMessageRequest,
-    TextContent, TypingSignal, create_conversation_request, open_stream_response::Frame, send_message_request,
+    AcceptConversationRequest, CreateConversationRequest, DirectConversationSpec, Event, MarkRead, SendMessageRequest,
+    TextContent, TypingSignal, create_conversation_request, event, open_stream_response::Frame, send_message_request,
 };
 use tokio_stream::StreamExt;
 
@@ -208,4 +208,52 @@ async fn rows_a_one_to_one_message_costs_end_to_end() {
     assert!(one_at_a_time <= 6.1, "one at a time: {one_at_a_time:.2} rows per message: {one_kinds:?}");
     assert!(batched <= 2.5, "batched: {batched:.2} rows per message: {kinds:?}");
     broker.shutdown().await.unwrap();
+}
+
+/// One durability round per message (`storage::durability`): a 1:1
+/// message, its outbox record and both members' update-log entries are
+/// logged and synced in the same round, the recipient's device sees it,
+/// and the next message starts a round of its own. The members' user
+/// partitions differ from the conversation's and from each other's, so
+/// every entry crosses partitions (the lanes) before that round starts.
+#[tokio::test]
+async fn rounds_a_one_to_one_message_is_logged_with_its_fan_out_in_one_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.partitions = 64;
+    // Only rounds started by the messages: no timed round, and a linger
+    // long enough for a loaded machine (it ends when the entries arrive).
+    config.checkpoint_interval = Duration::from_secs(600);
+    config.fanout_linger = Duration::from_secs(5);
+    let broker = Broker::open(config).await.unwrap();
+    let (alice, bob) = ("alice", "bob");
+    let conversation = direct(&broker, alice, bob).await;
+    let partitions = [alice, bob, &conversation].map(|key| imsg_broker::ids::partition_of(key, 64));
+    let [alices, bobs, conversations] = partitions;
+    assert!(alices != bobs && conversations != alices && conversations != bobs, "{partitions:?}");
+    let mut bob_device = broker.open_session(&caller(bob), "", 0, None).unwrap();
+    send(&broker, alice, &conversation, "warm-up").await;
+    next_message(&mut bob_device).await;
+
+    for n in 1..=20u64 {
+        let before = broker.durability_rounds();
+        let seq = send(&broker, alice, &conversation, &format!("m{n}")).await;
+        assert_eq!(next_message(&mut bob_device).await, seq, "bob's device gets message {seq}");
+        let rounds = broker.durability_rounds() - before;
+        assert_eq!(rounds, 1, "message {n}: {rounds} rounds between its send and its delivery");
+    }
+    broker.shutdown().await.unwrap();
+}
+
+/// The seq of the next message event a session receives.
+async fn next_message(session: &mut imsg_broker::SessionStream) -> u64 {
+    let next = async {
+        loop {
+            let frame = session.next().await.expect("session open").frame;
+            if let Some(Frame::Event(Event { kind: Some(event::Kind::Message(message)), .. })) = frame {
+                return message.seq;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), next).await.expect("a message within 10 s")
 }

@@ -301,7 +301,8 @@ pub async fn serve(call: Call, submit: impl FnOnce(Command) -> Result<()>) -> Re
         Call::ApplyUpdates(call) => {
             let items = decode_updates(call)?;
             let (done, applied) = oneshot::channel();
-            submit(Command::ApplyUpdates { items, done })?;
+            // Sent only once durable at the source (`Router::deliver_updates`).
+            submit(Command::ApplyUpdates { items, after: 0, owed: Vec::new(), done })?;
             // Answered only once durable here: the sender then confirms its
             // outbox batch. A refusal (dropped) makes the sender re-send.
             applied

@@ -27,9 +27,18 @@ use crate::{
     events::{Ephemeral, LoggedEvent, UpdateItem},
     ids::PartitionId,
     now_ms,
-    storage::OutboxItem,
+    router::Written,
+    storage::{OutboxItem, Owed},
     validate,
 };
+
+/// An outbox batch's updates by target partition, each with the append
+/// the writer waits for (if the batch is not handed over yet).
+pub(super) struct FanOut {
+    batch: u64,
+    targets: Vec<(PartitionId, Vec<UpdateItem>, Option<Owed>)>,
+    span: tracing::Span,
+}
 
 /// The conversations of one partition that are loaded in memory.
 #[derive(Default)]
@@ -54,6 +63,14 @@ pub(super) struct Conversations {
     /// from sled (an edit on top of a pending unsend would bring the
     /// content back).
     pub(super) unpublished: HashMap<(String, u64), (Arc<Message>, Option<u64>)>,
+}
+
+impl Conversations {
+    /// Whether something here waits for a tick: typing to expire, receipts
+    /// to checkpoint, outbox batches whose progress is not yet recorded.
+    pub(super) fn waits_for_ticks(&self) -> bool {
+        !self.typing_in.is_empty() || !self.dirty_receipts.is_empty() || !self.outbox_unconfirmed.is_empty()
+    }
 }
 
 impl Partition {
@@ -338,15 +355,35 @@ impl Partition {
 
     /// Sends a durable outbox batch to the partitions of its recipients and
     /// learns, through a small task, when all of them have it durably.
-    pub(super) fn fan_out(&mut self, batch: u64, items: Vec<UpdateItem>) {
+    /// Groups an outbox batch's updates by target partition; `owe`: each
+    /// target is an append the writer's next round waits for (a batch not
+    /// yet handed over).
+    pub(super) fn plan_fan_out(&self, batch: u64, items: Vec<UpdateItem>, span: tracing::Span, owe: bool) -> FanOut {
         let mut by_partition: HashMap<PartitionId, Vec<UpdateItem>> = HashMap::new();
-        for item in items {
-            for (partition, user_ids) in self.router.group_by_partition(&item.user_ids) {
-                by_partition.entry(partition).or_default().push(UpdateItem { user_ids, event: item.event.clone() });
+        span.in_scope(|| {
+            for item in items {
+                for (partition, user_ids) in self.router.group_by_partition(&item.user_ids) {
+                    by_partition.entry(partition).or_default().push(UpdateItem { user_ids, event: item.event.clone() });
+                }
             }
-        }
-        let confirmations: Vec<_> =
-            by_partition.into_iter().map(|(partition, items)| self.router.deliver_updates(partition, items)).collect();
+        });
+        let targets =
+            by_partition.into_iter().map(|(partition, items)| (partition, items, owe.then(|| self.durability.owe())));
+        FanOut { batch, targets: targets.collect(), span }
+    }
+
+    /// Sends an outbox batch to its targets' lanes; `generation`: the
+    /// batch that logged it, if it may not be durable yet (0: it is).
+    pub(super) fn send_fan_out(&mut self, fan_out: FanOut, generation: u64) {
+        let FanOut { batch, targets, span } = fan_out;
+        let _entered = span.enter();
+        let confirmations: Vec<_> = targets
+            .into_iter()
+            .map(|(partition, items, owed)| {
+                let written = owed.filter(|_| generation > 0).map(|owed| Written { generation, owed });
+                self.router.deliver_updates(partition, items, written)
+            })
+            .collect();
         let router = self.router.clone();
         let me = self.id;
         tokio::spawn(async move {

@@ -104,7 +104,7 @@ impl Partition {
                 self.hide_read_changed(&user_id, hide_read, &conversation_ids);
             }
             Command::FanoutDone { batch } => self.fanout_done(batch),
-            Command::ApplyUpdates { items, done } => self.apply_updates(items, done),
+            Command::ApplyUpdates { items, after, owed, done } => self.apply_updates(items, after, owed, done),
             Command::PushEphemeral { user_ids, event } => self.push_ephemeral(&user_ids, &event),
             Command::OpenSession { session, after_cursor, replayed, page, reply } => {
                 let result = self.open_session(session, after_cursor, replayed, page);

@@ -26,8 +26,8 @@ use crate::{
     metrics::METRICS,
     now_ms,
     storage::{
-        NotifyRecord, PartitionMeta, PartitionStore, PushTargetRecord, RelationRecord, SettingsRecord, UpdateEntry,
-        UpdateKind,
+        NotifyRecord, Owed, PartitionMeta, PartitionStore, PushTargetRecord, RelationRecord, SettingsRecord,
+        UpdateEntry, UpdateKind,
     },
 };
 
@@ -168,7 +168,18 @@ fn event_frame(cursor: u64, kind: event::Kind) -> OpenStreamResponse {
 impl Partition {
     /// Appends fanned-out events to the recipients' update logs; they are
     /// pushed live and confirmed to the source once durable.
-    pub(super) fn apply_updates(&mut self, items: Vec<UpdateItem>, done: oneshot::Sender<()>) {
+    pub(super) fn apply_updates(
+        &mut self,
+        items: Vec<UpdateItem>,
+        after: u64,
+        owed: Vec<Owed>,
+        done: oneshot::Sender<()>,
+    ) {
+        // Nothing from here is shown before the source's batch is durable
+        // (every later reply waits behind it anyway); the writer's round
+        // waits for this batch (paid when it is handed over).
+        self.last_generation = self.last_generation.max(after);
+        self.batch.owed.extend(owed);
         let mut to_notify = Vec::new();
         for item in items {
             for user in &item.user_ids {

@@ -10,6 +10,19 @@
 //! *lazy* when nothing does (bookkeeping that a crash would redo): lazy
 //! writes never start a round, they ride along with the next one.
 //!
+//! ## One round per message
+//! A message's partition hands its fan-out to the members' partitions as
+//! soon as it hands the message to the writer, not once it is durable, and
+//! counts each such hand-off as an append [`Owed`] to the writer. A round
+//! about to start waits (at most the configured linger) until nothing is
+//! owed, so the message and its members' update-log entries are logged and
+//! synced together: one `fdatasync` per message instead of two in a row.
+//! This is safe because the log is one sequence: a target's entries are
+//! appended after the message, so they are never durable without it (a
+//! torn tail loses a suffix, never a middle), and a target waits, before
+//! showing them to anyone, for the message's generation as well as its own
+//! ([`crate::router`] waits for it before fan-out leaves the node).
+//!
 //! Closed segments go to the checkpointer ([`super::checkpoint`]), which
 //! makes them redundant.
 //!
@@ -23,7 +36,7 @@ use std::{
     panic::AssertUnwindSafe,
     sync::{
         Arc, Condvar, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -54,6 +67,12 @@ pub struct Durability {
     /// Everything up to this generation is logged (and synced, in `always`
     /// mode) and applied to sled: the published watermark.
     durable: AtomicU64,
+    /// Appends on their way to this node's partitions that a round should
+    /// wait for (module docs), and the longest it waits.
+    owed: AtomicUsize,
+    linger: Duration,
+    /// Rounds that wrote something (tests count them).
+    rounds: AtomicU64,
     wake: Mutex<()>,
     wake_signal: Condvar,
     stopping: AtomicBool,
@@ -78,9 +97,12 @@ pub struct Writer {
 }
 
 impl Durability {
-    pub fn new(mode: FsyncMode, fail_stop: FailStop) -> Self {
+    pub fn new(mode: FsyncMode, linger: Duration, fail_stop: FailStop) -> Self {
         Self {
             mode,
+            owed: AtomicUsize::new(0),
+            linger,
+            rounds: AtomicU64::new(0),
             log: Mutex::new(Pending::default()),
             written: AtomicU64::new(0),
             urgent: AtomicU64::new(0),
@@ -118,6 +140,28 @@ impl Durability {
     /// The newest durable generation.
     pub fn durable(&self) -> u64 {
         self.durable.load(Ordering::SeqCst)
+    }
+
+    /// Counts an append that is on its way (a fan-out to a partition of
+    /// this node): rounds wait for it until it is dropped. Take it before
+    /// handing over the batch it follows, so no round can start unaware.
+    pub fn owe(self: &Arc<Self>) -> Owed {
+        self.owed.fetch_add(1, Ordering::SeqCst);
+        Owed(self.clone())
+    }
+
+    /// Rounds that wrote something so far.
+    pub fn rounds(&self) -> u64 {
+        self.rounds.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `generation` is durable.
+    pub async fn durable_at(&self, generation: u64) {
+        let wake = Arc::new(Notify::new());
+        while self.durable() < generation {
+            self.notify_when_durable(generation, &wake);
+            wake.notified().await;
+        }
     }
 
     /// Notifies `waker` once `generation` is durable (at once if it is).
@@ -184,6 +228,7 @@ impl Durability {
             let pending = std::mem::take(&mut *self.log.lock().unwrap_or_else(|e| e.into_inner()));
             if !pending.bytes.is_empty() {
                 rounds_with_work += 1;
+                self.rounds.fetch_add(1, Ordering::SeqCst);
                 inject(writer.fault, rounds_with_work);
             }
             unsynced |= !pending.bytes.is_empty();
@@ -236,7 +281,8 @@ impl Durability {
     }
 
     /// Blocks until an urgent batch waits, or the checkpoint interval (in
-    /// interval mode, the smaller of it and the sync interval) passed.
+    /// interval mode, the smaller of it and the sync interval) passed; then,
+    /// while appends are owed, for at most the linger (module docs).
     /// Returns whether the store is stopping.
     fn wait_for_work(&self, checkpoint_every: Duration) -> bool {
         let guard = self.wake.lock().unwrap_or_else(|e| e.into_inner());
@@ -245,7 +291,9 @@ impl Durability {
             FsyncMode::Always => checkpoint_every,
             FsyncMode::Interval(every) => every.min(checkpoint_every),
         };
-        let _ = self.wake_signal.wait_timeout_while(guard, timeout, idle).unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = self.wake_signal.wait_timeout_while(guard, timeout, idle).unwrap_or_else(|e| e.into_inner());
+        let owed = |_: &mut ()| !self.stopping() && self.owed.load(Ordering::SeqCst) > 0;
+        let _ = self.wake_signal.wait_timeout_while(guard, self.linger, owed).unwrap_or_else(|e| e.into_inner());
         self.stopping()
     }
 
@@ -279,6 +327,27 @@ impl Durability {
                     .trigger(format!("a checkpoint has run for {:?} (stuck in sled or the disk)", started.elapsed()));
                 return;
             }
+        }
+    }
+}
+
+/// An append on its way to the writer (see [`Durability::owe`]); paid
+/// when dropped: once the batch it stands for is handed over, or when it
+/// will not come (the target refused it, or is on another node).
+pub struct Owed(Arc<Durability>);
+
+impl Owed {
+    pub fn durability(&self) -> &Arc<Durability> {
+        &self.0
+    }
+}
+
+impl Drop for Owed {
+    fn drop(&mut self) {
+        if self.0.owed.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // Under the lock the writer checks `owed` under: no lost wake-up.
+            let _guard = self.0.wake.lock().unwrap_or_else(|e| e.into_inner());
+            self.0.wake_signal.notify_one();
         }
     }
 }

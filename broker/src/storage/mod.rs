@@ -83,7 +83,7 @@ use std::{
     thread::JoinHandle,
 };
 
-pub use self::durability::Durability;
+pub use self::durability::{Durability, Owed};
 use self::{
     durability::{Destination, Writer},
     failstop::FailStop,
@@ -153,7 +153,7 @@ impl Store {
             tracing::info!(operations = replayed, segments = old.len(), "replayed the write-ahead log");
         }
         let segment = log.create(next_segment)?;
-        let durability = Arc::new(Durability::new(config.fsync, fail_stop));
+        let durability = Arc::new(Durability::new(config.fsync, config.fanout_linger, fail_stop));
         let writer = {
             let durability = durability.clone();
             let writer = Writer {
