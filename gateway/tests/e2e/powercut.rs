@@ -6,7 +6,10 @@
 //! right after the first acks, inside a checkpoint, during recovery); the
 //! server restarts on what survived and every acknowledged message must be
 //! in history at its seq, exactly once, gap-free, and a retried client id
-//! must return its original seq. Acknowledged group creations must exist.
+//! must return its original seq, and in its sender's update log (replayed
+//! to the sender's device; the log's entries are fanned out before the
+//! message is durable and must never survive without it, or be lost while
+//! it survives). Acknowledged group creations must exist.
 //!
 //! Workloads produce the rows that once broke sled under a cut: 16 KiB
 //! texts, and 250-member groups with 64-character ids in 2 partitions.
@@ -19,7 +22,7 @@
 //! in docs/durability.md.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
@@ -28,7 +31,7 @@ use std::{
 use imsg_powercut::{PowerCutFs, Trigger, fuse_available};
 use imsg_proto::v1::{
     CreateConversationRequest, GroupConversationSpec, SendMessageRequest, TextContent, create_conversation_request,
-    send_message_request,
+    event, send_message_request,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -63,13 +66,22 @@ struct Findings {
     gaps: usize,
     retry_mismatches: usize,
     missing_groups: usize,
+    /// Acknowledged messages their sender's update log does not replay.
+    unlogged: usize,
     /// sled blob files on the filesystem (never power-safe).
     blob_files: usize,
 }
 
 impl Findings {
     fn clean(&self) -> bool {
-        self.lost + self.duplicated + self.gaps + self.retry_mismatches + self.missing_groups + self.blob_files == 0
+        self.lost
+            + self.duplicated
+            + self.gaps
+            + self.retry_mismatches
+            + self.missing_groups
+            + self.unlogged
+            + self.blob_files
+            == 0
     }
 }
 
@@ -107,6 +119,10 @@ struct Rig {
     rng: StdRng,
     ledger: Arc<Mutex<Ledger>>,
     group_count: usize,
+    /// Each sender's update-log cursor as of the last check, and the
+    /// acknowledged messages already found in its log.
+    log_cursors: [u64; SENDERS.len()],
+    logged: HashSet<(String, u64)>,
 }
 
 impl Rig {
@@ -114,7 +130,17 @@ impl Rig {
         let fs = PowerCutFs::new();
         let mountpoint = tempfile::tempdir().unwrap();
         let mount = Some(fs.mount(mountpoint.path()).expect("mounting the power-cut filesystem"));
-        Self { fs, mountpoint, mount, fsync, rng: StdRng::seed_from_u64(seed), ledger: Arc::default(), group_count: 0 }
+        Self {
+            fs,
+            mountpoint,
+            mount,
+            fsync,
+            rng: StdRng::seed_from_u64(seed),
+            ledger: Arc::default(),
+            group_count: 0,
+            log_cursors: [0; SENDERS.len()],
+            logged: HashSet::new(),
+        }
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -404,7 +430,50 @@ impl Rig {
                 }
             }
         }
+        findings.unlogged = self.check_update_logs(&clients, &acked).await;
         findings
+    }
+
+    /// Acknowledged messages missing from their sender's update log: each
+    /// sender's device replays its log from where the last check stopped
+    /// (retried for a few seconds: a restart re-sends the outbox batches a
+    /// cut interrupted, asynchronously).
+    async fn check_update_logs(
+        &mut self,
+        clients: &[Client],
+        acked: &HashMap<String, BTreeMap<String, Acked>>,
+    ) -> usize {
+        let mut unlogged = 0;
+        for (index, client) in clients.iter().enumerate() {
+            let mut missing: HashSet<(String, u64)> = acked
+                .iter()
+                .flat_map(|(conversation, messages)| {
+                    messages.values().filter(|a| a.sender == index).map(|a| (conversation.clone(), a.seq))
+                })
+                .filter(|key| !self.logged.contains(key))
+                .collect();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            let mut cursor = self.log_cursors[index];
+            loop {
+                let mut device = client.open(self.log_cursors[index]).await;
+                for kind in device.ready().await {
+                    if let event::Kind::Message(message) = kind {
+                        missing.remove(&(message.conversation_id.clone(), message.seq));
+                    }
+                }
+                cursor = cursor.max(device.cursor);
+                if missing.is_empty() || tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            unlogged += missing.len();
+            self.log_cursors[index] = cursor;
+        }
+        for (conversation, messages) in acked {
+            self.logged.extend(messages.values().map(|a| (conversation.clone(), a.seq)));
+        }
+        unlogged
     }
 }
 
