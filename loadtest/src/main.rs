@@ -100,7 +100,11 @@ struct Args {
     quiet: bool,
 }
 
-#[tokio::main]
+/// One thread: the generator shares the machine with the servers, and on a
+/// multi-threaded runtime most of its CPU went to waking its own worker
+/// threads for each message (docs/benchmarks.md, issue 15: 25% less CPU per
+/// message on one thread, which carries 10,000 msg/s at a third of a core).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let command = std::env::args().collect::<Vec<_>>().join(" ");
