@@ -3,6 +3,10 @@
 
 use std::net::SocketAddr;
 
+/// mimalloc, as in `imsg-gateway` (see there).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use imsg_broker::{

@@ -2,6 +2,13 @@
 
 use std::net::SocketAddr;
 
+/// mimalloc instead of glibc's malloc: the message path allocates and
+/// frees small buffers at a high rate on every thread, and sled copies its
+/// leaves on each insert; glibc spent that in heap consolidation and in
+/// zeroing fresh pages (docs/benchmarks.md, issue 15).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use imsg_broker::cli::{BrokerArgs, InternalTlsArgs, shutdown_signal};
