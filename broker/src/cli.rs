@@ -31,6 +31,12 @@ pub struct BrokerArgs {
     /// the message and its fan-out share one round (one `fdatasync`), in µs.
     #[arg(long, env = "IMSG_FANOUT_LINGER_US", default_value_t = 300)]
     pub fanout_linger_us: u64,
+    /// The shortest time between the starts of two durability rounds, in
+    /// µs: writes arriving meanwhile share the next round (fewer syncs, up
+    /// to this much more latency). 0: a round starts as soon as one is
+    /// needed.
+    #[arg(long, env = "IMSG_COMMIT_WINDOW_US", default_value_t = 0)]
+    pub commit_window_us: u64,
     /// The node stops (exit status 70, health NOT_SERVING first) when
     /// writes wait this long without the storage writer making progress.
     #[arg(long, env = "IMSG_WRITER_STALL_TIMEOUT_MS", default_value_t = 30_000)]
@@ -107,6 +113,7 @@ impl BrokerArgs {
             cache_capacity_bytes: self.cache_mb * 1024 * 1024,
             checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms),
             fanout_linger: Duration::from_micros(self.fanout_linger_us),
+            commit_window: Duration::from_micros(self.commit_window_us),
             writer_stall_timeout: Duration::from_millis(self.writer_stall_timeout_ms),
             inject_fault: self.inject_fault,
             limits: Limits {

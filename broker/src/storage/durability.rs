@@ -71,6 +71,8 @@ pub struct Durability {
     /// wait for (module docs), and the longest it waits.
     owed: AtomicUsize,
     linger: Duration,
+    /// The shortest time between the starts of two rounds (0: none).
+    spacing: Duration,
     /// Rounds that wrote something (tests count them).
     rounds: AtomicU64,
     wake: Mutex<()>,
@@ -97,11 +99,12 @@ pub struct Writer {
 }
 
 impl Durability {
-    pub fn new(mode: FsyncMode, linger: Duration, fail_stop: FailStop) -> Self {
+    pub fn new(mode: FsyncMode, linger: Duration, spacing: Duration, fail_stop: FailStop) -> Self {
         Self {
             mode,
             owed: AtomicUsize::new(0),
             linger,
+            spacing,
             rounds: AtomicU64::new(0),
             log: Mutex::new(Pending::default()),
             written: AtomicU64::new(0),
@@ -223,8 +226,15 @@ impl Durability {
         let mut synced = Instant::now();
         let mut unsynced = false;
         let mut rounds_with_work = 0u64;
+        let mut round_started = Instant::now();
         loop {
             let stopping = self.wait_for_work(writer.checkpoint_every);
+            // A commit window: what arrives meanwhile joins this round.
+            let since = round_started.elapsed();
+            if !stopping && since < self.spacing {
+                std::thread::sleep(self.spacing - since);
+            }
+            round_started = Instant::now();
             let pending = std::mem::take(&mut *self.log.lock().unwrap_or_else(|e| e.into_inner()));
             if !pending.bytes.is_empty() {
                 rounds_with_work += 1;

@@ -153,7 +153,7 @@ impl Store {
             tracing::info!(operations = replayed, segments = old.len(), "replayed the write-ahead log");
         }
         let segment = log.create(next_segment)?;
-        let durability = Arc::new(Durability::new(config.fsync, config.fanout_linger, fail_stop));
+        let durability = Arc::new(Durability::new(config.fsync, config.fanout_linger, config.commit_window, fail_stop));
         let writer = {
             let durability = durability.clone();
             let writer = Writer {

@@ -157,3 +157,30 @@ fn a_crash_between_a_checkpoint_and_its_deletions_skips_the_covered_segments() {
     assert_eq!(cut.list().unwrap().first(), Some(&first));
     assert_eq!(recovered(dir.path(), &cut), vec![("alice".to_string(), true)], "old value replayed over new");
 }
+
+/// `--commit-window-us`: back-to-back rounds start at least the window
+/// apart, so what arrives meanwhile shares one sync; a round after a quiet
+/// spell starts at once.
+#[test]
+fn rounds_start_at_least_the_commit_window_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), NEVER);
+    config.commit_window = Duration::from_millis(200);
+    let store = Store::open_with(&config, Arc::new(SimDisk::new()), FailStop::without_exit()).unwrap();
+    let partition = store.partition(0).unwrap();
+    std::thread::sleep(Duration::from_millis(250)); // quiet: longer than the window
+
+    let started = Instant::now();
+    let first = partition.apply(settings("alice", true), true);
+    wait_until("the first published", || store.durability().durable() >= first);
+    let first_took = started.elapsed();
+    let second = partition.apply(settings("bob", true), true);
+    wait_until("the second published", || store.durability().durable() >= second);
+    assert!(first_took < Duration::from_millis(150), "a round after a quiet spell waited {first_took:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "the second round came {:?} after the first",
+        started.elapsed()
+    );
+    store.close().unwrap();
+}
