@@ -373,14 +373,15 @@ impl Partition {
     }
 
     /// Sends an outbox batch to its targets' lanes; `generation`: the
-    /// batch that logged it, if it may not be durable yet (0: it is).
+    /// batch that logged it (only targets that owe an append, planned
+    /// before that batch was handed over, wait for it).
     pub(super) fn send_fan_out(&mut self, fan_out: FanOut, generation: u64) {
         let FanOut { batch, targets, span } = fan_out;
         let _entered = span.enter();
         let confirmations: Vec<_> = targets
             .into_iter()
             .map(|(partition, items, owed)| {
-                let written = owed.filter(|_| generation > 0).map(|owed| Written { generation, owed });
+                let written = owed.map(|owed| Written { generation, owed });
                 self.router.deliver_updates(partition, items, written)
             })
             .collect();

@@ -9,7 +9,6 @@ use std::{
 
 use imsg_proto::v1::{Message, Reaction};
 use prost::Message as _;
-use tokio::sync::Notify;
 
 use super::{
     Durability,
@@ -163,11 +162,7 @@ impl PartitionStore {
 
     /// Waits until `generation` is durable (published).
     pub async fn durable(&self, generation: u64) {
-        let waker = Arc::new(Notify::new());
-        while self.durability.durable() < generation {
-            self.durability.notify_when_durable(generation, &waker);
-            waker.notified().await;
-        }
+        self.durability.durable_at(generation).await;
     }
 
     /// The next outbox batch number and update-log cursor implied by the
