@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod partition;
 pub mod push;
 pub mod router;
+pub mod runtime;
 pub mod session;
 pub mod standing;
 pub mod storage;

@@ -74,8 +74,11 @@ enum Admin {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    imsg_broker::runtime::multi_thread()?.block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     let args = Args::parse();
     let service = imsg_broker::telemetry::ServiceIdentity {
         name: "imsg-broker",

@@ -135,8 +135,11 @@ struct ServeArgs {
     broker_args: BrokerArgs,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    imsg_broker::runtime::multi_thread()?.block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Tool::Token { user, device, ttl_secs, jwt_secret, roles }) = cli.command {
         let auth = Authenticator::new(&jwt_secret).map_err(anyhow::Error::msg)?;

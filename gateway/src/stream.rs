@@ -25,6 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::FutureExt;
 use imsg_common::{
     retry::{retry_after, transient},
     token::Verified,
@@ -152,6 +153,7 @@ pub async fn open(
         // A stream lives no longer than its token, unless refreshed on it.
         expiry: Box::pin(tokio::time::sleep_until(deadline(expires_at))),
         ended: false,
+        queued_in_a_row: 0,
         gateway,
         caller,
         upstream,
@@ -163,6 +165,10 @@ pub async fn open(
         Some((frame, relay))
     })))
 }
+
+/// Queued broker frames sent in a row before a stream polls its other
+/// sources again.
+const QUEUED_FRAMES_IN_A_ROW: u8 = 16;
 
 /// When a token that expires at `expires_at` (seconds since the epoch)
 /// runs out, on the runtime's clock.
@@ -185,6 +191,9 @@ struct Relay {
     expiry: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// The last frame went down: the stream ends.
     ended: bool,
+    /// Broker frames sent by the shortcut of [`Relay::next_frame`] since the
+    /// stream last waited for everything.
+    queued_in_a_row: u8,
     _slot: StreamSlot,
 }
 
@@ -192,20 +201,26 @@ impl Relay {
     /// The next frame for the device, taking the device's frames until
     /// there is one; `None` once the stream is over.
     async fn next_frame(&mut self) -> Option<Result<OpenStreamResponse, Status>> {
+        // A frame already queued goes down without polling everything else
+        // the stream waits for (the device's side, its sends, the token's
+        // expiry, shutdown): on a busy stream that polling cost more than
+        // the frame. Every few frames the full wait runs, so the device's
+        // frames and the timers are never starved.
+        if !self.ended
+            && self.queued_in_a_row < QUEUED_FRAMES_IN_A_ROW
+            && let Some(down) = self.frames.next().now_or_never()
+        {
+            self.queued_in_a_row += 1;
+            return self.broker_frame(down);
+        }
+        self.queued_in_a_row = 0;
         while !self.ended {
             tokio::select! {
                 _ = self.shutdown.cancelled() => {
                     return self.last(goodbye("server shutting down; reconnect with your last cursor"));
                 }
                 _ = &mut self.expiry => return self.last(goodbye("token expired; reconnect with a fresh token")),
-                down = self.frames.next() => match down {
-                    Some(Ok(down)) => {
-                        self.ended = matches!(down.frame, Some(Down::Goodbye(_)));
-                        return Some(Ok(down));
-                    }
-                    Some(Err(status)) => return self.last(Err(status)),
-                    None => return self.last(goodbye("session ended; reconnect with your last cursor")),
-                },
+                down = self.frames.next() => return self.broker_frame(down),
                 outcome = self.sends.next_outcome(&self.gateway, &self.caller), if !self.sends.is_empty() => {
                     return Some(frame(Down::SendOutcome(outcome)));
                 }
@@ -225,6 +240,22 @@ impl Relay {
             }
         }
         None
+    }
+
+    /// What goes down for the broker's next frame, or for the end of its
+    /// session.
+    fn broker_frame(
+        &mut self,
+        down: Option<Result<OpenStreamResponse, Status>>,
+    ) -> Option<Result<OpenStreamResponse, Status>> {
+        match down {
+            Some(Ok(down)) => {
+                self.ended = matches!(down.frame, Some(Down::Goodbye(_)));
+                Some(Ok(down))
+            }
+            Some(Err(status)) => self.last(Err(status)),
+            None => self.last(goodbye("session ended; reconnect with your last cursor")),
+        }
     }
 
     /// The stream's last frame.
