@@ -5,7 +5,8 @@
 //! closed segment is already applied to sled (the writer applies a round
 //! before it closes a segment). The checkpointer then:
 //! 0. syncs the content-key files ([`super::shred`]), which the writer
-//!    also applied the segments to;
+//!    also applied the segments to, and writes the rows held in memory
+//!    ([`super::held`]) to sled;
 //! 1. records in sled itself that sled holds every segment below N+1
 //!    ([`WAL_FROM_KEY`]);
 //! 2. flushes sled (everything inserted so far, the marker included, is
@@ -35,6 +36,7 @@ use std::{
 
 use super::{
     durability::Durability,
+    held::HeldRowsByPartition,
     shred::KeyFiles,
     sled_files::{SledFiles, panic_message},
     wal,
@@ -58,11 +60,20 @@ pub fn set_wal_from(db: &sled::Db, number: u64) -> Result<()> {
     Ok(())
 }
 
+/// What a checkpoint makes durable besides the log: sled, the content-key
+/// files and the rows held in memory.
+pub(super) struct CheckpointedFiles {
+    pub db: sled::Db,
+    pub keys: Arc<KeyFiles>,
+    pub held: Arc<HeldRowsByPartition>,
+}
+
 impl Durability {
     /// The checkpointer thread's body: checkpoints closed segments until
     /// stopped (the store's close takes the last one); any error or panic
     /// fail-stops the node.
-    pub(super) fn run_checkpointer(&self, db: sled::Db, keys: Arc<KeyFiles>, dir: PathBuf, log: Arc<dyn wal::LogDir>) {
+    pub(super) fn run_checkpointer(&self, files: CheckpointedFiles, dir: PathBuf, log: Arc<dyn wal::LogDir>) {
+        let CheckpointedFiles { db, keys, held } = files;
         let sled_files = SledFiles::new(&dir);
         let checkpoints = || -> Result<()> {
             loop {
@@ -84,7 +95,7 @@ impl Durability {
                 }
                 let Some(newest) = closed.iter().max() else { return Ok(()) };
                 *self.checkpoint_started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-                checkpoint(&db, &keys, &sled_files, &*log, newest + 1)?;
+                checkpoint(&db, &keys, &held, &sled_files, &*log, newest + 1)?;
                 *self.checkpoint_started.lock().unwrap_or_else(|e| e.into_inner()) = None;
             }
         };
@@ -101,12 +112,14 @@ impl Durability {
 pub(super) fn checkpoint(
     db: &sled::Db,
     keys: &KeyFiles,
+    held: &HeldRowsByPartition,
     sled_files: &SledFiles,
     log: &dyn wal::LogDir,
     current: u64,
 ) -> Result<()> {
     let started = Instant::now();
     keys.sync_all()?;
+    held.write_all_to_sled()?;
     set_wal_from(db, current)?;
     db.flush()?;
     sled_files.sync()?;

@@ -45,6 +45,7 @@ use tokio::sync::Notify;
 
 use super::{
     failstop::{FailStop, InjectedFault},
+    held::{self, HeldRows},
     shred::{self, KeyFile},
     sled_files::panic_message,
     wal,
@@ -395,6 +396,10 @@ struct Pending {
 pub struct Destination {
     pub tree: sled::Tree,
     pub keys: Arc<KeyFile>,
+    /// Where held rows go ([`held`]); `None` when replaying the log at
+    /// start, which writes everything to sled: a row the log re-creates
+    /// may also be in sled already, and its remove must reach sled.
+    pub held: Option<Arc<HeldRows>>,
 }
 
 /// Applies logged operations: rows one by one, in order; the content-key
@@ -407,15 +412,17 @@ pub(super) fn apply(batches: &[(Destination, Vec<wal::Op>)]) -> Result<()> {
         let mut slots: Vec<(u64, Option<&[u8]>)> = Vec::new();
         for op in ops {
             match op {
-                wal::Op::Put { key, value } => match shred::slot_of_row(key) {
-                    Some(slot) => slots.push((slot, Some(value))),
-                    None => {
+                wal::Op::Put { key, value } => match (shred::slot_of_row(key), &destination.held) {
+                    (Some(slot), _) => slots.push((slot, Some(value))),
+                    (None, Some(held)) if held::is_held(key) => held.put(key, value),
+                    (None, _) => {
                         destination.tree.insert(key.as_slice(), value.as_slice())?;
                     }
                 },
-                wal::Op::Remove { key } => match shred::slot_of_row(key) {
-                    Some(slot) => slots.push((slot, None)),
-                    None => {
+                wal::Op::Remove { key } => match (shred::slot_of_row(key), &destination.held) {
+                    (Some(slot), _) => slots.push((slot, None)),
+                    (None, Some(held)) if held::is_held(key) && held.remove(key) => {}
+                    (None, _) => {
                         destination.tree.remove(key.as_slice())?;
                     }
                 },

@@ -64,6 +64,7 @@
 pub mod checkpoint;
 pub mod durability;
 pub mod failstop;
+pub mod held;
 pub mod id_secret;
 pub mod moderation_rows;
 pub mod records;
@@ -85,8 +86,10 @@ use std::{
 
 pub use self::durability::{Durability, Owed};
 use self::{
+    checkpoint::CheckpointedFiles,
     durability::{Destination, Writer},
     failstop::FailStop,
+    held::HeldRowsByPartition,
     shred::KeyFiles,
     sled_files::SledFiles,
     wal::LogDir,
@@ -105,6 +108,7 @@ use crate::{
 pub struct Store {
     db: sled::Db,
     keys: Arc<KeyFiles>,
+    held: Arc<HeldRowsByPartition>,
     dir: PathBuf,
     log: Arc<dyn LogDir>,
     rows_written: Arc<RowCounts>,
@@ -144,11 +148,12 @@ impl Store {
             }
         }
         let keys = Arc::new(KeyFiles::new(&config.data_dir));
+        let held = Arc::new(HeldRowsByPartition::default());
         let (replayed, next_segment) = replay(&db, &keys, &*log)?;
         // Make the replayed state durable, marked as holding every segment
         // so far, then start an empty log.
         let old = log.list()?;
-        checkpoint::checkpoint(&db, &keys, &SledFiles::new(&config.data_dir), &*log, next_segment)?;
+        checkpoint::checkpoint(&db, &keys, &held, &SledFiles::new(&config.data_dir), &*log, next_segment)?;
         if replayed > 0 {
             tracing::info!(operations = replayed, segments = old.len(), "replayed the write-ahead log");
         }
@@ -170,10 +175,11 @@ impl Store {
         };
         let checkpointer = {
             let durability = durability.clone();
-            let (db, keys, dir, log) = (db.clone(), keys.clone(), config.data_dir.clone(), log.clone());
+            let files = CheckpointedFiles { db: db.clone(), keys: keys.clone(), held: held.clone() };
+            let (dir, log) = (config.data_dir.clone(), log.clone());
             std::thread::Builder::new()
                 .name("imsg-checkpoint".into())
-                .spawn(move || durability.run_checkpointer(db, keys, dir, log))
+                .spawn(move || durability.run_checkpointer(files, dir, log))
                 .map_err(|e| Error::Internal(format!("spawning the checkpointer: {e}")))?
         };
         let watchdog = {
@@ -187,6 +193,7 @@ impl Store {
         Ok(Arc::new(Self {
             db,
             keys,
+            held,
             dir: config.data_dir.clone(),
             log,
             rows_written: Arc::new(RowCounts::default()),
@@ -197,9 +204,10 @@ impl Store {
 
     /// The tree of one partition.
     pub fn partition(&self, id: PartitionId) -> Result<PartitionStore> {
+        let tree = self.db.open_tree(tree_name(id))?;
         Ok(PartitionStore {
             id,
-            files: Destination { tree: self.db.open_tree(tree_name(id))?, keys: self.keys.get(id)? },
+            files: Destination { held: Some(self.held.get(id, &tree)), tree, keys: self.keys.get(id)? },
             rows_written: self.rows_written.clone(),
             durability: self.durability.clone(),
         })
@@ -238,7 +246,7 @@ impl Store {
         // the next start).
         let Some(&newest) = self.log.list()?.last() else { return Ok(()) };
         drop(self.log.create(newest + 1)?);
-        checkpoint::checkpoint(&self.db, &self.keys, &SledFiles::new(&self.dir), &*self.log, newest + 1)
+        checkpoint::checkpoint(&self.db, &self.keys, &self.held, &SledFiles::new(&self.dir), &*self.log, newest + 1)
     }
 }
 
@@ -268,7 +276,8 @@ fn replay(db: &sled::Db, keys: &KeyFiles, log: &dyn LogDir) -> Result<(usize, u6
         }
         let mut batches = Vec::with_capacity(by_tree.len());
         for (tree, ops) in by_tree {
-            batches.push((Destination { tree: db.open_tree(tree_name(tree))?, keys: keys.get(tree)? }, ops));
+            let tree_of = db.open_tree(tree_name(tree))?;
+            batches.push((Destination { tree: tree_of, keys: keys.get(tree)?, held: None }, ops));
         }
         durability::apply(&batches)?;
     }

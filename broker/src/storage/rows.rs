@@ -4,6 +4,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    ops::Bound,
     sync::Arc,
 };
 
@@ -13,6 +14,7 @@ use prost::Message as _;
 use super::{
     Durability,
     durability::Destination,
+    held,
     records::*,
     shred::{self, KEY_ROW_TAG},
     sled_files::MAX_ROW_BYTES,
@@ -109,16 +111,11 @@ impl PartitionStore {
     /// Up to `limit` rows after `after` (from the first when `None`), in key
     /// order: a partition move copies a frozen partition with these.
     pub fn rows_after(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let rows = match after {
-            Some(key) => {
-                self.files.tree.range::<&[u8], _>((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded))
-            }
-            None => self.files.tree.iter(),
+        let from = match after {
+            Some(key) => Bound::Excluded(key.to_vec()),
+            None => Bound::Unbounded,
         };
-        let mut rows: Vec<(Vec<u8>, Vec<u8>)> = rows
-            .take(limit)
-            .map(|row| row.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Error::from))
-            .collect::<Result<_>>()?;
+        let mut rows = self.overlaid((from, Bound::Unbounded), limit)?;
         // The content-key slots are rows too, kept in the key file: merged
         // in key order.
         let first_slot = match after {
@@ -169,8 +166,9 @@ impl PartitionStore {
     /// rows themselves: urgent batches do not rewrite the meta row, so the
     /// newest outbox and update-log keys are the truth about what was used.
     pub fn next_numbers_in_logs(&self) -> Result<(u64, u64)> {
-        let next_outbox = match self.files.tree.scan_prefix(b"o").next_back() {
-            Some(row) => be_u64(&row?.0).unwrap_or(0).saturating_add(1),
+        let outbox = b"o".to_vec()..b"p".to_vec();
+        let next_outbox = match held::last_key(self.files.held.as_deref(), &self.files.tree, outbox)? {
+            Some(key) => be_u64(&key).unwrap_or(0).saturating_add(1),
             None => 0,
         };
         let next_cursor = match self.files.tree.scan_prefix(b"u").next_back() {
@@ -308,14 +306,20 @@ impl PartitionStore {
 
     /// Outbox batches at or after `from`, in order.
     pub fn outbox_from(&self, from: u64) -> Result<Vec<(u64, OutboxRecord)>> {
-        self.files
-            .tree
-            .range(key(b'o', &[&from.to_be_bytes()])..key(b'o', &[&u64::MAX.to_be_bytes()]))
-            .map(|row| {
-                let (k, v) = row?;
-                Ok((be_u64(&k).unwrap_or(0), decode(&v)?))
-            })
+        let batches = key(b'o', &[&from.to_be_bytes()])..key(b'o', &[&u64::MAX.to_be_bytes()]);
+        self.overlaid(batches, usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| Ok((be_u64(&k).unwrap_or(0), decode(&v)?)))
             .collect()
+    }
+
+    /// The first `limit` rows of `range`: sled's, with the rows held in
+    /// memory until the next checkpoint laid over them ([`held`]).
+    fn overlaid<R>(&self, range: R, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>
+    where
+        R: std::ops::RangeBounds<Vec<u8>> + Clone,
+    {
+        held::overlay(self.files.held.as_deref(), &self.files.tree, range, limit)
     }
 
     /// Every retained update-log batch, oldest first: `(first cursor, batch)`.
