@@ -13,9 +13,31 @@
 
 /// A multi-threaded runtime with every driver enabled.
 pub fn multi_thread() -> std::io::Result<tokio::runtime::Runtime> {
+    keep_freed_memory();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     #[cfg(tokio_unstable)]
     builder.disable_lifo_slot();
     builder.build()
 }
+
+/// Tells mimalloc (the servers' allocator) to keep memory it frees instead
+/// of returning it to the kernel after a second. sled allocates a fresh
+/// 16 MiB log buffer for each of its log segments and frees it once
+/// written; returned to the kernel, every new buffer came back as
+/// transparent huge pages the kernel had to zero first (500 faults of 2 MiB
+/// a second at 8,000 dm/s, `clear_page_erms` 5% of the gateway's CPU). Kept,
+/// the same memory is reused: ~30 faults a second, 5-6% less CPU, the same
+/// peak memory (docs/benchmarks.md, "Performance, third steps").
+#[allow(unsafe_code)]
+fn keep_freed_memory() {
+    // SAFETY: `mi_option_set` sets a process-wide option of mimalloc and may
+    // be called at any time (mimalloc's documentation); it takes no
+    // pointers. When mimalloc is not the allocator (tests), the option is
+    // set and never read.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
+/// `mi_option_purge_delay`, which the crate's bindings lack: the one before
+/// `mi_option_use_numa_nodes` in `mimalloc.h` (v2 and v3 alike).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = libmimalloc_sys::mi_option_use_numa_nodes - 1;
