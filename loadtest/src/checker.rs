@@ -16,7 +16,7 @@ use serde::Serialize;
 #[derive(Debug, Default, Clone)]
 pub struct DeliveryLog {
     last_seq: u64,
-    seen: HashSet<u64>,
+    seen: SeqSet,
     /// Changes to messages, by key ([`Change::key`]).
     changes: HashSet<String>,
     /// Seqs of messages a change arrived before: out of order, unless the
@@ -62,17 +62,55 @@ impl DeliveryLog {
     pub fn record_change(&mut self, change: &Change) {
         if !self.changes.insert(change.key()) {
             self.duplicates += 1;
-        } else if !self.seen.contains(&change.seq()) {
+        } else if !self.seen.contains(change.seq()) {
             self.early_changes.push(change.seq());
         }
     }
 
     fn has(&self, seq: u64) -> bool {
-        self.seen.contains(&seq)
+        self.seen.contains(seq)
     }
 
     fn has_change(&self, change: &Change) -> bool {
         self.changes.contains(&change.key())
+    }
+}
+
+/// A set of seqs, one bit each: a conversation's seqs are dense from 1, so
+/// a device's deliveries of a whole run fit in a few kilobytes, where a
+/// hash set cost the generator more per delivery than the rest of its
+/// bookkeeping (hashing, and growing tables of millions of entries).
+/// Seqs past [`SeqSet::DENSE_BELOW`] (which no run reaches, but a faulty
+/// server could send) are kept in a hash set instead.
+#[derive(Debug, Default, Clone)]
+struct SeqSet {
+    words: Vec<u64>,
+    sparse: HashSet<u64>,
+}
+
+impl SeqSet {
+    /// 2^26 seqs: at most 8 MiB of bits per conversation and device.
+    const DENSE_BELOW: u64 = 1 << 26;
+
+    /// Adds `seq`; `false` if it was there already.
+    fn insert(&mut self, seq: u64) -> bool {
+        if seq >= Self::DENSE_BELOW {
+            return self.sparse.insert(seq);
+        }
+        let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+        if word >= self.words.len() {
+            self.words.resize(word + 1, 0);
+        }
+        let new = self.words[word] & bit == 0;
+        self.words[word] |= bit;
+        new
+    }
+
+    fn contains(&self, seq: u64) -> bool {
+        if seq >= Self::DENSE_BELOW {
+            return self.sparse.contains(&seq);
+        }
+        self.words.get((seq / 64) as usize).is_some_and(|word| word & (1u64 << (seq % 64)) != 0)
     }
 }
 
@@ -200,6 +238,19 @@ impl Checker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seq_set_holds_each_seq_once_dense_or_not() {
+        let mut set = SeqSet::default();
+        for seq in [1, 2, 64, 65, 1000, SeqSet::DENSE_BELOW, u64::MAX] {
+            assert!(!set.contains(seq));
+            assert!(set.insert(seq), "{seq} is new");
+            assert!(!set.insert(seq), "{seq} is a repeat");
+            assert!(set.contains(seq));
+        }
+        assert!(!set.contains(3) && !set.contains(63) && !set.contains(999));
+        assert!(set.words.len() <= 1000 / 64 + 1, "u64::MAX went to the sparse set");
+    }
 
     /// A conversation with three devices and three acked messages sent by
     /// `s`, all delivered (to the two others) and stored correctly.

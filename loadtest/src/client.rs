@@ -307,7 +307,10 @@ impl Session {
                     if message.sender_id == self.user_id {
                         return; // its own, replayed after a reconnect: not a delivery the run owes
                     }
-                    logs.entry(message.conversation_id.clone()).or_default().record(message.seq);
+                    match logs.get_mut(&message.conversation_id) {
+                        Some(log) => log.record(message.seq),
+                        None => logs.entry(message.conversation_id.clone()).or_default().record(message.seq),
+                    }
                     context.counters.delivered.fetch_add(1, Ordering::Relaxed);
                     let text = match &message.content {
                         Some(imsg_proto::v1::message::Content::Text(text)) => Some(text.text.as_str()),

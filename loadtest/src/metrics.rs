@@ -16,8 +16,9 @@ fn histogram() -> Histogram<u64> {
 
 const SHARDS: usize = 16;
 
+/// Latencies by the second they were meant for; the run's total is their
+/// sum, made once at the end (one record per sample, not two).
 struct Shard {
-    total: Histogram<u64>,
     per_second: Vec<Histogram<u64>>,
 }
 
@@ -30,7 +31,7 @@ pub struct LatencyRecorder {
 impl Default for LatencyRecorder {
     fn default() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard { total: histogram(), per_second: Vec::new() })).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard { per_second: Vec::new() })).collect(),
             next: AtomicUsize::new(0),
         }
     }
@@ -42,7 +43,6 @@ impl LatencyRecorder {
         let shard = self.next.fetch_add(1, Ordering::Relaxed) % SHARDS;
         let mut shard = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
         let value = micros.clamp(1, 600_000_000);
-        shard.total.saturating_record(value);
         while shard.per_second.len() <= second {
             shard.per_second.push(histogram());
         }
@@ -55,8 +55,8 @@ impl LatencyRecorder {
         let mut seconds: Vec<Histogram<u64>> = Vec::new();
         for shard in &self.shards {
             let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = total.add(&shard.total);
             for (i, h) in shard.per_second.iter().enumerate() {
+                let _ = total.add(h);
                 while seconds.len() <= i {
                     seconds.push(histogram());
                 }
