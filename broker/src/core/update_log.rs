@@ -81,28 +81,47 @@ impl UserLog {
 /// `update_log_retention` entries.
 #[derive(Debug, Default)]
 pub struct Retention {
-    /// (first cursor, entries), oldest first.
-    batches: VecDeque<(u64, usize)>,
+    /// Rows of the log, oldest first.
+    batches: VecDeque<RetainedRow>,
     retained: usize,
 }
 
+/// One row of the update log as retention counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetainedRow {
+    pub first: u64,
+    pub entries: usize,
+    /// A compacted row: several batches written again as one
+    /// (`partition::compaction`).
+    pub compacted: bool,
+}
+
 impl Retention {
-    pub fn note_batch(&mut self, first_cursor: u64, entries: usize) {
-        self.batches.push_back((first_cursor, entries));
+    pub fn note_batch(&mut self, first_cursor: u64, entries: usize, compacted: bool) {
+        self.batches.push_back(RetainedRow { first: first_cursor, entries, compacted });
         self.retained += entries;
     }
 
-    /// The oldest batch to drop to get back within `limit`, if any; only a
-    /// batch wholly `published` (in storage) can go.
-    pub fn next_to_trim(&self, limit: usize, published: u64) -> Option<(u64, usize)> {
-        let &(first, count) = self.batches.front()?;
-        (self.retained > limit && first + count as u64 - 1 <= published).then_some((first, count))
+    /// The `count` rows from the one starting at `first` are now one
+    /// compacted row (they must be adjacent and retained).
+    pub fn compact(&mut self, first: u64, count: usize) {
+        let Ok(start) = self.batches.binary_search_by_key(&first, |row| row.first) else { return };
+        let merged: Vec<RetainedRow> = self.batches.drain(start..(start + count).min(self.batches.len())).collect();
+        let entries = merged.iter().map(|row| row.entries).sum();
+        self.batches.insert(start, RetainedRow { first, entries, compacted: true });
     }
 
-    /// The batch [`Self::next_to_trim`] named is gone.
+    /// The oldest row to drop to get back within `limit`, if any; only a
+    /// row wholly `published` (in storage) can go.
+    pub fn next_to_trim(&self, limit: usize, published: u64) -> Option<RetainedRow> {
+        let &row = self.batches.front()?;
+        (self.retained > limit && row.first + row.entries as u64 - 1 <= published).then_some(row)
+    }
+
+    /// The row [`Self::next_to_trim`] named is gone.
     pub fn trimmed_front(&mut self) {
-        if let Some((_, count)) = self.batches.pop_front() {
-            self.retained -= count;
+        if let Some(row) = self.batches.pop_front() {
+            self.retained -= row.entries;
         }
     }
 }
@@ -162,16 +181,20 @@ mod tests {
         assert!(log.accept_message("dm_2", 1), "per conversation");
     }
 
+    fn row(first: u64, entries: usize, compacted: bool) -> Option<RetainedRow> {
+        Some(RetainedRow { first, entries, compacted })
+    }
+
     #[test]
     fn retention_drops_the_oldest_published_batches_beyond_its_limit() {
         let mut retention = Retention::default();
-        retention.note_batch(1, 3);
-        retention.note_batch(4, 3);
-        retention.note_batch(7, 3);
+        retention.note_batch(1, 3, false);
+        retention.note_batch(4, 3, false);
+        retention.note_batch(7, 3, false);
         assert_eq!(retention.next_to_trim(9, 9), None, "within the limit");
-        assert_eq!(retention.next_to_trim(5, 9), Some((1, 3)));
+        assert_eq!(retention.next_to_trim(5, 9), row(1, 3, false));
         retention.trimmed_front();
-        assert_eq!(retention.next_to_trim(5, 9), Some((4, 3)));
+        assert_eq!(retention.next_to_trim(5, 9), row(4, 3, false));
         retention.trimmed_front();
         assert_eq!(retention.next_to_trim(5, 9), None);
     }
@@ -179,9 +202,26 @@ mod tests {
     #[test]
     fn retention_never_drops_what_is_not_in_storage_yet() {
         let mut retention = Retention::default();
-        retention.note_batch(1, 3);
-        retention.note_batch(4, 3);
+        retention.note_batch(1, 3, false);
+        retention.note_batch(4, 3, false);
         assert_eq!(retention.next_to_trim(1, 2), None, "batch 1-3 is not wholly published");
-        assert_eq!(retention.next_to_trim(1, 3), Some((1, 3)));
+        assert_eq!(retention.next_to_trim(1, 3), row(1, 3, false));
+    }
+
+    #[test]
+    fn compacted_batches_are_retained_and_trimmed_as_one_row() {
+        let mut retention = Retention::default();
+        retention.note_batch(1, 2, false);
+        retention.note_batch(3, 1, false);
+        retention.note_batch(4, 4, false);
+        retention.note_batch(8, 1, false);
+        retention.compact(3, 2);
+        assert_eq!(retention.next_to_trim(0, 8), row(1, 2, false));
+        retention.trimmed_front();
+        assert_eq!(retention.next_to_trim(0, 8), row(3, 5, true), "cursors 3-7, one row");
+        assert_eq!(retention.next_to_trim(0, 6), None, "not wholly published");
+        retention.trimmed_front();
+        assert_eq!(retention.next_to_trim(0, 8), row(8, 1, false));
+        assert_eq!(retention.next_to_trim(1, 8), None, "one entry left, within the limit");
     }
 }

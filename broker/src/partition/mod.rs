@@ -23,6 +23,7 @@
 use crate::metrics::METRICS;
 
 mod accounts;
+mod compaction;
 mod conversation;
 mod dispatch;
 mod messages;
@@ -287,7 +288,9 @@ impl Partition {
                     if self.ticks.is_multiple_of(10) {
                         METRICS.live_sessions.get_or_create(&label).set(self.users.live_sessions() as i64);
                     }
-                    let waits = self.conversations.waits_for_ticks() || !self.pending.is_empty();
+                    let waits = self.conversations.waits_for_ticks()
+                        || !self.pending.is_empty()
+                        || !self.users.uncompacted.is_empty();
                     quiet_ticks = if waits { 0 } else { quiet_ticks + 1 };
                     if quiet_ticks >= QUIET_TICKS {
                         tick.reset_after(IDLE_TICK);
@@ -388,11 +391,12 @@ impl Partition {
         // blob is a file of its own to write, sync and delete.
         let mut updates = std::mem::take(&mut batch.updates).into_iter().peekable();
         while updates.peek().is_some() {
-            let entries: Vec<_> = updates.by_ref().take(UPDATE_ROW_ENTRIES).collect();
-            let first = entries[0].cursor;
-            let count = entries.len();
-            batch.writes.put_update_batch(first, &crate::storage::UpdateBatchRecord { entries });
-            self.users.note_batch(first, count);
+            let record =
+                crate::storage::UpdateBatchRecord { entries: updates.by_ref().take(UPDATE_ROW_ENTRIES).collect() };
+            let first = record.entries[0].cursor;
+            batch.writes.put_update_batch(first, &record);
+            self.users.retention.note_batch(first, record.entries.len(), false);
+            self.users.uncompacted.push_back((first, record.entries));
         }
         if batch.meta_dirty {
             batch.writes.put_meta(&self.meta);
@@ -458,6 +462,7 @@ impl Partition {
         }
         self.persist_outbox_progress();
         self.trim_update_log();
+        self.compact_update_log();
         if self.ticks.is_multiple_of(600) {
             self.budgets.forget_idle(std::time::Instant::now());
         }

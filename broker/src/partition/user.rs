@@ -61,7 +61,10 @@ impl UserState {
 #[derive(Default)]
 pub(super) struct Users {
     pub(super) map: HashMap<String, UserState>,
-    retention: Retention,
+    pub(super) retention: Retention,
+    /// Update-log batches written since the last compaction, oldest first
+    /// (`partition::compaction`).
+    pub(super) uncompacted: std::collections::VecDeque<(u64, Vec<crate::storage::UpdateEntry>)>,
     /// Entries up to this cursor are in sled (published); newer ones are
     /// only in memory and reach live sessions when published.
     published: u64,
@@ -96,26 +99,22 @@ impl Users {
         for (user, conversation, record) in store.all_notify_settings()? {
             users.map.entry(user).or_default().notify.insert(conversation, record);
         }
-        for batch in store.update_batches() {
-            let (first, record) = batch?;
-            for entry in &record.entries {
+        for row in store.update_batches() {
+            let row = row?;
+            for entry in &row.record.entries {
                 let state = users.map.entry(entry.user_id.clone()).or_default();
                 state.log.record(entry.cursor);
                 if let Some(UpdateKind::MessageSeq(seq)) = entry.kind {
                     state.log.accept_message(&entry.conversation_id, seq);
                 }
             }
-            users.note_batch(first, record.entries.len());
+            users.retention.note_batch(row.first, row.record.entries.len(), row.compacted);
         }
         Ok(users)
     }
 
     pub(super) fn published_cursor(&mut self, cursor: u64) {
         self.published = self.published.max(cursor);
-    }
-
-    pub(super) fn note_batch(&mut self, first_cursor: u64, entries: usize) {
-        self.retention.note_batch(first_cursor, entries);
     }
 
     pub(super) fn close_all_sessions(&mut self, reason: &str) {
@@ -306,17 +305,19 @@ impl Partition {
             Resume::Resync { cursor } => return Ok(OpenStep::Resync { cursor }),
             Resume::Replay(cursors) => {
                 let first = cursors[0];
-                let wanted: HashSet<u64> = cursors.into_iter().collect();
+                let mut wanted: HashSet<u64> = cursors.into_iter().collect();
                 let mut entries = Vec::with_capacity(wanted.len());
-                for batch in self.store.update_batches_from(first) {
-                    let (_, record) = batch?;
+                for row in self.store.update_batches_from(first) {
+                    // Each cursor once: a batch being compacted can be read
+                    // twice (`PartitionStore::update_batches_from`).
+                    let row = row?;
                     entries.extend(
-                        record
+                        row.record
                             .entries
                             .into_iter()
-                            .filter(|e| e.user_id == session.user_id && wanted.contains(&e.cursor)),
+                            .filter(|e| e.user_id == session.user_id && wanted.remove(&e.cursor)),
                     );
-                    if entries.len() >= wanted.len() {
+                    if wanted.is_empty() {
                         break;
                     }
                 }
@@ -494,27 +495,34 @@ impl Partition {
             .collect()
     }
 
-    /// Drops the oldest update-log batches beyond the retention limit. A
+    /// Drops the oldest update-log rows beyond the retention limit. A
     /// user whose entries were dropped gets "resync required" for older
     /// cursors, never a silent gap.
     pub(super) fn trim_update_log(&mut self) {
-        while let Some((first, _)) =
+        while let Some(oldest) =
             self.users.retention.next_to_trim(self.limits.update_log_retention, self.users.published)
         {
-            self.users.retention.trimmed_front();
-            let record = match self.store.update_batches_from(first).next() {
-                Some(Ok((key, record))) if key == first => record,
+            let row = match self.store.update_batches_from(oldest.first).next() {
+                Some(Ok(row)) if row.first == oldest.first && row.compacted == oldest.compacted => row,
+                // Its compaction is written but not applied yet: the next
+                // tick trims the compacted row.
+                Some(Ok(row)) if row.first == oldest.first && oldest.compacted => break,
                 _ => {
-                    tracing::error!(partition = self.id, first, "update batch missing while trimming");
+                    tracing::error!(partition = self.id, first = oldest.first, "update batch missing while trimming");
                     break;
                 }
             };
-            for entry in &record.entries {
+            self.users.retention.trimmed_front();
+            if self.users.uncompacted.front().is_some_and(|(first, _)| *first == oldest.first) {
+                // Gone before its compaction: not to be written again.
+                self.users.uncompacted.pop_front();
+            }
+            for entry in &row.record.entries {
                 if let Some(state) = self.users.map.get_mut(&entry.user_id) {
                     state.log.trimmed(entry.cursor);
                 }
             }
-            self.batch.writes.remove_update_batch(first);
+            self.batch.writes.remove_row(row.key);
             // The newest cursor may now live only in the meta row.
             self.batch.meta_dirty = true;
         }

@@ -21,6 +21,7 @@
 //! Readers see sled with the held rows laid over it ([`overlay`]).
 
 use std::{
+    cmp::Ordering,
     collections::BTreeMap,
     ops::{Bound, RangeBounds},
     sync::{Arc, Mutex, MutexGuard},
@@ -29,9 +30,16 @@ use std::{
 use crate::error::Result;
 
 /// Whether a row of this key is held here rather than written to sled:
-/// outbox rows (`o`, see the layout in the storage module docs).
+/// outbox rows (`o`) and a user partition's update-log batches as first
+/// written (`u` and the first cursor: 9 bytes), which the partition soon
+/// writes again as one compacted row (`partition::compaction`); see the
+/// layout in the storage module docs.
 pub fn is_held(key: &[u8]) -> bool {
-    key.first() == Some(&b'o')
+    match key.first() {
+        Some(b'o') => true,
+        Some(b'u') => key.len() == 9,
+        _ => false,
+    }
 }
 
 /// The held rows of one partition's tree.
@@ -89,6 +97,51 @@ where
         rows.entry(key.to_vec()).or_insert_with(|| value.to_vec());
     }
     Ok(rows.into_iter().take(limit).collect())
+}
+
+/// The rows of `range` in `tree`, in key order, with the rows `held` for it
+/// laid over them, read lazily from sled (the held ones, a few ticks' worth,
+/// are copied first; see [`overlay`]).
+pub fn overlay_iter<'a, R>(
+    held: Option<&HeldRows>,
+    tree: &'a sled::Tree,
+    range: R,
+) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a
+where
+    R: RangeBounds<Vec<u8>> + Clone,
+{
+    let held: Vec<(Vec<u8>, Vec<u8>)> = match held {
+        Some(held) => held.lock().range(range.clone()).map(|(k, v)| (k.clone(), v.clone())).collect(),
+        None => Vec::new(),
+    };
+    let mut held = held.into_iter().peekable();
+    let mut stored = tree.range::<&[u8], _>((as_slice(range.start_bound()), as_slice(range.end_bound()))).peekable();
+    std::iter::from_fn(move || {
+        let order = match (held.peek(), stored.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) | (Some(_), Some(Err(_))) => Ordering::Greater,
+            (Some((held_key, _)), Some(Ok((stored_key, _)))) => held_key.as_slice().cmp(stored_key.as_ref()),
+        };
+        if order == Ordering::Equal {
+            // The held row is the newer: it replaces sled's.
+            stored.next();
+        }
+        match order {
+            Ordering::Greater => {
+                stored.next().map(|row| row.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into))
+            }
+            _ => held.next().map(Ok),
+        }
+    })
+}
+
+/// The row of `key`: held, or else in `tree`.
+pub fn get(held: Option<&HeldRows>, tree: &sled::Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    if let Some(value) = held.and_then(|held| held.lock().get(key).cloned()) {
+        return Ok(Some(value));
+    }
+    Ok(tree.get(key)?.map(|value| value.to_vec()))
 }
 
 /// The greatest key of `range` in `tree` or `held` for it.
@@ -175,6 +228,11 @@ mod tests {
         assert_eq!(all, expected);
         let first_two = overlay(Some(&rows), &tree, b"o".to_vec()..b"p".to_vec(), 2).unwrap();
         assert_eq!(first_two, expected[..2]);
+        let lazily: Vec<_> =
+            overlay_iter(Some(&rows), &tree, b"o".to_vec()..b"p".to_vec()).collect::<Result<_>>().unwrap();
+        assert_eq!(lazily, expected);
+        let from_o2: Vec<_> = overlay_iter(Some(&rows), &tree, b"o2".to_vec()..).collect::<Result<_>>().unwrap();
+        assert_eq!(from_o2.len(), 3, "o2, o3 (held over sled's) and p1");
         let last = last_key(Some(&rows), &tree, b"o".to_vec()..b"p".to_vec()).unwrap();
         assert_eq!(last.as_deref(), Some(&b"o3"[..]));
         rows.put(b"o4", b"held");

@@ -6,7 +6,9 @@
 //! ## Layout (rows per message)
 //! sled rows cost ~6.5 us of CPU each, so a send writes exactly one row, the
 //! message itself. Everything else is coalesced per write batch (one outbox
-//! row, one update-log row per user partition, one meta row) or derived in
+//! row, one update-log row per user partition, one meta row; the outbox and
+//! update-log rows are held in memory, see [`held`], and the update log
+//! reaches sled compacted, a tick's batches in one row) or derived in
 //! memory at load: a conversation's last seq is its last message key, the
 //! dedup window is rebuilt from the tail of its messages.
 //!
@@ -19,7 +21,8 @@
 //! | `K` slot (BE u64)         | content key, in the key file, not sled ([`shred`]) |
 //! | `r` conv `/` user         | [`ReceiptRecord`]      |
 //! | `o` batch (BE u64)        | [`OutboxRecord`]       |
-//! | `u` first cursor (BE u64) | [`UpdateBatchRecord`]  |
+//! | `u` first cursor (BE u64) | [`UpdateBatchRecord`]: a batch as written, held in memory ([`held`]) |
+//! | `u` first cursor `+`      | [`UpdateBatchRecord`]: batches compacted into one row |
 //! | `s` user                  | [`SettingsRecord`]     |
 //! | `i` user `/` conv         | (empty): inbox member; `r`: not accepted (a request) |
 //! | `l` user `/` other user   | [`RelationRecord`]: blocks, contact |
@@ -213,8 +216,11 @@ impl Store {
         })
     }
 
-    /// Rows written or removed since start, by every partition: what the
-    /// commit path has cost (and proof that ephemeral signals cost none).
+    /// Rows written or removed in sled (and content-key slots) since start,
+    /// by every partition: what the commit path has cost (and proof that
+    /// ephemeral signals cost none). Rows held in memory ([`held`]: the
+    /// outbox, update-log batches before their compaction) are not counted:
+    /// they cost sled nothing unless a checkpoint finds them still held.
     pub fn rows_written(&self) -> u64 {
         self.rows_written.total()
     }
@@ -288,7 +294,8 @@ fn replay(db: &sled::Db, keys: &KeyFiles, log: &dyn LogDir) -> Result<(usize, u6
 #[cfg(test)]
 mod tests;
 
-/// Rows written or removed, counted by kind (the key's first byte).
+/// Rows written or removed in sled or the key files, counted by kind (the
+/// key's first byte); held rows are left out ([`Store::rows_written`]).
 pub(crate) struct RowCounts([AtomicU64; 128]);
 
 impl Default for RowCounts {
@@ -301,6 +308,9 @@ impl RowCounts {
     pub(crate) fn count(&self, ops: &[wal::Op]) {
         for op in ops {
             let (wal::Op::Put { key, .. } | wal::Op::Remove { key }) = op;
+            if held::is_held(key) {
+                continue;
+            }
             let kind = key.first().copied().unwrap_or(0) & 0x7f;
             self.0[kind as usize].fetch_add(1, Ordering::Relaxed);
         }

@@ -42,6 +42,33 @@ pub(super) fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
 /// every other row and writes its own.
 pub const OWNERSHIP_KEY: &[u8] = b"O";
 
+/// The key of an update-log batch as first written: `u` and its first
+/// cursor.
+fn update_key(first_cursor: u64) -> Vec<u8> {
+    key(b'u', &[&first_cursor.to_be_bytes()])
+}
+
+/// Ends the key of a compacted update-log row, after `u` and its first
+/// cursor: it sorts right after the key of the first batch it holds, and
+/// before any later batch's.
+const COMPACTED_MARK: u8 = b'+';
+
+/// One row of a user partition's update log.
+pub struct UpdateRow {
+    pub key: Vec<u8>,
+    /// The cursor of its first entry.
+    pub first: u64,
+    /// Several batches written again as one (`partition::compaction`).
+    pub compacted: bool,
+    pub record: UpdateBatchRecord,
+}
+
+fn update_row(key: Vec<u8>, value: &[u8]) -> Result<UpdateRow> {
+    let first = key.get(1..9).and_then(|bytes| bytes.try_into().ok()).map(u64::from_be_bytes);
+    let first = first.ok_or_else(|| Error::Internal("an update-log key without its cursor".into()))?;
+    Ok(UpdateRow { compacted: key.len() > 9, first, key, record: decode(value)? })
+}
+
 fn message_key(conversation: &str, seq: u64) -> Vec<u8> {
     key(b'm', &[conversation.as_bytes(), &seq.to_be_bytes()])
 }
@@ -171,9 +198,10 @@ impl PartitionStore {
             Some(key) => be_u64(&key).unwrap_or(0).saturating_add(1),
             None => 0,
         };
-        let next_cursor = match self.files.tree.scan_prefix(b"u").next_back() {
-            Some(row) => {
-                let (_, value) = row?;
+        let held = self.files.held.as_deref();
+        let next_cursor = match held::last_key(held, &self.files.tree, b"u".to_vec()..b"v".to_vec())? {
+            Some(key) => {
+                let value = held::get(held, &self.files.tree, &key)?.unwrap_or_default();
                 let record: UpdateBatchRecord = decode(&value)?;
                 record.entries.last().map_or(0, |e| e.cursor.saturating_add(1))
             }
@@ -322,25 +350,28 @@ impl PartitionStore {
         held::overlay(self.files.held.as_deref(), &self.files.tree, range, limit)
     }
 
-    /// Every retained update-log batch, oldest first: `(first cursor, batch)`.
-    pub fn update_batches(&self) -> impl Iterator<Item = Result<(u64, UpdateBatchRecord)>> + '_ {
+    /// Every retained update-log row, oldest first.
+    pub fn update_batches(&self) -> impl Iterator<Item = Result<UpdateRow>> + '_ {
         self.update_batches_from(0)
     }
 
-    /// Update-log batches that may hold cursors `>= cursor`, oldest first.
-    pub fn update_batches_from(&self, cursor: u64) -> impl Iterator<Item = Result<(u64, UpdateBatchRecord)>> + '_ {
-        // The batch holding `cursor` may start before it.
-        let start = self
-            .files
-            .tree
-            .range(key(b'u', &[&0u64.to_be_bytes()])..=key(b'u', &[&cursor.to_be_bytes()]))
-            .next_back()
-            .and_then(|row| row.ok())
-            .and_then(|(k, _)| be_u64(&k))
-            .unwrap_or(cursor);
-        self.files.tree.range(key(b'u', &[&start.to_be_bytes()])..=key(b'u', &[&u64::MAX.to_be_bytes()])).map(|row| {
-            let (k, v) = row?;
-            Ok((be_u64(&k).unwrap_or(0), decode(&v)?))
+    /// Update-log rows that may hold cursors `>= cursor`, oldest first.
+    /// While a compaction is being applied, a batch can be read both on its
+    /// own and inside the compacted row (in that order): readers take each
+    /// cursor once.
+    pub fn update_batches_from(&self, cursor: u64) -> impl Iterator<Item = Result<UpdateRow>> + '_ {
+        let held = self.files.held.as_deref();
+        // The row holding `cursor` may start before it (a compacted row's
+        // key sorts after its first batch's own).
+        let mut through = update_key(cursor);
+        through.push(u8::MAX);
+        let start = match held::last_key(held, &self.files.tree, update_key(0)..=through) {
+            Ok(Some(key)) => key,
+            _ => update_key(cursor),
+        };
+        held::overlay_iter(held, &self.files.tree, start..b"v".to_vec()).map(|row| {
+            let (key, value) = row?;
+            update_row(key, &value)
         })
     }
 
@@ -443,12 +474,22 @@ impl WriteBatch {
         self.remove(key(b'o', &[&batch.to_be_bytes()]));
     }
 
+    /// An update-log batch as first written: held in memory
+    /// ([`super::held`]) until compacted.
     pub fn put_update_batch(&mut self, first_cursor: u64, record: &UpdateBatchRecord) {
-        self.put(key(b'u', &[&first_cursor.to_be_bytes()]), record.encode_to_vec());
+        self.put(update_key(first_cursor), record.encode_to_vec());
     }
 
     pub fn remove_update_batch(&mut self, first_cursor: u64) {
-        self.remove(key(b'u', &[&first_cursor.to_be_bytes()]));
+        self.remove(update_key(first_cursor));
+    }
+
+    /// Adjacent batches written again as one row, from `first_cursor`
+    /// (`partition::compaction`): this row goes to sled.
+    pub fn put_compacted_update_batch(&mut self, first_cursor: u64, record: &UpdateBatchRecord) {
+        let mut key = update_key(first_cursor);
+        key.push(COMPACTED_MARK);
+        self.put(key, record.encode_to_vec());
     }
 
     pub fn put_meta(&mut self, meta: &PartitionMeta) {

@@ -88,3 +88,53 @@ async fn a_cursor_older_than_retention_gets_resync_required_not_a_silent_gap() {
         other => panic!("expected resync_required, got {other:?}"),
     }
 }
+
+/// Each tick a user partition writes its new update-log batches again as
+/// one compacted row (`partition::compaction`). A device resuming reads
+/// across compacted rows and batches not compacted yet, gets each missed
+/// message once and in order, and gets the same after a restart, which
+/// reads the log back from what sled and the write-ahead log hold.
+#[tokio::test]
+async fn resume_reads_the_compacted_update_log_before_and_after_a_restart() {
+    let mut server = TestServer::start().await;
+    let alice = server.client("alice", "phone").await;
+    let conversation = alice.direct_with("bob").await;
+    let bob = server.client("bob", "phone").await;
+    let mut phone = bob.open(0).await;
+    phone.ready().await;
+    alice.send(&conversation, "seen").await;
+    assert_eq!(phone.message().await.seq, 1);
+    let cursor = phone.cursor;
+    drop(phone);
+    // Rounds of sends with ticks between them: some batches are compacted,
+    // the last ones may not be yet when the device comes back.
+    for round in 0..3 {
+        for n in 0..100 {
+            alice.send(&conversation, &format!("r{round}-{n}")).await;
+        }
+        if round < 2 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let missed: Vec<u64> = (2..=301).collect();
+    let resumed = |server_addr_client: crate::harness::Client| async move {
+        let mut phone = server_addr_client.open(cursor).await;
+        let seqs: Vec<u64> = phone
+            .ready()
+            .await
+            .iter()
+            .filter_map(|k| match k {
+                event::Kind::Message(m) => Some(m.seq),
+                _ => None,
+            })
+            .collect();
+        seqs
+    };
+    assert_eq!(resumed(bob.clone()).await, missed, "before the restart");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(resumed(bob.clone()).await, missed, "once everything is compacted");
+    server.stop().await;
+    let server = TestServer::start_in(server.data_dir).await;
+    let bob = server.client("bob", "phone").await;
+    assert_eq!(resumed(bob).await, missed, "after a restart");
+}
