@@ -319,6 +319,7 @@ impl Partition {
             freezing.sealing = true;
             self.checkpoint_receipts();
             self.persist_outbox_progress();
+            self.compact_update_log();
             // Waited for like any reply, so the rows are in sled before
             // anyone copies them.
             self.defer(Deferred::Run(Box::new(|| {})));
@@ -336,6 +337,7 @@ impl Partition {
         while let Some(Traced { command, span }) = next.take() {
             if let Command::Shutdown { reply } = command {
                 self.checkpoint_receipts();
+                self.compact_update_log();
                 self.commit();
                 return Some(reply);
             }

@@ -7,6 +7,9 @@
 //! restarts. In sled it was an insert and a remove per batch, 39% of all
 //! sled row writes at 10,000 1:1 messages per second (a batch there holds
 //! about one message; docs/benchmarks.md, "Performance, third steps").
+//! An update-log batch as first written is another: its user partition
+//! writes it again within a tick, compacted with the others of that tick
+//! (`partition::compaction`), and removes it.
 //!
 //! The write-ahead log already makes the row durable; sled is only where
 //! the log's operations are kept once a checkpoint deletes the segments
