@@ -8,7 +8,7 @@
 //! connection runs before the other forty-nine streams have queued their
 //! frames, so it writes one frame per `writev`. Without the slot the
 //! connection runs after them and writes them together: in a group of 50
-//! at 1,000 msg/s, 0.23 instead of 0.69 `writev`s per delivery
+//! at 1,000 msg/s, 0.31 instead of 0.86 `writev`s per delivery
 //! (docs/benchmarks.md, "Performance, third steps").
 
 /// A multi-threaded runtime with every driver enabled.
