@@ -25,10 +25,11 @@ pub fn multi_thread() -> std::io::Result<tokio::runtime::Runtime> {
 /// of returning it to the kernel after a second. sled allocates a fresh
 /// 16 MiB log buffer for each of its log segments and frees it once
 /// written; returned to the kernel, every new buffer came back as
-/// transparent huge pages the kernel had to zero first (500 faults of 2 MiB
-/// a second at 8,000 dm/s, `clear_page_erms` 5% of the gateway's CPU). Kept,
-/// the same memory is reused: ~30 faults a second, 5-6% less CPU, the same
-/// peak memory (docs/benchmarks.md, "Performance, third steps").
+/// transparent huge pages the kernel had to zero first (1,100-3,000 faults
+/// of 2 MiB in 4 s at 8,000 dm/s, `clear_page_erms` 5% of the gateway's
+/// CPU). Kept, the same memory is reused: ~30 faults in 4 s, about 6% less
+/// CPU in three runs, the same peak memory (docs/benchmarks.md,
+/// "Performance, third steps").
 #[allow(unsafe_code)]
 fn keep_freed_memory() {
     // SAFETY: `mi_option_set` sets a process-wide option of mimalloc and may

@@ -106,8 +106,7 @@ impl Retention {
     /// compacted row (they must be adjacent and retained).
     pub fn compact(&mut self, first: u64, count: usize) {
         let Ok(start) = self.batches.binary_search_by_key(&first, |row| row.first) else { return };
-        let merged: Vec<RetainedRow> = self.batches.drain(start..(start + count).min(self.batches.len())).collect();
-        let entries = merged.iter().map(|row| row.entries).sum();
+        let entries = self.batches.drain(start..(start + count).min(self.batches.len())).map(|row| row.entries).sum();
         self.batches.insert(start, RetainedRow { first, entries, compacted: true });
     }
 

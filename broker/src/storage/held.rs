@@ -84,27 +84,19 @@ impl HeldRows {
 }
 
 /// The first `limit` rows of `range` in `tree`, in key order, with the rows
-/// `held` for it laid over them. The held rows are read first: a
-/// checkpoint that moves a row meanwhile moves it into sled, where the read
-/// finds it again (once: rows are merged by key).
+/// `held` for it laid over them ([`overlay_iter`]).
 pub fn overlay<R>(held: Option<&HeldRows>, tree: &sled::Tree, range: R, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>
 where
     R: RangeBounds<Vec<u8>> + Clone,
 {
-    let mut rows: BTreeMap<Vec<u8>, Vec<u8>> = match held {
-        Some(held) => held.lock().range(range.clone()).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect(),
-        None => BTreeMap::new(),
-    };
-    for row in tree.range::<&[u8], _>((as_slice(range.start_bound()), as_slice(range.end_bound()))).take(limit) {
-        let (key, value) = row?;
-        rows.entry(key.to_vec()).or_insert_with(|| value.to_vec());
-    }
-    Ok(rows.into_iter().take(limit).collect())
+    overlay_iter(held, tree, range).take(limit).collect()
 }
 
 /// The rows of `range` in `tree`, in key order, with the rows `held` for it
-/// laid over them, read lazily from sled (the held ones, a few ticks' worth,
-/// are copied first; see [`overlay`]).
+/// laid over them (a held row replaces sled's of the same key), read lazily
+/// from sled. The held rows, a few ticks' worth, are copied first: a
+/// checkpoint that moves a row meanwhile moves it into sled, where the read
+/// finds it again (once: rows are merged by key).
 pub fn overlay_iter<'a, R>(
     held: Option<&HeldRows>,
     tree: &'a sled::Tree,
