@@ -27,7 +27,15 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$here/target}"
 # binaries are found under debug/).
 read -r -a build_flags <<<"${FUZZ_BUILD_FLAGS:-}"
 started=$(date +%s)
-cargo +nightly fuzz build "${build_flags[@]}"
+build_log="$(mktemp "${TMPDIR:-/tmp}/imsg-fuzz-build.XXXXXX")"
+if ! cargo +nightly fuzz build "${build_flags[@]}" 2>&1 | tee "$build_log"; then
+    # CI shows the tail of the output: repeat the compiler's errors there.
+    echo "fuzz: the build failed; its errors:" >&2
+    grep -A12 -E '^(error|warning: unused)' "$build_log" | tail -60 >&2 || true
+    rm -f "$build_log"
+    exit 1
+fi
+rm -f "$build_log"
 echo "fuzz: built in $(($(date +%s) - started)) s"
 
 profile=release
