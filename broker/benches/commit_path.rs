@@ -3,6 +3,12 @@
 //! inside the broker (no gRPC), alone and with many concurrent senders.
 //!
 //! Run: `cargo bench -p imsg-broker --bench commit_path`
+//!
+//! It runs on the servers' runtime and allocator, so what it measures is
+//! what a node pays.
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},
@@ -67,7 +73,7 @@ fn send(conversation: &str) -> Command {
 
 /// Sequential sends: one message per durable round, the latency floor.
 fn single_sender(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = imsg_broker::runtime::multi_thread().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let broker = runtime.block_on(open(dir.path()));
     let conversation = runtime.block_on(conversations(&broker, 1)).remove(0);
@@ -84,7 +90,7 @@ fn single_sender(c: &mut Criterion) {
 
 /// Many concurrent senders over many conversations: group commit at work.
 fn concurrent_senders(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = imsg_broker::runtime::multi_thread().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let broker = runtime.block_on(open(dir.path()));
     let conversations = runtime.block_on(conversations(&broker, 256));

@@ -319,7 +319,7 @@ impl Session {
                     };
                     if let Some(intended) = text.and_then(intended_us) {
                         let now = context.start.elapsed().as_micros() as u64;
-                        let second = (intended / 1_000_000) as usize;
+                        let second = context.ledger.second_of(intended);
                         context.deliver_latency.record(second, now.saturating_sub(intended));
                     }
                 }

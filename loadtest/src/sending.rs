@@ -129,13 +129,17 @@ impl SendLedger {
         }
     }
 
+    /// The second of the send phase a message sent at `intended_us` (since
+    /// `start`) was meant for: acks and deliveries share one timeline.
+    pub fn second_of(&self, intended_us: u64) -> usize {
+        (intended_us.saturating_sub(self.phase_start_us.load(Ordering::Relaxed)) / 1_000_000) as usize
+    }
+
     /// Records an acknowledgement: its latency from the intended send
     /// time, the seq for the checker, and the read mark it asks for.
     pub fn acknowledged(&self, outgoing: &Outgoing, seq: u64) {
         let now_us = self.start.elapsed().as_micros() as u64;
-        let phase_start_us = self.phase_start_us.load(Ordering::Relaxed);
-        let second = (outgoing.intended_us.saturating_sub(phase_start_us) / 1_000_000) as usize;
-        self.ack_latency.record(second, now_us.saturating_sub(outgoing.intended_us));
+        self.ack_latency.record(self.second_of(outgoing.intended_us), now_us.saturating_sub(outgoing.intended_us));
         self.acks.record(AckedMessage {
             conversation: outgoing.conversation,
             seq,

@@ -184,3 +184,33 @@ fn rounds_start_at_least_the_commit_window_apart() {
     );
     store.close().unwrap();
 }
+
+/// The writer is signalled only when it waits for what changed
+/// (`Durability::wake_writer`). Were a signal lost, a round would wait for
+/// its timeout, here an hour: many threads appending urgent batches while
+/// owing fan-outs, each waiting for its own to be published, all finish
+/// within the test's deadline.
+#[test]
+fn no_urgent_append_waits_for_the_writers_timeout_when_signals_are_skipped() {
+    let (dir, disk) = (tempfile::tempdir().unwrap(), SimDisk::new());
+    let (store, _) = open(dir.path(), &disk, NEVER);
+    let appenders: Vec<_> = (0..4)
+        .map(|thread| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for n in 0..250 {
+                    let owed = store.durability().owe();
+                    let generation =
+                        store.partition(thread % 2).unwrap().apply(settings(&format!("u{thread}-{n}"), true), true);
+                    drop(owed);
+                    wait_until("an urgent batch published", || store.durability().durable() >= generation);
+                }
+            })
+        })
+        .collect();
+    for appender in appenders {
+        appender.join().unwrap();
+    }
+    assert!(store.durability().rounds() >= 1);
+    store.close().unwrap();
+}
