@@ -32,7 +32,10 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -105,9 +108,52 @@ struct Inner {
 struct LaneItem {
     items: Vec<UpdateItem>,
     written: Option<Written>,
-    done: oneshot::Sender<()>,
+    done: FanoutConfirmation,
     /// The span of the command whose updates these are.
     span: tracing::Span,
+}
+
+/// One outbox batch's fan-out, confirmed by its targets' lanes: the last
+/// lane to have its updates durable at the target tells the source
+/// partition (`FanoutDone`). A lane that never confirms (this node
+/// stopping) drops its share, and the batch stays in the outbox, re-sent on
+/// the next start. Counting here instead of awaiting one receiver per
+/// target spares a task per batch.
+#[derive(Clone)]
+pub struct FanoutConfirmation(Arc<Confirmations>);
+
+struct Confirmations {
+    remaining: AtomicUsize,
+    router: Router,
+    source: PartitionId,
+    batch: u64,
+}
+
+impl FanoutConfirmation {
+    /// Waits for `targets` confirmations (none: confirmed at once).
+    pub fn new(router: &Router, source: PartitionId, batch: u64, targets: usize) -> Self {
+        let confirmation = Self(Arc::new(Confirmations {
+            remaining: AtomicUsize::new(targets),
+            router: router.clone(),
+            source,
+            batch,
+        }));
+        if targets == 0 {
+            confirmation.done();
+        }
+        confirmation
+    }
+
+    /// Confirms this share; the last one tells the source partition.
+    fn confirm(self) {
+        if self.0.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done();
+        }
+    }
+
+    fn done(&self) {
+        self.0.router.internal(self.0.source, Command::FanoutDone { batch: self.0.batch });
+    }
 }
 
 /// Updates whose source batch was handed to this node's writer, perhaps
@@ -362,20 +408,19 @@ impl Router {
         }
     }
 
-    /// Hands fan-out updates to the lane of their target partition; the
-    /// receiver resolves once they are durable there. `written`: the
-    /// source batch they follow, if it may not be durable yet.
+    /// Hands fan-out updates to the lane of their target partition, which
+    /// confirms `done` once they are durable there. `written`: the source
+    /// batch they follow, if it may not be durable yet.
     pub fn deliver_updates(
         &self,
         partition: PartitionId,
         items: Vec<UpdateItem>,
         written: Option<Written>,
-    ) -> oneshot::Receiver<()> {
-        let (done, delivered) = oneshot::channel();
+        done: FanoutConfirmation,
+    ) {
         if let Some(lane) = self.inner.lanes.get(partition as usize) {
             let _ = lane.send(LaneItem { items, written, done, span: tracing::Span::current() });
         }
-        delivered
     }
 
     async fn run_lane(
@@ -422,7 +467,7 @@ impl Router {
                 }
             }
             for done in waiting {
-                let _ = done.send(());
+                done.confirm();
             }
         }
     }

@@ -27,7 +27,7 @@ use crate::{
     events::{Ephemeral, LoggedEvent, UpdateItem},
     ids::PartitionId,
     now_ms,
-    router::Written,
+    router::{FanoutConfirmation, Written},
     storage::{OutboxItem, Owed},
     validate,
 };
@@ -378,26 +378,12 @@ impl Partition {
     pub(super) fn send_fan_out(&mut self, fan_out: FanOut, generation: u64) {
         let FanOut { batch, targets, span } = fan_out;
         let _entered = span.enter();
-        let confirmations: Vec<_> = targets
-            .into_iter()
-            .map(|(partition, items, owed)| {
-                let written = owed.map(|owed| Written { generation, owed });
-                self.router.deliver_updates(partition, items, written)
-            })
-            .collect();
-        let router = self.router.clone();
-        let me = self.id;
-        tokio::spawn(async move {
-            for confirmed in confirmations {
-                // Lanes retry until the target has the updates durable; one
-                // that never confirms (this node stopping) leaves the batch
-                // in the outbox, re-sent on the next start.
-                if confirmed.await.is_err() {
-                    return;
-                }
-            }
-            router.internal(me, Command::FanoutDone { batch });
-        });
+        // Lanes retry until the target has the updates durable.
+        let done = FanoutConfirmation::new(&self.router, self.id, batch, targets.len());
+        for (partition, items, owed) in targets {
+            let written = owed.map(|owed| Written { generation, owed });
+            self.router.deliver_updates(partition, items, written, done.clone());
+        }
     }
 
     /// Every target confirmed an outbox batch. The record is removed at the
