@@ -86,10 +86,11 @@ impl Durability {
                     (std::mem::take(&mut *guard), wait.timed_out())
                 };
                 if timed_out {
-                    // Write-behind: hand sled's buffer to the kernel now, so
-                    // the checkpoint's sync has little left to write (one
-                    // big burst delayed the WAL's syncs). Not a durability
-                    // point: nothing relies on it.
+                    // Write-behind: the held messages to sled, and sled's
+                    // buffer to the kernel, now, so the checkpoint has
+                    // little left to write (one big burst delayed the WAL's
+                    // syncs). Not a durability point: nothing relies on it.
+                    held.write_messages_to_sled()?;
                     db.flush()?;
                     continue;
                 }

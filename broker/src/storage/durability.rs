@@ -440,14 +440,14 @@ pub(super) fn apply(batches: &[(Destination, Vec<wal::Op>)]) -> Result<()> {
             match op {
                 wal::Op::Put { key, value } => match (shred::slot_of_row(key), &destination.held) {
                     (Some(slot), _) => slots.push((slot, Some(value))),
-                    (None, Some(held)) if held::is_held(key) => held.put(key, value),
+                    (None, Some(held)) if held::held_kind(key).is_some() => held.put(key, value),
                     (None, _) => {
                         destination.tree.insert(key.as_slice(), value.as_slice())?;
                     }
                 },
                 wal::Op::Remove { key } => match (shred::slot_of_row(key), &destination.held) {
                     (Some(slot), _) => slots.push((slot, None)),
-                    (None, Some(held)) if held::is_held(key) && held.remove(key) => {}
+                    (None, Some(held)) if held::held_kind(key).is_some_and(|kind| held.remove(key, kind)) => {}
                     (None, _) => {
                         destination.tree.remove(key.as_slice())?;
                     }

@@ -32,55 +32,139 @@ use std::{
 
 use crate::error::Result;
 
-/// Whether a row of this key is held here rather than written to sled:
-/// outbox rows (`o`) and a user partition's update-log batches as first
-/// written (`u` and the first cursor: 9 bytes), which the partition soon
-/// writes again as one compacted row (`partition::compaction`); see the
-/// layout in the storage module docs.
-pub fn is_held(key: &[u8]) -> bool {
+/// How a row of some key is held here rather than written to sled as it
+/// is applied; see the layout in the storage module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldKind {
+    /// Written once under a fresh key (outbox numbers and first cursors
+    /// only grow), and mostly removed before a checkpoint: outbox rows
+    /// (`o`) and a user partition's update-log batches as first written
+    /// (`u` and the first cursor: 9 bytes), which the partition soon writes
+    /// again as one compacted row (`partition::compaction`).
+    Transient,
+    /// Kept for good, and rewritten under the same key (an edit, an
+    /// unsend): messages (`m`). Held, they reach sled at the checkpoint
+    /// (the checkpointer's thread) instead of in the writer's round, which
+    /// every message waits for.
+    Message,
+}
+
+/// Whether, and how, a row of this key is held.
+pub fn held_kind(key: &[u8]) -> Option<HeldKind> {
     match key.first() {
-        Some(b'o') => true,
-        Some(b'u') => key.len() == 9,
-        _ => false,
+        Some(b'o') => Some(HeldKind::Transient),
+        Some(b'u') if key.len() == 9 => Some(HeldKind::Transient),
+        Some(b'm') => Some(HeldKind::Message),
+        _ => None,
     }
 }
+
+/// A held row: its value, or `None` when it was removed while an older
+/// value was on its way to sled (a checkpoint writing it): the next
+/// checkpoint removes sled's copy, and readers see no row meanwhile.
+type HeldValue = Option<Vec<u8>>;
+
+type Rows = BTreeMap<Vec<u8>, HeldValue>;
 
 /// The held rows of one partition's tree.
 #[derive(Default)]
 pub struct HeldRows {
-    rows: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+    state: Mutex<Held>,
+}
+
+/// Two generations of held rows, so that a checkpoint writes to sled
+/// without holding the lock: the writer thread puts and removes rows with
+/// every round, and it waited for whole checkpoints (2-24 ms each at 8,000
+/// 1:1 messages per second, docs/benchmarks.md "Performance, fourth
+/// steps"), which was the slowest of its rounds.
+#[derive(Default)]
+struct Held {
+    /// Rows put or removed since the current move began.
+    current: Rows,
+    /// The rows a checkpoint is writing to sled, without the lock.
+    moving: Arc<Rows>,
+}
+
+impl Held {
+    /// The row of `key` if held, newest generation first: `Some(None)` for a
+    /// removed one.
+    fn get(&self, key: &[u8]) -> Option<&HeldValue> {
+        self.current.get(key).or_else(|| self.moving.get(key))
+    }
+
+    /// The held rows of `range`, newest generation first, removed ones
+    /// included.
+    fn range<R: RangeBounds<Vec<u8>> + Clone>(&self, range: R) -> Rows {
+        let mut rows: Rows = self.moving.range(range.clone()).map(|(k, v)| (k.clone(), v.clone())).collect();
+        rows.extend(self.current.range(range).map(|(k, v)| (k.clone(), v.clone())));
+        rows
+    }
 }
 
 impl HeldRows {
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>> {
-        self.rows.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Held> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(super) fn put(&self, key: &[u8], value: &[u8]) {
-        self.lock().insert(key.to_vec(), value.to_vec());
+        self.lock().current.insert(key.to_vec(), Some(value.to_vec()));
     }
 
-    /// Removes a held row; `false` if it is not held here (a checkpoint
-    /// wrote it to sled, or the replay at start did), so sled has it.
-    pub(super) fn remove(&self, key: &[u8]) -> bool {
-        self.lock().remove(key).is_some()
-    }
-
-    /// Moves every held row into `tree`. The lock is kept meanwhile, so a
-    /// remove that arrives during the move finds its row in sled.
-    fn write_to(&self, tree: &sled::Tree) -> Result<()> {
-        let mut rows = self.lock();
-        for (key, value) in rows.iter() {
-            tree.insert(key.as_slice(), value.as_slice())?;
+    /// Removes a row of `kind`; `false` if it is not held here (a
+    /// checkpoint wrote it to sled, or the replay at start did), so sled
+    /// has it and nothing else writes it: the caller removes it there. A
+    /// row that a checkpoint is writing to sled right now is removed here,
+    /// and from sled by the next checkpoint (after this one's write, in
+    /// order); so is a message, whose older copy may be in sled. A
+    /// transient row held here has no older copy in sled.
+    pub(super) fn remove(&self, key: &[u8], kind: HeldKind) -> bool {
+        let mut held = self.lock();
+        if kind == HeldKind::Message || held.moving.contains_key(key) || held.current.get(key) == Some(&None) {
+            held.current.insert(key.to_vec(), None);
+            return true;
         }
-        rows.clear();
+        held.current.remove(key).is_some()
+    }
+
+    /// Moves every held row into `tree`, without holding the lock while it
+    /// writes: meanwhile the rows are still read here (over sled's copies
+    /// of the same values), new ones are put beside them, and a remove of
+    /// one of them is kept for the next move ([`Self::remove`]).
+    fn write_to(&self, tree: &sled::Tree, messages_only: bool) -> Result<()> {
+        let moving = self.start_move(messages_only);
+        for (key, value) in moving.iter() {
+            match value {
+                Some(value) => tree.insert(key.as_slice(), value.as_slice())?,
+                None => tree.remove(key.as_slice())?,
+            };
+        }
+        self.lock().moving = Arc::default();
         Ok(())
     }
 
-    /// The greatest held key of `range`.
-    fn last_key<R: RangeBounds<Vec<u8>>>(&self, range: R) -> Option<Vec<u8>> {
-        self.lock().range(range).next_back().map(|(key, _)| key.clone())
+    /// Makes the current rows (or only the messages among them) the
+    /// moving ones, and returns them.
+    fn start_move(&self, messages_only: bool) -> Arc<Rows> {
+        let mut held = self.lock();
+        let mut rows = if messages_only { take_messages(&mut held.current) } else { std::mem::take(&mut held.current) };
+        if !held.moving.is_empty() {
+            // A move that failed half-way (the node is stopping): its rows
+            // go again, under the newer ones.
+            let mut older = (*held.moving).clone();
+            older.append(&mut rows);
+            rows = older;
+        }
+        held.moving = Arc::new(rows);
+        held.moving.clone()
     }
+}
+
+/// The message rows (`m` keys) of `rows`, taken out.
+fn take_messages(rows: &mut Rows) -> Rows {
+    let mut messages = rows.split_off(b"m".as_slice());
+    let mut after = messages.split_off(b"n".as_slice());
+    rows.append(&mut after);
+    messages
 }
 
 /// The first `limit` rows of `range` in `tree`, in key order, with the rows
@@ -93,10 +177,10 @@ where
 }
 
 /// The rows of `range` in `tree`, in key order, with the rows `held` for it
-/// laid over them (a held row replaces sled's of the same key), read lazily
-/// from sled. The held rows, a few ticks' worth, are copied first: a
-/// checkpoint that moves a row meanwhile moves it into sled, where the read
-/// finds it again (once: rows are merged by key).
+/// laid over them (a held row replaces sled's of the same key, a removed
+/// one hides it), read lazily from sled. The held rows, a few ticks' worth,
+/// are copied first: a checkpoint that moves a row meanwhile moves it into
+/// sled, where the read finds it again (once: rows are merged by key).
 pub fn overlay_iter<'a, R>(
     held: Option<&HeldRows>,
     tree: &'a sled::Tree,
@@ -105,28 +189,51 @@ pub fn overlay_iter<'a, R>(
 where
     R: RangeBounds<Vec<u8>> + Clone,
 {
-    let held: Vec<(Vec<u8>, Vec<u8>)> = match held {
-        Some(held) => held.lock().range(range.clone()).map(|(k, v)| (k.clone(), v.clone())).collect(),
-        None => Vec::new(),
-    };
-    let mut held = held.into_iter().peekable();
-    let mut stored = tree.range::<&[u8], _>((as_slice(range.start_bound()), as_slice(range.end_bound()))).peekable();
+    overlay_iter_in(held, tree, range, false)
+}
+
+/// [`overlay_iter`], in descending key order when `backward`.
+pub fn overlay_iter_in<'a, R>(
+    held: Option<&HeldRows>,
+    tree: &'a sled::Tree,
+    range: R,
+    backward: bool,
+) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a
+where
+    R: RangeBounds<Vec<u8>> + Clone,
+{
+    let held = held.map(|held| held.lock().range(range.clone())).unwrap_or_default();
+    let held: Box<dyn Iterator<Item = (Vec<u8>, HeldValue)>> =
+        if backward { Box::new(held.into_iter().rev()) } else { Box::new(held.into_iter()) };
+    let mut held = held.peekable();
+    let stored = tree.range::<&[u8], _>((as_slice(range.start_bound()), as_slice(range.end_bound())));
+    let stored: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+        if backward { Box::new(stored.rev()) } else { Box::new(stored) };
+    let mut stored = stored.peekable();
+    // Merged in the walk's order: "less" is whichever comes first.
+    let walk = move |order: Ordering| if backward { order.reverse() } else { order };
     std::iter::from_fn(move || {
-        let order = match (held.peek(), stored.peek()) {
-            (None, None) => return None,
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) | (Some(_), Some(Err(_))) => Ordering::Greater,
-            (Some((held_key, _)), Some(Ok((stored_key, _)))) => held_key.as_slice().cmp(stored_key.as_ref()),
-        };
-        if order == Ordering::Equal {
-            // The held row is the newer: it replaces sled's.
-            stored.next();
-        }
-        match order {
-            Ordering::Greater => {
-                stored.next().map(|row| row.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into))
+        loop {
+            let order = match (held.peek(), stored.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) | (Some(_), Some(Err(_))) => Ordering::Greater,
+                (Some((held_key, _)), Some(Ok((stored_key, _)))) => walk(held_key.as_slice().cmp(stored_key.as_ref())),
+            };
+            if order == Ordering::Equal {
+                // The held row is the newer: it replaces sled's.
+                stored.next();
             }
-            _ => held.next().map(Ok),
+            match order {
+                Ordering::Greater => {
+                    return stored.next().map(|row| row.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into));
+                }
+                _ => match held.next() {
+                    Some((key, Some(value))) => return Some(Ok((key, value))),
+                    Some((_, None)) => continue,
+                    None => return None,
+                },
+            }
         }
     })
 }
@@ -134,20 +241,29 @@ where
 /// The row of `key`: held, or else in `tree`.
 pub fn get(held: Option<&HeldRows>, tree: &sled::Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
     if let Some(value) = held.and_then(|held| held.lock().get(key).cloned()) {
-        return Ok(Some(value));
+        return Ok(value);
     }
     Ok(tree.get(key)?.map(|value| value.to_vec()))
 }
 
-/// The greatest key of `range` in `tree` or `held` for it.
+/// The greatest key of `range` in `tree` or `held` for it, rows removed
+/// while held not counted.
 pub fn last_key<R>(held: Option<&HeldRows>, tree: &sled::Tree, range: R) -> Result<Option<Vec<u8>>>
 where
     R: RangeBounds<Vec<u8>> + Clone,
 {
-    let held = held.and_then(|held| held.last_key(range.clone()));
-    let stored = tree.range::<&[u8], _>((as_slice(range.start_bound()), as_slice(range.end_bound()))).next_back();
-    let stored = stored.transpose()?.map(|(key, _)| key.to_vec());
-    Ok(held.max(stored))
+    let held = held.map(|held| held.lock().range(range.clone())).unwrap_or_default();
+    let newest_held = held.iter().rev().find(|(_, value)| value.is_some()).map(|(key, _)| key.clone());
+    let stored = tree.range::<&[u8], _>((as_slice(range.start_bound()), as_slice(range.end_bound()))).keys().rev();
+    let mut newest_stored = None;
+    for key in stored {
+        let key = key?;
+        if held.get(key.as_ref()) != Some(&None) {
+            newest_stored = Some(key.to_vec());
+            break;
+        }
+    }
+    Ok(newest_held.max(newest_stored))
 }
 
 fn as_slice(bound: Bound<&Vec<u8>>) -> Bound<&[u8]> {
@@ -174,8 +290,21 @@ impl HeldRowsByPartition {
     /// Writes every held row to its tree: before a checkpoint records that
     /// sled holds the log segments so far.
     pub fn write_all_to_sled(&self) -> Result<()> {
+        self.write_to_sled(false)
+    }
+
+    /// Writes the held messages to their trees: between checkpoints, so
+    /// sled gets them a tenth of a second behind the writer, a few at a
+    /// time, instead of all at the checkpoint (a once-a-second burst of
+    /// sled inserts that competed with the partitions: docs/benchmarks.md,
+    /// "Performance, fourth steps"). Transient rows stay, to be removed.
+    pub fn write_messages_to_sled(&self) -> Result<()> {
+        self.write_to_sled(true)
+    }
+
+    fn write_to_sled(&self, messages_only: bool) -> Result<()> {
         let partitions: Vec<_> = self.partitions.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-        partitions.iter().try_for_each(|(tree, held)| held.write_to(tree))
+        partitions.iter().try_for_each(|(tree, held)| held.write_to(tree, messages_only))
     }
 }
 
@@ -197,12 +326,12 @@ mod tests {
         let rows = held.get(1, &tree);
         rows.put(b"o1", b"one");
         rows.put(b"o2", b"two");
-        assert!(rows.remove(b"o1"));
+        assert!(rows.remove(b"o1", HeldKind::Transient));
         held.write_all_to_sled().unwrap();
         assert_eq!(tree.get(b"o1").unwrap(), None);
         assert_eq!(tree.get(b"o2").unwrap().as_deref(), Some(&b"two"[..]));
         // Written out: a later remove finds it in sled, not here.
-        assert!(!rows.remove(b"o2"));
+        assert!(!rows.remove(b"o2", HeldKind::Transient));
     }
 
     #[test]
@@ -233,5 +362,85 @@ mod tests {
         rows.put(b"o4", b"held");
         let last = last_key(Some(&rows), &tree, b"o".to_vec()..b"p".to_vec()).unwrap();
         assert_eq!(last.as_deref(), Some(&b"o4"[..]));
+    }
+
+    #[test]
+    fn a_checkpoint_moves_rows_without_the_lock_and_a_row_removed_meanwhile_leaves_sled_at_the_next() {
+        let (_dir, tree) = tree();
+        let rows = HeldRows::default();
+        rows.put(b"o1", b"one");
+        rows.put(b"o2", b"two");
+        // A checkpoint starts moving o1 and o2; meanwhile the writer
+        // removes o1 and puts o3, and readers see exactly that.
+        let moving = rows.start_move(false);
+        assert!(rows.remove(b"o1", HeldKind::Transient), "held: the caller must not remove it from sled itself");
+        rows.put(b"o3", b"three");
+        let read = || overlay(Some(&rows), &tree, b"o".to_vec()..b"p".to_vec(), 10).unwrap();
+        let expected = vec![(b"o2".to_vec(), b"two".to_vec()), (b"o3".to_vec(), b"three".to_vec())];
+        assert_eq!(read(), expected);
+        // The move writes what it took, o1 included, and ends.
+        for (key, value) in moving.iter() {
+            tree.insert(key.as_slice(), value.clone().unwrap()).unwrap();
+        }
+        rows.lock().moving = Arc::default();
+        assert_eq!(tree.get(b"o1").unwrap().as_deref(), Some(&b"one"[..]), "in sled for now");
+        assert_eq!(read(), expected, "o1 stays hidden");
+        assert_eq!(get(Some(&rows), &tree, b"o1").unwrap(), None);
+        assert_eq!(last_key(Some(&rows), &tree, b"o".to_vec()..b"o3".to_vec()).unwrap().as_deref(), Some(&b"o2"[..]));
+        assert!(rows.remove(b"o1", HeldKind::Transient), "removed again: still the next checkpoint's to do");
+        // The next checkpoint removes it from sled, and holds nothing more.
+        rows.write_to(&tree, false).unwrap();
+        assert_eq!(tree.get(b"o1").unwrap(), None);
+        assert_eq!(read(), expected);
+        assert!(!rows.remove(b"o2", HeldKind::Transient), "in sled now");
+        assert!(rows.lock().current.is_empty() && rows.lock().moving.is_empty());
+    }
+
+    #[test]
+    fn a_message_is_held_until_the_checkpoint_and_its_edits_and_removal_reach_sled_in_order() {
+        let (_dir, tree) = tree();
+        let rows = HeldRows::default();
+        let kind = held_kind(b"m1").unwrap();
+        assert_eq!(kind, HeldKind::Message);
+        rows.put(b"m1", b"first");
+        rows.put(b"m2", b"second");
+        assert_eq!(tree.get(b"m1").unwrap(), None, "not in sled before the checkpoint");
+        rows.write_to(&tree, false).unwrap();
+        assert_eq!(tree.get(b"m1").unwrap().as_deref(), Some(&b"first"[..]));
+        // Edited after the checkpoint: the held copy is read, sled gets it
+        // at the next one.
+        rows.put(b"m1", b"edited");
+        assert_eq!(get(Some(&rows), &tree, b"m1").unwrap().as_deref(), Some(&b"edited"[..]));
+        rows.write_to(&tree, false).unwrap();
+        assert_eq!(tree.get(b"m1").unwrap().as_deref(), Some(&b"edited"[..]));
+        // Removed: held as removed (sled has a copy), gone from sled next.
+        rows.put(b"m3", b"third");
+        assert!(rows.remove(b"m1", kind), "a message's removal is the checkpoint's to write");
+        assert_eq!(get(Some(&rows), &tree, b"m1").unwrap(), None);
+        let newest_first: Vec<_> =
+            overlay_iter_in(Some(&rows), &tree, b"m".to_vec()..b"n".to_vec(), true).collect::<Result<_>>().unwrap();
+        let expected = vec![(b"m3".to_vec(), b"third".to_vec()), (b"m2".to_vec(), b"second".to_vec())];
+        assert_eq!(newest_first, expected, "backward, the removed m1 hidden though sled still has it");
+        assert_eq!(last_key(Some(&rows), &tree, b"m".to_vec()..b"m3".to_vec()).unwrap().as_deref(), Some(&b"m2"[..]));
+        rows.write_to(&tree, false).unwrap();
+        assert_eq!(tree.get(b"m1").unwrap(), None);
+        assert_eq!(tree.get(b"m3").unwrap().as_deref(), Some(&b"third"[..]));
+    }
+
+    #[test]
+    fn between_checkpoints_only_the_messages_go_to_sled() {
+        let (_dir, tree) = tree();
+        let held = HeldRowsByPartition::default();
+        let rows = held.get(1, &tree);
+        rows.put(b"m1", b"message");
+        rows.put(b"o1", b"outbox");
+        rows.put(b"u\0\0\0\0\0\0\0\x01", b"update batch");
+        held.write_messages_to_sled().unwrap();
+        assert_eq!(tree.get(b"m1").unwrap().as_deref(), Some(&b"message"[..]));
+        assert_eq!(tree.get(b"o1").unwrap(), None, "transient rows wait for their removal");
+        assert_eq!(tree.len(), 1);
+        assert!(rows.remove(b"o1", HeldKind::Transient), "still held");
+        held.write_all_to_sled().unwrap();
+        assert_eq!(tree.len(), 2, "the checkpoint writes the rest: m1 and the update batch");
     }
 }

@@ -216,11 +216,9 @@ impl PartitionStore {
 
     /// Seq of the newest message of a conversation, 0 when it has none.
     pub fn last_message_seq(&self, conversation: &str) -> Result<u64> {
-        let prefix = key(b'm', &[conversation.as_bytes(), b""]);
-        match self.files.tree.scan_prefix(prefix).next_back() {
-            Some(row) => Ok(be_u64(&row?.0).unwrap_or(0)),
-            None => Ok(0),
-        }
+        let range = message_key(conversation, 0)..=message_key(conversation, u64::MAX);
+        let last = held::last_key(self.files.held.as_deref(), &self.files.tree, range)?;
+        Ok(last.and_then(|key| be_u64(&key)).unwrap_or(0))
     }
 
     /// Messages with `from <= seq <= to`, at most `limit`, newest first when
@@ -236,10 +234,8 @@ impl PartitionStore {
         if from > to || limit == 0 {
             return Ok(Vec::new());
         }
-        let range = self.files.tree.range(message_key(conversation, from)..=message_key(conversation, to));
-        let rows: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
-            if newest_first { Box::new(range.rev()) } else { Box::new(range) };
-        let rows = rows
+        let range = message_key(conversation, from)..=message_key(conversation, to);
+        let rows = held::overlay_iter_in(self.files.held.as_deref(), &self.files.tree, range, newest_first)
             .take(limit)
             .map(|row| {
                 let (_, value) = row?;
@@ -275,7 +271,8 @@ impl PartitionStore {
     /// with the key slot its content is sealed under (`None` for a
     /// tombstone).
     pub fn stored_message(&self, conversation: &str, seq: u64) -> Result<Option<(Message, Option<u64>)>> {
-        let Some(row) = self.files.tree.get(message_key(conversation, seq))? else { return Ok(None) };
+        let held = self.files.held.as_deref();
+        let Some(row) = held::get(held, &self.files.tree, &message_key(conversation, seq))? else { return Ok(None) };
         let (mut message, slot) = self.unseal(conversation, &row)?;
         if let Some(row) = self.files.tree.get(reactions_key(conversation, seq))? {
             message.reactions = decode::<ReactionsRecord>(&row)?.reactions;
