@@ -98,6 +98,13 @@ impl Durability {
                 *self.checkpoint_started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 checkpoint(&db, &keys, &held, &sled_files, &*log, newest + 1)?;
                 *self.checkpoint_started.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                // The next segment's spare, sized for a little more than
+                // the last one took. Without it (out of space for a
+                // moment), the segment grows as it is written: slower only.
+                let last = self.last_segment_bytes.load(std::sync::atomic::Ordering::Relaxed);
+                if let Err(error) = log.prepare((last + last / 4).min(super::durability::MAX_SEGMENT_BYTES)) {
+                    tracing::warn!(%error, "could not ready a spare WAL segment");
+                }
             }
         };
         match std::panic::catch_unwind(AssertUnwindSafe(checkpoints)) {

@@ -96,6 +96,9 @@ pub struct Durability {
     waiters: Mutex<Vec<(u64, Arc<Notify>)>>,
     /// Closed segments waiting for a checkpoint.
     pub(super) closed: Mutex<Vec<u64>>,
+    /// Bytes logged to the newest closed segment: what the checkpointer
+    /// sizes the next spare segment by ([`wal::Segments`]).
+    pub(super) last_segment_bytes: AtomicUsize,
     pub(super) closed_signal: Condvar,
     /// When the running checkpoint started (0: none runs), for the watchdog.
     pub(super) checkpoint_started: Mutex<Option<Instant>>,
@@ -130,6 +133,7 @@ impl Durability {
             stopping: AtomicBool::new(false),
             waiters: Mutex::new(Vec::new()),
             closed: Mutex::new(Vec::new()),
+            last_segment_bytes: AtomicUsize::new(0),
             closed_signal: Condvar::new(),
             checkpoint_started: Mutex::new(None),
             fail_stop,
@@ -300,6 +304,7 @@ impl Durability {
                 match writer.log.create(next) {
                     Ok(segment) => {
                         writer.segment = segment;
+                        self.last_segment_bytes.store(segment_bytes, Ordering::Relaxed);
                         let mut closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
                         closed.push(writer.number);
                         self.closed_signal.notify_one();

@@ -11,6 +11,16 @@
 //! writes it again within a tick, compacted with the others of that tick
 //! (`partition::compaction`), and removes it.
 //!
+//! Messages (`m` rows) are held too, for a different reason: they stay, but
+//! every message waited for its sled insert in the writer's round, the one
+//! serial stage of a send. Held, they reach sled from the checkpointer's
+//! thread, every `WRITE_BEHIND_EVERY` (100 ms) and at each checkpoint
+//! ([`HeldRowsByPartition::write_messages_to_sled`]): p99 at 10,000 1:1
+//! messages per second fell from 28-38 ms to 21-24 ms (docs/benchmarks.md,
+//! "Performance, fifth steps"). An edit or unsend of a held message
+//! replaces it here; a removal is held as a tombstone until sled's copy is
+//! removed.
+//!
 //! The write-ahead log already makes the row durable; sled is only where
 //! the log's operations are kept once a checkpoint deletes the segments
 //! that hold them. So the writer applies held rows here instead of to sled

@@ -8,14 +8,15 @@
 //! message itself. Everything else is coalesced per write batch (one outbox
 //! row, one update-log row per user partition, one meta row; the outbox and
 //! update-log rows are held in memory, see [`held`], and the update log
-//! reaches sled compacted, a tick's batches in one row) or derived in
+//! reaches sled compacted, a tick's batches in one row; the message row is
+//! held too, and reaches sled from the checkpointer's thread) or derived in
 //! memory at load: a conversation's last seq is its last message key, the
 //! dedup window is rebuilt from the tail of its messages.
 //!
 //! | key                       | value                  |
 //! |---------------------------|------------------------|
 //! | `c` conv                  | [`ConversationRecord`] |
-//! | `m` conv `/` seq (BE u64) | `imsg.v1.Message` + [`SealedContent`] |
+//! | `m` conv `/` seq (BE u64) | `imsg.v1.Message` + [`SealedContent`], held in memory until the checkpointer writes it ([`held`]) |
 //! | `a` conv `/` seq          | [`ReactionsRecord`]    |
 //! | `h` conv `/` user `/` seq | (empty): deleted for that user |
 //! | `K` slot (BE u64)         | content key, in the key file, not sled ([`shred`]) |

@@ -30,15 +30,14 @@
 //! Segment files `wal-<number>.log`. Record: `len: u32 LE`, `crc32: u32 LE`
 //! of the payload, payload. Payload: `count: u32`, then per operation
 //! `tree: u32`, `kind: u8` (1 put, 2 remove), `key_len: u32`, key, and for a
-//! put `value_len: u32`, value.
+//! put `value_len: u32`, value. Zeros may follow the last record: a segment
+//! is written over a file of zeros ([`Segments`]).
 
-use std::{
-    fs::{File, OpenOptions},
-    io::{Read, Write},
-    path::{Path, PathBuf},
-};
+mod segments;
 
-use crate::error::{Error, Result};
+pub use segments::Segments;
+
+use crate::error::Result;
 
 /// One operation of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,13 +75,19 @@ pub fn encode_record(out: &mut Vec<u8>, tree: u32, ops: &[Op]) {
 }
 
 /// Reads records from the bytes of a segment, stopping at the first torn or
-/// corrupt one. Yields `(tree, op)` in log order.
+/// corrupt one; clean (`true`) when the records end where the bytes do, or
+/// where only zeros follow. Yields `(tree, op)` in log order.
 pub fn decode_segment(bytes: &[u8]) -> (Vec<(u32, Op)>, bool) {
     let mut ops = Vec::new();
     let mut at = 0usize;
     let u32_at =
         |bytes: &[u8], at: usize| -> Option<u32> { Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?)) };
     while at < bytes.len() {
+        // Zeros to the end: a segment written over a spare of zeros ends
+        // so (`segments`); no record starts with a zero length.
+        if bytes[at..].iter().all(|byte| *byte == 0) {
+            return (ops, true);
+        }
         let (Some(len), Some(crc)) = (u32_at(bytes, at), u32_at(bytes, at + 4)) else { return (ops, false) };
         let Some(payload) = bytes.get(at + 8..at + 8 + len as usize) else { return (ops, false) };
         if crc32fast::hash(payload) != crc {
@@ -141,6 +146,11 @@ pub trait LogDir: Send + Sync {
     fn remove(&self, numbers: &[u64]) -> Result<()>;
     /// Names a segment in messages.
     fn describe(&self, number: u64) -> String;
+    /// Readies the next [`LogDir::create`] to take about `bytes` without
+    /// growing a file ([`Segments`] says why); called off the writer's path.
+    fn prepare(&self, _bytes: usize) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// One open segment: appended to, then synced.
@@ -149,94 +159,6 @@ pub trait LogFile: Send {
     fn append(&mut self, bytes: &[u8]) -> Result<()>;
     /// Makes everything appended so far durable.
     fn sync(&mut self) -> Result<()>;
-}
-
-/// The segment files of a data directory.
-pub struct Segments {
-    dir: PathBuf,
-}
-
-impl Segments {
-    pub fn new(dir: &Path) -> Self {
-        Self { dir: dir.to_path_buf() }
-    }
-
-    pub fn path(&self, number: u64) -> PathBuf {
-        self.dir.join(format!("wal-{number:012}.log"))
-    }
-
-    fn sync_dir(&self) -> Result<()> {
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync of the data directory", e))
-    }
-}
-
-impl LogDir for Segments {
-    fn list(&self) -> Result<Vec<u64>> {
-        let mut numbers = Vec::new();
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| io("listing the WAL", e))?;
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if let Some(number) = name.strip_prefix("wal-").and_then(|n| n.strip_suffix(".log"))
-                && let Ok(number) = number.parse()
-            {
-                numbers.push(number);
-            }
-        }
-        numbers.sort_unstable();
-        Ok(numbers)
-    }
-
-    fn read(&self, number: u64) -> Result<Vec<u8>> {
-        let mut bytes = Vec::new();
-        File::open(self.path(number))
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(|e| io("reading a WAL segment", e))?;
-        Ok(bytes)
-    }
-
-    fn create(&self, number: u64) -> Result<Box<dyn LogFile>> {
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(self.path(number))
-            .map_err(|e| io("creating a WAL segment", e))?;
-        self.sync_dir()?;
-        Ok(Box::new(SegmentFile(file)))
-    }
-
-    fn remove(&self, numbers: &[u64]) -> Result<()> {
-        for number in numbers {
-            std::fs::remove_file(self.path(*number)).map_err(|e| io("removing a WAL segment", e))?;
-        }
-        if !numbers.is_empty() {
-            self.sync_dir()?;
-        }
-        Ok(())
-    }
-
-    fn describe(&self, number: u64) -> String {
-        self.path(number).display().to_string()
-    }
-}
-
-struct SegmentFile(File);
-
-impl LogFile for SegmentFile {
-    fn append(&mut self, bytes: &[u8]) -> Result<()> {
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        self.0.write_all(bytes).map_err(|e| io("writing the WAL", e))
-    }
-
-    fn sync(&mut self) -> Result<()> {
-        self.0.sync_data().map_err(|e| io("fdatasync of the WAL", e))
-    }
-}
-
-fn io(what: &str, error: std::io::Error) -> Error {
-    Error::Internal(format!("{what}: {error}"))
 }
 
 /// A simulated disk for the log, for deterministic tests of the durability
