@@ -13,5 +13,6 @@ pub mod service;
 pub mod stream;
 pub mod stream_sends;
 pub mod wire;
+pub mod woken;
 
 pub use server::{BrokerTarget, GatewayConfig, RunningGateway};

@@ -36,7 +36,7 @@ use imsg_proto::v1::{
     open_stream_response::Frame as Down,
 };
 use tokio_stream::StreamExt;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Code, Status, Streaming};
 
 use imsg_broker::metrics::METRICS;
@@ -46,6 +46,7 @@ use crate::{
     ratelimit::TokenBucket,
     service::{Gateway, limit},
     stream_sends::StreamSends,
+    woken::WokenStream,
 };
 
 /// What a device is told to wait before reconnecting to a gateway that
@@ -148,7 +149,7 @@ pub async fn open(
     let frame_budget = TokenBucket::new(settings.frame_burst, settings.frames_per_second);
     let relay = Relay {
         frame_budget,
-        shutdown: gateway.streams.shutdown.clone(),
+        shutdown: WokenStream::new(futures::stream::once(Box::pin(gateway.streams.shutdown.clone().cancelled_owned()))),
         sends: StreamSends::default(),
         // A stream lives no longer than its token, unless refreshed on it.
         expiry: Box::pin(tokio::time::sleep_until(deadline(expires_at))),
@@ -156,7 +157,7 @@ pub async fn open(
         queued_in_a_row: 0,
         gateway,
         caller,
-        upstream,
+        upstream: WokenStream::new(upstream),
         frames,
         _slot: slot,
     };
@@ -183,10 +184,14 @@ fn deadline(expires_at: u64) -> tokio::time::Instant {
 struct Relay {
     gateway: Arc<Gateway>,
     caller: Caller,
-    upstream: Streaming<OpenStreamRequest>,
+    /// The device's frames, polled only when some came ([`WokenStream`]).
+    upstream: WokenStream<Streaming<OpenStreamRequest>>,
     frames: Frames,
     frame_budget: TokenBucket,
-    shutdown: CancellationToken,
+    /// Shutdown, once. Made once and polled only when woken, like the
+    /// upstream: a new wait per frame registered with the token (shared by
+    /// every stream) and left it again.
+    shutdown: WokenStream<futures::stream::Once<std::pin::Pin<Box<WaitForCancellationFutureOwned>>>>,
     sends: StreamSends,
     expiry: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// The last frame went down: the stream ends.
@@ -216,7 +221,7 @@ impl Relay {
         self.queued_in_a_row = 0;
         while !self.ended {
             tokio::select! {
-                _ = self.shutdown.cancelled() => {
+                _ = self.shutdown.next() => {
                     return self.last(goodbye("server shutting down; reconnect with your last cursor"));
                 }
                 _ = &mut self.expiry => return self.last(goodbye("token expired; reconnect with a fresh token")),
