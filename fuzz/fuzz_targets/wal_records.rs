@@ -2,15 +2,19 @@
 //! bytes recovery reads back after a crash.
 //!
 //! Proves, against `decode_segment`'s contract ("reads records, stopping at
-//! the first torn or corrupt one"):
+//! the first torn or corrupt one; clean when the records end where the
+//! bytes do, or where only zeros follow"):
 //! - arbitrary bytes never panic it (nor make it allocate without bound);
 //!   any prefix of them decodes to a prefix of what they decode to; and a
-//!   record appended to a complete segment decodes after its operations;
+//!   record written where a complete segment's records end (over the zeros
+//!   after them, as the writer writes over a spare segment of zeros)
+//!   decodes after its operations;
 //! - records built from the input and encoded with `encode_record` decode
 //!   to exactly their operations, in order, complete;
 //! - such a segment cut anywhere (a torn write) decodes to exactly the
 //!   records wholly before the cut, complete only when the cut falls on a
-//!   record boundary;
+//!   record boundary or only zeros follow the last whole record (a
+//!   record's first bytes can be zero: its length's low byte);
 //! - such a segment with any one bit flipped (a corrupt sector) decodes to
 //!   exactly the records before the one holding the flipped bit, and is
 //!   never complete.
@@ -23,7 +27,7 @@
 
 #![no_main]
 
-use imsg_broker::storage::wal::{Op, decode_segment, encode_record};
+use imsg_broker::storage::wal::{Op, decode_segment, decode_segment_to, encode_record};
 use imsg_fuzz::Input;
 use libfuzzer_sys::fuzz_target;
 
@@ -38,13 +42,17 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn raw(cut: usize, bytes: &[u8]) {
-    let (ops, complete) = decode_segment(bytes);
+    let (ops, complete, end) = decode_segment_to(bytes);
     let (prefix_ops, _) = decode_segment(&bytes[..cut.min(bytes.len())]);
     assert!(ops.starts_with(&prefix_ops), "a prefix decoded to more than the whole");
     if complete {
         let appended = [Op::Put { key: b"k".to_vec(), value: b"v".to_vec() }, Op::Remove { key: Vec::new() }];
-        let mut longer = bytes.to_vec();
-        encode_record(&mut longer, 7, &appended);
+        let mut record = Vec::new();
+        encode_record(&mut record, 7, &appended);
+        // Written where the records end, over the zeros that may follow.
+        let mut longer = bytes[..end].to_vec();
+        longer.extend_from_slice(&record);
+        longer.extend_from_slice(bytes.get(end + record.len()..).unwrap_or_default());
         let (more, complete) = decode_segment(&longer);
         assert!(complete, "a complete segment with a record appended is not complete");
         let expected: Vec<(u32, Op)> = ops.into_iter().chain(appended.into_iter().map(|op| (7, op))).collect();
@@ -79,7 +87,8 @@ fn structured(input: &mut Input<'_>) {
     let whole = bounds.iter().filter(|bound| **bound <= cut).count() - 1;
     let (ops, complete) = decode_segment(&segment[..cut]);
     assert_eq!(ops, before(whole), "a segment cut at {cut} decoded to other than its whole records");
-    assert_eq!(complete, bounds.contains(&cut), "a segment cut at {cut}: wrong completeness");
+    let zeros_after_whole = segment[bounds[whole]..cut].iter().all(|byte| *byte == 0);
+    assert_eq!(complete, zeros_after_whole, "a segment cut at {cut}: wrong completeness");
 
     // A corrupt sector: one bit flipped.
     if !segment.is_empty() {

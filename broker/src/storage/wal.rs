@@ -78,28 +78,40 @@ pub fn encode_record(out: &mut Vec<u8>, tree: u32, ops: &[Op]) {
 /// corrupt one; clean (`true`) when the records end where the bytes do, or
 /// where only zeros follow. Yields `(tree, op)` in log order.
 pub fn decode_segment(bytes: &[u8]) -> (Vec<(u32, Op)>, bool) {
+    let (ops, clean, _) = decode_segment_to(bytes);
+    (ops, clean)
+}
+
+/// [`decode_segment`], and the offset where the records it read end: where
+/// the next record is written.
+///
+/// Zeros to the end are a clean end: a segment is written over a spare of
+/// zeros ([`Segments`]). A record's length is never zero, but its first
+/// bytes can be (the length's low byte), so a torn write that left only
+/// those reads as a clean end too; only the newest segment can be torn
+/// (segments close after a sync), and its end is where writing resumes
+/// either way.
+pub fn decode_segment_to(bytes: &[u8]) -> (Vec<(u32, Op)>, bool, usize) {
     let mut ops = Vec::new();
     let mut at = 0usize;
     let u32_at =
         |bytes: &[u8], at: usize| -> Option<u32> { Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?)) };
     while at < bytes.len() {
-        // Zeros to the end: a segment written over a spare of zeros ends
-        // so (`segments`); no record starts with a zero length.
         if bytes[at..].iter().all(|byte| *byte == 0) {
-            return (ops, true);
+            return (ops, true, at);
         }
-        let (Some(len), Some(crc)) = (u32_at(bytes, at), u32_at(bytes, at + 4)) else { return (ops, false) };
-        let Some(payload) = bytes.get(at + 8..at + 8 + len as usize) else { return (ops, false) };
+        let (Some(len), Some(crc)) = (u32_at(bytes, at), u32_at(bytes, at + 4)) else { return (ops, false, at) };
+        let Some(payload) = bytes.get(at + 8..at + 8 + len as usize) else { return (ops, false, at) };
         if crc32fast::hash(payload) != crc {
-            return (ops, false);
+            return (ops, false, at);
         }
         match decode_payload(payload) {
             Some(record) => ops.extend(record),
-            None => return (ops, false),
+            None => return (ops, false, at),
         }
         at += 8 + len as usize;
     }
-    (ops, true)
+    (ops, true, at)
 }
 
 fn decode_payload(payload: &[u8]) -> Option<Vec<(u32, Op)>> {
