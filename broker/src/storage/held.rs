@@ -105,8 +105,22 @@ impl Held {
     /// The held rows of `range`, newest generation first, removed ones
     /// included.
     fn range<R: RangeBounds<Vec<u8>> + Clone>(&self, range: R) -> Rows {
-        let mut rows: Rows = self.moving.range(range.clone()).map(|(k, v)| (k.clone(), v.clone())).collect();
-        rows.extend(self.current.range(range).map(|(k, v)| (k.clone(), v.clone())));
+        self.range_with(range, HeldValue::clone)
+    }
+
+    /// The held keys of `range`, newest generation first: `true` for a row,
+    /// `false` for a removed one. No value is copied.
+    fn keys<R: RangeBounds<Vec<u8>> + Clone>(&self, range: R) -> BTreeMap<Vec<u8>, bool> {
+        self.range_with(range, Option::is_some)
+    }
+
+    /// `what` of each held row of `range`, by key, newest generation first.
+    fn range_with<R, T>(&self, range: R, what: impl Fn(&HeldValue) -> T) -> BTreeMap<Vec<u8>, T>
+    where
+        R: RangeBounds<Vec<u8>> + Clone,
+    {
+        let mut rows: BTreeMap<_, _> = self.moving.range(range.clone()).map(|(k, v)| (k.clone(), what(v))).collect();
+        rows.extend(self.current.range(range).map(|(k, v)| (k.clone(), what(v))));
         rows
     }
 }
@@ -262,13 +276,13 @@ pub fn last_key<R>(held: Option<&HeldRows>, tree: &sled::Tree, range: R) -> Resu
 where
     R: RangeBounds<Vec<u8>> + Clone,
 {
-    let held = held.map(|held| held.lock().range(range.clone())).unwrap_or_default();
-    let newest_held = held.iter().rev().find(|(_, value)| value.is_some()).map(|(key, _)| key.clone());
+    let held = held.map(|held| held.lock().keys(range.clone())).unwrap_or_default();
+    let newest_held = held.iter().rev().find(|(_, present)| **present).map(|(key, _)| key.clone());
     let stored = tree.range::<&[u8], _>((as_slice(range.start_bound()), as_slice(range.end_bound()))).keys().rev();
     let mut newest_stored = None;
     for key in stored {
         let key = key?;
-        if held.get(key.as_ref()) != Some(&None) {
+        if held.get(key.as_ref()) != Some(&false) {
             newest_stored = Some(key.to_vec());
             break;
         }
