@@ -500,8 +500,9 @@ impl Process {
     }
 }
 
+/// kill(2): sends `signal` to `pid`, a process the test started.
 #[allow(unsafe_code)]
-fn unsafe_kill(pid: i32, signal: i32) -> i32 {
+pub fn unsafe_kill(pid: i32, signal: i32) -> i32 {
     // SAFETY: kill(2) has no memory-safety preconditions; pid is our child.
     unsafe { libc::kill(pid, signal) }
 }

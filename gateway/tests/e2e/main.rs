@@ -25,3 +25,4 @@ mod tls;
 mod tokens;
 mod traces;
 mod typing;
+mod watchdog;

@@ -36,7 +36,13 @@ use imsg_proto::v1::{
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::harness::{Client, PATIENCE, Process, binary, server_command};
+use crate::{
+    harness::{Client, PATIENCE, Process, binary, server_command},
+    watchdog::{Phase, Watchdog},
+};
+
+/// A cycle takes seconds; one that takes this long is stuck ([`Watchdog`]).
+const CYCLE_LIMIT: Duration = Duration::from_secs(150);
 
 /// What clients were told, the moment they were told it.
 #[derive(Default)]
@@ -123,6 +129,8 @@ struct Rig {
     /// acknowledged messages already found in its log.
     log_cursors: [u64; SENDERS.len()],
     logged: HashSet<(String, u64)>,
+    /// What the cycle is doing, for the watchdog's report.
+    phase: Phase,
 }
 
 impl Rig {
@@ -140,6 +148,7 @@ impl Rig {
             group_count: 0,
             log_cursors: [0; SENDERS.len()],
             logged: HashSet::new(),
+            phase: Phase::default(),
         }
     }
 
@@ -170,18 +179,30 @@ impl Rig {
     }
 
     async fn start(&self) -> Process {
-        Process::spawn(&server_binary(), &self.args()).await
+        self.phase.set("starting the node");
+        let node = Process::spawn(&server_binary(), &self.args()).await;
+        self.phase.set_node(node.child.id());
+        node
     }
 
     /// Cuts the power under a killed node: the kill first (a request the
     /// filesystem holds would keep it from dying), then the cut, then the
     /// wait; then a fresh mount, so the kernel holds nothing from before.
     async fn kill_and_cut(&mut self, mut child: tokio::process::Child) {
+        self.phase.set("killing the node and cutting the power");
         let _ = child.start_kill();
         self.fs.cut();
         let _ = tokio::time::timeout(PATIENCE, child.wait()).await.expect("the killed node did not die");
         drop(self.mount.take());
         self.mount = Some(self.fs.mount(self.mountpoint.path()).expect("remounting after the cut"));
+        self.phase.set_node(None);
+    }
+
+    /// [`Self::cycle`] under a [`Watchdog`].
+    async fn guarded_cycle(&mut self, cycle: usize, workload: Workload, cut_at: CutAt) -> Findings {
+        let step = format!("power-cut cycle {cycle} ({workload:?}, cut {cut_at:?})");
+        let _watchdog = Watchdog::arm(step, CYCLE_LIMIT, self.phase.clone());
+        self.cycle(cycle, workload, cut_at).await
     }
 
     /// One cycle: start on what survived, load, cut at `cut_at`, restart,
@@ -189,8 +210,10 @@ impl Rig {
     async fn cycle(&mut self, cycle: usize, workload: Workload, cut_at: CutAt) -> Findings {
         let node = self.start().await;
         let addr = node.addr;
+        self.phase.set("creating the conversations to send to");
         let targets = self.prepare(addr, cycle, workload).await;
         self.ledger.lock().unwrap().acks_this_cycle = 0;
+        self.phase.set("sending, until the cut");
         let senders = self.spawn_senders(addr, cycle, workload, targets);
         match cut_at {
             CutAt::Random | CutAt::TwiceDuringRecovery => {
@@ -210,6 +233,7 @@ impl Rig {
                     Trigger::write_to("db").after(self.rng.random_range(0..4))
                 };
                 let armed = self.fs.arm(trigger);
+                self.phase.set("sending, until a checkpoint's write or sync");
                 let fired = tokio::task::spawn_blocking(move || {
                     let fired = armed.wait(Duration::from_secs(20));
                     (fired, armed)
@@ -221,6 +245,7 @@ impl Rig {
             }
         }
         self.kill_and_cut(node.child).await;
+        self.phase.set("waiting for the senders to see the node gone");
         for sender in senders {
             let _ = sender.await;
         }
@@ -229,6 +254,7 @@ impl Rig {
         }
         let node = self.start().await;
         let mut findings = self.check(node.addr).await;
+        self.phase.set("stopping the checked node");
         node.sigkill().await;
         findings.blob_files =
             self.fs.files().iter().filter(|(path, _)| path.components().any(|c| c.as_os_str() == "blobs")).count();
@@ -252,7 +278,9 @@ impl Rig {
             Trigger::write_to("db").after(self.rng.random_range(0..8))
         };
         let armed = self.fs.arm(trigger);
+        self.phase.set("starting the node, to cut during its recovery");
         let mut child = server_command(&server_binary(), &self.args()).spawn().unwrap();
+        self.phase.set_node(child.id());
         let stdout = child.stdout.take().unwrap();
         let fired = tokio::task::spawn_blocking(move || armed.wait(Duration::from_secs(5))).await.unwrap();
         if !fired {
@@ -366,6 +394,7 @@ impl Rig {
 
     /// Everything acknowledged so far, against what the restarted node has.
     async fn check(&mut self, addr: std::net::SocketAddr) -> Findings {
+        self.phase.set("checking history");
         let clients = connect_all(addr).await;
         let (acked, groups) = {
             let ledger = self.ledger.lock().unwrap();
@@ -443,6 +472,7 @@ impl Rig {
         clients: &[Client],
         acked: &HashMap<String, BTreeMap<String, Acked>>,
     ) -> usize {
+        self.phase.set("checking the senders' update logs");
         let mut unlogged = 0;
         for (index, client) in clients.iter().enumerate() {
             let mut missing: HashSet<(String, u64)> = acked
@@ -544,7 +574,7 @@ async fn acknowledged_messages_survive_power_cuts_at_any_moment() {
     let mut total = Findings::default();
     for cycle in 0..cycles {
         let (workload, cut_at) = plan(cycle);
-        let findings = rig.cycle(cycle, workload, cut_at).await;
+        let findings = rig.guarded_cycle(cycle, workload, cut_at).await;
         eprintln!("cycle {cycle:>3} {workload:?}/{cut_at:?}: {findings:?}");
         assert!(findings.clean(), "cycle {cycle} ({workload:?}, cut {cut_at:?}, seed {seed}): {findings:?}");
         total = findings;
@@ -575,7 +605,7 @@ async fn relaxed_fsync_loses_acknowledged_messages_and_the_harness_reports_it() 
     let mut rig = Rig::new("interval:2000", seed);
     let mut lost = 0;
     for cycle in 0..4 {
-        let findings = rig.cycle(cycle, Workload::Mixed, CutAt::Random).await;
+        let findings = rig.guarded_cycle(cycle, Workload::Mixed, CutAt::Random).await;
         eprintln!("relaxed cycle {cycle}: {findings:?}");
         lost += findings.lost;
         if lost > 0 {
