@@ -23,6 +23,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    io::Write,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
@@ -556,6 +557,13 @@ fn skip_without_fuse() -> bool {
     }
 }
 
+/// A line straight to stderr, as the cycles go: libtest prints a test's
+/// own output only when it ends, and a run of minutes should show that it
+/// moves (and where it stopped, if it does).
+fn progress(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 fn plan(cycle: usize) -> (Workload, CutAt) {
     let workload = [Workload::LargeTexts, Workload::BigGroups, Workload::Mixed][cycle % 3];
     let cut_at = [CutAt::Random, CutAt::FirstAcks, CutAt::Checkpoint, CutAt::TwiceDuringRecovery][(cycle / 3) % 4];
@@ -569,13 +577,17 @@ async fn acknowledged_messages_survive_power_cuts_at_any_moment() {
     }
     let seed = seed();
     let cycles = cycles();
-    eprintln!("power-cut cycles: {cycles}, seed {seed} (IMSG_POWERCUT_SEED to replay)");
+    progress(&format!("power-cut cycles: {cycles}, seed {seed} (IMSG_POWERCUT_SEED to replay)"));
     let mut rig = Rig::new("always", seed);
     let mut total = Findings::default();
     for cycle in 0..cycles {
         let (workload, cut_at) = plan(cycle);
+        let started = std::time::Instant::now();
         let findings = rig.guarded_cycle(cycle, workload, cut_at).await;
-        eprintln!("cycle {cycle:>3} {workload:?}/{cut_at:?}: {findings:?}");
+        progress(&format!(
+            "power-cut cycle {cycle:>3}/{cycles} {workload:?}/{cut_at:?} in {:.1} s: {findings:?}",
+            started.elapsed().as_secs_f64()
+        ));
         assert!(findings.clean(), "cycle {cycle} ({workload:?}, cut {cut_at:?}, seed {seed}): {findings:?}");
         total = findings;
     }
