@@ -127,8 +127,7 @@ async fn bad_input_gets_a_precise_error_naming_the_field_and_changes_nothing() {
 #[tokio::test]
 async fn requests_without_a_valid_token_are_unauthenticated() {
     let server = TestServer::start().await;
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
+    let channel = crate::harness::channel_to(server.addr).await;
     let mut anonymous = imsg_proto::v1::messaging_service_client::MessagingServiceClient::new(channel.clone());
     let status = anonymous.get_settings(imsg_proto::v1::GetSettingsRequest {}).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
@@ -279,8 +278,7 @@ impl<U: prost::Message + Default + Send + 'static> tonic::codec::Codec for RawCo
 
 /// A gRPC client that sends raw bytes as `token`'s bearer.
 async fn raw_client(server: &TestServer) -> (tonic::client::Grpc<tonic::transport::Channel>, String) {
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
+    let channel = crate::harness::channel_to(server.addr).await;
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     (grpc, crate::harness::tokens().issue("alice", "phone", 60).unwrap())

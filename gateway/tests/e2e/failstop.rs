@@ -37,8 +37,7 @@ async fn node_with_fault(data: &std::path::Path, extra: &[&str]) -> Process {
 /// Sends until the node stops answering; watches overall health meanwhile.
 /// Returns the statuses the health watch saw, in order, and the exit code.
 async fn drive_until_the_node_stops(node: Process) -> (Vec<ServingStatus>, Option<i32>) {
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://{}", node.addr)).unwrap().connect().await.unwrap();
+    let channel = crate::harness::channel_to(node.addr).await;
     let mut health = HealthClient::new(channel);
     let mut watch = health.watch(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
     let seen = tokio::spawn(async move {

@@ -48,6 +48,23 @@ pub fn direct_conversation_id(a: &str, b: &str) -> String {
 /// How long a test waits for something that should happen promptly.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// The longest any one call may wait for its answer (a stream: for its
+/// headers): a server that stops answering fails the test that waits on
+/// it, with `DeadlineExceeded`, instead of hanging it. Far above any call
+/// here, on a busy machine.
+pub const CALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// A plaintext connection to `addr`, every call limited to [`CALL_LIMIT`].
+pub async fn channel_to(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(PATIENCE)
+        .timeout(CALL_LIMIT)
+        .connect()
+        .await
+        .unwrap()
+}
+
 pub fn tokens() -> Authenticator {
     Authenticator::new(SECRET).unwrap()
 }
@@ -129,14 +146,12 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr, user: &str, device: &str) -> Self {
-        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-        Self::on_channel(channel, user, device, &[])
+        Self::on_channel(channel_to(addr).await, user, device, &[])
     }
 
     /// A client presenting `token` as it is (whoever signed it).
     pub async fn with_token(addr: SocketAddr, user: &str, device: &str, token: &str) -> Self {
-        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-        Self::bearing(channel, user, device, token)
+        Self::bearing(channel_to(addr).await, user, device, token)
     }
 
     /// Another client on this client's connection, presenting `token`.

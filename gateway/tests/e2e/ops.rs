@@ -9,8 +9,7 @@ use crate::harness::{Client, Process, binary};
 #[tokio::test]
 async fn health_and_reflection_are_served_on_the_client_port() {
     let server = crate::harness::TestServer::start().await;
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
+    let channel = crate::harness::channel_to(server.addr).await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let status = health
         .check(tonic_health::pb::HealthCheckRequest { service: "imsg.v1.MessagingService".into() })

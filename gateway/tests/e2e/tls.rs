@@ -66,7 +66,7 @@ async fn the_public_api_serves_tls_that_sdk_clients_trust_through_a_private_ca()
     let stranger = Pki::new("stranger");
     let untrusted = health_over_tls(gateway.addr, &stranger).await.unwrap_err();
     assert!(untrusted.contains("Certificate") || untrusted.contains("certificate"), "{untrusted}");
-    let plaintext = Channel::from_shared(format!("http://{}", gateway.addr)).unwrap().connect().await.unwrap();
+    let plaintext = crate::harness::channel_to(gateway.addr).await;
     let refused = HealthClient::new(plaintext).check(HealthCheckRequest::default()).await.unwrap_err();
     assert_ne!(refused.code(), tonic::Code::Ok);
 }
@@ -141,6 +141,6 @@ async fn the_internal_api_takes_only_callers_with_a_certificate_from_the_interna
         };
         assert!(refused.is_err(), "an internal call with {identity:?} was served");
     }
-    let plaintext = Channel::from_shared(format!("http://{node}")).unwrap().connect().await.unwrap();
+    let plaintext = crate::harness::channel_to(node).await;
     assert!(call(plaintext).await.is_err(), "a plaintext internal call was served");
 }
