@@ -446,7 +446,7 @@ impl Partition {
                 }
                 Deferred::Push { user_id, cursor, frame } => {
                     self.users.published_cursor(cursor);
-                    self.push_to_sessions(&user_id, &frame);
+                    self.push_to_sessions(&user_id, frame);
                 }
                 Deferred::MessagePublished { message } => self.message_published(&message),
                 Deferred::Done(done) => {

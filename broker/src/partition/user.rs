@@ -133,8 +133,8 @@ fn close(session: &SessionHandle, reason: &str) {
 
 /// Queues a frame on a session; false when the session is gone or, too
 /// slow to keep up, dropped.
-fn deliver(session: &SessionHandle, frame: &OpenStreamResponse) -> bool {
-    match session.frames.try_send(Box::new(frame.clone())) {
+fn deliver(session: &SessionHandle, frame: Box<OpenStreamResponse>) -> bool {
+    match session.frames.try_send(frame) {
         Ok(()) => {
             METRICS.deliveries.inc();
             true
@@ -245,18 +245,32 @@ impl Partition {
     /// sender's other devices get it). A session whose queue is full is a
     /// slow consumer: it is dropped with a reason rather than allowed to
     /// grow memory (invariant 6).
-    pub(super) fn push_to_sessions(&mut self, user: &str, frame: &OpenStreamResponse) {
+    ///
+    /// The last receiving session gets `frame` itself, the others a copy:
+    /// a frame carries the whole message, and a group message makes one
+    /// per member (nearly always one device each), so copying it for every
+    /// session doubled the copies of a group's fan-out.
+    pub(super) fn push_to_sessions(&mut self, user: &str, frame: Box<OpenStreamResponse>) {
         let Some(state) = self.users.map.get_mut(user) else { return };
         if state.sessions.is_empty() {
             return;
         }
-        let sending_device = sent_by(frame).filter(|(sender, _)| *sender == user).map(|(_, device)| device);
+        // Owned: the frame moves out below. Only a user's own new message
+        // has one (to their other devices), so this rarely allocates.
+        let sending_device = sent_by(&frame).filter(|(sender, _)| *sender == user).map(|(_, device)| device.to_owned());
+        let echoes = |session: &SessionHandle| sending_device.as_deref() == Some(session.device_id.as_str());
+        let last_receiver = state.sessions.iter().rposition(|session| !echoes(session));
         let before = state.sessions.len();
+        let mut frame = Some(frame);
+        let mut index = 0;
         state.sessions.retain(|session| {
-            if sending_device == Some(session.device_id.as_str()) {
+            let this = index;
+            index += 1;
+            if echoes(session) {
                 return true; // no echo
             }
-            deliver(session, frame)
+            let copy = if Some(this) == last_receiver { frame.take() } else { frame.clone() };
+            copy.is_none_or(|copy| deliver(session, copy))
         });
         if before > 0 && state.sessions.is_empty() {
             state.last_active_ms = now_ms();
@@ -283,7 +297,7 @@ impl Partition {
                     event::Kind::Presence(PresenceUpdate { presence: Some(presence.clone()) })
                 }
             };
-            self.push_to_sessions(user, &event_frame(0, kind));
+            self.push_to_sessions(user, Box::new(event_frame(0, kind)));
         }
     }
 
