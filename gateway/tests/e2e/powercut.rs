@@ -194,9 +194,10 @@ impl Rig {
         let _ = child.start_kill();
         self.fs.cut();
         let _ = tokio::time::timeout(PATIENCE, child.wait()).await.expect("the killed node did not die");
+        // Reaped: its pid may be anyone's now, and the watchdog kills by pid.
+        self.phase.set_node(None);
         drop(self.mount.take());
         self.mount = Some(self.fs.mount(self.mountpoint.path()).expect("remounting after the cut"));
-        self.phase.set_node(None);
     }
 
     /// [`Self::cycle`] under a [`Watchdog`].
@@ -257,6 +258,7 @@ impl Rig {
         let mut findings = self.check(node.addr).await;
         self.phase.set("stopping the checked node");
         node.sigkill().await;
+        self.phase.set_node(None);
         findings.blob_files =
             self.fs.files().iter().filter(|(path, _)| path.components().any(|c| c.as_os_str() == "blobs")).count();
         findings
