@@ -435,7 +435,7 @@ impl Router {
                 item = queue.recv() => match item { Some(item) => item, None => return },
             };
             // A batch mixing several commands' updates belongs to the
-            // trace of the first.
+            // trace of the first, and links to the others'.
             let span = tracing::info_span!(parent: &first.span, "fanout", partition, updates = tracing::field::Empty);
             let mut waiting = vec![first.done];
             let mut items = first.items;
@@ -444,6 +444,7 @@ impl Router {
             while items.len() < LANE_BATCH {
                 match queue.try_recv() {
                     Ok(more) => {
+                        crate::telemetry::link(&span, &more.span);
                         items.extend(more.items);
                         following.add(more.written);
                         waiting.push(more.done);

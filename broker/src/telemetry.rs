@@ -15,14 +15,16 @@
 //! Spans name methods, partitions and counts, never content or user ids.
 //! A partition applies commands in batches, and a fan-out lane delivers
 //! batches that may mix several commands: such a batch belongs to the
-//! trace of its first command.
+//! trace of its first command, and links to the others' spans ([`link`]),
+//! so a command whose updates rode in another's batch still leads to the
+//! members' nodes and the pushes.
 
 use std::time::Duration;
 
 use opentelemetry::{
     KeyValue,
     propagation::{Extractor, Injector},
-    trace::TracerProvider as _,
+    trace::{TraceContextExt as _, TracerProvider as _},
 };
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
@@ -102,6 +104,19 @@ pub fn rpc_span<B>(request: &http::Request<B>) -> Span {
         let _ = span.set_parent(parent);
     }
     span
+}
+
+/// Links `span` to `other` when `other` belongs to another trace: `span`
+/// does work of `other`'s too (a fan-out batch carrying updates of several
+/// commands). Nothing without span export.
+pub fn link(span: &Span, other: &Span) {
+    if span.is_disabled() || other.is_disabled() {
+        return;
+    }
+    let linked = other.context().span().span_context().clone();
+    if linked.is_valid() && linked.trace_id() != span.context().span().span_context().trace_id() {
+        span.add_link(linked);
+    }
 }
 
 /// Adds the current span's trace context to an outgoing HTTP request's
