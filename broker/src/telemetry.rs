@@ -19,7 +19,10 @@
 //! so a command whose updates rode in another's batch still leads to the
 //! members' nodes and the pushes.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use opentelemetry::{
     KeyValue,
@@ -35,6 +38,10 @@ use tracing_subscriber::{Layer as _, layer::SubscriberExt as _, util::Subscriber
 /// How long spans wait before they are sent: short, so a trace is
 /// complete at the collector soon after the request.
 const EXPORT_DELAY: Duration = Duration::from_millis(500);
+
+/// Whether spans are exported ([`init`] with an endpoint): [`link`] is on
+/// a hot path, and a link is worth its lookups only then.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
 
 /// Who this process is in traces.
 #[derive(Debug, Clone)]
@@ -91,6 +98,7 @@ pub fn init(service: ServiceIdentity, otlp_endpoint: Option<&str>) -> anyhow::Re
         .with_target("imsg_gateway", tracing::Level::INFO);
     let traces = tracing_opentelemetry::layer().with_tracer(provider.tracer(service.name)).with_filter(ours);
     tracing_subscriber::registry().with(logs).with(traces).init();
+    EXPORTING.store(true, Ordering::Relaxed);
     Ok(Telemetry { provider: Some(provider) })
 }
 
@@ -110,7 +118,7 @@ pub fn rpc_span<B>(request: &http::Request<B>) -> Span {
 /// does work of `other`'s too (a fan-out batch carrying updates of several
 /// commands). Nothing without span export.
 pub fn link(span: &Span, other: &Span) {
-    if span.is_disabled() || other.is_disabled() {
+    if !EXPORTING.load(Ordering::Relaxed) || span.is_disabled() || other.is_disabled() {
         return;
     }
     let linked = other.context().span().span_context().clone();
