@@ -228,11 +228,24 @@ async fn rounds_a_one_to_one_message_is_logged_with_its_fan_out_in_one_round() {
     config.checkpoint_interval = Duration::from_secs(600);
     config.fanout_linger = Duration::from_secs(5);
     let broker = Broker::open(config).await.unwrap();
-    let (alice, bob) = ("alice", "bob");
-    let conversation = direct(&broker, alice, bob).await;
-    let partitions = [alice, bob, &conversation].map(|key| imsg_broker::ids::partition_of(key, 64));
-    let [alices, bobs, conversations] = partitions;
-    assert!(alices != bobs && conversations != alices && conversations != bobs, "{partitions:?}");
+    // A conversation's id is keyed by the node's secret, made when its data
+    // directory is: which partition it lands on changes from run to run
+    // (it once shared alice's, 1 run in ~30). Pairs are tried until all
+    // three partitions differ.
+    let (alice, bob, conversation) = {
+        let mut pair = 0;
+        loop {
+            let (alice, bob) = (format!("alice{pair}"), format!("bob{pair}"));
+            let conversation = direct(&broker, &alice, &bob).await;
+            let [alices, bobs, conversations] =
+                [&alice, &bob, &conversation].map(|key| imsg_broker::ids::partition_of(key, 64));
+            if alices != bobs && conversations != alices && conversations != bobs {
+                break (alice, bob, conversation);
+            }
+            pair += 1;
+        }
+    };
+    let (alice, bob) = (alice.as_str(), bob.as_str());
     let mut bob_device = broker.open_session(&caller(bob), "", 0, None).unwrap();
     send(&broker, alice, &conversation, "warm-up").await;
     next_message(&mut bob_device).await;
