@@ -259,17 +259,15 @@ impl Partition {
         // has one (to their other devices), so this rarely allocates.
         let sending_device = sent_by(&frame).filter(|(sender, _)| *sender == user).map(|(_, device)| device.to_owned());
         let echoes = |session: &SessionHandle| sending_device.as_deref() == Some(session.device_id.as_str());
-        let last_receiver = state.sessions.iter().rposition(|session| !echoes(session));
+        let mut receivers_left = state.sessions.iter().filter(|session| !echoes(session)).count();
         let before = state.sessions.len();
         let mut frame = Some(frame);
-        let mut index = 0;
         state.sessions.retain(|session| {
-            let this = index;
-            index += 1;
             if echoes(session) {
                 return true; // no echo
             }
-            let copy = if Some(this) == last_receiver { frame.take() } else { frame.clone() };
+            receivers_left -= 1;
+            let copy = if receivers_left == 0 { frame.take() } else { frame.clone() };
             copy.is_none_or(|copy| deliver(session, copy))
         });
         if before > 0 && state.sessions.is_empty() {
