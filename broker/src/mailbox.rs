@@ -419,9 +419,9 @@ pub struct Traced {
 }
 
 impl Traced {
-    /// `command` in the current span.
+    /// `command` in the current span (when spans are exported).
     pub fn new(command: Command) -> Self {
-        Self { command, span: tracing::Span::current() }
+        Self { command, span: crate::telemetry::carried() }
     }
 }
 

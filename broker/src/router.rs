@@ -419,7 +419,7 @@ impl Router {
         done: FanoutConfirmation,
     ) {
         if let Some(lane) = self.inner.lanes.get(partition as usize) {
-            let _ = lane.send(LaneItem { items, written, done, span: tracing::Span::current() });
+            let _ = lane.send(LaneItem { items, written, done, span: crate::telemetry::carried() });
         }
     }
 
@@ -436,7 +436,11 @@ impl Router {
             };
             // A batch mixing several commands' updates belongs to the
             // trace of the first, and links to the others'.
-            let span = tracing::info_span!(parent: &first.span, "fanout", partition, updates = tracing::field::Empty);
+            let span = if crate::telemetry::exporting() {
+                tracing::info_span!(parent: &first.span, "fanout", partition, updates = tracing::field::Empty)
+            } else {
+                tracing::Span::none()
+            };
             let mut waiting = vec![first.done];
             let mut items = first.items;
             let mut following = Following::default();

@@ -61,9 +61,12 @@ pub struct Conversation {
 }
 
 /// The newest client message ids of a conversation (invariant 3).
+///
+/// Keyed by sender, then client id, so a send looks itself up by `&str`
+/// without copying either.
 #[derive(Debug, Default)]
 pub struct DedupWindow {
-    seen: HashMap<(String, String), (u64, i64)>,
+    seen: foldhash::HashMap<String, foldhash::HashMap<String, (u64, i64)>>,
     order: VecDeque<(String, String)>,
 }
 
@@ -78,13 +81,21 @@ impl DedupWindow {
     }
 
     pub fn remember(&mut self, capacity: usize, message: &Message) {
-        let key = (message.sender_id.clone(), message.client_message_id.clone());
-        if self.seen.insert(key.clone(), (message.seq, message.server_time_ms)).is_none() {
-            self.order.push_back(key);
+        let (sender, client_id) = (&message.sender_id, &message.client_message_id);
+        if !self.seen.contains_key(sender) {
+            self.seen.insert(sender.clone(), foldhash::HashMap::default());
+        }
+        let by_client = self.seen.get_mut(sender).expect("inserted above");
+        if by_client.insert(client_id.clone(), (message.seq, message.server_time_ms)).is_none() {
+            self.order.push_back((sender.clone(), client_id.clone()));
         }
         while self.order.len() > capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.seen.remove(&old);
+            let Some((sender, client_id)) = self.order.pop_front() else { break };
+            if let Some(by_client) = self.seen.get_mut(&sender) {
+                by_client.remove(&client_id);
+                if by_client.is_empty() {
+                    self.seen.remove(&sender);
+                }
             }
         }
     }
@@ -92,7 +103,7 @@ impl DedupWindow {
     /// `(seq, server time)` of what `sender` sent with `client_id`, if
     /// still remembered.
     pub fn get(&self, sender: &str, client_id: &str) -> Option<(u64, i64)> {
-        self.seen.get(&(sender.to_owned(), client_id.to_owned())).copied()
+        self.seen.get(sender)?.get(client_id).copied()
     }
 }
 

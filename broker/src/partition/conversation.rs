@@ -43,7 +43,7 @@ pub(super) struct FanOut {
 /// The conversations of one partition that are loaded in memory.
 #[derive(Default)]
 pub(super) struct Conversations {
-    pub(super) map: HashMap<String, Conversation>,
+    pub(super) map: foldhash::HashMap<String, Conversation>,
     /// Receipt rows changed in memory only (a sender's own watermarks move
     /// with each send); written at the next tick, not per message.
     dirty_receipts: HashSet<(String, String)>,
@@ -53,7 +53,7 @@ pub(super) struct Conversations {
     /// reached every target durably, or a crash in between would lose it.
     pub(super) outbox_unconfirmed: BTreeSet<u64>,
     /// When each unconfirmed batch was numbered (the fan-out lag metric).
-    pub(super) outbox_started: HashMap<u64, Instant>,
+    pub(super) outbox_started: foldhash::HashMap<u64, Instant>,
     /// Conversations where someone may be typing: the expiry tick visits
     /// these, not every loaded conversation.
     typing_in: HashSet<String>,
@@ -62,7 +62,7 @@ pub(super) struct Conversations {
     /// they are. The next change to one of them must start from here, not
     /// from sled (an edit on top of a pending unsend would bring the
     /// content back).
-    pub(super) unpublished: HashMap<(String, u64), (Arc<Message>, Option<u64>)>,
+    pub(super) unpublished: foldhash::HashMap<(String, u64), (Arc<Message>, Option<u64>)>,
 }
 
 impl Conversations {
@@ -133,8 +133,14 @@ impl Partition {
             event: Some(event.outbox_record()),
         });
         self.batch.outbox_items.push(UpdateItem { user_ids: recipients, event: Arc::new(event) });
-        if self.batch.outbox_span.is_none() {
-            self.batch.outbox_span = Some(tracing::Span::current());
+        let span = crate::telemetry::carried();
+        match &self.batch.outbox_span {
+            None => self.batch.outbox_span = Some(span),
+            Some(first) => {
+                if !span.is_none() && span != *first && !self.batch.outbox_links.contains(&span) {
+                    self.batch.outbox_links.push(span);
+                }
+            }
         }
     }
 

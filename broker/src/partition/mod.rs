@@ -109,6 +109,9 @@ struct Batch {
     outbox_items: Vec<UpdateItem>,
     /// The span of the first command that published into the batch.
     outbox_span: Option<tracing::Span>,
+    /// The spans of the other commands that did (only when spans are
+    /// exported): the batch's fan-out links to them.
+    outbox_links: Vec<tracing::Span>,
     updates: Vec<UpdateEntry>,
     meta_dirty: bool,
     /// Appends the writer waits for, paid when this batch is handed over
@@ -378,6 +381,8 @@ impl Partition {
         // message: `storage::durability`).
         let mut items = std::mem::take(&mut batch.outbox_items).into_iter();
         let mut fan_outs = Vec::new();
+        let outbox_span =
+            crate::telemetry::outbox_span(self.id, batch.outbox_span.take(), std::mem::take(&mut batch.outbox_links));
         for records in chunk_by_encoded_len(std::mem::take(&mut batch.outbox), OUTBOX_ROW_BYTES) {
             let number = self.meta.next_outbox;
             self.meta.next_outbox += 1;
@@ -385,8 +390,7 @@ impl Partition {
             self.conversations.outbox_started.insert(number, std::time::Instant::now());
             let count = records.len();
             batch.writes.put_outbox(number, &crate::storage::OutboxRecord { items: records });
-            let span = batch.outbox_span.clone().unwrap_or_else(tracing::Span::none);
-            fan_outs.push(self.plan_fan_out(number, items.by_ref().take(count).collect(), span, true));
+            fan_outs.push(self.plan_fan_out(number, items.by_ref().take(count).collect(), outbox_span.clone(), true));
         }
         // Rows of at most UPDATE_ROW_ENTRIES entries: a group fan-out batch
         // would otherwise pass sled's blob threshold (~128 KiB), and every

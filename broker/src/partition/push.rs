@@ -72,7 +72,7 @@ impl Partition {
             let number = self.users.next_push;
             self.users.next_push += 1;
             self.batch.writes.put_push(number, &record);
-            let (outlet, partition, span) = (outlet.clone(), self.id, tracing::Span::current());
+            let (outlet, partition, span) = (outlet.clone(), self.id, crate::telemetry::carried());
             self.batch
                 .deferred
                 .push(Deferred::Run(Box::new(move || outlet.send(Queued { partition, number, record, span }))));

@@ -37,9 +37,9 @@ pub(super) struct UserState {
     pub(super) conversations: BTreeSet<String>,
     /// Conversations the user has not accepted (message requests): they
     /// show the user's presence to nobody and push nothing.
-    pub(super) requests: HashSet<String>,
+    pub(super) requests: foldhash::HashSet<String>,
     /// How the user stands toward others (`core::privacy`).
-    pub(super) relations: HashMap<String, RelationRecord>,
+    pub(super) relations: foldhash::HashMap<String, RelationRecord>,
     /// Push targets by device (`core::notify`).
     pub(super) push_targets: HashMap<String, PushTargetRecord>,
     /// Notification settings by conversation.
@@ -60,7 +60,7 @@ impl UserState {
 /// The users of one partition.
 #[derive(Default)]
 pub(super) struct Users {
-    pub(super) map: HashMap<String, UserState>,
+    pub(super) map: foldhash::HashMap<String, UserState>,
     pub(super) retention: Retention,
     /// Update-log batches written since the last compaction, oldest first
     /// (`partition::compaction`).
@@ -182,7 +182,12 @@ impl Partition {
         let mut to_notify = Vec::new();
         for item in items {
             for user in &item.user_ids {
-                let state = self.users.map.entry(user.clone()).or_default();
+                // Looked up by `&str` first: a member's state nearly always
+                // exists, and `entry` would copy the key for every member.
+                if !self.users.map.contains_key(user) {
+                    self.users.map.insert(user.clone(), UserState::default());
+                }
+                let state = self.users.map.get_mut(user).expect("inserted above");
                 let conversation_id = item.event.conversation_id().to_owned();
                 if let LoggedEvent::Message(message) = &*item.event
                     && !state.log.accept_message(&conversation_id, message.seq)

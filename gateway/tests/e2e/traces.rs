@@ -114,13 +114,17 @@ impl Collector {
     }
 }
 
-/// The spans of `trace`, and every span under a `fanout` span of another
-/// trace that links to it (a batch that carried its updates).
+/// The spans of `trace`, and every span under an `outbox` or `fanout` span
+/// of another trace that links to it (a batch that carried its updates).
 fn reached_from(spans: &[Received], trace: &[u8]) -> Vec<Received> {
     let mut reached: Vec<Received> = spans.iter().filter(|s| s.trace_id == trace).cloned().collect();
     let mut below: Vec<&Received> = spans
         .iter()
-        .filter(|s| s.trace_id != trace && s.name == "fanout" && s.linked_traces.iter().any(|t| t == trace))
+        .filter(|s| {
+            s.trace_id != trace
+                && ["outbox", "fanout"].contains(&s.name.as_str())
+                && s.linked_traces.iter().any(|t| t == trace)
+        })
         .collect();
     while let Some(parent) = below.pop() {
         reached.push(parent.clone());
