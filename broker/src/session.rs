@@ -15,7 +15,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use imsg_proto::v1::{Goodbye, OpenStreamResponse, ResyncRequired, open_stream_response};
+use imsg_proto::v1::{Goodbye, Message, OpenStreamResponse, ResyncRequired, open_stream_response};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -193,13 +193,22 @@ async fn materialize(router: &Router, entries: Vec<UpdateEntry>) -> Result<Vec<O
                 .push(entry.conversation_id.clone());
         }
     }
-    let mut messages = HashMap::new();
+    // Each message with the number of entries that show it: the last one
+    // takes it, the others a copy.
+    let mut messages: HashMap<String, HashMap<u64, (Message, usize)>> = HashMap::new();
     for (conversation_id, seqs) in wanted_messages {
         let partition = router.partition_of(&conversation_id);
-        let id = conversation_id.clone();
-        for message in ask(router, partition, |reply| Command::Messages { conversation_id: id, seqs, reply }).await? {
-            messages.insert((conversation_id.clone(), message.seq), message);
+        let mut uses: HashMap<u64, usize> = HashMap::with_capacity(seqs.len());
+        for seq in &seqs {
+            *uses.entry(*seq).or_default() += 1;
         }
+        let id = conversation_id.clone();
+        let found = ask(router, partition, |reply| Command::Messages { conversation_id: id, seqs, reply }).await?;
+        let by_seq = found.into_iter().map(|message| {
+            let uses = uses.get(&message.seq).copied().unwrap_or(1);
+            (message.seq, (message, uses))
+        });
+        messages.insert(conversation_id, by_seq.collect());
     }
     let mut snapshots = HashMap::new();
     for (partition, conversation_ids) in wanted_snapshots {
@@ -215,7 +224,7 @@ async fn materialize(router: &Router, entries: Vec<UpdateEntry>) -> Result<Vec<O
             .kind
             .as_ref()
             .and_then(UpdateKind::message_seq)
-            .and_then(|seq| messages.get(&(entry.conversation_id.clone(), seq)).cloned());
+            .and_then(|seq| take_or_copy(messages.get_mut(&entry.conversation_id)?, seq));
         let conversation_now = snapshots.get(&entry.conversation_id).cloned();
         let Some(kind) = replayed_frame(&entry.conversation_id, entry.kind, stored_message, conversation_now) else {
             continue; // removed from storage since (retention)
@@ -228,4 +237,12 @@ async fn materialize(router: &Router, entries: Vec<UpdateEntry>) -> Result<Vec<O
         });
     }
     Ok(frames)
+}
+
+/// The message `seq` for one of the entries that show it: the last one
+/// takes it.
+fn take_or_copy(by_seq: &mut HashMap<u64, (Message, usize)>, seq: u64) -> Option<Message> {
+    let (message, uses) = by_seq.get_mut(&seq)?;
+    *uses = uses.saturating_sub(1);
+    if *uses == 0 { by_seq.remove(&seq).map(|(message, _)| message) } else { Some(message.clone()) }
 }

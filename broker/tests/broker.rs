@@ -5,8 +5,9 @@ use std::time::Duration;
 use imsg_broker::{Broker, BrokerConfig, Error, FsyncMode};
 use imsg_proto::internal::v1::{Caller, execute_request::Command, execute_response::Result as Outcome};
 use imsg_proto::v1::{
-    AcceptConversationRequest, CreateConversationRequest, DirectConversationSpec, Event, MarkRead, SendMessageRequest,
-    TextContent, TypingSignal, create_conversation_request, event, open_stream_response::Frame, send_message_request,
+    AcceptConversationRequest, CreateConversationRequest, DirectConversationSpec, EditMessageRequest, Event, MarkRead,
+    Message, MessageUpdate, SendMessageRequest, TextContent, TypingSignal, create_conversation_request, event,
+    message::Content, open_stream_response::Frame, send_message_request,
 };
 use tokio_stream::StreamExt;
 
@@ -257,6 +258,47 @@ async fn rounds_a_one_to_one_message_is_logged_with_its_fan_out_in_one_round() {
         let rounds = broker.durability_rounds() - before;
         assert_eq!(rounds, 1, "message {n}: {rounds} rounds between its send and its delivery");
     }
+    broker.shutdown().await.unwrap();
+}
+
+/// Replay reads a page's messages as one range, and a message that several
+/// entries show (sent, then edited) reaches each of them as it is now.
+#[tokio::test]
+async fn replay_shows_each_message_as_it_is_now_to_every_entry_that_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(config(dir.path())).await.unwrap();
+    let conversation = direct(&broker, "alice", "bob").await;
+    for n in 1..=5 {
+        send(&broker, "alice", &conversation, &format!("m{n}")).await;
+    }
+    let edit = EditMessageRequest { conversation_id: conversation.clone(), seq: 2, text: "edited".into() };
+    broker.execute(&caller("alice"), None, Command::EditMessage(edit)).await.unwrap();
+
+    let mut bob = broker.open_session(&caller("bob"), "", 0, None).unwrap();
+    let (mut messages, mut updates) = (Vec::new(), Vec::new());
+    let replay = async {
+        loop {
+            match bob.next().await.expect("session open").frame {
+                Some(Frame::Ready(_)) => break,
+                Some(Frame::Event(Event { kind: Some(event::Kind::Message(message)), .. })) => messages.push(message),
+                Some(Frame::Event(Event {
+                    kind: Some(event::Kind::MessageUpdate(MessageUpdate { message: Some(message) })),
+                    ..
+                })) => updates.push(message),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), replay).await.expect("replay within 10 s");
+    let text = |message: &Message| match &message.content {
+        Some(Content::Text(text)) => text.text.clone(),
+        other => panic!("{other:?}"),
+    };
+    let shown: Vec<(u64, String)> = messages.iter().map(|m| (m.seq, text(m))).collect();
+    let expected: Vec<(u64, String)> =
+        (1..=5).map(|seq| (seq, if seq == 2 { "edited" } else { "hello" }.to_owned())).collect();
+    assert_eq!(shown, expected, "every message once, in order, as it is now");
+    assert_eq!(updates.iter().map(|m| (m.seq, text(m))).collect::<Vec<_>>(), [(2, "edited".to_owned())]);
     broker.shutdown().await.unwrap();
 }
 

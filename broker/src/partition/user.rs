@@ -220,7 +220,10 @@ impl Partition {
                         }
                     }
                 }
-                if let LoggedEvent::Message(message) = &*item.event {
+                // Only a user with push targets may be notified.
+                if let LoggedEvent::Message(message) = &*item.event
+                    && !state.push_targets.is_empty()
+                {
                     to_notify.push((user.clone(), message.clone()));
                 }
                 let cursor = self.meta.next_cursor;
