@@ -1,9 +1,8 @@
-//! Latency histograms (HdrHistogram) with a per-second timeline, recorded
-//! from many tasks at once through a few independently locked shards.
+//! Latency histograms (HdrHistogram) with a per-second timeline.
 
 use std::sync::{
     Mutex,
-    atomic::{AtomicU64, AtomicUsize, Ordering},
+    atomic::{AtomicU64, Ordering},
 };
 
 use hdrhistogram::Histogram;
@@ -14,54 +13,45 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
-const SHARDS: usize = 16;
-
-/// Latencies by the second they were meant for; the run's total is their
-/// sum, made once at the end (one record per sample, not two).
-struct Shard {
-    per_second: Vec<Histogram<u64>>,
-}
-
-/// A latency distribution being recorded, overall and per second of the run.
+/// A latency distribution being recorded, one histogram per second of the
+/// run; the run's total is their sum, made once at the end (one record per
+/// sample, not two).
+///
+/// Not sharded: the generator runs on one thread, so the lock is never
+/// contended. Each histogram is ~170 KiB of counters (3 digits over 1 us to
+/// 10 minutes); sixteen shards of them per second, and a progress line
+/// that merged the whole run every second, were a fifth of the generator's
+/// CPU at 1,000 msg/s, most of it the kernel zeroing fresh pages
+/// (docs/benchmarks.md, "Performance, eighth steps").
+#[derive(Default)]
 pub struct LatencyRecorder {
-    shards: Vec<Mutex<Shard>>,
-    next: AtomicUsize,
-}
-
-impl Default for LatencyRecorder {
-    fn default() -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard { per_second: Vec::new() })).collect(),
-            next: AtomicUsize::new(0),
-        }
-    }
+    per_second: Mutex<Vec<Histogram<u64>>>,
 }
 
 impl LatencyRecorder {
     /// Records `micros` observed during second `second` of the run.
     pub fn record(&self, second: usize, micros: u64) {
-        let shard = self.next.fetch_add(1, Ordering::Relaxed) % SHARDS;
-        let mut shard = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
+        let mut per_second = self.per_second.lock().unwrap_or_else(|e| e.into_inner());
         let value = micros.clamp(1, 600_000_000);
-        while shard.per_second.len() <= second {
-            shard.per_second.push(histogram());
+        while per_second.len() <= second {
+            per_second.push(histogram());
         }
-        shard.per_second[second].saturating_record(value);
+        per_second[second].saturating_record(value);
     }
 
-    /// Everything recorded so far, merged.
+    /// The distribution of second `second` alone (empty if nothing was
+    /// recorded in it).
+    pub fn second(&self, second: usize) -> Percentiles {
+        let per_second = self.per_second.lock().unwrap_or_else(|e| e.into_inner());
+        per_second.get(second).map(Percentiles::of).unwrap_or_default()
+    }
+
+    /// The whole run, and each of its seconds.
     pub fn merged(&self) -> (Histogram<u64>, Vec<Histogram<u64>>) {
+        let seconds = self.per_second.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut total = histogram();
-        let mut seconds: Vec<Histogram<u64>> = Vec::new();
-        for shard in &self.shards {
-            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-            for (i, h) in shard.per_second.iter().enumerate() {
-                let _ = total.add(h);
-                while seconds.len() <= i {
-                    seconds.push(histogram());
-                }
-                let _ = seconds[i].add(h);
-            }
+        for second in &seconds {
+            let _ = total.add(second);
         }
         (total, seconds)
     }
