@@ -21,6 +21,11 @@
 //! replaces it here; a removal is held as a tombstone until sled's copy is
 //! removed.
 //!
+//! The partition's meta row (`M`) is held for the same reason as messages:
+//! a busy partition rewrites it in nearly every round (each confirmed
+//! outbox batch moves its counters), and only the last value matters, so
+//! a checkpoint writes it to sled once.
+//!
 //! The write-ahead log already makes the row durable; sled is only where
 //! the log's operations are kept once a checkpoint deletes the segments
 //! that hold them. So the writer applies held rows here instead of to sled
@@ -57,6 +62,12 @@ pub enum HeldKind {
     /// (the checkpointer's thread) instead of in the writer's round, which
     /// every message waits for.
     Message,
+    /// The partition's meta row (`M`: its counters), rewritten by nearly
+    /// every batch of a busy partition (each confirmed outbox batch moves
+    /// it). Held, its rewrites between two checkpoints cost sled one
+    /// insert, from the checkpointer's thread, instead of one in each of
+    /// the writer's rounds.
+    Meta,
 }
 
 /// Whether, and how, a row of this key is held.
@@ -65,6 +76,7 @@ pub fn held_kind(key: &[u8]) -> Option<HeldKind> {
         Some(b'o') => Some(HeldKind::Transient),
         Some(b'u') if key.len() == 9 => Some(HeldKind::Transient),
         Some(b'm') => Some(HeldKind::Message),
+        Some(b'M') if key.len() == 1 => Some(HeldKind::Meta),
         _ => None,
     }
 }
@@ -139,11 +151,11 @@ impl HeldRows {
     /// has it and nothing else writes it: the caller removes it there. A
     /// row that a checkpoint is writing to sled right now is removed here,
     /// and from sled by the next checkpoint (after this one's write, in
-    /// order); so is a message, whose older copy may be in sled. A
-    /// transient row held here has no older copy in sled.
+    /// order); so is a message or the meta row, whose older copy may be in
+    /// sled. A transient row held here has no older copy in sled.
     pub(super) fn remove(&self, key: &[u8], kind: HeldKind) -> bool {
         let mut held = self.lock();
-        if kind == HeldKind::Message || held.moving.contains_key(key) || held.current.get(key) == Some(&None) {
+        if kind != HeldKind::Transient || held.moving.contains_key(key) || held.current.get(key) == Some(&None) {
             held.current.insert(key.to_vec(), None);
             return true;
         }

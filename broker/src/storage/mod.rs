@@ -6,8 +6,8 @@
 //! ## Layout (rows per message)
 //! sled rows cost ~6.5 us of CPU each, so a send writes exactly one row, the
 //! message itself. Everything else is coalesced per write batch (one outbox
-//! row, one update-log row per user partition, one meta row; the outbox and
-//! update-log rows are held in memory, see [`held`], and the update log
+//! row, one update-log row per user partition, one meta row; the outbox,
+//! update-log and meta rows are held in memory, see [`held`], and the update log
 //! reaches sled compacted, a tick's batches in one row; the message row is
 //! held too, and reaches sled from the checkpointer's thread) or derived in
 //! memory at load: a conversation's last seq is its last message key, the
@@ -32,7 +32,7 @@
 //! | `P` number (BE u64)       | [`PushRecord`]: the push outbox |
 //! | `R` number (BE u64)       | `imsg.v1.Report` with its evidence (moderation partition) |
 //! | `A` number (BE u64)       | `imsg.v1.AuditEntry` (moderation partition) |
-//! | `M`                       | [`PartitionMeta`]      |
+//! | `M`                       | [`PartitionMeta`], held in memory until the next checkpoint ([`held`]) |
 //! | `O`                       | [`OwnershipRecord`]    |
 //!
 //! Ids never contain `/` (see `validate::id`) and conversation ids have a
@@ -310,9 +310,10 @@ impl RowCounts {
     pub(crate) fn count(&self, ops: &[wal::Op]) {
         for op in ops {
             let (wal::Op::Put { key, .. } | wal::Op::Remove { key }) = op;
-            // Transient held rows seldom reach sled; a held message does,
-            // once, at the next checkpoint: it is counted.
-            if held::held_kind(key) == Some(held::HeldKind::Transient) {
+            // Transient held rows seldom reach sled, and the meta row once
+            // per checkpoint however often it was written; a held message
+            // does, once, at the next checkpoint: it is counted.
+            if matches!(held::held_kind(key), Some(held::HeldKind::Transient | held::HeldKind::Meta)) {
                 continue;
             }
             let kind = key.first().copied().unwrap_or(0) & 0x7f;

@@ -124,7 +124,7 @@ pub struct PartitionStore {
 
 impl PartitionStore {
     pub fn meta(&self) -> Result<PartitionMeta> {
-        Ok(match self.files.tree.get(b"M")? {
+        Ok(match held::get(self.files.held.as_deref(), &self.files.tree, b"M")? {
             Some(bytes) => decode(&bytes)?,
             None => PartitionMeta { next_outbox: 1, outbox_done: 1, next_cursor: 1 },
         })

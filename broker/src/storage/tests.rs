@@ -111,6 +111,36 @@ fn published_batches_are_readable_and_survive_a_clean_restart() {
     store.close().unwrap();
 }
 
+/// The meta row is rewritten by nearly every batch of a busy partition
+/// (`held`): its newest value is read back at once, sled gets it only at a
+/// checkpoint (once, however often it was written), and a restart finds
+/// the newest.
+#[test]
+fn the_meta_row_is_held_until_a_checkpoint_and_read_back_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut no_timed_checkpoint = config(dir.path());
+    no_timed_checkpoint.checkpoint_interval = Duration::from_secs(3600);
+    let store = Store::open(&no_timed_checkpoint).unwrap();
+    let partition = store.partition(0).unwrap();
+    for next_cursor in 2..=5 {
+        let mut batch = WriteBatch::default();
+        batch.put_meta(&PartitionMeta { next_outbox: 1, outbox_done: 1, next_cursor });
+        wait_published(&store, partition.apply(batch, true));
+    }
+    assert_eq!(partition.meta().unwrap().next_cursor, 5);
+    assert_eq!(partition.files.tree.get(b"M").unwrap(), None, "held: not in sled before a checkpoint");
+    store.close().unwrap();
+    assert_eq!(
+        partition.files.tree.get(b"M").unwrap().map(|row| rows::decode::<PartitionMeta>(&row).unwrap().next_cursor),
+        Some(5)
+    );
+    drop(partition);
+    drop(store);
+    let store = reopen(dir.path());
+    assert_eq!(store.partition(0).unwrap().meta().unwrap().next_cursor, 5);
+    store.close().unwrap();
+}
+
 /// No sled blob files (sled_files): the largest record of each kind the
 /// limits allow still fits the row bound. (Outbox rows are chunked by
 /// the partition; see its test.)
