@@ -290,7 +290,7 @@ impl Durability {
             if !pending.ops.is_empty() {
                 METRICS.group_commit_batches.observe(pending.ops.len() as f64);
             }
-            apply(&pending.ops)?;
+            apply(pending.ops)?;
             segment_bytes += pending.bytes.len();
             if pending.last > self.durable() {
                 self.publish(pending.last);
@@ -438,28 +438,30 @@ pub struct Destination {
 /// slots (a busy partition's new messages have adjacent slots, so a batch
 /// of them costs one `pwrite`, not one each). Nothing reads either before
 /// the round is published, so the order between the two does not matter.
-pub(super) fn apply(batches: &[(Destination, Vec<wal::Op>)]) -> Result<()> {
+/// The operations are consumed: a held row keeps the bytes it was logged
+/// with instead of a copy.
+pub(super) fn apply(batches: Vec<(Destination, Vec<wal::Op>)>) -> Result<()> {
     for (destination, ops) in batches {
-        let mut slots: Vec<(u64, Option<&[u8]>)> = Vec::new();
+        let mut slots: Vec<(u64, Option<Vec<u8>>)> = Vec::new();
         for op in ops {
             match op {
-                wal::Op::Put { key, value } => match (shred::slot_of_row(key), &destination.held) {
+                wal::Op::Put { key, value } => match (shred::slot_of_row(&key), &destination.held) {
                     (Some(slot), _) => slots.push((slot, Some(value))),
-                    (None, Some(held)) if held::held_kind(key).is_some() => held.put(key, value),
+                    (None, Some(held)) if held::held_kind(&key).is_some() => held.put(key, value),
                     (None, _) => {
-                        destination.tree.insert(key.as_slice(), value.as_slice())?;
+                        destination.tree.insert(key, value)?;
                     }
                 },
-                wal::Op::Remove { key } => match (shred::slot_of_row(key), &destination.held) {
+                wal::Op::Remove { key } => match (shred::slot_of_row(&key), &destination.held) {
                     (Some(slot), _) => slots.push((slot, None)),
-                    (None, Some(held)) if held::held_kind(key).is_some_and(|kind| held.remove(key, kind)) => {}
+                    (None, Some(held)) if held::held_kind(&key).is_some_and(|kind| held.remove(&key, kind)) => {}
                     (None, _) => {
-                        destination.tree.remove(key.as_slice())?;
+                        destination.tree.remove(key)?;
                     }
                 },
             }
         }
-        destination.keys.put_all(slots)?;
+        destination.keys.put_all(slots.iter().map(|(slot, key)| (*slot, key.as_deref())).collect())?;
     }
     Ok(())
 }

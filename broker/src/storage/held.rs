@@ -142,8 +142,10 @@ impl HeldRows {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn put(&self, key: &[u8], value: &[u8]) {
-        self.lock().current.insert(key.to_vec(), Some(value.to_vec()));
+    /// Holds a row, taking its bytes as they are (the writer's logged
+    /// operation, not a copy of it).
+    pub(super) fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.lock().current.insert(key.into(), Some(value.into()));
     }
 
     /// Removes a row of `kind`; `false` if it is not held here (a

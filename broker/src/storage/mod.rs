@@ -286,7 +286,7 @@ fn replay(db: &sled::Db, keys: &KeyFiles, log: &dyn LogDir) -> Result<(usize, u6
             let tree_of = db.open_tree(tree_name(tree))?;
             batches.push((Destination { tree: tree_of, keys: keys.get(tree)?, held: None }, ops));
         }
-        durability::apply(&batches)?;
+        durability::apply(batches)?;
     }
     let after_listed = log.list()?.last().map_or(1, |n| n + 1);
     Ok((replayed, after_listed.max(wal_from)))
