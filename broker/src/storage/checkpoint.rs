@@ -4,8 +4,8 @@
 //! hands the closed ones to the checkpointer thread. Every operation in a
 //! closed segment is already applied to sled (the writer applies a round
 //! before it closes a segment). The checkpointer then:
-//! 0. syncs the content-key files ([`super::shred`]), which the writer
-//!    also applied the segments to, and writes the rows held in memory
+//! 0. writes the content-key slots held in memory to the key files
+//!    ([`super::shred`]) and syncs them, and writes the rows held in memory
 //!    ([`super::held`]) to sled;
 //! 1. records in sled itself that sled holds every segment below N+1
 //!    ([`WAL_FROM_KEY`]);
@@ -86,11 +86,13 @@ impl Durability {
                     (std::mem::take(&mut *guard), wait.timed_out())
                 };
                 if timed_out {
-                    // Write-behind: the held messages to sled, and sled's
-                    // buffer to the kernel, now, so the checkpoint has
+                    // Write-behind: the held messages to sled, the held
+                    // key slots to their files, and sled's buffer to the
+                    // kernel, now, so the checkpoint has
                     // little left to write (one big burst delayed the WAL's
                     // syncs). Not a durability point: nothing relies on it.
                     held.write_messages_to_sled()?;
+                    keys.write_held_all()?;
                     db.flush()?;
                     continue;
                 }
@@ -126,6 +128,7 @@ pub(super) fn checkpoint(
     current: u64,
 ) -> Result<()> {
     let started = Instant::now();
+    keys.write_held_all()?;
     keys.sync_all()?;
     held.write_all_to_sled()?;
     set_wal_from(db, current)?;

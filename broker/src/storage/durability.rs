@@ -434,10 +434,9 @@ pub struct Destination {
 }
 
 /// Applies logged operations: rows one by one, in order; the content-key
-/// slots of each batch after them, sorted, one write per run of adjacent
-/// slots (a busy partition's new messages have adjacent slots, so a batch
-/// of them costs one `pwrite`, not one each). Nothing reads either before
-/// the round is published, so the order between the two does not matter.
+/// slots of each batch after them, held in memory until the checkpointer
+/// writes them (`shred`). Nothing reads either before the round is
+/// published, so the order between the two does not matter.
 /// The operations are consumed: a held row keeps the bytes it was logged
 /// with instead of a copy.
 pub(super) fn apply(batches: Vec<(Destination, Vec<wal::Op>)>) -> Result<()> {
@@ -461,7 +460,13 @@ pub(super) fn apply(batches: Vec<(Destination, Vec<wal::Op>)>) -> Result<()> {
                 },
             }
         }
-        destination.keys.put_all(slots.iter().map(|(slot, key)| (*slot, key.as_deref())).collect())?;
+        let slots = slots.iter().map(|(slot, key)| (*slot, key.as_deref())).collect();
+        // Held like the rows (`shred`), except while the log is replayed at
+        // start, which writes everything to the files.
+        match destination.held {
+            Some(_) => destination.keys.hold_all(slots)?,
+            None => destination.keys.put_all(slots)?,
+        }
     }
     Ok(())
 }

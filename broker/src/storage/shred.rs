@@ -15,8 +15,13 @@
 //! its partition, written and removed through the write-ahead log with the
 //! message row it belongs to, so the same group commit makes both durable
 //! and replay restores both. The writer applies slot rows here instead of
-//! to sled; the checkpointer syncs the key files before it records that the
-//! log segments are covered (`checkpoint`). A partition move copies the
+//! to sled, and holds them in memory ([`KeyFile::hold_all`]), as it holds
+//! messages (`held`): the log already makes them durable, and a `pwrite`
+//! per partition in each of the writer's rounds was a syscall in the one
+//! serial stage of a send. The checkpointer writes them to the file every
+//! `WRITE_BEHIND_EVERY` and at each checkpoint, and syncs the key files
+//! before it records that the log segments are covered (`checkpoint`);
+//! reads lay the held slots over the file. A partition move copies the
 //! slots with the other rows ([`super::PartitionStore::rows_after`]).
 
 use std::{
@@ -104,9 +109,31 @@ impl KeyFiles {
     /// Syncs every key file written since its last sync: before a
     /// checkpoint records that the log segments are covered.
     pub fn sync_all(&self) -> Result<()> {
-        let files: Vec<_> = self.files.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-        files.iter().try_for_each(|file| file.sync())
+        self.each(KeyFile::sync)
     }
+
+    /// Writes every held slot to its file ([`KeyFile::write_held`]).
+    pub fn write_held_all(&self) -> Result<()> {
+        self.each(KeyFile::write_held)
+    }
+
+    fn each(&self, what: impl Fn(&KeyFile) -> Result<()>) -> Result<()> {
+        let files: Vec<_> = self.files.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        files.iter().try_for_each(|file| what(file))
+    }
+}
+
+/// Slot writes by slot, newest last: a key, or `None` for an erased slot.
+type Slots = BTreeMap<u64, Option<[u8; KEY_BYTES]>>;
+
+/// Slots written by the writer and not yet in the file, in two
+/// generations (as `held` rows): `moving` is being written to the file by
+/// the checkpointer without the lock, and is read until it is there;
+/// `current` takes new writes meanwhile and wins over it.
+#[derive(Default)]
+struct HeldSlots {
+    current: Slots,
+    moving: Arc<Slots>,
 }
 
 /// One partition's key slots.
@@ -117,6 +144,7 @@ pub struct KeyFile {
     dirty: AtomicBool,
     /// The next slot to hand out: past every slot ever written.
     next_slot: AtomicU64,
+    held: Mutex<HeldSlots>,
 }
 
 impl KeyFile {
@@ -136,7 +164,13 @@ impl KeyFile {
         File::open(&keys_dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing", &keys_dir, e))?;
         let len = file.metadata().map_err(|e| io("reading the size of", &path, e))?.len();
         let next_slot = len.div_ceil(KEY_BYTES as u64);
-        Ok(Self { path, file, dirty: AtomicBool::new(false), next_slot: AtomicU64::new(next_slot) })
+        Ok(Self {
+            path,
+            file,
+            dirty: AtomicBool::new(false),
+            next_slot: AtomicU64::new(next_slot),
+            held: Mutex::default(),
+        })
     }
 
     /// A slot no message uses (slots are never reused: one whose write a
@@ -150,6 +184,9 @@ impl KeyFile {
     /// (Slot numbers come from rows, which a corrupt file or an imported
     /// partition could fill with anything: [`slot_offset`] bounds them.)
     pub fn get(&self, slot: u64) -> Result<Option<[u8; KEY_BYTES]>> {
+        if let Some(held) = self.held_slot(slot) {
+            return Ok(held);
+        }
         let mut key = [0u8; KEY_BYTES];
         // A slot past any file (a corrupt or imported row): no key.
         let Some(offset) = slot_offset(slot) else { return Ok(None) };
@@ -187,7 +224,66 @@ impl KeyFile {
             }
             rest = &rest[run..];
         }
+        let held = self.lock_held();
+        for slot in slots {
+            match held.current.get(&slot).or_else(|| held.moving.get(&slot)) {
+                Some(Some(key)) => keys.insert(slot, *key),
+                Some(None) => keys.remove(&slot),
+                None => None,
+            };
+        }
         Ok(keys)
+    }
+
+    fn lock_held(&self) -> std::sync::MutexGuard<'_, HeldSlots> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The held write of `slot`, if any: `Some(None)` for an erased slot.
+    fn held_slot(&self, slot: u64) -> Option<Option<[u8; KEY_BYTES]>> {
+        let held = self.lock_held();
+        held.current.get(&slot).or_else(|| held.moving.get(&slot)).copied()
+    }
+
+    /// Holds slot writes (or with `None`, erasures) in memory, the last
+    /// write of a slot winning, until [`Self::write_held`]: the writer's
+    /// way, the log having made them durable (module docs).
+    pub fn hold_all(&self, slots: Vec<(u64, Option<&[u8]>)>) -> Result<()> {
+        let mut held = self.lock_held();
+        for (slot, key) in slots {
+            let key = match key {
+                Some(key) => Some(<[u8; KEY_BYTES]>::try_from(key).map_err(|_| key_size_error(key))?),
+                None => None,
+            };
+            slot_offset(slot).ok_or_else(|| past_any_file(slot))?;
+            held.current.insert(slot, key);
+            self.next_slot.fetch_max(slot + 1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Writes the held slots to the file (not synced: [`Self::sync`]).
+    /// Only the checkpointer calls it, so two never run at once.
+    pub fn write_held(&self) -> Result<()> {
+        let moving = {
+            let mut held = self.lock_held();
+            if held.current.is_empty() && held.moving.is_empty() {
+                return Ok(());
+            }
+            let mut slots = std::mem::take(&mut held.current);
+            if !held.moving.is_empty() {
+                // A write that failed half-way (the node is stopping): its
+                // slots go again, under the newer ones.
+                let mut older = (*held.moving).clone();
+                older.append(&mut slots);
+                slots = older;
+            }
+            held.moving = Arc::new(slots);
+            held.moving.clone()
+        };
+        self.put_all(moving.iter().map(|(slot, key)| (*slot, key.as_ref().map(|key| &key[..]))).collect())?;
+        self.lock_held().moving = Arc::default();
+        Ok(())
     }
 
     /// Writes (or with `None` erases) a slot, in place. Durable at the next
@@ -215,12 +311,11 @@ impl KeyFile {
             for (_, key) in &rest[..run] {
                 match key {
                     Some(key) if key.len() == KEY_BYTES => bytes.extend_from_slice(key),
-                    Some(key) => return Err(Error::Internal(format!("a content key of {} bytes", key.len()))),
+                    Some(key) => return Err(key_size_error(key)),
                     None => bytes.extend_from_slice(&[0; KEY_BYTES]),
                 }
             }
-            let offset = slot_offset(first)
-                .ok_or_else(|| Error::Internal(format!("content key slot {first} is past any key file")))?;
+            let offset = slot_offset(first).ok_or_else(|| past_any_file(first))?;
             self.file.write_all_at(&bytes, offset).map_err(|e| io("writing", &self.path, e))?;
             self.next_slot.fetch_max(first + run as u64, Ordering::Relaxed);
             self.dirty.store(true, Ordering::Release);
@@ -253,6 +348,14 @@ impl KeyFile {
         }
         Ok(())
     }
+}
+
+fn key_size_error(key: &[u8]) -> Error {
+    Error::Internal(format!("a content key of {} bytes", key.len()))
+}
+
+fn past_any_file(slot: u64) -> Error {
+    Error::Internal(format!("content key slot {slot} is past any key file"))
 }
 
 /// Slots one read of [`KeyFile::get_many`] may span (8 KiB).
@@ -353,6 +456,34 @@ mod tests {
         assert_eq!(batched.get(4).unwrap(), Some(keys[5]), "the later write of a slot wins");
         assert_eq!(batched.get(3).unwrap(), None, "erased after being written");
         assert_eq!(batched.allocate(), 10);
+    }
+
+    /// The writer's slots are held in memory: read at once (one by one,
+    /// together, in order), in the file only once written, and a held
+    /// erasure hides the file's key until then.
+    #[test]
+    fn held_slots_are_read_over_the_file_and_reach_it_when_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyFile::open(dir.path(), 4).unwrap();
+        let path = dir.path().join("keys/p00004.keys");
+        let (old, new) = (new_key(), new_key());
+        keys.put(2, Some(&old)).unwrap();
+        keys.hold_all(vec![(1, Some(&new)), (2, None)]).unwrap();
+        assert_eq!(keys.get(1).unwrap(), Some(new), "a held key is read before it is in the file");
+        assert_eq!(keys.get(2).unwrap(), None, "a held erasure hides the file's key");
+        assert_eq!(keys.get_many([1, 2]).unwrap(), HashMap::from([(1, new)]));
+        assert_eq!(keys.slots_from(0, 10).unwrap(), vec![(1, new)]);
+        assert_eq!(keys.allocate(), 3, "held slots are never handed out again");
+        let file = std::fs::read(&path).unwrap();
+        assert!(!file.windows(KEY_BYTES).any(|w| w == new), "held: not in the file yet");
+        assert!(file.windows(KEY_BYTES).any(|w| w == old), "the erasure is not in the file yet");
+
+        keys.write_held().unwrap();
+        let file = std::fs::read(&path).unwrap();
+        assert!(file.windows(KEY_BYTES).any(|w| w == new), "written");
+        assert!(!file.windows(KEY_BYTES).any(|w| w == old), "the erased key's bytes are overwritten");
+        assert_eq!(keys.get(1).unwrap(), Some(new));
+        assert_eq!(keys.get(2).unwrap(), None);
     }
 
     #[test]
