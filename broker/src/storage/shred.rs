@@ -254,7 +254,9 @@ impl KeyFile {
             let key = match key {
                 Some(key) => Some(<[u8; KEY_BYTES]>::try_from(key).map_err(|_| key_size_error(key))?),
                 None => None,
-            };
+            }
+            // A zero key is an erased slot in the file: so here too.
+            .filter(|key| *key != [0; KEY_BYTES]);
             slot_offset(slot).ok_or_else(|| past_any_file(slot))?;
             held.current.insert(slot, key);
             self.next_slot.fetch_max(slot + 1, Ordering::Relaxed);
@@ -468,12 +470,14 @@ mod tests {
         let path = dir.path().join("keys/p00004.keys");
         let (old, new) = (new_key(), new_key());
         keys.put(2, Some(&old)).unwrap();
-        keys.hold_all(vec![(1, Some(&new)), (2, None)]).unwrap();
+        keys.put(3, Some(&old)).unwrap();
+        keys.hold_all(vec![(1, Some(&new)), (2, None), (3, Some(&[0; KEY_BYTES]))]).unwrap();
         assert_eq!(keys.get(1).unwrap(), Some(new), "a held key is read before it is in the file");
         assert_eq!(keys.get(2).unwrap(), None, "a held erasure hides the file's key");
-        assert_eq!(keys.get_many([1, 2]).unwrap(), HashMap::from([(1, new)]));
+        assert_eq!(keys.get(3).unwrap(), None, "a zero key is an erasure, as in the file");
+        assert_eq!(keys.get_many([1, 2, 3]).unwrap(), HashMap::from([(1, new)]));
         assert_eq!(keys.slots_from(0, 10).unwrap(), vec![(1, new)]);
-        assert_eq!(keys.allocate(), 3, "held slots are never handed out again");
+        assert_eq!(keys.allocate(), 4, "held slots are never handed out again");
         let file = std::fs::read(&path).unwrap();
         assert!(!file.windows(KEY_BYTES).any(|w| w == new), "held: not in the file yet");
         assert!(file.windows(KEY_BYTES).any(|w| w == old), "the erasure is not in the file yet");
