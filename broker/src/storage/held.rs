@@ -94,26 +94,63 @@ pub struct HeldRows {
     state: Mutex<Held>,
 }
 
-/// Two generations of held rows, so that a checkpoint writes to sled
+/// Two generations of held writes, so that a checkpoint writes them out
 /// without holding the lock: the writer thread puts and removes rows with
 /// every round, and it waited for whole checkpoints (2-24 ms each at 8,000
 /// 1:1 messages per second, docs/benchmarks.md "Performance, fourth
-/// steps"), which was the slowest of its rounds.
-#[derive(Default)]
-struct Held {
-    /// Rows put or removed since the current move began.
-    current: Rows,
-    /// The rows a checkpoint is writing to sled, without the lock.
-    moving: Arc<Rows>,
+/// steps"), which was the slowest of its rounds. Held rows here, held
+/// content-key slots in `shred`.
+pub(super) struct Generations<K, V> {
+    /// Written since the current move began.
+    pub(super) current: BTreeMap<K, V>,
+    /// What a checkpoint is writing out, without the lock: still read
+    /// until it is there.
+    pub(super) moving: Arc<BTreeMap<K, V>>,
 }
 
-impl Held {
-    /// The row of `key` if held, newest generation first: `Some(None)` for a
-    /// removed one.
-    fn get(&self, key: &[u8]) -> Option<&HeldValue> {
+impl<K, V> Default for Generations<K, V> {
+    fn default() -> Self {
+        Self { current: BTreeMap::new(), moving: Arc::default() }
+    }
+}
+
+impl<K: Ord + Clone, V: Clone> Generations<K, V> {
+    /// The held write of `key`, newest generation first (for a row,
+    /// `Some(None)` is a removed one).
+    pub(super) fn get<Q: Ord + ?Sized>(&self, key: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
         self.current.get(key).or_else(|| self.moving.get(key))
     }
 
+    /// Makes what `take` takes out of the current writes the moving ones,
+    /// and returns them for the move (done: [`Self::finish_move`]).
+    pub(super) fn start_move(
+        &mut self,
+        take: impl FnOnce(&mut BTreeMap<K, V>) -> BTreeMap<K, V>,
+    ) -> Arc<BTreeMap<K, V>> {
+        let mut writes = take(&mut self.current);
+        if !self.moving.is_empty() {
+            // A move that failed half-way (the node is stopping): its
+            // writes go again, under the newer ones.
+            let mut older = (*self.moving).clone();
+            older.append(&mut writes);
+            writes = older;
+        }
+        self.moving = Arc::new(writes);
+        self.moving.clone()
+    }
+
+    pub(super) fn finish_move(&mut self) {
+        self.moving = Arc::default();
+    }
+}
+
+/// The held rows of one partition's tree.
+type Held = Generations<Vec<u8>, HeldValue>;
+
+impl Held {
     /// The held rows of `range`, newest generation first, removed ones
     /// included.
     fn range<R: RangeBounds<Vec<u8>> + Clone>(&self, range: R) -> Rows {
@@ -176,24 +213,14 @@ impl HeldRows {
                 None => tree.remove(key.as_slice())?,
             };
         }
-        self.lock().moving = Arc::default();
+        self.lock().finish_move();
         Ok(())
     }
 
     /// Makes the current rows (or only the messages among them) the
     /// moving ones, and returns them.
     fn start_move(&self, messages_only: bool) -> Arc<Rows> {
-        let mut held = self.lock();
-        let mut rows = if messages_only { take_messages(&mut held.current) } else { std::mem::take(&mut held.current) };
-        if !held.moving.is_empty() {
-            // A move that failed half-way (the node is stopping): its rows
-            // go again, under the newer ones.
-            let mut older = (*held.moving).clone();
-            older.append(&mut rows);
-            rows = older;
-        }
-        held.moving = Arc::new(rows);
-        held.moving.clone()
+        self.lock().start_move(if messages_only { take_messages } else { std::mem::take })
     }
 }
 

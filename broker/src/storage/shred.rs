@@ -40,6 +40,7 @@ use chacha20poly1305::{
     aead::{Aead, Payload},
 };
 
+use super::held::Generations;
 use crate::error::{Error, Result};
 
 /// Bytes of one key slot.
@@ -123,18 +124,10 @@ impl KeyFiles {
     }
 }
 
-/// Slot writes by slot, newest last: a key, or `None` for an erased slot.
-type Slots = BTreeMap<u64, Option<[u8; KEY_BYTES]>>;
-
-/// Slots written by the writer and not yet in the file, in two
-/// generations (as `held` rows): `moving` is being written to the file by
-/// the checkpointer without the lock, and is read until it is there;
-/// `current` takes new writes meanwhile and wins over it.
-#[derive(Default)]
-struct HeldSlots {
-    current: Slots,
-    moving: Arc<Slots>,
-}
+/// Slots written by the writer and not yet in the file, by slot: a key,
+/// or `None` for an erased slot; in two generations, as held rows
+/// ([`Generations`]).
+type HeldSlots = Generations<u64, Option<[u8; KEY_BYTES]>>;
 
 /// One partition's key slots.
 pub struct KeyFile {
@@ -226,7 +219,7 @@ impl KeyFile {
         }
         let held = self.lock_held();
         for slot in slots {
-            match held.current.get(&slot).or_else(|| held.moving.get(&slot)) {
+            match held.get(&slot) {
                 Some(Some(key)) => keys.insert(slot, *key),
                 Some(None) => keys.remove(&slot),
                 None => None,
@@ -241,8 +234,7 @@ impl KeyFile {
 
     /// The held write of `slot`, if any: `Some(None)` for an erased slot.
     fn held_slot(&self, slot: u64) -> Option<Option<[u8; KEY_BYTES]>> {
-        let held = self.lock_held();
-        held.current.get(&slot).or_else(|| held.moving.get(&slot)).copied()
+        self.lock_held().get(&slot).copied()
     }
 
     /// Holds slot writes (or with `None`, erasures) in memory, the last
@@ -272,19 +264,10 @@ impl KeyFile {
             if held.current.is_empty() && held.moving.is_empty() {
                 return Ok(());
             }
-            let mut slots = std::mem::take(&mut held.current);
-            if !held.moving.is_empty() {
-                // A write that failed half-way (the node is stopping): its
-                // slots go again, under the newer ones.
-                let mut older = (*held.moving).clone();
-                older.append(&mut slots);
-                slots = older;
-            }
-            held.moving = Arc::new(slots);
-            held.moving.clone()
+            held.start_move(std::mem::take)
         };
         self.put_all(moving.iter().map(|(slot, key)| (*slot, key.as_ref().map(|key| &key[..]))).collect())?;
-        self.lock_held().moving = Arc::default();
+        self.lock_held().finish_move();
         Ok(())
     }
 
