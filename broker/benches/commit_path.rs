@@ -73,7 +73,7 @@ fn send(conversation: &str) -> Command {
 
 /// Sequential sends: one message per durable round, the latency floor.
 fn single_sender(c: &mut Criterion) {
-    let runtime = imsg_broker::runtime::multi_thread().unwrap();
+    let runtime = imsg_broker::runtime::multi_thread(imsg_broker::runtime::workers_beside_storage()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let broker = runtime.block_on(open(dir.path()));
     let conversation = runtime.block_on(conversations(&broker, 1)).remove(0);
@@ -90,7 +90,7 @@ fn single_sender(c: &mut Criterion) {
 
 /// Many concurrent senders over many conversations: group commit at work.
 fn concurrent_senders(c: &mut Criterion) {
-    let runtime = imsg_broker::runtime::multi_thread().unwrap();
+    let runtime = imsg_broker::runtime::multi_thread(imsg_broker::runtime::workers_beside_storage()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let broker = runtime.block_on(open(dir.path()));
     let conversations = runtime.block_on(conversations(&broker, 256));

@@ -45,6 +45,10 @@ pub struct BrokerArgs {
     /// `writer-stall:<round>`). Never set it in production.
     #[arg(long, env = "IMSG_INJECT_FAULT", hide = true)]
     pub inject_fault: Option<crate::storage::failstop::InjectedFault>,
+    /// Tokio worker threads; 0: one per core but one (left to the storage
+    /// writer) in a process that runs a broker, one per core otherwise.
+    #[arg(long, env = "IMSG_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
     /// Largest text message, in bytes.
     #[arg(long, env = "IMSG_MAX_TEXT_BYTES", default_value_t = 16 * 1024)]
     pub max_text_bytes: usize,
@@ -95,6 +99,16 @@ pub struct BrokerArgs {
 }
 
 impl BrokerArgs {
+    /// The runtime's worker threads (`--worker-threads`), for a process
+    /// that runs a broker (`runs_broker`) or not.
+    pub fn worker_threads(&self, runs_broker: bool) -> usize {
+        match (self.worker_threads, runs_broker) {
+            (0, true) => crate::runtime::workers_beside_storage(),
+            (0, false) => crate::runtime::workers_per_core(),
+            (workers, _) => workers,
+        }
+    }
+
     /// The validated configuration these flags describe.
     pub fn config(&self) -> Result<BrokerConfig, String> {
         let id_secret = match &self.id_secret_file {

@@ -75,11 +75,12 @@ enum Admin {
 }
 
 fn main() -> anyhow::Result<()> {
-    imsg_broker::runtime::multi_thread()?.block_on(serve())
+    let args = Args::parse();
+    let workers = args.broker.worker_threads(args.admin.is_none());
+    imsg_broker::runtime::multi_thread(workers)?.block_on(serve(args))
 }
 
-async fn serve() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn serve(args: Args) -> anyhow::Result<()> {
     let service = imsg_broker::telemetry::ServiceIdentity {
         name: "imsg-broker",
         instance: match args.cluster.node_index.as_str() {

@@ -10,12 +10,40 @@
 //! connection runs after them and writes them together: in a group of 50
 //! at 1,000 msg/s, 0.31 instead of 0.86 `writev`s per delivery
 //! (docs/benchmarks.md, "Performance, third steps").
+//!
+//! ## How many workers
+//! A process that runs a broker has a storage writer thread that is busy
+//! with every round (its `write`, `fdatasync` and sled work) and a
+//! checkpointer beside it; tokio's default of one worker per core puts
+//! three busy threads on two cores. Worse at low rates: a worker that
+//! wakes a task also wakes a parked sibling to share it (always, with the
+//! LIFO slot off), and on a virtual machine that is an interrupt to an
+//! idle CPU. One worker per core *but one* ([`workers_beside_storage`])
+//! left this machine's gateway with 21% less CPU per 1:1 message at
+//! 1,000/s (five alternating pairs, 389 against 493 µs), 6-9% less at
+//! 10,000-16,000/s, 12-16% less per group message, and no lower a 1:1
+//! rate within the SLO. The price is at saturation without a network: the
+//! in-process commit path (`cargo bench`) carries 7% less with one worker
+//! than with two (docs/benchmarks.md, "Performance, ninth steps").
+//! `--worker-threads` overrides it.
 
-/// A multi-threaded runtime with every driver enabled.
-pub fn multi_thread() -> std::io::Result<tokio::runtime::Runtime> {
+/// Worker threads for a process that runs a broker: one per core but one,
+/// left to the storage writer; at least one.
+pub fn workers_beside_storage() -> usize {
+    workers_per_core().saturating_sub(1).max(1)
+}
+
+/// Worker threads for a process without storage: one per core.
+pub fn workers_per_core() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A multi-threaded runtime with every driver enabled and `workers` worker
+/// threads.
+pub fn multi_thread(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     keep_freed_memory();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
+    builder.enable_all().worker_threads(workers.max(1));
     #[cfg(tokio_unstable)]
     builder.disable_lifo_slot();
     builder.build()

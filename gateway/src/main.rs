@@ -136,11 +136,12 @@ struct ServeArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    imsg_broker::runtime::multi_thread()?.block_on(serve())
+    let cli = Cli::parse();
+    let workers = cli.serve.broker_args.worker_threads(cli.serve.embedded_broker);
+    imsg_broker::runtime::multi_thread(workers)?.block_on(serve(cli))
 }
 
-async fn serve() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn serve(cli: Cli) -> anyhow::Result<()> {
     if let Some(Tool::Token { user, device, ttl_secs, jwt_secret, roles }) = cli.command {
         let auth = Authenticator::new(&jwt_secret).map_err(anyhow::Error::msg)?;
         let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
