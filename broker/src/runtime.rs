@@ -19,13 +19,16 @@
 //! wakes a task also wakes a parked sibling to share it (always, with the
 //! LIFO slot off), and on a virtual machine that is an interrupt to an
 //! idle CPU. One worker per core *but one* ([`workers_beside_storage`])
-//! left this machine's gateway with 21% less CPU per 1:1 message at
-//! 1,000/s (five alternating pairs, 389 against 493 µs), 6-9% less at
-//! 10,000-16,000/s, 12-16% less per group message, and no lower a 1:1
-//! rate within the SLO. The price is at saturation without a network: the
-//! in-process commit path (`cargo bench`) carries 7% less with one worker
-//! than with two (docs/benchmarks.md, "Performance, ninth steps").
-//! `--worker-threads` overrides it.
+//! left this machine's gateway with 9-21% less CPU per 1:1 message at
+//! 1,000/s (alternating pairs: 301 against 330 µs on a quiet hour, 389
+//! against 493 on a noisy one) and a p99 of 2.5-3.0 instead of 4.2-5.9 ms,
+//! less CPU near capacity in most pairs, 17-19% less per group message,
+//! and no lower a 1:1 rate within the SLO. The price is the
+//! ceiling of fan-out-heavy work: a group of 50 at 2,000 msg/s (98,000
+//! deliveries/s) had a p99 of 126 ms with one worker, 54 with two; and
+//! the in-process commit path (`cargo bench`) carries 7% less. On more
+//! cores one worker fewer costs less (docs/benchmarks.md, "Performance,
+//! ninth steps"). `--worker-threads` overrides it.
 
 /// Worker threads for a process that runs a broker: one per core but one,
 /// left to the storage writer; at least one.

@@ -38,12 +38,19 @@ impl UserLog {
     /// Whether message `seq` of `conversation` is new for this user (and
     /// remembers it): a re-sent batch carries messages already logged.
     pub fn accept_message(&mut self, conversation: &str, seq: u64) -> bool {
-        let appended = self.appended_seq.entry(conversation.to_owned()).or_default();
-        if *appended >= seq {
-            return false;
+        // Looked up by `&str` first: a member's conversation is nearly
+        // always known, and `entry` would copy its id for every message.
+        match self.appended_seq.get_mut(conversation) {
+            Some(appended) if *appended >= seq => false,
+            Some(appended) => {
+                *appended = seq;
+                true
+            }
+            None => {
+                self.appended_seq.insert(conversation.to_owned(), seq);
+                seq > 0
+            }
         }
-        *appended = seq;
-        true
     }
 
     /// Records a cursor appended for this user (ascending).
