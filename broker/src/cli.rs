@@ -300,3 +300,30 @@ pub fn fail_stop_on_storage_failure(
         std::process::exit(crate::storage::failstop::EXIT_CODE);
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::BrokerArgs;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        broker: BrokerArgs,
+    }
+
+    fn workers(flags: &[&str], runs_broker: bool) -> usize {
+        let args = Flags::try_parse_from(std::iter::once("imsg").chain(flags.iter().copied())).unwrap();
+        args.broker.worker_threads(runs_broker)
+    }
+
+    #[test]
+    fn a_process_with_storage_leaves_the_writer_a_core_unless_told_otherwise() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(workers(&[], true), (cores - 1).max(1), "one per core but one, at least one");
+        assert_eq!(workers(&[], false), cores, "a gateway without storage: one per core");
+        assert_eq!(workers(&["--worker-threads", "3"], true), 3);
+        assert_eq!(workers(&["--worker-threads", "3"], false), 3);
+    }
+}

@@ -22,7 +22,7 @@
 //! left this machine's gateway with 9-21% less CPU per 1:1 message at
 //! 1,000/s (alternating pairs: 301 against 330 µs on a quiet hour, 389
 //! against 493 on a noisy one) and a p99 of 2.5-3.0 instead of 4.2-5.9 ms,
-//! less CPU near capacity in most pairs, 17-19% less per group message,
+//! less CPU near capacity in most pairs, 17-21% less per group message,
 //! and no lower a 1:1 rate within the SLO. The price is the
 //! ceiling of fan-out-heavy work: a group of 50 at 2,000 msg/s (98,000
 //! deliveries/s) had a p99 of 126 ms with one worker, 54 with two; and
