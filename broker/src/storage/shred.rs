@@ -184,7 +184,7 @@ impl KeyFile {
         // A slot past any file (a corrupt or imported row): no key.
         let Some(offset) = slot_offset(slot) else { return Ok(None) };
         match self.file.read_exact_at(&mut key, offset) {
-            Ok(()) => Ok((key != [0; KEY_BYTES]).then_some(key)),
+            Ok(()) => Ok(slot_key(key)),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
             Err(e) => Err(io("reading", &self.path, e)),
         }
@@ -208,11 +208,10 @@ impl KeyFile {
                 .map_err(|e| io("reading", &self.path, e))?;
             for &slot in &rest[..run] {
                 let at = ((slot - first) as usize) * KEY_BYTES;
-                if at + KEY_BYTES <= read {
-                    let key: [u8; KEY_BYTES] = bytes[at..at + KEY_BYTES].try_into().expect("a slot's bytes");
-                    if key != [0; KEY_BYTES] {
-                        keys.insert(slot, key);
-                    }
+                if at + KEY_BYTES <= read
+                    && let Some(key) = slot_key(bytes[at..at + KEY_BYTES].try_into().expect("a slot's bytes"))
+                {
+                    keys.insert(slot, key);
                 }
             }
             rest = &rest[run..];
@@ -243,12 +242,11 @@ impl KeyFile {
     pub fn hold_all(&self, slots: Vec<(u64, Option<&[u8]>)>) -> Result<()> {
         let mut held = self.lock_held();
         for (slot, key) in slots {
-            let key = match key {
-                Some(key) => Some(<[u8; KEY_BYTES]>::try_from(key).map_err(|_| key_size_error(key))?),
-                None => None,
-            }
             // A zero key is an erased slot in the file: so here too.
-            .filter(|key| *key != [0; KEY_BYTES]);
+            let key = match key {
+                Some(key) => slot_key(<[u8; KEY_BYTES]>::try_from(key).map_err(|_| key_size_error(key))?),
+                None => None,
+            };
             slot_offset(slot).ok_or_else(|| past_any_file(slot))?;
             held.current.insert(slot, key);
             self.next_slot.fetch_max(slot + 1, Ordering::Relaxed);
@@ -333,6 +331,12 @@ impl KeyFile {
         }
         Ok(())
     }
+}
+
+/// A slot's bytes as its key: all zeros is an erased (or never written)
+/// slot.
+fn slot_key(bytes: [u8; KEY_BYTES]) -> Option<[u8; KEY_BYTES]> {
+    (bytes != [0; KEY_BYTES]).then_some(bytes)
 }
 
 fn key_size_error(key: &[u8]) -> Error {
