@@ -43,7 +43,7 @@ impl Cluster {
     async fn start_with_gateway_args(layout: usize, initial: usize, gateways: usize, extra: &[String]) -> Self {
         let urls = (0..layout)
             .map(|_| {
-                let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+                let port = crate::harness::reserved_port();
                 format!("http://127.0.0.1:{port}")
             })
             .collect();

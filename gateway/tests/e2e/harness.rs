@@ -453,6 +453,20 @@ impl Device {
 // ---- child processes ----
 
 /// Path of a binary built next to this test's `imsg-gateway`.
+/// A free loopback port for a server that starts later, from below the
+/// kernel's ephemeral range (32768-60999 by default). A port from that
+/// range (bind to port 0, then release) can go to another test's outgoing
+/// connection before the server binds it: "Address already in use", seen
+/// in CI for a cluster node.
+pub fn reserved_port() -> u16 {
+    loop {
+        let port = rand::random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub fn binary(name: &str) -> PathBuf {
     let gateway = PathBuf::from(env!("CARGO_BIN_EXE_imsg-gateway"));
     let path = gateway.with_file_name(name);

@@ -19,7 +19,7 @@ fn promtool() -> String {
 async fn the_metrics_endpoint_counts_traffic_and_passes_promtool() {
     let promtool = promtool();
     let data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = crate::harness::reserved_port();
     let metrics = format!("127.0.0.1:{port}");
     let args: Vec<String> = [
         "--embedded-broker",

@@ -18,8 +18,7 @@ impl TwoNodes {
     /// `gateway_flags`. `scheme` is `http` or `https`.
     pub async fn start(scheme: &str, node_flags: impl Fn(usize) -> Vec<String>, gateway_flags: Vec<String>) -> Self {
         let data = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> =
-            (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
+        let ports: Vec<u16> = (0..2).map(|_| crate::harness::reserved_port()).collect();
         let urls = ports.iter().map(|port| format!("{scheme}://127.0.0.1:{port}")).collect::<Vec<_>>().join(",");
         let mut nodes = Vec::new();
         for (index, port) in ports.iter().enumerate() {
