@@ -6,9 +6,10 @@
 //! before it closes a segment). The checkpointer then:
 //! 0. writes the content-key slots held in memory to the key files
 //!    ([`super::shred`]) and syncs them, and writes the rows held in memory
-//!    ([`super::held`]) to sled;
-//! 1. records in sled itself that sled holds every segment below N+1
-//!    ([`WAL_FROM_KEY`]);
+//!    ([`super::held`]) to sled and the message logs;
+//! 1. syncs the message logs and records their ends in sled
+//!    ([`super::message_log`]), and records in sled itself that sled and
+//!    the logs hold every segment below N+1 ([`WAL_FROM_KEY`]);
 //! 2. flushes sled (everything inserted so far, the marker included, is
 //!    written to sled's file) and fdatasyncs its files ([`SledFiles::sync`]);
 //! 3. only then deletes the segments below N+1.
@@ -37,6 +38,7 @@ use std::{
 use super::{
     durability::Durability,
     held::HeldRowsByPartition,
+    message_log::MessageLogs,
     shred::KeyFiles,
     sled_files::{SledFiles, panic_message},
     wal,
@@ -61,10 +63,12 @@ pub fn set_wal_from(db: &sled::Db, number: u64) -> Result<()> {
 }
 
 /// What a checkpoint makes durable besides the log: sled, the content-key
-/// files and the rows held in memory.
+/// files, the message logs and the rows held in memory.
+#[derive(Clone)]
 pub(super) struct CheckpointedFiles {
     pub db: sled::Db,
     pub keys: Arc<KeyFiles>,
+    pub messages: Arc<MessageLogs>,
     pub held: Arc<HeldRowsByPartition>,
 }
 
@@ -73,7 +77,6 @@ impl Durability {
     /// stopped (the store's close takes the last one); any error or panic
     /// fail-stops the node.
     pub(super) fn run_checkpointer(&self, files: CheckpointedFiles, dir: PathBuf, log: Arc<dyn wal::LogDir>) {
-        let CheckpointedFiles { db, keys, held } = files;
         let sled_files = SledFiles::new(&dir);
         let checkpoints = || -> Result<()> {
             loop {
@@ -86,19 +89,19 @@ impl Durability {
                     (std::mem::take(&mut *guard), wait.timed_out())
                 };
                 if timed_out {
-                    // Write-behind: the held messages to sled, the held
-                    // key slots to their files, and sled's buffer to the
-                    // kernel, now, so the checkpoint has
-                    // little left to write (one big burst delayed the WAL's
-                    // syncs). Not a durability point: nothing relies on it.
-                    held.write_messages_to_sled()?;
-                    keys.write_held_all()?;
-                    db.flush()?;
+                    // Write-behind: the held messages to their logs, the
+                    // held key slots to their files, and sled's buffer to
+                    // the kernel, now, so the checkpoint has little left
+                    // to write (one big burst delayed the WAL's syncs).
+                    // Not a durability point: nothing relies on it.
+                    files.held.write_messages_out()?;
+                    files.keys.write_held_all()?;
+                    files.db.flush()?;
                     continue;
                 }
                 let Some(newest) = closed.iter().max() else { return Ok(()) };
                 *self.checkpoint_started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-                checkpoint(&db, &keys, &held, &sled_files, &*log, newest + 1)?;
+                checkpoint(&files, &sled_files, &*log, newest + 1)?;
                 *self.checkpoint_started.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 // The next segment's spare, sized for a little more than
                 // the last one took. Without it (out of space for a
@@ -117,20 +120,21 @@ impl Durability {
     }
 }
 
-/// One checkpoint (module docs): sled holds every operation of the segments
-/// below `current`; make that durable, then delete them.
+/// One checkpoint (module docs): sled and the message logs hold every
+/// operation of the segments below `current`; make that durable, then
+/// delete them.
 pub(super) fn checkpoint(
-    db: &sled::Db,
-    keys: &KeyFiles,
-    held: &HeldRowsByPartition,
+    files: &CheckpointedFiles,
     sled_files: &SledFiles,
     log: &dyn wal::LogDir,
     current: u64,
 ) -> Result<()> {
+    let CheckpointedFiles { db, keys, messages, held } = files;
     let started = Instant::now();
     keys.write_held_all()?;
     keys.sync_all()?;
-    held.write_all_to_sled()?;
+    held.write_all_out()?;
+    messages.sync_and_record_all()?;
     set_wal_from(db, current)?;
     db.flush()?;
     sled_files.sync()?;

@@ -46,6 +46,7 @@ use tokio::sync::Notify;
 use super::{
     failstop::{FailStop, InjectedFault},
     held::{self, HeldRows},
+    message_log::{MessageLog, Stored},
     shred::{self, KeyFile},
     sled_files::panic_message,
     wal,
@@ -421,16 +422,25 @@ struct Pending {
     last: u64,
 }
 
-/// Where one partition's logged operations land: its sled tree, and its
-/// key file for content-key slots ([`shred`]).
+/// Where one partition's logged operations land: its sled tree, its
+/// message log, and its key file for content-key slots ([`shred`]).
 #[derive(Clone)]
 pub struct Destination {
     pub tree: sled::Tree,
+    /// Where its message rows are kept instead of sled ([`message_log`]).
+    pub messages: Arc<MessageLog>,
     pub keys: Arc<KeyFile>,
     /// Where held rows go ([`held`]); `None` when replaying the log at
-    /// start, which writes everything to sled: a row the log re-creates
-    /// may also be in sled already, and its remove must reach sled.
+    /// start, which writes everything where it is stored: a row the log
+    /// re-creates may be stored already, and its remove must reach it.
     pub held: Option<Arc<HeldRows>>,
+}
+
+impl Destination {
+    /// Where its rows are kept once out of memory.
+    pub fn stored(&self) -> Stored<'_> {
+        Stored { tree: &self.tree, messages: &self.messages }
+    }
 }
 
 /// Applies logged operations: rows one by one, in order; the content-key
@@ -447,16 +457,12 @@ pub(super) fn apply(batches: Vec<(Destination, Vec<wal::Op>)>) -> Result<()> {
                 wal::Op::Put { key, value } => match (shred::slot_of_row(&key), &destination.held) {
                     (Some(slot), _) => slots.push((slot, Some(value))),
                     (None, Some(held)) if held::held_kind(&key).is_some() => held.put(key, value),
-                    (None, _) => {
-                        destination.tree.insert(key, value)?;
-                    }
+                    (None, _) => destination.stored().write([(key.as_slice(), Some(value.as_slice()))])?,
                 },
                 wal::Op::Remove { key } => match (shred::slot_of_row(&key), &destination.held) {
                     (Some(slot), _) => slots.push((slot, None)),
                     (None, Some(held)) if held::held_kind(&key).is_some_and(|kind| held.remove(&key, kind)) => {}
-                    (None, _) => {
-                        destination.tree.remove(key)?;
-                    }
+                    (None, _) => destination.stored().write([(key.as_slice(), None)])?,
                 },
             }
         }

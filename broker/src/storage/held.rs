@@ -41,10 +41,11 @@
 use std::{
     cmp::Ordering,
     collections::BTreeMap,
-    ops::{Bound, RangeBounds},
+    ops::RangeBounds,
     sync::{Arc, Mutex, MutexGuard},
 };
 
+use super::message_log::{MessageLog, Stored};
 use crate::error::Result;
 
 /// How a row of some key is held here rather than written to sled as it
@@ -201,18 +202,14 @@ impl HeldRows {
         held.current.remove(key).is_some()
     }
 
-    /// Moves every held row into `tree`, without holding the lock while it
-    /// writes: meanwhile the rows are still read here (over sled's copies
-    /// of the same values), new ones are put beside them, and a remove of
-    /// one of them is kept for the next move ([`Self::remove`]).
-    fn write_to(&self, tree: &sled::Tree, messages_only: bool) -> Result<()> {
+    /// Moves every held row to where it is stored, without holding the
+    /// lock while it writes: meanwhile the rows are still read here (over
+    /// the stored copies of the same values), new ones are put beside them,
+    /// and a remove of one of them is kept for the next move
+    /// ([`Self::remove`]).
+    fn write_to(&self, stored: Stored<'_>, messages_only: bool) -> Result<()> {
         let moving = self.start_move(messages_only);
-        for (key, value) in moving.iter() {
-            match value {
-                Some(value) => tree.insert(key.as_slice(), value.as_slice())?,
-                None => tree.remove(key.as_slice())?,
-            };
-        }
+        stored.write(moving.iter().map(|(key, value)| (key.as_slice(), value.as_deref())))?;
         self.lock().finish_move();
         Ok(())
     }
@@ -232,35 +229,40 @@ fn take_messages(rows: &mut Rows) -> Rows {
     messages
 }
 
-/// The first `limit` rows of `range` in `tree`, in key order, with the rows
-/// `held` for it laid over them ([`overlay_iter`]).
-pub fn overlay<R>(held: Option<&HeldRows>, tree: &sled::Tree, range: R, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>
+/// The first `limit` rows of `range` where they are stored, in key order,
+/// with the rows `held` for it laid over them ([`overlay_iter`]).
+pub fn overlay<R>(
+    held: Option<&HeldRows>,
+    stored: Stored<'_>,
+    range: R,
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>>
 where
     R: RangeBounds<Vec<u8>> + Clone,
 {
-    overlay_iter(held, tree, range).take(limit).collect()
+    overlay_iter(held, stored, range).take(limit).collect()
 }
 
-/// The rows of `range` in `tree`, in key order, with the rows `held` for it
-/// laid over them (a held row replaces sled's of the same key, a removed
-/// one hides it), read lazily from sled. The held rows, a few ticks' worth,
-/// are copied first: a checkpoint that moves a row meanwhile moves it into
-/// sled, where the read finds it again (once: rows are merged by key).
+/// The rows of `range` where they are stored, in key order, with the rows
+/// `held` for it laid over them (a held row replaces the stored one of the
+/// same key, a removed one hides it), read lazily. The held rows, a few
+/// ticks' worth, are copied first: a checkpoint that moves a row meanwhile
+/// moves it where the read finds it again (once: rows are merged by key).
 pub fn overlay_iter<'a, R>(
     held: Option<&HeldRows>,
-    tree: &'a sled::Tree,
+    stored: Stored<'a>,
     range: R,
 ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a
 where
     R: RangeBounds<Vec<u8>> + Clone,
 {
-    overlay_iter_in(held, tree, range, false)
+    overlay_iter_in(held, stored, range, false)
 }
 
 /// [`overlay_iter`], in descending key order when `backward`.
 pub fn overlay_iter_in<'a, R>(
     held: Option<&HeldRows>,
-    tree: &'a sled::Tree,
+    stored: Stored<'a>,
     range: R,
     backward: bool,
 ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a
@@ -271,10 +273,7 @@ where
     let held: Box<dyn Iterator<Item = (Vec<u8>, HeldValue)>> =
         if backward { Box::new(held.into_iter().rev()) } else { Box::new(held.into_iter()) };
     let mut held = held.peekable();
-    let stored = tree.range::<&[u8], _>((as_slice(range.start_bound()), as_slice(range.end_bound())));
-    let stored: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
-        if backward { Box::new(stored.rev()) } else { Box::new(stored) };
-    let mut stored = stored.peekable();
+    let mut stored = stored.rows(range, backward).peekable();
     // Merged in the walk's order: "less" is whichever comes first.
     let walk = move |order: Ordering| if backward { order.reverse() } else { order };
     std::iter::from_fn(move || {
@@ -283,16 +282,14 @@ where
                 (None, None) => return None,
                 (Some(_), None) => Ordering::Less,
                 (None, Some(_)) | (Some(_), Some(Err(_))) => Ordering::Greater,
-                (Some((held_key, _)), Some(Ok((stored_key, _)))) => walk(held_key.as_slice().cmp(stored_key.as_ref())),
+                (Some((held_key, _)), Some(Ok((stored_key, _)))) => walk(held_key.cmp(stored_key)),
             };
             if order == Ordering::Equal {
-                // The held row is the newer: it replaces sled's.
+                // The held row is the newer: it replaces the stored one.
                 stored.next();
             }
             match order {
-                Ordering::Greater => {
-                    return stored.next().map(|row| row.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into));
-                }
+                Ordering::Greater => return stored.next(),
                 _ => match held.next() {
                     Some((key, Some(value))) => return Some(Ok((key, value))),
                     Some((_, None)) => continue,
@@ -303,73 +300,82 @@ where
     })
 }
 
-/// The row of `key`: held, or else in `tree`.
-pub fn get(held: Option<&HeldRows>, tree: &sled::Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
+/// The row of `key`: held, or else where it is stored.
+pub fn get(held: Option<&HeldRows>, stored: Stored<'_>, key: &[u8]) -> Result<Option<Vec<u8>>> {
     if let Some(value) = held.and_then(|held| held.lock().get(key).cloned()) {
         return Ok(value);
     }
-    Ok(tree.get(key)?.map(|value| value.to_vec()))
+    stored.get(key)
 }
 
-/// The greatest key of `range` in `tree` or `held` for it, rows removed
-/// while held not counted.
-pub fn last_key<R>(held: Option<&HeldRows>, tree: &sled::Tree, range: R) -> Result<Option<Vec<u8>>>
+/// The greatest key of `range` where it is stored or `held` for it, rows
+/// removed while held not counted.
+pub fn last_key<R>(held: Option<&HeldRows>, stored: Stored<'_>, range: R) -> Result<Option<Vec<u8>>>
 where
     R: RangeBounds<Vec<u8>> + Clone,
 {
     let held = held.map(|held| held.lock().keys(range.clone())).unwrap_or_default();
     let newest_held = held.iter().rev().find(|(_, present)| **present).map(|(key, _)| key.clone());
-    let stored = tree.range::<&[u8], _>((as_slice(range.start_bound()), as_slice(range.end_bound()))).keys().rev();
     let mut newest_stored = None;
-    for key in stored {
+    for key in stored.keys(range, true) {
         let key = key?;
-        if held.get(key.as_ref()) != Some(&false) {
-            newest_stored = Some(key.to_vec());
+        if held.get(&key) != Some(&false) {
+            newest_stored = Some(key);
             break;
         }
     }
     Ok(newest_held.max(newest_stored))
 }
 
-fn as_slice(bound: Bound<&Vec<u8>>) -> Bound<&[u8]> {
-    match bound {
-        Bound::Included(key) => Bound::Included(key.as_slice()),
-        Bound::Excluded(key) => Bound::Excluded(key.as_slice()),
-        Bound::Unbounded => Bound::Unbounded,
-    }
-}
-
-/// Every partition's [`HeldRows`] on this node, with its tree.
+/// Every partition's [`HeldRows`] on this node, with where its rows are
+/// stored.
 #[derive(Default)]
 pub struct HeldRowsByPartition {
-    partitions: Mutex<BTreeMap<u32, (sled::Tree, Arc<HeldRows>)>>,
+    partitions: Mutex<BTreeMap<u32, Partition>>,
+}
+
+/// One partition's held rows and where they go.
+#[derive(Clone)]
+struct Partition {
+    tree: sled::Tree,
+    messages: Arc<MessageLog>,
+    held: Arc<HeldRows>,
 }
 
 impl HeldRowsByPartition {
-    /// The held rows of `partition`, whose tree is `tree`.
-    pub fn get(&self, partition: u32, tree: &sled::Tree) -> Arc<HeldRows> {
+    /// The held rows of `partition`, whose rows are stored in `tree` and
+    /// `messages`.
+    pub fn get(&self, partition: u32, tree: &sled::Tree, messages: &Arc<MessageLog>) -> Arc<HeldRows> {
         let mut partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
-        partitions.entry(partition).or_insert_with(|| (tree.clone(), Arc::default())).1.clone()
+        let entry = partitions.entry(partition).or_insert_with(|| Partition {
+            tree: tree.clone(),
+            messages: messages.clone(),
+            held: Arc::default(),
+        });
+        entry.held.clone()
     }
 
-    /// Writes every held row to its tree: before a checkpoint records that
-    /// sled holds the log segments so far.
-    pub fn write_all_to_sled(&self) -> Result<()> {
-        self.write_to_sled(false)
+    /// Writes every held row where it is stored: before a checkpoint
+    /// records that sled and the message logs hold the log segments so far.
+    pub fn write_all_out(&self) -> Result<()> {
+        self.write_out(false)
     }
 
-    /// Writes the held messages to their trees: between checkpoints, so
-    /// sled gets them a tenth of a second behind the writer, a few at a
-    /// time, instead of all at the checkpoint (a once-a-second burst of
-    /// sled inserts that competed with the partitions: docs/benchmarks.md,
-    /// "Performance, fourth steps"). Transient rows stay, to be removed.
-    pub fn write_messages_to_sled(&self) -> Result<()> {
-        self.write_to_sled(true)
+    /// Writes the held messages to their message logs between checkpoints,
+    /// a tenth of a second behind the writer, a few at a time, instead of
+    /// all at the checkpoint (a once-a-second burst that competed with the
+    /// partitions: docs/benchmarks.md, "Performance, fourth steps").
+    /// Transient rows stay, to be removed.
+    pub fn write_messages_out(&self) -> Result<()> {
+        self.write_out(true)
     }
 
-    fn write_to_sled(&self, messages_only: bool) -> Result<()> {
+    fn write_out(&self, messages_only: bool) -> Result<()> {
         let partitions: Vec<_> = self.partitions.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-        partitions.iter().try_for_each(|(tree, held)| held.write_to(tree, messages_only))
+        partitions.iter().try_for_each(|partition| {
+            let stored = Stored { tree: &partition.tree, messages: &partition.messages };
+            partition.held.write_to(stored, messages_only)
+        })
     }
 }
 
@@ -377,22 +383,42 @@ impl HeldRowsByPartition {
 mod tests {
     use super::*;
 
-    fn tree() -> (tempfile::TempDir, sled::Tree) {
+    /// A partition's stores: a sled tree and a message log.
+    struct Stores {
+        _dir: tempfile::TempDir,
+        tree: sled::Tree,
+        messages: Arc<MessageLog>,
+    }
+
+    impl Stores {
+        fn stored(&self) -> Stored<'_> {
+            Stored { tree: &self.tree, messages: &self.messages }
+        }
+
+        /// The stored row of `key`, not the held one.
+        fn stored_row(&self, key: &[u8]) -> Option<Vec<u8>> {
+            self.stored().get(key).unwrap()
+        }
+    }
+
+    fn stores() -> Stores {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).temporary(true).open().unwrap();
         let tree = db.open_tree("t").unwrap();
-        (dir, tree)
+        let messages = Arc::new(MessageLog::open(&dir.path().join("messages/p00001.log"), 0).unwrap());
+        Stores { _dir: dir, tree, messages }
     }
 
     #[test]
     fn a_row_removed_before_the_checkpoint_never_reaches_sled() {
-        let (_dir, tree) = tree();
+        let stores = stores();
+        let tree = &stores.tree;
         let held = HeldRowsByPartition::default();
-        let rows = held.get(1, &tree);
+        let rows = held.get(1, tree, &stores.messages);
         rows.put(b"o1", b"one");
         rows.put(b"o2", b"two");
         assert!(rows.remove(b"o1", HeldKind::Transient));
-        held.write_all_to_sled().unwrap();
+        held.write_all_out().unwrap();
         assert_eq!(tree.get(b"o1").unwrap(), None);
         assert_eq!(tree.get(b"o2").unwrap().as_deref(), Some(&b"two"[..]));
         // Written out: a later remove finds it in sled, not here.
@@ -401,37 +427,40 @@ mod tests {
 
     #[test]
     fn readers_see_sled_with_the_held_rows_laid_over_it() {
-        let (_dir, tree) = tree();
+        let stores = stores();
+        let tree = &stores.tree;
         tree.insert(b"o1", b"in sled").unwrap();
         tree.insert(b"o3", b"in sled").unwrap();
         tree.insert(b"p1", b"other kind").unwrap();
         let rows = HeldRows::default();
         rows.put(b"o2", b"held");
         rows.put(b"o3", b"held, newer");
-        let all = overlay(Some(&rows), &tree, b"o".to_vec()..b"p".to_vec(), 10).unwrap();
+        let all = overlay(Some(&rows), stores.stored(), b"o".to_vec()..b"p".to_vec(), 10).unwrap();
         let expected: Vec<(Vec<u8>, Vec<u8>)> = vec![
             (b"o1".to_vec(), b"in sled".to_vec()),
             (b"o2".to_vec(), b"held".to_vec()),
             (b"o3".to_vec(), b"held, newer".to_vec()),
         ];
         assert_eq!(all, expected);
-        let first_two = overlay(Some(&rows), &tree, b"o".to_vec()..b"p".to_vec(), 2).unwrap();
+        let first_two = overlay(Some(&rows), stores.stored(), b"o".to_vec()..b"p".to_vec(), 2).unwrap();
         assert_eq!(first_two, expected[..2]);
         let lazily: Vec<_> =
-            overlay_iter(Some(&rows), &tree, b"o".to_vec()..b"p".to_vec()).collect::<Result<_>>().unwrap();
+            overlay_iter(Some(&rows), stores.stored(), b"o".to_vec()..b"p".to_vec()).collect::<Result<_>>().unwrap();
         assert_eq!(lazily, expected);
-        let from_o2: Vec<_> = overlay_iter(Some(&rows), &tree, b"o2".to_vec()..).collect::<Result<_>>().unwrap();
+        let from_o2: Vec<_> =
+            overlay_iter(Some(&rows), stores.stored(), b"o2".to_vec()..).collect::<Result<_>>().unwrap();
         assert_eq!(from_o2.len(), 3, "o2, o3 (held over sled's) and p1");
-        let last = last_key(Some(&rows), &tree, b"o".to_vec()..b"p".to_vec()).unwrap();
+        let last = last_key(Some(&rows), stores.stored(), b"o".to_vec()..b"p".to_vec()).unwrap();
         assert_eq!(last.as_deref(), Some(&b"o3"[..]));
         rows.put(b"o4", b"held");
-        let last = last_key(Some(&rows), &tree, b"o".to_vec()..b"p".to_vec()).unwrap();
+        let last = last_key(Some(&rows), stores.stored(), b"o".to_vec()..b"p".to_vec()).unwrap();
         assert_eq!(last.as_deref(), Some(&b"o4"[..]));
     }
 
     #[test]
     fn a_checkpoint_moves_rows_without_the_lock_and_a_row_removed_meanwhile_leaves_sled_at_the_next() {
-        let (_dir, tree) = tree();
+        let stores = stores();
+        let tree = &stores.tree;
         let rows = HeldRows::default();
         rows.put(b"o1", b"one");
         rows.put(b"o2", b"two");
@@ -440,7 +469,7 @@ mod tests {
         let moving = rows.start_move(false);
         assert!(rows.remove(b"o1", HeldKind::Transient), "held: the caller must not remove it from sled itself");
         rows.put(b"o3", b"three");
-        let read = || overlay(Some(&rows), &tree, b"o".to_vec()..b"p".to_vec(), 10).unwrap();
+        let read = || overlay(Some(&rows), stores.stored(), b"o".to_vec()..b"p".to_vec(), 10).unwrap();
         let expected = vec![(b"o2".to_vec(), b"two".to_vec()), (b"o3".to_vec(), b"three".to_vec())];
         assert_eq!(read(), expected);
         // The move writes what it took, o1 included, and ends.
@@ -450,11 +479,14 @@ mod tests {
         rows.lock().moving = Arc::default();
         assert_eq!(tree.get(b"o1").unwrap().as_deref(), Some(&b"one"[..]), "in sled for now");
         assert_eq!(read(), expected, "o1 stays hidden");
-        assert_eq!(get(Some(&rows), &tree, b"o1").unwrap(), None);
-        assert_eq!(last_key(Some(&rows), &tree, b"o".to_vec()..b"o3".to_vec()).unwrap().as_deref(), Some(&b"o2"[..]));
+        assert_eq!(get(Some(&rows), stores.stored(), b"o1").unwrap(), None);
+        assert_eq!(
+            last_key(Some(&rows), stores.stored(), b"o".to_vec()..b"o3".to_vec()).unwrap().as_deref(),
+            Some(&b"o2"[..])
+        );
         assert!(rows.remove(b"o1", HeldKind::Transient), "removed again: still the next checkpoint's to do");
         // The next checkpoint removes it from sled, and holds nothing more.
-        rows.write_to(&tree, false).unwrap();
+        rows.write_to(stores.stored(), false).unwrap();
         assert_eq!(tree.get(b"o1").unwrap(), None);
         assert_eq!(read(), expected);
         assert!(!rows.remove(b"o2", HeldKind::Transient), "in sled now");
@@ -462,50 +494,58 @@ mod tests {
     }
 
     #[test]
-    fn a_message_is_held_until_the_checkpoint_and_its_edits_and_removal_reach_sled_in_order() {
-        let (_dir, tree) = tree();
+    fn a_message_is_held_until_the_checkpoint_and_its_edits_and_removal_reach_the_message_log_in_order() {
+        let stores = stores();
         let rows = HeldRows::default();
         let kind = held_kind(b"m1").unwrap();
         assert_eq!(kind, HeldKind::Message);
         rows.put(b"m1", b"first");
         rows.put(b"m2", b"second");
-        assert_eq!(tree.get(b"m1").unwrap(), None, "not in sled before the checkpoint");
-        rows.write_to(&tree, false).unwrap();
-        assert_eq!(tree.get(b"m1").unwrap().as_deref(), Some(&b"first"[..]));
-        // Edited after the checkpoint: the held copy is read, sled gets it
-        // at the next one.
+        assert_eq!(stores.stored_row(b"m1"), None, "not in the message log before the checkpoint");
+        rows.write_to(stores.stored(), false).unwrap();
+        assert_eq!(stores.stored_row(b"m1").as_deref(), Some(&b"first"[..]));
+        // Edited after the checkpoint: the held copy is read, the log gets
+        // it at the next one.
         rows.put(b"m1", b"edited");
-        assert_eq!(get(Some(&rows), &tree, b"m1").unwrap().as_deref(), Some(&b"edited"[..]));
-        rows.write_to(&tree, false).unwrap();
-        assert_eq!(tree.get(b"m1").unwrap().as_deref(), Some(&b"edited"[..]));
-        // Removed: held as removed (sled has a copy), gone from sled next.
+        assert_eq!(get(Some(&rows), stores.stored(), b"m1").unwrap().as_deref(), Some(&b"edited"[..]));
+        rows.write_to(stores.stored(), false).unwrap();
+        assert_eq!(stores.stored_row(b"m1").as_deref(), Some(&b"edited"[..]));
+        // Removed: held as removed (the log has a copy), gone from it next.
         rows.put(b"m3", b"third");
         assert!(rows.remove(b"m1", kind), "a message's removal is the checkpoint's to write");
-        assert_eq!(get(Some(&rows), &tree, b"m1").unwrap(), None);
-        let newest_first: Vec<_> =
-            overlay_iter_in(Some(&rows), &tree, b"m".to_vec()..b"n".to_vec(), true).collect::<Result<_>>().unwrap();
+        assert_eq!(get(Some(&rows), stores.stored(), b"m1").unwrap(), None);
+        let newest_first: Vec<_> = overlay_iter_in(Some(&rows), stores.stored(), b"m".to_vec()..b"n".to_vec(), true)
+            .collect::<Result<_>>()
+            .unwrap();
         let expected = vec![(b"m3".to_vec(), b"third".to_vec()), (b"m2".to_vec(), b"second".to_vec())];
-        assert_eq!(newest_first, expected, "backward, the removed m1 hidden though sled still has it");
-        assert_eq!(last_key(Some(&rows), &tree, b"m".to_vec()..b"m3".to_vec()).unwrap().as_deref(), Some(&b"m2"[..]));
-        rows.write_to(&tree, false).unwrap();
-        assert_eq!(tree.get(b"m1").unwrap(), None);
-        assert_eq!(tree.get(b"m3").unwrap().as_deref(), Some(&b"third"[..]));
+        assert_eq!(newest_first, expected, "backward, the removed m1 hidden though the log still has it");
+        assert_eq!(
+            last_key(Some(&rows), stores.stored(), b"m".to_vec()..b"m3".to_vec()).unwrap().as_deref(),
+            Some(&b"m2"[..])
+        );
+        rows.write_to(stores.stored(), false).unwrap();
+        assert_eq!(stores.stored_row(b"m1"), None);
+        assert_eq!(stores.stored_row(b"m3").as_deref(), Some(&b"third"[..]));
+        assert_eq!(stores.tree.len(), 0, "messages never reach sled");
     }
 
     #[test]
-    fn between_checkpoints_only_the_messages_go_to_sled() {
-        let (_dir, tree) = tree();
+    fn between_checkpoints_only_the_messages_are_written_out() {
+        let stores = stores();
+        let tree = &stores.tree;
         let held = HeldRowsByPartition::default();
-        let rows = held.get(1, &tree);
+        let rows = held.get(1, tree, &stores.messages);
         rows.put(b"m1", b"message");
         rows.put(b"o1", b"outbox");
         rows.put(b"u\0\0\0\0\0\0\0\x01", b"update batch");
-        held.write_messages_to_sled().unwrap();
-        assert_eq!(tree.get(b"m1").unwrap().as_deref(), Some(&b"message"[..]));
+        held.write_messages_out().unwrap();
+        assert_eq!(stores.stored_row(b"m1").as_deref(), Some(&b"message"[..]));
+        assert_eq!(tree.get(b"m1").unwrap(), None, "messages are kept in the message log, not sled");
         assert_eq!(tree.get(b"o1").unwrap(), None, "transient rows wait for their removal");
-        assert_eq!(tree.len(), 1);
+        assert_eq!(tree.len(), 0);
         assert!(rows.remove(b"o1", HeldKind::Transient), "still held");
-        held.write_all_to_sled().unwrap();
-        assert_eq!(tree.len(), 2, "the checkpoint writes the rest: m1 and the update batch");
+        held.write_all_out().unwrap();
+        assert_eq!(tree.len(), 1, "the checkpoint writes the rest: the update batch");
+        assert_eq!(stores.messages.len(), 1);
     }
 }

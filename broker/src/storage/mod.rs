@@ -1,6 +1,7 @@
 //! Storage: the only module that touches sled.
 //!
-//! One sled database per node, one tree per partition. The partition logic
+//! One sled database per node, one tree per partition; a partition's
+//! messages are in a file of their own ([`message_log`]), not in sled. The partition logic
 //! sees typed reads and a typed [`WriteBatch`]; keys and encodings live here.
 //!
 //! ## Layout (rows per message)
@@ -16,7 +17,7 @@
 //! | key                       | value                  |
 //! |---------------------------|------------------------|
 //! | `c` conv                  | [`ConversationRecord`] |
-//! | `m` conv `/` seq (BE u64) | `imsg.v1.Message` + [`SealedContent`], held in memory until the checkpointer writes it ([`held`]) |
+//! | `m` conv `/` seq (BE u64) | `imsg.v1.Message` + [`SealedContent`], held in memory until the checkpointer writes it ([`held`]) to the partition's message log, not sled ([`message_log`]) |
 //! | `a` conv `/` seq          | [`ReactionsRecord`]    |
 //! | `h` conv `/` user `/` seq | (empty): deleted for that user |
 //! | `K` slot (BE u64)         | content key, in the key file, not sled ([`shred`]) |
@@ -70,6 +71,7 @@ pub mod durability;
 pub mod failstop;
 pub mod held;
 pub mod id_secret;
+pub mod message_log;
 pub mod moderation_rows;
 pub mod records;
 pub mod rows;
@@ -94,6 +96,7 @@ use self::{
     durability::{Destination, Writer},
     failstop::FailStop,
     held::HeldRowsByPartition,
+    message_log::MessageLogs,
     shred::KeyFiles,
     sled_files::SledFiles,
     wal::LogDir,
@@ -111,8 +114,8 @@ use crate::{
 /// The node's sled database and its durability machinery.
 pub struct Store {
     db: sled::Db,
-    keys: Arc<KeyFiles>,
-    held: Arc<HeldRowsByPartition>,
+    /// What a checkpoint makes durable besides the log.
+    files: CheckpointedFiles,
     dir: PathBuf,
     log: Arc<dyn LogDir>,
     rows_written: Arc<RowCounts>,
@@ -151,13 +154,17 @@ impl Store {
                 db.insert(partitions_key, &config.partitions.to_be_bytes())?;
             }
         }
-        let keys = Arc::new(KeyFiles::new(&config.data_dir));
-        let held = Arc::new(HeldRowsByPartition::default());
-        let (replayed, next_segment) = replay(&db, &keys, &*log)?;
+        let files = CheckpointedFiles {
+            db: db.clone(),
+            keys: Arc::new(KeyFiles::new(&config.data_dir)),
+            messages: Arc::new(MessageLogs::new(&config.data_dir, db.clone())),
+            held: Arc::new(HeldRowsByPartition::default()),
+        };
+        let (replayed, next_segment) = replay(&files, &*log)?;
         // Make the replayed state durable, marked as holding every segment
         // so far, then start an empty log.
         let old = log.list()?;
-        checkpoint::checkpoint(&db, &keys, &held, &SledFiles::new(&config.data_dir), &*log, next_segment)?;
+        checkpoint::checkpoint(&files, &SledFiles::new(&config.data_dir), &*log, next_segment)?;
         if replayed > 0 {
             tracing::info!(operations = replayed, segments = old.len(), "replayed the write-ahead log");
         }
@@ -179,7 +186,7 @@ impl Store {
         };
         let checkpointer = {
             let durability = durability.clone();
-            let files = CheckpointedFiles { db: db.clone(), keys: keys.clone(), held: held.clone() };
+            let files = files.clone();
             let (dir, log) = (config.data_dir.clone(), log.clone());
             std::thread::Builder::new()
                 .name("imsg-checkpoint".into())
@@ -196,8 +203,7 @@ impl Store {
         };
         Ok(Arc::new(Self {
             db,
-            keys,
-            held,
+            files,
             dir: config.data_dir.clone(),
             log,
             rows_written: Arc::new(RowCounts::default()),
@@ -209,17 +215,23 @@ impl Store {
     /// The tree of one partition.
     pub fn partition(&self, id: PartitionId) -> Result<PartitionStore> {
         let tree = self.db.open_tree(tree_name(id))?;
+        let messages = self.files.messages.get(id, &tree)?;
         Ok(PartitionStore {
             id,
-            files: Destination { held: Some(self.held.get(id, &tree)), tree, keys: self.keys.get(id)? },
+            files: Destination {
+                held: Some(self.files.held.get(id, &tree, &messages)),
+                keys: self.files.keys.get(id)?,
+                tree,
+                messages,
+            },
             rows_written: self.rows_written.clone(),
             durability: self.durability.clone(),
         })
     }
 
-    /// Rows written or removed in sled (and content-key slots) since start,
-    /// by every partition: what the commit path has cost (and proof that
-    /// ephemeral signals cost none). Rows held in memory ([`held`]: the
+    /// Rows written or removed in sled, the message logs and the key files
+    /// since start, by every partition: what the commit path has cost (and
+    /// proof that ephemeral signals cost none). Rows held in memory ([`held`]: the
     /// outbox, update-log batches before their compaction) are not counted:
     /// they cost sled nothing unless a checkpoint finds them still held.
     pub fn rows_written(&self) -> u64 {
@@ -253,7 +265,7 @@ impl Store {
         // the next start).
         let Some(&newest) = self.log.list()?.last() else { return Ok(()) };
         drop(self.log.create(newest + 1)?);
-        checkpoint::checkpoint(&self.db, &self.keys, &self.held, &SledFiles::new(&self.dir), &*self.log, newest + 1)
+        checkpoint::checkpoint(&self.files, &SledFiles::new(&self.dir), &*self.log, newest + 1)
     }
 }
 
@@ -267,7 +279,8 @@ fn tree_name(id: PartitionId) -> String {
 /// Segments below sled's `wal_from` marker are skipped: a checkpoint made
 /// them redundant, and a deletion that a power cut undid must not replay
 /// old values over newer ones.
-fn replay(db: &sled::Db, keys: &KeyFiles, log: &dyn LogDir) -> Result<(usize, u64)> {
+fn replay(files: &CheckpointedFiles, log: &dyn LogDir) -> Result<(usize, u64)> {
+    let CheckpointedFiles { db, keys, messages, .. } = files;
     let wal_from = checkpoint::wal_from(db)?;
     let numbers: Vec<u64> = log.list()?.into_iter().filter(|n| *n >= wal_from).collect();
     let mut replayed = 0;
@@ -284,7 +297,8 @@ fn replay(db: &sled::Db, keys: &KeyFiles, log: &dyn LogDir) -> Result<(usize, u6
         let mut batches = Vec::with_capacity(by_tree.len());
         for (tree, ops) in by_tree {
             let tree_of = db.open_tree(tree_name(tree))?;
-            batches.push((Destination { tree: tree_of, keys: keys.get(tree)?, held: None }, ops));
+            let messages = messages.get(tree, &tree_of)?;
+            batches.push((Destination { tree: tree_of, messages, keys: keys.get(tree)?, held: None }, ops));
         }
         durability::apply(batches)?;
     }
@@ -295,8 +309,8 @@ fn replay(db: &sled::Db, keys: &KeyFiles, log: &dyn LogDir) -> Result<(usize, u6
 #[cfg(test)]
 mod tests;
 
-/// Rows written or removed in sled or the key files, counted by kind (the
-/// key's first byte); transient held rows are left out
+/// Rows written or removed in sled, the message logs or the key files,
+/// counted by kind (the key's first byte); transient held rows are left out
 /// ([`Store::rows_written`]).
 pub(crate) struct RowCounts([AtomicU64; 128]);
 

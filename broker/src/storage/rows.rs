@@ -124,7 +124,7 @@ pub struct PartitionStore {
 
 impl PartitionStore {
     pub fn meta(&self) -> Result<PartitionMeta> {
-        Ok(match held::get(self.files.held.as_deref(), &self.files.tree, b"M")? {
+        Ok(match held::get(self.files.held.as_deref(), self.files.stored(), b"M")? {
             Some(bytes) => decode(&bytes)?,
             None => PartitionMeta { next_outbox: 1, outbox_done: 1, next_cursor: 1 },
         })
@@ -194,14 +194,14 @@ impl PartitionStore {
     /// newest outbox and update-log keys are the truth about what was used.
     pub fn next_numbers_in_logs(&self) -> Result<(u64, u64)> {
         let outbox = b"o".to_vec()..b"p".to_vec();
-        let next_outbox = match held::last_key(self.files.held.as_deref(), &self.files.tree, outbox)? {
+        let next_outbox = match held::last_key(self.files.held.as_deref(), self.files.stored(), outbox)? {
             Some(key) => be_u64(&key).unwrap_or(0).saturating_add(1),
             None => 0,
         };
         let held = self.files.held.as_deref();
-        let next_cursor = match held::last_key(held, &self.files.tree, b"u".to_vec()..b"v".to_vec())? {
+        let next_cursor = match held::last_key(held, self.files.stored(), b"u".to_vec()..b"v".to_vec())? {
             Some(key) => {
-                let value = held::get(held, &self.files.tree, &key)?.unwrap_or_default();
+                let value = held::get(held, self.files.stored(), &key)?.unwrap_or_default();
                 let record: UpdateBatchRecord = decode(&value)?;
                 record.entries.last().map_or(0, |e| e.cursor.saturating_add(1))
             }
@@ -217,7 +217,7 @@ impl PartitionStore {
     /// Seq of the newest message of a conversation, 0 when it has none.
     pub fn last_message_seq(&self, conversation: &str) -> Result<u64> {
         let range = message_key(conversation, 0)..=message_key(conversation, u64::MAX);
-        let last = held::last_key(self.files.held.as_deref(), &self.files.tree, range)?;
+        let last = held::last_key(self.files.held.as_deref(), self.files.stored(), range)?;
         Ok(last.and_then(|key| be_u64(&key)).unwrap_or(0))
     }
 
@@ -235,7 +235,7 @@ impl PartitionStore {
             return Ok(Vec::new());
         }
         let range = message_key(conversation, from)..=message_key(conversation, to);
-        let rows = held::overlay_iter_in(self.files.held.as_deref(), &self.files.tree, range, newest_first)
+        let rows = held::overlay_iter_in(self.files.held.as_deref(), self.files.stored(), range, newest_first)
             .take(limit)
             .map(|row| {
                 let (_, value) = row?;
@@ -272,7 +272,7 @@ impl PartitionStore {
     /// tombstone).
     pub fn stored_message(&self, conversation: &str, seq: u64) -> Result<Option<(Message, Option<u64>)>> {
         let held = self.files.held.as_deref();
-        let Some(row) = held::get(held, &self.files.tree, &message_key(conversation, seq))? else { return Ok(None) };
+        let Some(row) = held::get(held, self.files.stored(), &message_key(conversation, seq))? else { return Ok(None) };
         let (mut message, slot) = self.unseal(conversation, &row)?;
         if let Some(row) = self.files.tree.get(reactions_key(conversation, seq))? {
             message.reactions = decode::<ReactionsRecord>(&row)?.reactions;
@@ -344,7 +344,7 @@ impl PartitionStore {
     where
         R: std::ops::RangeBounds<Vec<u8>> + Clone,
     {
-        held::overlay(self.files.held.as_deref(), &self.files.tree, range, limit)
+        held::overlay(self.files.held.as_deref(), self.files.stored(), range, limit)
     }
 
     /// Every retained update-log row, oldest first.
@@ -362,11 +362,11 @@ impl PartitionStore {
         // key sorts after its first batch's own).
         let mut through = update_key(cursor);
         through.push(u8::MAX);
-        let start = match held::last_key(held, &self.files.tree, update_key(0)..=through) {
+        let start = match held::last_key(held, self.files.stored(), update_key(0)..=through) {
             Ok(Some(key)) => key,
             _ => update_key(cursor),
         };
-        held::overlay_iter(held, &self.files.tree, start..b"v".to_vec()).map(|row| {
+        held::overlay_iter(held, self.files.stored(), start..b"v".to_vec()).map(|row| {
             let (key, value) = row?;
             update_row(key, &value)
         })
