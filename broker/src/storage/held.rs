@@ -546,6 +546,6 @@ mod tests {
         assert!(rows.remove(b"o1", HeldKind::Transient), "still held");
         held.write_all_out().unwrap();
         assert_eq!(tree.len(), 1, "the checkpoint writes the rest: the update batch");
-        assert_eq!(stores.messages.len(), 1);
+        assert_eq!(stores.messages.row_count(), 1);
     }
 }

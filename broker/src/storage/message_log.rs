@@ -240,7 +240,7 @@ impl MessageLog {
 
     /// Rows in the index (tests).
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub fn row_count(&self) -> usize {
         self.lock().rows.len()
     }
 }
