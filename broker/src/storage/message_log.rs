@@ -8,7 +8,8 @@
 //! key or by a conversation's range; an edit or unsend replaces it now and
 //! then. That is a log with an index, so that is what this is: a record
 //! per row appended to `messages/p<partition>.log`, and an in-memory index
-//! from row key to the value's place, rebuilt at open by reading the file.
+//! of where each value is ([`index`]: 16 bytes a message), rebuilt at open
+//! by reading the file.
 //!
 //! ## Durability
 //! Rows reach the file the way they reached sled: held in memory after the
@@ -35,6 +36,9 @@
 //! removal), `crc32: u32 LE` of the lengths, key and value; then the key and
 //! the value.
 
+mod index;
+
+use self::index::{Index, Place};
 use std::{
     collections::{BTreeMap, VecDeque},
     fs::{File, OpenOptions},
@@ -75,17 +79,10 @@ fn end_key(partition: u32) -> Vec<u8> {
     key
 }
 
-/// Where a row's value is in the file.
-#[derive(Debug, Clone, Copy)]
-struct Place {
-    offset: u64,
-    len: u32,
-}
-
 /// The rows in the file, and where the next record goes.
 #[derive(Default)]
-struct Index {
-    rows: BTreeMap<Vec<u8>, Place>,
+struct Rows {
+    index: Index,
     end: u64,
 }
 
@@ -93,7 +90,7 @@ struct Index {
 pub struct MessageLog {
     path: PathBuf,
     file: File,
-    index: Mutex<Index>,
+    rows: Mutex<Rows>,
     /// Appended to since the last sync.
     dirty: AtomicBool,
 }
@@ -125,15 +122,15 @@ impl MessageLog {
         if len > end {
             file.set_len(end).map_err(|e| io("cutting back", path, e))?;
         }
-        let rows = read_index(&file, end).map_err(|e| match e {
+        let index = read_index(&file, end).map_err(|e| match e {
             Error::Internal(what) => Error::Internal(format!("message log {}: {what}", path.display())),
             other => other,
         })?;
-        Ok(Self { path: path.to_owned(), file, index: Mutex::new(Index { rows, end }), dirty: AtomicBool::new(false) })
+        Ok(Self { path: path.to_owned(), file, rows: Mutex::new(Rows { index, end }), dirty: AtomicBool::new(false) })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Rows> {
+        self.rows.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Appends rows (`None`: removed) with one write, in order, the last of
@@ -151,23 +148,23 @@ impl MessageLog {
         if placed.is_empty() {
             return Ok(());
         }
-        let mut index = self.lock();
-        let at = index.end;
+        let mut rows = self.lock();
+        let at = rows.end;
         self.file.write_all_at(&bytes, at).map_err(|e| io("appending to", &self.path, e))?;
         self.dirty.store(true, Ordering::Release);
-        index.end += bytes.len() as u64;
+        rows.end += bytes.len() as u64;
         for (key, place) in placed {
             match place {
-                Some(place) => index.rows.insert(key.to_vec(), Place { offset: at + place.offset, ..place }),
-                None => index.rows.remove(key),
-            };
+                Some(place) => rows.index.insert(key, Place { offset: at + place.offset, ..place }),
+                None => rows.index.remove(key),
+            }
         }
         Ok(())
     }
 
     /// The value of `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let place = self.lock().rows.get(key).copied();
+        let place = self.lock().index.get(key);
         place.map(|place| self.read(place)).transpose()
     }
 
@@ -208,14 +205,7 @@ impl MessageLog {
                 if empty_range(&lower, &upper) {
                     return None;
                 }
-                let index = self.lock();
-                let rows = index.rows.range((lower.clone(), upper.clone()));
-                let clone = |(key, place): (&Vec<u8>, &Place)| (key.clone(), *place);
-                taken = if backward {
-                    rows.rev().take(WALK_CHUNK).map(clone).collect()
-                } else {
-                    rows.take(WALK_CHUNK).map(clone).collect()
-                };
+                taken = self.lock().index.chunk(&lower, &upper, backward, WALK_CHUNK).into();
                 exhausted = taken.len() < WALK_CHUNK;
                 if let Some((last, _)) = taken.back() {
                     let past = Bound::Excluded(last.clone());
@@ -241,12 +231,12 @@ impl MessageLog {
     /// Rows in the index (tests).
     #[cfg(test)]
     pub fn row_count(&self) -> usize {
-        self.lock().rows.len()
+        self.lock().index.len()
     }
 }
 
-/// Whether `lower..upper` can hold no key (a `BTreeMap` range panics on
-/// such bounds; a walk that took the last key before the bound makes them).
+/// Whether `lower..upper` can hold no key: a walk whose last chunk took
+/// the last key before its bound ends there without another look.
 fn empty_range(lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
     match (lower, upper) {
         (Bound::Included(l), Bound::Included(u)) => l > u,
@@ -270,9 +260,9 @@ fn encode(out: &mut Vec<u8>, key: &[u8], value: Option<&[u8]>) {
 }
 
 /// Reads every record before `end` into an index (the last of a key wins).
-fn read_index(file: &File, end: u64) -> Result<BTreeMap<Vec<u8>, Place>> {
+fn read_index(file: &File, end: u64) -> Result<Index> {
     let mut reader = BufReader::with_capacity(1 << 20, file.take(end));
-    let mut rows = BTreeMap::new();
+    let mut rows = Index::default();
     let mut offset = 0u64;
     let damaged = |offset: u64, what: &str| Error::Internal(format!("damaged record at offset {offset}: {what}"));
     while offset < end {
@@ -292,9 +282,9 @@ fn read_index(file: &File, end: u64) -> Result<BTreeMap<Vec<u8>, Place>> {
         if check.finalize() != crc {
             return Err(damaged(offset, "checksum mismatch"));
         }
-        let key = body[..key_len as usize].to_vec();
+        let key = &body[..key_len as usize];
         if value_len == TOMBSTONE {
-            rows.remove(&key);
+            rows.remove(key);
         } else {
             rows.insert(key, Place { offset: offset + HEADER_BYTES + key_len as u64, len: value_len });
         }
