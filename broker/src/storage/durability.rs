@@ -452,20 +452,24 @@ impl Destination {
 pub(super) fn apply(batches: Vec<(Destination, Vec<wal::Op>)>) -> Result<()> {
     for (destination, ops) in batches {
         let mut slots: Vec<(u64, Option<Vec<u8>>)> = Vec::new();
+        // Written where they are stored after the loop, in order: the
+        // message rows among them with one append (replay at start).
+        let mut stored: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         for op in ops {
             match op {
                 wal::Op::Put { key, value } => match (shred::slot_of_row(&key), &destination.held) {
                     (Some(slot), _) => slots.push((slot, Some(value))),
                     (None, Some(held)) if held::held_kind(&key).is_some() => held.put(key, value),
-                    (None, _) => destination.stored().write([(key.as_slice(), Some(value.as_slice()))])?,
+                    (None, _) => stored.push((key, Some(value))),
                 },
                 wal::Op::Remove { key } => match (shred::slot_of_row(&key), &destination.held) {
                     (Some(slot), _) => slots.push((slot, None)),
                     (None, Some(held)) if held::held_kind(&key).is_some_and(|kind| held.remove(&key, kind)) => {}
-                    (None, _) => destination.stored().write([(key.as_slice(), None)])?,
+                    (None, _) => stored.push((key, None)),
                 },
             }
         }
+        destination.stored().write(stored.iter().map(|(key, value)| (key.as_slice(), value.as_deref())))?;
         let slots = slots.iter().map(|(slot, key)| (*slot, key.as_deref())).collect();
         // Held like the rows (`shred`), except while the log is replayed at
         // start, which writes everything to the files.
