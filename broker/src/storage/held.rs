@@ -327,8 +327,7 @@ where
     Ok(newest_held.max(newest_stored))
 }
 
-/// Every partition's [`HeldRows`] on this node, with where its rows are
-/// stored.
+/// Every partition's [`HeldRows`] on this node, and where they are stored.
 #[derive(Default)]
 pub struct HeldRowsByPartition {
     partitions: Mutex<BTreeMap<u32, Partition>>,
@@ -343,8 +342,7 @@ struct Partition {
 }
 
 impl HeldRowsByPartition {
-    /// The held rows of `partition`, whose rows are stored in `tree` and
-    /// `messages`.
+    /// The held rows of `partition`, stored in `tree` and `messages`.
     pub fn get(&self, partition: u32, tree: &sled::Tree, messages: &Arc<MessageLog>) -> Arc<HeldRows> {
         let mut partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
         let entry = partitions.entry(partition).or_insert_with(|| Partition {

@@ -1,8 +1,9 @@
 //! Storage: the only module that touches sled.
 //!
 //! One sled database per node, one tree per partition; a partition's
-//! messages are in a file of their own ([`message_log`]), not in sled. The partition logic
-//! sees typed reads and a typed [`WriteBatch`]; keys and encodings live here.
+//! messages are in a file of their own ([`message_log`]), not in sled. The
+//! partition logic sees typed reads and a typed [`WriteBatch`]; keys and
+//! encodings live here.
 //!
 //! ## Layout (rows per message)
 //! sled rows cost ~6.5 us of CPU each, so a send writes exactly one row, the
@@ -113,8 +114,8 @@ use crate::{
 
 /// The node's sled database and its durability machinery.
 pub struct Store {
-    db: sled::Db,
-    /// What a checkpoint makes durable besides the log.
+    /// sled, the key files and message logs, the held rows: what a
+    /// checkpoint makes durable besides the log.
     files: CheckpointedFiles,
     dir: PathBuf,
     log: Arc<dyn LogDir>,
@@ -202,7 +203,6 @@ impl Store {
                 .map_err(|e| Error::Internal(format!("spawning the watchdog: {e}")))?
         };
         Ok(Arc::new(Self {
-            db,
             files,
             dir: config.data_dir.clone(),
             log,
@@ -214,7 +214,7 @@ impl Store {
 
     /// The tree of one partition.
     pub fn partition(&self, id: PartitionId) -> Result<PartitionStore> {
-        let tree = self.db.open_tree(tree_name(id))?;
+        let tree = self.files.db.open_tree(tree_name(id))?;
         let messages = self.files.messages.get(id, &tree)?;
         Ok(PartitionStore {
             id,
@@ -231,9 +231,10 @@ impl Store {
 
     /// Rows written or removed in sled, the message logs and the key files
     /// since start, by every partition: what the commit path has cost (and
-    /// proof that ephemeral signals cost none). Rows held in memory ([`held`]: the
-    /// outbox, update-log batches before their compaction) are not counted:
-    /// they cost sled nothing unless a checkpoint finds them still held.
+    /// proof that ephemeral signals cost none). Rows held in memory
+    /// ([`held`]: the outbox, update-log batches before their compaction)
+    /// are not counted: they cost sled nothing unless a checkpoint finds
+    /// them still held.
     pub fn rows_written(&self) -> u64 {
         self.rows_written.total()
     }

@@ -6,13 +6,19 @@
 //! so the places of a conversation's messages are an array indexed by seq,
 //! 16 bytes a message, under one copy of the key's prefix. A B-tree keyed
 //! by the whole key was ~120 bytes a message. Keys of any other shape (none
-//! today) are kept by key.
+//! today), and seqs further than [`MAX_GAP`] from a conversation's array
+//! (none a broker writes, but a row is only bytes: a fuzzer found that an
+//! array stretched to seq 2^63 does not fit in memory), are kept by key; a
+//! key is in one of the two, never both.
 //!
 //! Key order is (prefix, seq) order: conversation ids never contain `/`, so
 //! no prefix is a prefix of another, and every key of one conversation
 //! sorts before every key of the next.
 
 use std::{collections::BTreeMap, ops::Bound};
+
+/// The most absent seqs an array is stretched over to place a seq.
+const MAX_GAP: u64 = 1024;
 
 /// Where a row's value is in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,21 +79,38 @@ fn bound_key(bound: &Bound<Vec<u8>>) -> Option<&[u8]> {
 
 impl Index {
     pub fn get(&self, key: &[u8]) -> Option<Place> {
-        let Some((prefix, seq)) = split(key) else { return self.other.get(key).copied() };
-        let seqs = self.conversations.get(prefix)?;
-        let i = usize::try_from(seq.checked_sub(seqs.first)?).ok()?;
-        seqs.places.get(i).copied().and_then(Place::present)
+        let in_array = split(key).and_then(|(prefix, seq)| {
+            let seqs = self.conversations.get(prefix)?;
+            let i = usize::try_from(seq.checked_sub(seqs.first)?).ok()?;
+            seqs.places.get(i).copied().and_then(Place::present)
+        });
+        in_array.or_else(|| self.other.get(key).copied())
     }
 
     pub fn insert(&mut self, key: &[u8], place: Place) {
-        let Some((prefix, seq)) = split(key) else {
-            self.other.insert(key.to_vec(), place);
-            return;
-        };
+        match split(key) {
+            Some((prefix, seq)) if self.place_in_array(prefix, seq, place) => {
+                if !self.other.is_empty() {
+                    self.other.remove(key);
+                }
+            }
+            _ => {
+                self.other.insert(key.to_vec(), place);
+            }
+        }
+    }
+
+    /// Places `seq` in its conversation's array; false when it is too far
+    /// from it ([`MAX_GAP`]).
+    fn place_in_array(&mut self, prefix: &[u8], seq: u64, place: Place) -> bool {
         let seqs = match self.conversations.get_mut(prefix) {
             Some(seqs) => seqs,
             None => self.conversations.entry(prefix.into()).or_insert(Seqs { first: seq, places: Vec::new() }),
         };
+        let end = seqs.first.saturating_add(seqs.places.len() as u64);
+        if seq.saturating_add(MAX_GAP) < seqs.first || seq > end.saturating_add(MAX_GAP) {
+            return false;
+        }
         if seq < seqs.first {
             // Written out of order (rare: nothing does today): shift.
             let gap = (seqs.first - seq) as usize;
@@ -99,13 +122,12 @@ impl Index {
             seqs.places.resize(i + 1, Place::ABSENT);
         }
         seqs.places[i] = place;
+        true
     }
 
     pub fn remove(&mut self, key: &[u8]) {
-        let Some((prefix, seq)) = split(key) else {
-            self.other.remove(key);
-            return;
-        };
+        self.other.remove(key);
+        let Some((prefix, seq)) = split(key) else { return };
         let Some(seqs) = self.conversations.get_mut(prefix) else { return };
         if let Some(place) = seq.checked_sub(seqs.first).and_then(|i| seqs.places.get_mut(i as usize)) {
             *place = Place::ABSENT;
@@ -278,8 +300,12 @@ mod tests {
         let mut index = Index::default();
         let mut model: BTreeMap<Vec<u8>, Place> = BTreeMap::new();
         for step in 0..3000u64 {
-            let key = match rng.below(10) {
-                0 => format!("m{}", rng.below(5)).into_bytes(), // not a message key
+            let key = match rng.below(20) {
+                0 | 1 => format!("m{}", rng.below(5)).into_bytes(), // not a message key
+                // Far from the others: kept by key, not in an array.
+                2 => {
+                    message_key(conversations[rng.below(3) as usize], [u64::MAX, 1 << 40, 5000][rng.below(3) as usize])
+                }
                 _ => message_key(conversations[rng.below(3) as usize], 1 + rng.below(36)),
             };
             if rng.below(4) == 0 {
