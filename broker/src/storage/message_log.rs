@@ -38,7 +38,7 @@
 
 mod index;
 
-use self::index::{Index, Place};
+use self::index::{Index, Place, Span};
 use std::{
     collections::{BTreeMap, VecDeque},
     fs::{File, OpenOptions},
@@ -202,10 +202,8 @@ impl MessageLog {
         let mut exhausted = false;
         std::iter::from_fn(move || {
             if taken.is_empty() && !exhausted {
-                if empty_range(&lower, &upper) {
-                    return None;
-                }
-                taken = self.lock().index.chunk(&lower, &upper, backward, WALK_CHUNK).into();
+                let span = Span { lower: &lower, upper: &upper, backward };
+                taken = self.lock().index.chunk(span, WALK_CHUNK).into();
                 exhausted = taken.len() < WALK_CHUNK;
                 if let Some((last, _)) = taken.back() {
                     let past = Bound::Excluded(last.clone());
@@ -232,18 +230,6 @@ impl MessageLog {
     #[cfg(test)]
     pub fn row_count(&self) -> usize {
         self.lock().index.len()
-    }
-}
-
-/// Whether `lower..upper` can hold no key: a walk whose last chunk took
-/// the last key before its bound ends there without another look.
-fn empty_range(lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
-    match (lower, upper) {
-        (Bound::Included(l), Bound::Included(u)) => l > u,
-        (Bound::Included(l) | Bound::Excluded(l), Bound::Excluded(u)) | (Bound::Excluded(l), Bound::Included(u)) => {
-            l >= u
-        }
-        _ => false,
     }
 }
 
@@ -409,8 +395,8 @@ impl<'a> Stored<'a> {
             let (key, value) = row?;
             Ok((key.to_vec(), value.to_vec()))
         });
-        merge(tree, self.messages.rows(range, backward), backward, |row: &Result<(Vec<u8>, Vec<u8>)>| {
-            row.as_ref().ok().map(|(key, _)| key.clone())
+        merge(tree, self.messages.rows(range, backward), backward, |row| {
+            row.as_ref().ok().map(|(key, _)| key.as_slice())
         })
     }
 
@@ -420,9 +406,7 @@ impl<'a> Stored<'a> {
         R: RangeBounds<Vec<u8>> + Clone,
     {
         let tree = sled_range(self.tree, &range, backward).map(|row| Ok(row?.0.to_vec()));
-        merge(tree, self.messages.keys(range, backward).map(Ok), backward, |key: &Result<Vec<u8>>| {
-            key.as_ref().ok().cloned()
-        })
+        merge(tree, self.messages.keys(range, backward).map(Ok), backward, |key| key.as_ref().ok().map(Vec::as_slice))
     }
 }
 
@@ -445,11 +429,11 @@ pub(super) fn as_slice(bound: Bound<&Vec<u8>>) -> Bound<&[u8]> {
 
 /// Two walks of disjoint keys as one, in the walk's order; an item without
 /// a key (an error) comes out first.
-fn merge<T>(
+pub(super) fn merge<T>(
     a: impl Iterator<Item = T>,
     b: impl Iterator<Item = T>,
     backward: bool,
-    key_of: impl Fn(&T) -> Option<Vec<u8>>,
+    key_of: fn(&T) -> Option<&[u8]>,
 ) -> impl Iterator<Item = T> {
     let (mut a, mut b) = (a.peekable(), b.peekable());
     std::iter::from_fn(move || {

@@ -17,6 +17,8 @@
 
 use std::{collections::BTreeMap, ops::Bound};
 
+use super::merge;
+
 /// The most absent seqs an array is stretched over to place a seq.
 const MAX_GAP: u64 = 1024;
 
@@ -40,6 +42,14 @@ impl Place {
 struct Seqs {
     first: u64,
     places: Vec<Place>,
+}
+
+/// A walk's bounds and direction (`backward`: descending).
+#[derive(Clone, Copy)]
+pub(super) struct Span<'b> {
+    pub lower: &'b Bound<Vec<u8>>,
+    pub upper: &'b Bound<Vec<u8>>,
+    pub backward: bool,
 }
 
 #[derive(Default)]
@@ -147,47 +157,24 @@ impl Index {
         messages.count() + self.other.len()
     }
 
-    /// Up to `limit` rows within the bounds, in key order (descending when
-    /// `backward`).
-    pub fn chunk(
-        &self,
-        lower: &Bound<Vec<u8>>,
-        upper: &Bound<Vec<u8>>,
-        backward: bool,
-        limit: usize,
-    ) -> Vec<(Vec<u8>, Place)> {
-        let messages = self.messages(lower, upper, backward, limit);
-        let other = self.others(lower, upper, backward, limit);
+    /// Up to `limit` rows within the span, in its order.
+    pub fn chunk(&self, span: Span<'_>, limit: usize) -> Vec<(Vec<u8>, Place)> {
+        let (messages, other) = (self.messages(span, limit), self.others(span, limit));
         // Both in the walk's order: merged, the first `limit`.
-        let (mut messages, mut other) = (messages.into_iter().peekable(), other.into_iter().peekable());
-        std::iter::from_fn(|| match (messages.peek(), other.peek()) {
-            (Some((a, _)), Some((b, _))) if (a < b) == backward => other.next(),
-            (Some(_), _) => messages.next(),
-            (None, _) => other.next(),
-        })
-        .take(limit)
-        .collect()
+        merge(messages.into_iter(), other.into_iter(), span.backward, |(key, _)| Some(key.as_slice()))
+            .take(limit)
+            .collect()
     }
 
-    fn others(
-        &self,
-        lower: &Bound<Vec<u8>>,
-        upper: &Bound<Vec<u8>>,
-        backward: bool,
-        limit: usize,
-    ) -> Vec<(Vec<u8>, Place)> {
+    fn others(&self, span: Span<'_>, limit: usize) -> Vec<(Vec<u8>, Place)> {
+        let Span { lower, upper, backward } = span;
         let rows = self.other.iter().filter(|(key, _)| above(key, lower) && below(key, upper));
         let clone = |(key, place): (&Vec<u8>, &Place)| (key.clone(), *place);
         if backward { rows.rev().take(limit).map(clone).collect() } else { rows.take(limit).map(clone).collect() }
     }
 
-    fn messages(
-        &self,
-        lower: &Bound<Vec<u8>>,
-        upper: &Bound<Vec<u8>>,
-        backward: bool,
-        limit: usize,
-    ) -> Vec<(Vec<u8>, Place)> {
+    fn messages(&self, span: Span<'_>, limit: usize) -> Vec<(Vec<u8>, Place)> {
+        let Span { lower, upper, backward } = span;
         let mut rows = Vec::new();
         // The conversation that may hold the first key: the last prefix
         // not after the bound (a prefix sorts before its own keys).
@@ -331,7 +318,8 @@ mod tests {
                 let rows = model.range((lower.clone(), upper.clone())).map(|(k, p)| (k.clone(), *p));
                 if backward { rows.rev().take(limit).collect() } else { rows.take(limit).collect() }
             };
-            assert_eq!(index.chunk(&lower, &upper, backward, limit), expected, "step {step}: {lower:?}..{upper:?}");
+            let span = Span { lower: &lower, upper: &upper, backward };
+            assert_eq!(index.chunk(span, limit), expected, "step {step}: {lower:?}..{upper:?}");
         }
         assert_eq!(index.len(), model.len());
     }
