@@ -4,17 +4,14 @@
 //! the conversation loads: the last seq is its last message key, the dedup
 //! window the tail of its messages (see `storage`).
 
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::Arc,
-    time::Instant,
-};
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use imsg_proto::v1::{
     Conversation as ConversationView, ConversationKind, ConversationSummary, Folder, Member, Message,
 };
 
 use crate::{
+    core::DedupWindow,
     error::{Error, Result},
     storage::{ConversationRecord, MemberRecord, ReceiptRecord, RequestState},
 };
@@ -58,53 +55,6 @@ pub struct Conversation {
     pub(crate) dedup: Option<DedupWindow>,
     /// Who is typing, until when.
     pub(crate) typing: HashMap<String, Instant>,
-}
-
-/// The newest client message ids of a conversation (invariant 3).
-///
-/// Keyed by sender, then client id, so a send looks itself up by `&str`
-/// without copying either.
-#[derive(Debug, Default)]
-pub struct DedupWindow {
-    seen: foldhash::HashMap<String, foldhash::HashMap<String, (u64, i64)>>,
-    order: VecDeque<(String, String)>,
-}
-
-impl DedupWindow {
-    /// Rebuilt from the newest messages, oldest first.
-    pub fn from_tail(capacity: usize, tail: &[Message]) -> Self {
-        let mut window = Self::default();
-        for message in tail {
-            window.remember(capacity, message);
-        }
-        window
-    }
-
-    pub fn remember(&mut self, capacity: usize, message: &Message) {
-        let (sender, client_id) = (&message.sender_id, &message.client_message_id);
-        if !self.seen.contains_key(sender) {
-            self.seen.insert(sender.clone(), foldhash::HashMap::default());
-        }
-        let by_client = self.seen.get_mut(sender).expect("inserted above");
-        if by_client.insert(client_id.clone(), (message.seq, message.server_time_ms)).is_none() {
-            self.order.push_back((sender.clone(), client_id.clone()));
-        }
-        while self.order.len() > capacity {
-            let Some((sender, client_id)) = self.order.pop_front() else { break };
-            if let Some(by_client) = self.seen.get_mut(&sender) {
-                by_client.remove(&client_id);
-                if by_client.is_empty() {
-                    self.seen.remove(&sender);
-                }
-            }
-        }
-    }
-
-    /// `(seq, server time)` of what `sender` sent with `client_id`, if
-    /// still remembered.
-    pub fn get(&self, sender: &str, client_id: &str) -> Option<(u64, i64)> {
-        self.seen.get(sender)?.get(client_id).copied()
-    }
 }
 
 impl Conversation {
@@ -284,21 +234,5 @@ mod tests {
         assert_eq!((conversation.last_seq(), conversation.published_seq()), (7, 7));
         assert_eq!(conversation.last_activity_ms, T0 + 50);
         assert!(conversation.needs_dedup_window());
-    }
-
-    #[test]
-    fn the_dedup_window_forgets_the_oldest_beyond_its_capacity() {
-        let message = |seq: u64, id: &str| Message {
-            seq,
-            sender_id: "alice".into(),
-            client_message_id: id.into(),
-            ..Message::default()
-        };
-        let tail: Vec<Message> = (1..=5).map(|n| message(n, &format!("c{n}"))).collect();
-        let window = DedupWindow::from_tail(3, &tail);
-        assert_eq!(window.get("alice", "c1"), None);
-        assert_eq!(window.get("alice", "c2"), None);
-        assert_eq!(window.get("alice", "c5").map(|(seq, _)| seq), Some(5));
-        assert_eq!(window.get("bob", "c5"), None, "ids are per sender");
     }
 }

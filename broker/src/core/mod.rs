@@ -8,8 +8,9 @@
 //!
 //! One module per concept. Of a conversation: [`conversation`] (the state
 //! and how members see it), [`membership`], [`send`] (sequencing and
-//! dedup, forwarding), [`replies`], [`reactions`], [`edits`] (edit, unsend,
-//! delete for me), [`receipts`], [`typing`]. Of a user: [`update_log`]
+//! dedup, forwarding), [`dedup`] (the window of recent client ids),
+//! [`replies`], [`reactions`], [`edits`] (edit, unsend, delete for me),
+//! [`receipts`], [`typing`]. Of a user: [`update_log`]
 //! (cursors, resume, retention), [`presence`] (who sees what). Between
 //! users: [`privacy`] (blocks, contacts, who may message whom, message
 //! requests), [`notify`] (who gets a push notification, saying what). Of
@@ -17,6 +18,7 @@
 
 pub mod budget;
 pub mod conversation;
+pub mod dedup;
 pub mod edits;
 pub mod effects;
 pub mod events;
@@ -33,7 +35,8 @@ pub mod typing;
 pub mod update_log;
 
 pub use self::{
-    conversation::{Conversation, DedupWindow, Viewer},
+    conversation::{Conversation, Viewer},
+    dedup::DedupWindow,
     effects::{Effects, Logged, Signal, Write},
     membership::{MembershipChange, NewConversation},
     receipts::MarkKind,

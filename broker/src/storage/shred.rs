@@ -4,7 +4,7 @@
 //! sled is log-structured: overwriting or removing a row appends the new
 //! state and leaves the old bytes in its file until the segment happens to
 //! be reused, which may be never. So a message's content is never written
-//! to sled in the clear: it is sealed (ChaCha20-Poly1305) under a key of its
+//! to sled in the clear: it is sealed (ChaCha20-Poly1305, aws-lc's) under a key of its
 //! own, and the key lives here, in a plain file of fixed 32-byte slots per
 //! partition (`keys/p<partition>.keys`) that is overwritten in place. An
 //! edit seals the new content under a new key in the same slot; an unsend
@@ -35,10 +35,7 @@ use std::{
     },
 };
 
-use chacha20poly1305::{
-    ChaCha20Poly1305, Key, KeyInit, Nonce,
-    aead::{Aead, Payload},
-};
+use aws_lc_rs::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 
 use super::held::Generations;
 use crate::error::{Error, Result};
@@ -73,17 +70,38 @@ pub fn new_key() -> [u8; KEY_BYTES] {
 /// Seals `plaintext` under `key`. Each key seals exactly one plaintext (an
 /// edit gets a new key), so a fixed nonce is safe; `context` (the message's
 /// place) is authenticated, so a sealed row cannot be moved to another.
+///
+/// ChaCha20-Poly1305 (RFC 8439) as aws-lc implements it: the bytes RustCrypto's
+/// `chacha20poly1305` sealed before (a test pins that), at a fifth of its
+/// cost on a message-sized plaintext (2.3 against 0.43 µs for 70 bytes, on
+/// the worker of every send and every read of history).
 pub fn seal(key: &[u8; KEY_BYTES], context: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    ChaCha20Poly1305::new(&Key::from(*key))
-        .encrypt(&Nonce::default(), Payload { msg: plaintext, aad: context })
-        .expect("sealing into a Vec cannot fail")
+    let mut sealed = Vec::with_capacity(plaintext.len() + CHACHA20_POLY1305.tag_len());
+    sealed.extend_from_slice(plaintext);
+    cipher(key)
+        .seal_in_place_append_tag(fixed_nonce(), Aad::from(context), &mut sealed)
+        .expect("sealing a message-sized plaintext cannot fail");
+    sealed
 }
 
 /// Opens what [`seal`] sealed; an error when the key or context is wrong.
 pub fn open(key: &[u8; KEY_BYTES], context: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
-    ChaCha20Poly1305::new(&Key::from(*key))
-        .decrypt(&Nonce::default(), Payload { msg: sealed, aad: context })
-        .map_err(|_| Error::Internal("sealed content does not open with its key".into()))
+    let mut plain = sealed.to_vec();
+    let plain_len = cipher(key)
+        .open_in_place(fixed_nonce(), Aad::from(context), &mut plain)
+        .map_err(|_| Error::Internal("sealed content does not open with its key".into()))?
+        .len();
+    plain.truncate(plain_len);
+    Ok(plain)
+}
+
+fn cipher(key: &[u8; KEY_BYTES]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).expect("ChaCha20-Poly1305 takes a 32-byte key"))
+}
+
+/// One key, one plaintext: the nonce need not vary.
+fn fixed_nonce() -> Nonce {
+    Nonce::assume_unique_for_key([0; NONCE_LEN])
 }
 
 /// The node's key files, one per partition, opened on first use.
@@ -378,6 +396,28 @@ fn slot_offset(slot: u64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_sealed_by_earlier_versions_opens_and_seals_to_the_same_bytes() {
+        // Before, RustCrypto's `chacha20poly1305` sealed every row; the
+        // algorithm and nonce are the same, so are the bytes, both ways.
+        use chacha20poly1305::{
+            ChaCha20Poly1305, KeyInit,
+            aead::{Aead, Payload},
+        };
+        for len in [0usize, 1, 63, 64, 70, 300, 4096] {
+            let (key, context) = (new_key(), format!("dm_{len}/7"));
+            let plain: Vec<u8> = (0..len).map(|n| (n * 7 + len) as u8).collect();
+            let earlier = ChaCha20Poly1305::new(&key.into())
+                .encrypt(&Default::default(), Payload { msg: &plain, aad: context.as_bytes() })
+                .unwrap();
+            assert_eq!(seal(&key, context.as_bytes(), &plain), earlier, "{len} bytes");
+            assert_eq!(open(&key, context.as_bytes(), &earlier).unwrap(), plain, "{len} bytes");
+            let mut tampered = earlier.clone();
+            tampered[0] ^= 1;
+            assert!(open(&key, context.as_bytes(), &tampered).is_err(), "{len} bytes");
+        }
+    }
 
     #[test]
     fn an_erased_slot_no_longer_opens_what_it_sealed_and_its_key_bytes_are_gone_from_the_file() {
