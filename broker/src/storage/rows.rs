@@ -428,12 +428,14 @@ impl WriteBatch {
     /// Reactions and the reply preview are not part of the row (reactions
     /// have their own, previews are made when served).
     pub fn put_message(&mut self, message: &Message, slot: u64) {
-        let header = Message { content: None, reactions: Vec::new(), reply_preview: None, ..message.clone() };
-        let mut row = header.encode_to_vec();
+        let mut row = header_of(message).encode_to_vec();
         match &message.content {
             Some(content) => {
                 let key = shred::new_key();
-                let plain = Message { content: Some(content.clone()), ..Message::default() }.encode_to_vec();
+                // The bytes of `Message { content, ..default }`, without
+                // copying the content into one first.
+                let mut plain = Vec::with_capacity(content.encoded_len());
+                content.encode(&mut plain);
                 let context = seal_context(&message.conversation_id, message.seq);
                 let sealed = SealedContent { key_slot: Some(slot), sealed: shred::seal(&key, &context, &plain) };
                 sealed.encode(&mut row).expect("encoding into a Vec cannot fail");
@@ -504,5 +506,44 @@ impl WriteBatch {
 
     pub fn remove_row(&mut self, key: Vec<u8>) {
         self.remove(key);
+    }
+}
+
+/// What a message row holds in the clear: the message without its content
+/// (sealed apart), reactions (their own rows) or reply preview (filled in
+/// when served). Every field is named, so a new one cannot be left out
+/// unnoticed.
+fn header_of(message: &Message) -> Message {
+    let Message {
+        conversation_id,
+        seq,
+        sender_id,
+        sender_device_id,
+        client_message_id,
+        server_time_ms,
+        reply_to_seq,
+        edit_time_ms,
+        unsent,
+        content: _,
+        forwarded,
+        reactions: _,
+        reply_preview: _,
+        sender_deleted,
+    } = message;
+    Message {
+        conversation_id: conversation_id.clone(),
+        seq: *seq,
+        sender_id: sender_id.clone(),
+        sender_device_id: sender_device_id.clone(),
+        client_message_id: client_message_id.clone(),
+        server_time_ms: *server_time_ms,
+        reply_to_seq: *reply_to_seq,
+        edit_time_ms: *edit_time_ms,
+        unsent: *unsent,
+        content: None,
+        forwarded: *forwarded,
+        reactions: Vec::new(),
+        reply_preview: None,
+        sender_deleted: *sender_deleted,
     }
 }
