@@ -120,6 +120,7 @@ mod tests {
         assert_eq!(window.get("bob", "c1").map(|(seq, _)| seq), Some(3));
         assert_eq!(window.order.len(), 2);
     }
+
     #[test]
     fn a_full_window_under_churn_keeps_its_capacity_in_about_seventy_five_bytes_an_entry() {
         let mut window = DedupWindow::default();
